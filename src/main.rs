@@ -1,0 +1,70 @@
+//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `openapi`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use handoff_ledger::config::Config;
+use handoff_ledger::startup::Application;
+
+#[derive(Parser)]
+#[command(name = "handoff-ledger", version, about = "System of record for chat handoffs")]
+struct Cli {
+    /// TOML configuration file (defaults, then this file, then LEDGER__SECTION__KEY variables).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply migrations and exit.
+    Migrate,
+    /// Rebuild every projection from the event log.
+    Replay,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            tracing::info!(port = app.port(), "handoff-ledger listening");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            let store = handoff_ledger::store::open(&config.store.url, 1).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", config.store.url);
+        }
+        Command::Replay => {
+            let store = handoff_ledger::store::open(&config.store.url, 2).await?;
+            store.migrate().await?;
+            let bar = indicatif::ProgressBar::new(0);
+            let stats = store
+                .replay(&config.sla, &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await?;
+            bar.finish();
+            println!(
+                "replayed {} events into {} conversations",
+                stats.events, stats.conversations
+            );
+        }
+        Command::Openapi => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Builds the application: store, migrations, writer, HTTP server bound to a listener whose port
+//! is known (tests start the real service on port 0).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::store;
+use crate::writer::Writer;
+
+/// A built, not yet running, service.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens and migrates the store, starts the writer and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let store = store::open(&config.store.url, config.store.max_connections)
+            .await
+            .with_context(|| format!("opening the store at {}", config.store.url))?;
+        store.migrate().await.context("applying store migrations")?;
+        let (writer, _writer_task) = Writer::spawn(store.clone(), config.sla.clone(), config.server.max_batch)
+            .await
+            .context("starting the writer")?;
+        let listener =
+            TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            store,
+            writer,
+            config: Arc::new(config),
+        };
+        let data = web::Data::new(state.clone());
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
+            .listen(listener)?
+            .run();
+        Ok(Application { port, server, state })
+    }
+
+    /// The port the service listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Shared state (store, writer, config).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the server stops.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
