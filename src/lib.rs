@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod config;
+pub mod handoff;
 pub mod model;
 pub mod projection;
 pub mod sources;
 pub mod startup;
 pub mod store;
+pub mod transcript;
 pub mod writer;

@@ -39,9 +39,14 @@ impl Application {
             config: Arc::new(config),
         };
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
-            .listen(listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)?
+        .run();
         Ok(Application { port, server, state })
     }
 
