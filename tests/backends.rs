@@ -297,6 +297,8 @@ async fn aivo_end_posts_the_configured_close_path() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(format!("{AIVO_BASE}/conversations/c-1/close")))
+        .and(ExactQuery(None))
+        .and(header("content-type", "application/json"))
         .and(body_json(json!({})))
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
