@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod backends;
 pub mod config;
 pub mod handoff;
 pub mod model;
