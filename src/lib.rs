@@ -10,6 +10,8 @@ pub mod backends;
 pub mod config;
 pub mod handoff;
 pub mod model;
+pub mod outbox;
+pub mod poller;
 pub mod projection;
 pub mod sources;
 pub mod startup;

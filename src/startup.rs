@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::handoff::Handoff;
 use crate::store;
 use crate::writer::Writer;
 
@@ -33,10 +34,16 @@ impl Application {
         let listener =
             TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
+        let config = Arc::new(config);
+        let handoff =
+            Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
+        // Before the server accepts anything: the outbox re-sends what was pending at this point only.
+        handoff.start().await.context("starting the outbox")?;
         let state = AppState {
             store,
             writer,
-            config: Arc::new(config),
+            config,
+            handoff,
         };
         let data = web::Data::new(state.clone());
         let server = HttpServer::new(move || {

@@ -25,6 +25,8 @@ pub struct AppState {
     pub writer: Writer,
     /// Configuration.
     pub config: Arc<Config>,
+    /// Drives the handoff: synchronous escalations, relays, the outbox and Bright Pattern polls.
+    pub handoff: crate::handoff::Handoff,
 }
 
 /// Registers every route.

@@ -1,0 +1,302 @@
+//! Bright Pattern has no webhooks for chat events: a long-poll loop per open chat fetches them (Get New
+//! Chat Events). One poll at a time per chat; errors back off; the loop stops when the chat ends, fails or
+//! is not found. What a poll brings is handed to a [`PollSink`] (append through the writer, then the same
+//! relays as webhooks), which is where the store's deduplication keeps repeated events out.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::backends::{BackendError, BrightPatternClient, PollOutcome};
+use crate::outbox::RetryPolicy;
+
+/// Where polled events go.
+#[async_trait]
+pub trait PollSink: Send + Sync + 'static {
+    /// Appends and relays one poll answer (the raw body); Ok(true) when it says the chat is over.
+    async fn deliver(&self, chat_id: &str, body: &str) -> Result<bool, String>;
+}
+
+/// One long poll on a chat's events.
+#[async_trait]
+pub trait EventSource: Send + Sync + 'static {
+    /// Waits for the chat's next events.
+    async fn poll(&self, chat_id: &str) -> Result<PollOutcome, BackendError>;
+}
+
+#[async_trait]
+impl EventSource for BrightPatternClient {
+    async fn poll(&self, chat_id: &str) -> Result<PollOutcome, BackendError> {
+        self.poll_events(chat_id).await
+    }
+}
+
+/// Whether one Bright Pattern server event means the chat no longer exists.
+pub fn ends_chat(event: &Value) -> bool {
+    match event.get("event").and_then(Value::as_str) {
+        Some("chat_session_ended" | "chat_session_inactivity_timeout" | "chat_session_inactvity_timeout") => true,
+        Some("chat_session_status") => {
+            matches!(event.get("state").and_then(Value::as_str), Some("failed" | "completed"))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a poll answer (`{"events": [...]}` or one event) carries an event that ends the chat.
+pub fn body_ends_chat(body: &Value) -> bool {
+    match body.get("events") {
+        Some(Value::Array(events)) => events.iter().any(ends_chat),
+        _ => ends_chat(body),
+    }
+}
+
+/// Why a poll loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollStop {
+    /// An event ended the chat.
+    Ended,
+    /// Bright Pattern no longer knows the chat (5005 / 404).
+    Gone,
+    /// Refused polls (4xx) `max_attempts` times in a row.
+    Refused(String),
+}
+
+/// The chats being polled: at most one loop per chat.
+#[derive(Default)]
+pub struct Pollers {
+    running: Mutex<HashSet<String>>,
+}
+
+/// Takes a chat out of the running set when its loop ends, however it ends.
+struct Running {
+    pollers: Arc<Pollers>,
+    chat_id: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = self.pollers.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.remove(&self.chat_id);
+    }
+}
+
+impl Pollers {
+    /// Starts polling `chat_id` unless a loop already polls it; returns whether one was started.
+    pub fn start(
+        self: &Arc<Self>,
+        source: Arc<dyn EventSource>,
+        sink: Arc<dyn PollSink>,
+        chat_id: &str,
+        policy: RetryPolicy,
+    ) -> bool {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if !running.insert(chat_id.to_string()) {
+                return false;
+            }
+        }
+        let guard = Running {
+            pollers: Arc::clone(self),
+            chat_id: chat_id.to_string(),
+        };
+        tokio::spawn(async move {
+            let stop = poll_until_done(source.as_ref(), sink.as_ref(), &guard.chat_id, policy).await;
+            tracing::info!(chat_id = %guard.chat_id, stop = ?stop, "stopped polling Bright Pattern chat");
+            drop(guard);
+        });
+        true
+    }
+
+    /// Whether a loop polls `chat_id` now.
+    pub fn is_polling(&self, chat_id: &str) -> bool {
+        self.running.lock().map(|r| r.contains(chat_id)).unwrap_or(false)
+    }
+}
+
+/// Polls one chat until it is over.
+pub async fn poll_until_done(
+    source: &dyn EventSource,
+    sink: &dyn PollSink,
+    chat_id: &str,
+    policy: RetryPolicy,
+) -> PollStop {
+    let mut failures: u32 = 0;
+    let mut refusals: u32 = 0;
+    loop {
+        match source.poll(chat_id).await {
+            Ok(PollOutcome::Events(body)) => {
+                failures = 0;
+                refusals = 0;
+                if deliver_until_stored(sink, chat_id, &body, policy).await {
+                    return PollStop::Ended;
+                }
+            }
+            Ok(PollOutcome::NoEvents) => {
+                failures = 0;
+                refusals = 0;
+            }
+            Ok(PollOutcome::ChatGone) => return PollStop::Gone,
+            Ok(PollOutcome::Busy) => {
+                // Another poll holds the chat (a previous instance's, still open): wait for it to end.
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(policy.delay(failures, rand::random())).await;
+            }
+            Err(e) if e.is_transient() => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(chat_id, error = %e, "Bright Pattern poll failed; backing off");
+                tokio::time::sleep(policy.delay(failures, rand::random())).await;
+            }
+            Err(e) => {
+                refusals = refusals.saturating_add(1);
+                tracing::warn!(chat_id, error = %e, refusals, "Bright Pattern refused the poll");
+                if refusals >= policy.max_attempts {
+                    return PollStop::Refused(e.to_string());
+                }
+                tokio::time::sleep(policy.delay(refusals, rand::random())).await;
+            }
+        }
+    }
+}
+
+/// Polled events are gone from the platform once read: keep offering them until they are stored.
+async fn deliver_until_stored(sink: &dyn PollSink, chat_id: &str, body: &str, policy: RetryPolicy) -> bool {
+    let mut attempt: u32 = 0;
+    loop {
+        match sink.deliver(chat_id, body).await {
+            Ok(ended) => return ended,
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                tracing::error!(chat_id, error = %e, attempt, "polled events not stored yet; retrying");
+                tokio::time::sleep(policy.delay(attempt, rand::random())).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    #[test]
+    fn chat_ending_events_are_recognised() {
+        assert!(ends_chat(&json!({"event": "chat_session_ended"})));
+        assert!(ends_chat(&json!({"event": "chat_session_inactvity_timeout"})));
+        assert!(ends_chat(&json!({"event": "chat_session_inactivity_timeout"})));
+        assert!(ends_chat(&json!({"event": "chat_session_status", "state": "failed"})));
+        assert!(ends_chat(
+            &json!({"event": "chat_session_status", "state": "completed"})
+        ));
+        assert!(!ends_chat(&json!({"event": "chat_session_status", "state": "queued"})));
+        assert!(!ends_chat(&json!({"event": "chat_session_message", "msg": "bye"})));
+        assert!(body_ends_chat(
+            &json!({"events": [{"event": "chat_session_message"}, {"event": "chat_session_ended"}]})
+        ));
+        assert!(!body_ends_chat(&json!({"events": []})));
+    }
+
+    struct Script(Mutex<VecDeque<Result<PollOutcome, BackendError>>>);
+
+    #[async_trait]
+    impl EventSource for Script {
+        async fn poll(&self, _chat_id: &str) -> Result<PollOutcome, BackendError> {
+            self.0.lock().unwrap().pop_front().unwrap_or(Ok(PollOutcome::ChatGone))
+        }
+    }
+
+    #[derive(Default)]
+    struct Collect {
+        bodies: Mutex<Vec<String>>,
+        fail_first: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl PollSink for Collect {
+        async fn deliver(&self, _chat_id: &str, body: &str) -> Result<bool, String> {
+            let mut fail = self.fail_first.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err("store down".into());
+            }
+            self.bodies.lock().unwrap().push(body.to_string());
+            let value: Value = serde_json::from_str(body).unwrap();
+            Ok(body_ends_chat(&value))
+        }
+    }
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn polls_through_errors_until_the_chat_ends() {
+        let first = r#"{"events":[{"event":"chat_session_message","msg":"hi"}]}"#.to_string();
+        let last = r#"{"events":[{"event":"chat_session_ended"}]}"#.to_string();
+        let source = Script(Mutex::new(VecDeque::from([
+            Ok(PollOutcome::NoEvents),
+            Err(BackendError::Timeout),
+            Ok(PollOutcome::Events(first.clone())),
+            Ok(PollOutcome::Busy),
+            Ok(PollOutcome::Events(last.clone())),
+            Ok(PollOutcome::Events("never read".into())),
+        ])));
+        let sink = Collect {
+            fail_first: Mutex::new(2),
+            ..Default::default()
+        };
+        assert_eq!(poll_until_done(&source, &sink, "c", fast()).await, PollStop::Ended);
+        assert_eq!(*sink.bodies.lock().unwrap(), vec![first, last]);
+        assert_eq!(source.0.lock().unwrap().len(), 1, "no poll after the end");
+    }
+
+    #[tokio::test]
+    async fn stops_when_the_chat_is_gone_or_polls_keep_being_refused() {
+        let source = Script(Mutex::new(VecDeque::from([Ok(PollOutcome::ChatGone)])));
+        assert_eq!(
+            poll_until_done(&source, &Collect::default(), "c", fast()).await,
+            PollStop::Gone
+        );
+        let refused = || {
+            Err(BackendError::Permanent {
+                status: 401,
+                body: "no".into(),
+            })
+        };
+        let source = Script(Mutex::new(VecDeque::from([refused(), refused(), refused()])));
+        assert!(matches!(
+            poll_until_done(&source, &Collect::default(), "c", fast()).await,
+            PollStop::Refused(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_loop_per_chat() {
+        let pollers = Arc::new(Pollers::default());
+        let slow: Arc<dyn EventSource> = Arc::new(Slow);
+        let sink: Arc<dyn PollSink> = Arc::new(Collect::default());
+        assert!(pollers.start(slow.clone(), sink.clone(), "c", fast()));
+        assert!(!pollers.start(slow.clone(), sink.clone(), "c", fast()));
+        assert!(pollers.is_polling("c"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!pollers.is_polling("c"), "the loop left when the chat was gone");
+        assert!(pollers.start(slow, sink, "c", fast()));
+    }
+
+    struct Slow;
+
+    #[async_trait]
+    impl EventSource for Slow {
+        async fn poll(&self, _chat_id: &str) -> Result<PollOutcome, BackendError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(PollOutcome::ChatGone)
+        }
+    }
+}
