@@ -403,7 +403,8 @@ impl<'a> Folder<'a> {
             (Some(p), Party::Agent | Party::Bot) => match self.parties.get(p) {
                 Some(Joined::Agent(name)) => (Party::Agent, Some(name.clone())),
                 Some(Joined::Scenario(name)) => (Party::Bot, Some(name.clone().unwrap_or_else(|| p.clone()))),
-                None => (Party::Agent, Some(m.author.clone().unwrap_or_else(|| p.clone()))),
+                // Never joined in what we hold: the parser's own reading of the line stands.
+                None => (m.party, Some(m.author.clone().unwrap_or_else(|| p.clone()))),
             },
             _ => (m.party, m.author.clone()),
         }

@@ -35,7 +35,8 @@
 //!   the target queue when given, state `queued` until re-attended.
 //! - `Message`: a transcript line. Bright Pattern `party_id`s (on agent or bot lines) are resolved:
 //!   one that joined by `Attended` is that agent; by `ScenarioJoined` a bot line authored by the
-//!   scenario; unknown -> an agent line authored by the party id. The first agent line that is not
+//!   scenario; unknown -> the line's own party (agent, unless the parser knew it for a bot) authored
+//!   by the payload's name, else the party id. The first agent line that is not
 //!   `automatic` (an Aivo trigger), at or after the latest handoff's `attended_at` and not after its
 //!   close, sets `first_response_seconds`.
 //! - `VisitorLeft`: open handoff -> closed with close reason `visitor_left` (ours, so not a

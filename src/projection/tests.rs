@@ -746,6 +746,7 @@ fn bright_pattern_parties_resolve_to_scenario_bot_or_agent() {
         .at(14, BP, party_line(Party::Agent, "p2", "Hi, I'm Ana"))
         .at(15, BP, party_line(Party::Visitor, "c1", "Hi Ana"))
         .at(20, BP, party_line(Party::Agent, "p9", "who am I?"))
+        .at(21, BP, party_line(Party::Bot, "s7", "a scenario we never saw join"))
         .at(
             25,
             BP,
@@ -764,10 +765,11 @@ fn bright_pattern_parties_resolve_to_scenario_bot_or_agent() {
             (Party::Agent, Some("Ana")),
             (Party::Visitor, None),
             (Party::Agent, Some("p9")),
+            (Party::Bot, Some("s7")),
         ]
     );
     let c = p.conversation;
-    assert_eq!(c.message_counts.bot, 2);
+    assert_eq!(c.message_counts.bot, 3);
     assert_eq!(c.message_counts.agent, 3);
     assert_eq!(c.message_counts.visitor, 1);
     // Neither the scenario's line nor Ana's line before she attended is a response.
