@@ -180,6 +180,7 @@ on_both_backends!(
     db: [
         the_event_log_refuses_update_and_delete,
         migrating_twice_is_a_no_op,
+        replay_repairs_projections_from_the_log_alone,
     ]
 );
 
@@ -980,6 +981,47 @@ async fn replay_rebuilds_exactly_what_appends_built(store: Arc<dyn Store>) {
     assert_eq!(snapshot(&store, &handed_out).await, before);
     let next = append_one(&store, event(Platform::AivoLive, "r1", "after-replay", 60)).await;
     assert_eq!((next.seq, next.conversation_id), (log.len() as i64 + 1, Some(cu1)));
+}
+
+async fn replay_repairs_projections_from_the_log_alone(store: Arc<dyn Store>, db: &TestDb) {
+    let cu = ultimate("u1").conversation_id();
+    let cr = room("room-1").conversation_id();
+    append(
+        &store,
+        vec![
+            vec![bot("u1", "hi", 0), visitor_says(cu, "help", 1)],
+            vec![attended("room-1", "Tomas", 20)],
+        ],
+    )
+    .await;
+    append(&store, vec![vec![queue_accepted(cu, "room-1", "2179", 19)]]).await;
+    let ids = BTreeSet::from([cu, cr]);
+    let before = snapshot(&store, &ids).await;
+    assert_eq!(before.0.len(), 1);
+
+    // Wreck every projection table behind the store's back; only the log is left intact.
+    for sql in [
+        "DELETE FROM aliases",
+        "UPDATE streams SET conversation_id = 'bogus'",
+        "UPDATE conversations SET doc = '{}', transcript = 'not json'",
+    ] {
+        db.raw.execute(sql).await.unwrap();
+    }
+    assert_eq!(store.get_conversation(cr).await.unwrap(), None, "the alias is gone");
+    assert!(
+        store.get_conversation(cu).await.is_err(),
+        "the stored document is garbage"
+    );
+    assert_eq!(
+        store.conversation_events(cu).await.unwrap(),
+        None,
+        "no stream points at it"
+    );
+
+    let stats = store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!(stats.events, 4);
+    assert_eq!(stats.conversations, 1);
+    assert_eq!(snapshot(&store, &ids).await, before);
 }
 
 // ---------------------------------------------------------------------------------------------
