@@ -266,3 +266,54 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 pub fn stream(platform: Platform, external_id: impl Into<String>) -> StreamKey {
     StreamKey::new(platform, external_id)
 }
+
+/// Builds the event a delivery gives: event id from the delivery key, times truncated to microseconds,
+/// the delivery's headers kept, no links.
+pub fn delivered_event(
+    platform: Platform,
+    external_id: impl Into<String>,
+    kind: impl Into<String>,
+    delivery_key: Option<&str>,
+    occurred_at: DateTime<Utc>,
+    payload: &str,
+    d: &Delivery,
+) -> NewEvent {
+    NewEvent {
+        event_id: crate::model::event_id_for(platform, delivery_key),
+        stream: StreamKey::new(platform, external_id),
+        kind: kind.into(),
+        occurred_at: truncate_to_micros(occurred_at),
+        received_at: truncate_to_micros(d.received_at),
+        payload: payload.to_string(),
+        headers: d.headers.clone(),
+        links: Vec::new(),
+    }
+}
+
+/// An optional string field: absent, null and non-strings read as `None`.
+pub fn opt_str(parent: &Value, key: &str) -> Option<String> {
+    parent.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// An optional id-like field (string or number) as text: absent, null and empty strings read as `None`.
+pub fn opt_text(parent: &Value, key: &str) -> Option<String> {
+    parent.get(key).and_then(scalar_text).filter(|s| !s.is_empty())
+}
+
+/// A required string field; `path` is the JSON path named in the error.
+pub fn required_str(parent: &Value, key: &str, path: &str) -> Result<String, PayloadError> {
+    match parent.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(PayloadError::field(path, format!("`{path}` is required"))),
+        Some(_) => Err(PayloadError::field(path, format!("`{path}` must be a string"))),
+    }
+}
+
+/// Joins a JSON path prefix and a key (`""` + `event` = `event`, `events[2]` + `event` = `events[2].event`).
+pub fn join_path(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
