@@ -6,10 +6,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod backends;
 pub mod config;
+pub mod handoff;
 pub mod model;
 pub mod projection;
 pub mod sources;
 pub mod startup;
 pub mod store;
+pub mod transcript;
 pub mod writer;

@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
                 stats.events, stats.conversations
             );
         }
-        Command::Openapi => {}
+        Command::Openapi => print!("{}", handoff_ledger::api::openapi::openapi_json()?),
     }
     Ok(())
 }

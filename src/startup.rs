@@ -39,9 +39,14 @@ impl Application {
             config: Arc::new(config),
         };
         let data = web::Data::new(state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
-            .listen(listener)?
-            .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(api::configure)
+                .default_service(web::to(api::not_found))
+        })
+        .listen(listener)?
+        .run();
         Ok(Application { port, server, state })
     }
 
@@ -58,5 +63,24 @@ impl Application {
     /// Serves until the server stops.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Says at start which webhook endpoints accept deliveries without a token.
+fn warn_open_webhooks(config: &Config) {
+    let open: Vec<&str> = [
+        ("ultimate", config.ultimate.webhook_token.is_empty()),
+        ("aivo_live", config.aivo_live.webhook_token.is_empty()),
+        ("bright_pattern", config.bright_pattern.webhook_token.is_empty()),
+        ("vcc", config.vcc.secret_key.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(name, open)| open.then_some(name))
+    .collect();
+    if !open.is_empty() {
+        tracing::warn!(
+            platforms = %open.join(", "),
+            "webhook endpoints are open: no token configured (set <platform>.webhook_token / vcc.secret_key)"
+        );
     }
 }

@@ -1,0 +1,342 @@
+//! Conversations: list, one, transcript (json, text, csv, jsonl), raw events, and the two commands
+//! support tooling posts (`messages`, `handoff`).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use super::webhooks::Accepted;
+use super::AppState;
+use crate::model::{Conversation, Message, Party, StoredEvent};
+use crate::sources::ledger;
+use crate::store::ConversationFilter;
+
+/// Filters and paging of `GET /v1/conversations`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Conversations with a stream of this platform (`ultimate`, `aivo_live`, `vcc`, `bright_pattern`, `api`, `ledger`).
+    pub platform: Option<String>,
+    /// Conversations with a stream of this external id.
+    pub external_id: Option<String>,
+    /// Handoff state: `bot`, `escalation_requested`, `queued`, `attended`, `closed`, `failed`.
+    pub state: Option<String>,
+    /// Disposition: `completed`, `abandoned`, `missed`, `failed`.
+    pub disposition: Option<String>,
+    /// SLA status: `met`, `breached`, `pending`, `not_applicable`.
+    pub sla_status: Option<String>,
+    /// Queue of the latest handoff.
+    pub queue: Option<String>,
+    /// Name of an agent who handled it.
+    pub agent: Option<String>,
+    /// RFC 3339; `started_at >= since`.
+    pub since: Option<String>,
+    /// RFC 3339; `started_at < until`.
+    pub until: Option<String>,
+    /// Page size, default 50, max 500.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of conversations, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationList {
+    /// The conversations.
+    pub items: Vec<Conversation>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Transcript {
+    /// The conversation (the survivor, when an absorbed id was asked for).
+    pub conversation_id: Uuid,
+    /// Lines ordered by `at`, then `seq`.
+    pub messages: Vec<Message>,
+}
+
+/// Format of a transcript.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TranscriptParams {
+    /// `json` (default), `text`, `csv` or `jsonl`.
+    pub format: Option<String>,
+}
+
+/// Raw events of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    /// Events in `seq` order, raw payloads included.
+    pub items: Vec<StoredEvent>,
+}
+
+/// `POST /v1/conversations/{id}/messages` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PostMessage {
+    /// Who speaks: `visitor` (relayed to the live agent), or `agent`/`system` for notes.
+    pub party: Party,
+    /// The text.
+    pub text: String,
+}
+
+/// `POST /v1/conversations/{id}/handoff` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PostHandoff {
+    /// Team to hand over to (`[routing.teams.<name>]`); the default route when absent.
+    pub team: Option<String>,
+}
+
+fn parse_time(name: &str, value: Option<&String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ApiError::parameter(name, format!("`{name}` must be an RFC 3339 time: {e}")))
+        })
+        .transpose()
+}
+
+fn check_enum(name: &str, value: &Option<String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::parameter(
+            name,
+            format!("`{name}` must be one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn encode_cursor((micros, id): (i64, Uuid)) -> String {
+    format!("{micros}_{id}")
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
+    let bad = || {
+        ApiError::parameter(
+            "cursor",
+            "`cursor` must be a `next_cursor` value returned by this endpoint",
+        )
+    };
+    let (micros, id) = cursor.split_once('_').ok_or_else(bad)?;
+    Ok((micros.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
+}
+
+impl ListParams {
+    fn into_filter(self) -> Result<ConversationFilter, ApiError> {
+        check_enum(
+            "platform",
+            &self.platform,
+            &["ultimate", "aivo_live", "vcc", "bright_pattern", "api", "ledger"],
+        )?;
+        check_enum(
+            "state",
+            &self.state,
+            &["bot", "escalation_requested", "queued", "attended", "closed", "failed"],
+        )?;
+        check_enum(
+            "disposition",
+            &self.disposition,
+            &["completed", "abandoned", "missed", "failed"],
+        )?;
+        check_enum(
+            "sla_status",
+            &self.sla_status,
+            &["met", "breached", "pending", "not_applicable"],
+        )?;
+        let limit = self.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::parameter("limit", "`limit` must be between 1 and 500"));
+        }
+        Ok(ConversationFilter {
+            since: parse_time("since", self.since.as_ref())?,
+            until: parse_time("until", self.until.as_ref())?,
+            after: self.cursor.as_deref().map(decode_cursor).transpose()?,
+            platform: self.platform,
+            external_id: self.external_id,
+            state: self.state,
+            disposition: self.disposition,
+            sla_status: self.sla_status,
+            queue: self.queue,
+            agent: self.agent,
+            limit,
+        })
+    }
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no conversation {id}"))
+}
+
+/// Lists conversations, newest first, with filters and cursor pagination.
+#[utoipa::path(
+    get, path = "/v1/conversations", tag = "conversations",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of conversations", body = ConversationList),
+        (status = 400, description = "Bad query parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list(state: web::Data<AppState>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+    let filter = params.into_inner().into_filter()?;
+    let page = state.store.list_conversations(&filter).await?;
+    Ok(HttpResponse::Ok().json(ConversationList {
+        items: page.items,
+        next_cursor: page.next.map(encode_cursor),
+    }))
+}
+
+/// One conversation; an id absorbed by a merge resolves to the surviving conversation.
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}", tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The conversation", body = Conversation),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
+pub async fn get(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let conversation = state.store.get_conversation(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(HttpResponse::Ok().json(conversation))
+}
+
+/// The merged transcript: every content message from every platform in `at` order.
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}/transcript", tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id"), TranscriptParams),
+    responses(
+        (status = 200, description = "The transcript: JSON by default; `format=text` (text/plain), `csv` (text/csv), `jsonl` (application/x-ndjson, one Message per line)",
+            content(
+                (Transcript = "application/json"),
+                (String = "text/plain"),
+                (String = "text/csv"),
+                (Message = "application/x-ndjson"),
+            )),
+        (status = 400, description = "Bad `format` or id", body = ErrorBody),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
+pub async fn transcript(
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+    params: web::Query<TranscriptParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let format = params.into_inner().format.unwrap_or_else(|| "json".into());
+    check_enum("format", &Some(format.clone()), &["json", "text", "csv", "jsonl"])?;
+    let (conversation_id, messages) = state.store.transcript(id).await?.ok_or_else(|| not_found(id))?;
+    let transcript = Transcript {
+        conversation_id,
+        messages,
+    };
+    Ok(match format.as_str() {
+        "text" => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(crate::transcript::to_text(&transcript.messages)),
+        "csv" => HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .body(crate::transcript::to_csv(&transcript.messages).map_err(ApiError::Unexpected)?),
+        "jsonl" => HttpResponse::Ok()
+            .content_type("application/x-ndjson")
+            .body(crate::transcript::to_jsonl(&transcript.messages).map_err(ApiError::Unexpected)?),
+        _ => HttpResponse::Ok().json(transcript),
+    })
+}
+
+/// The raw events of a conversation in `seq` order, payloads as received.
+#[utoipa::path(
+    get, path = "/v1/conversations/{id}/events", tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "Its events", body = EventList),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+    )
+)]
+pub async fn events(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let items = state
+        .store
+        .conversation_events(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(HttpResponse::Ok().json(EventList { items }))
+}
+
+fn idempotency_key(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Records a message; a visitor message is relayed to the live agent when the conversation is handed off.
+/// An `Idempotency-Key` header makes a retried post one message.
+#[utoipa::path(
+    post, path = "/v1/conversations/{id}/messages", tag = "commands",
+    params(("id" = Uuid, Path, description = "Conversation id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried post one message")),
+    request_body = PostMessage,
+    responses(
+        (status = 200, description = "Recorded", body = Accepted),
+        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 422, description = "Wrong shape", body = ErrorBody),
+    )
+)]
+pub async fn post_message(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    body: web::Json<PostMessage>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let conversation = state.store.get_conversation(id).await?.ok_or_else(|| not_found(id))?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::InvalidPayload {
+            message: "`text` must not be empty".into(),
+            field: "text".into(),
+        });
+    }
+    let key = idempotency_key(&req);
+    let event = ledger::api_message(conversation.id, body.party, &body.text, key.as_deref(), Utc::now());
+    let outcomes = state.writer.append(vec![event]).await?;
+    crate::handoff::after_api_message(&state, &conversation, &body.text, &outcomes).await;
+    Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
+}
+
+/// Hands the conversation over to a live team, as the bot's `escalate` does; same answers.
+#[utoipa::path(
+    post, path = "/v1/conversations/{id}/handoff", tag = "commands",
+    params(("id" = Uuid, Path, description = "Conversation id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried post one request")),
+    request_body = PostHandoff,
+    responses(
+        (status = 200, description = "Handed over", body = Accepted),
+        (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 422, description = "Wrong shape", body = ErrorBody),
+        (status = 502, description = "The live backend refused", body = ErrorBody),
+        (status = 503, description = "No route, or backend unavailable", body = ErrorBody),
+        (status = 504, description = "The live backend did not answer within the deadline", body = ErrorBody),
+    )
+)]
+pub async fn post_handoff(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<Uuid>,
+    body: web::Json<PostHandoff>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let conversation = state.store.get_conversation(id).await?.ok_or_else(|| not_found(id))?;
+    let key = idempotency_key(&req);
+    let event = ledger::api_handoff(conversation.id, body.team.as_deref(), key.as_deref(), Utc::now());
+    let outcomes = state.writer.append(vec![event]).await?;
+    crate::handoff::handoff_command(&state, &conversation, body.team.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
+}

@@ -1,0 +1,204 @@
+//! The one table of public errors: each code with its HTTP status, rendered as one JSON shape
+//! `{"error": {"code", "message", "details"?}}`. Internal failures are logged with their cause and
+//! answered opaquely.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::sources::PayloadError;
+use crate::store::StoreError;
+use crate::writer::WriteError;
+
+/// The error body every endpoint answers with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code, sentence and optional details of an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `payload_too_large`,
+    /// `unavailable`, `not_found`, `invalid_parameter`, `bad_gateway`, `gateway_timeout`, `internal`.
+    pub code: String,
+    /// A human sentence.
+    pub message: String,
+    /// Extra facts, e.g. `{"field": "data.platformConversationId"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+/// Every error the API answers deliberately.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not UTF-8 or not JSON.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// JSON of the wrong shape.
+    #[error("{message}")]
+    InvalidPayload {
+        /// Sentence.
+        message: String,
+        /// JSON path of the field.
+        field: String,
+    },
+    /// Missing or wrong webhook token.
+    #[error("missing or wrong webhook token")]
+    Unauthorized,
+    /// Body larger than `server.max_body_bytes`.
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The store cannot be reached: retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Unknown id.
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad query parameter.
+    #[error("{message}")]
+    InvalidParameter {
+        /// Sentence.
+        message: String,
+        /// Parameter name.
+        parameter: String,
+    },
+    /// A live backend answered with an error.
+    #[error("{0}")]
+    BadGateway(String),
+    /// A live backend did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// Anything else: logged, answered opaquely.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// The public code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidPayload { .. } => "invalid_payload",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::InvalidParameter { .. } => "invalid_parameter",
+            ApiError::BadGateway(_) => "bad_gateway",
+            ApiError::GatewayTimeout(_) => "gateway_timeout",
+            ApiError::Unexpected(_) => "internal",
+        }
+    }
+
+    /// A bad query parameter.
+    pub fn parameter(parameter: &str, message: impl Into<String>) -> Self {
+        ApiError::InvalidParameter {
+            message: message.into(),
+            parameter: parameter.to_string(),
+        }
+    }
+
+    /// The body answered.
+    pub fn body(&self) -> ErrorBody {
+        let (message, details) = match self {
+            ApiError::InvalidPayload { message, field } => {
+                (message.clone(), Some(serde_json::json!({ "field": field })))
+            }
+            ApiError::InvalidParameter { message, parameter } => {
+                (message.clone(), Some(serde_json::json!({ "parameter": parameter })))
+            }
+            ApiError::Unexpected(_) => ("internal error; it has been logged".to_string(), None),
+            other => (other.to_string(), None),
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message,
+                details,
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidPayload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Unexpected(e) = self {
+            tracing::error!(error = ?e, "unexpected error");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable(_)) {
+            res.insert_header(("Retry-After", "1"));
+        }
+        res.json(self.body())
+    }
+}
+
+impl From<PayloadError> for ApiError {
+    fn from(e: PayloadError) -> Self {
+        match e {
+            PayloadError::InvalidJson(m) => ApiError::InvalidJson(m),
+            PayloadError::InvalidPayload { message, field } => ApiError::InvalidPayload { message, field },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store error");
+        ApiError::Unavailable("the event log is unavailable; retry later".into())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        tracing::error!(error = %e, "write failed");
+        ApiError::Unavailable("the event log is unavailable; retry later".into())
+    }
+}
+
+/// The JSON error for actix's own extractor failures (bad path or query), so that every answer has one shape.
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::parameter("query", err.to_string()).into()
+}
+
+/// The JSON error for bad path parameters.
+pub fn path_error_handler(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::parameter("path", err.to_string()).into()
+}
+
+/// The JSON error for bad JSON bodies of the API's own commands.
+pub fn json_error_handler(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    match err {
+        J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(limit).into(),
+        J::Deserialize(e) if e.is_data() => ApiError::InvalidPayload {
+            message: e.to_string(),
+            field: String::new(),
+        }
+        .into(),
+        other => ApiError::InvalidJson(other.to_string()).into(),
+    }
+}

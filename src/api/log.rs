@@ -1,0 +1,128 @@
+//! The global event feed, the quarantine, and health.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::model::{QuarantineEntry, StoredEvent};
+
+/// Paging of the global log.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedParams {
+    /// Events with `seq > after_seq` (default 0).
+    pub after_seq: Option<i64>,
+    /// At most this many (default 100, max 1000).
+    pub limit: Option<u32>,
+}
+
+/// A page of the global log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventFeed {
+    /// Events in `seq` order.
+    pub items: Vec<StoredEvent>,
+    /// Pass as `after_seq` for the next page (equals the request's `after_seq` when nothing new).
+    pub next_after_seq: i64,
+}
+
+/// Paging of the quarantine.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QuarantineParams {
+    /// Entries with `id < before` (for the next page).
+    pub before: Option<i64>,
+    /// At most this many (default 50, max 500).
+    pub limit: Option<u32>,
+}
+
+/// Refused deliveries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuarantineList {
+    /// Entries.
+    pub items: Vec<QuarantineEntry>,
+    /// Pass as `before` for the next page; null on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// Liveness / readiness answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable`.
+    pub status: String,
+}
+
+fn check_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::parameter(
+            "limit",
+            format!("`limit` must be between 1 and {max}"),
+        ))
+    }
+}
+
+/// The global event log in `seq` order (for consumers that tail it).
+#[utoipa::path(
+    get, path = "/v1/events", tag = "log",
+    params(FeedParams),
+    responses(
+        (status = 200, description = "Events after `after_seq`", body = EventFeed),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+    )
+)]
+pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) -> Result<HttpResponse, ApiError> {
+    let after = params.after_seq.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::parameter("after_seq", "`after_seq` must not be negative"));
+    }
+    let limit = check_limit(params.limit, 100, 1000)?;
+    let items = state.store.events_after(after, limit).await?;
+    let next_after_seq = items.last().map(|e| e.seq).unwrap_or(after);
+    Ok(HttpResponse::Ok().json(EventFeed { items, next_after_seq }))
+}
+
+/// Deliveries answered 400/422, kept with their raw bytes, headers and error; newest first.
+#[utoipa::path(
+    get, path = "/v1/quarantine", tag = "log",
+    params(QuarantineParams),
+    responses(
+        (status = 200, description = "Refused deliveries", body = QuarantineList),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+    )
+)]
+pub async fn quarantine(
+    state: web::Data<AppState>,
+    params: web::Query<QuarantineParams>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = check_limit(params.limit, 50, 500)?;
+    let items = state.store.list_quarantine(limit, params.before).await?;
+    let next_before = if items.len() as u32 == limit {
+        items.last().map(|q| q.id)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(QuarantineList { items, next_before }))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok".into() })
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Store unreachable", body = ErrorBody),
+    )
+)]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.store.ping().await?;
+    Ok(HttpResponse::Ok().json(Health { status: "ok".into() }))
+}

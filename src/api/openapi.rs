@@ -1,0 +1,59 @@
+//! The OpenAPI document, generated from the handlers' annotations. Committed as `openapi/openapi.json`;
+//! a test fails when the two differ.
+
+use utoipa::OpenApi;
+
+use super::{conversations, error, log, webhooks};
+use crate::model;
+
+/// The whole API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "handoff-ledger",
+        description = "System of record for bot-to-human chat handoffs: webhooks in, conversations, transcripts and reports out.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        webhooks::ultimate_converse,
+        webhooks::ultimate_actions,
+        webhooks::aivo_live,
+        webhooks::vcc_chat,
+        webhooks::bright_pattern,
+        conversations::list,
+        conversations::get,
+        conversations::transcript,
+        conversations::events,
+        conversations::post_message,
+        conversations::post_handoff,
+        log::feed,
+        log::quarantine,
+        log::healthz,
+        log::readyz,
+    ),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail,
+        webhooks::Accepted, webhooks::TeamOnline, webhooks::ActionResult, webhooks::ActionResults,
+        conversations::ConversationList, conversations::Transcript, conversations::EventList,
+        conversations::PostMessage, conversations::PostHandoff,
+        log::EventFeed, log::QuarantineList, log::Health,
+        model::Conversation, model::Handoff, model::Message, model::StoredEvent, model::QuarantineEntry,
+        model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
+        model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
+    )),
+    tags(
+        (name = "webhooks", description = "Inbound platform webhooks: answered only after the event is durably appended"),
+        (name = "conversations", description = "Projected conversations and transcripts"),
+        (name = "commands", description = "Commands from support tooling"),
+        (name = "log", description = "The immutable event log and the quarantine"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON with a trailing newline (the form committed in `openapi/openapi.json`).
+pub fn openapi_json() -> anyhow::Result<String> {
+    let mut s = ApiDoc::openapi().to_pretty_json()?;
+    s.push('\n');
+    Ok(s)
+}

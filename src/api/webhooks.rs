@@ -1,0 +1,439 @@
+//! Inbound webhooks. Each handler is a short script: check the token, read the body within the
+//! limit, parse (pure), hand the events to the writer, answer after commit. Refused deliveries
+//! (400/422) are kept in the quarantine before the answer goes out.
+
+use std::collections::{BTreeMap, HashMap};
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::Utc;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::model::{AppendOutcome, NewQuarantine, Platform};
+use crate::sources::{self, Delivery, Parsed, PayloadError};
+
+/// Headers kept with an event or a quarantined delivery (never credentials).
+const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "user-agent",
+    "idempotency-key",
+    "x-request-id",
+    "x-correlation-id",
+    "x-forwarded-for",
+    "x-real-ip",
+];
+
+/// The answer to an accepted delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// Id of the (last) event of the delivery; null for a delivery carrying no event.
+    pub event_id: Option<Uuid>,
+    /// Log position of the (last) event.
+    pub seq: Option<i64>,
+    /// True when every event of the delivery was already stored (nothing appended).
+    pub duplicate: bool,
+    /// Conversation the (last) event belongs to; null for events filed under no conversation.
+    pub conversation_id: Option<Uuid>,
+    /// Number of events in a body that carries several (Bright Pattern, VCC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<usize>,
+}
+
+impl Accepted {
+    /// Builds the answer from the writer's outcomes (`multi`: the body may carry several events).
+    pub fn from_outcomes(outcomes: &[AppendOutcome], multi: bool) -> Self {
+        let last = outcomes.last();
+        Accepted {
+            event_id: last.map(|o| o.event_id),
+            seq: last.map(|o| o.seq),
+            duplicate: !outcomes.is_empty() && outcomes.iter().all(|o| o.duplicate),
+            conversation_id: last.and_then(|o| o.conversation_id),
+            events: multi.then_some(outcomes.len()),
+        }
+    }
+}
+
+/// `isTeamOnline` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamOnline {
+    /// Whether the team can take the conversation now.
+    #[serde(rename = "isOnline")]
+    pub is_online: bool,
+}
+
+/// One result of the actions webhook: becomes a bot session variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ActionResult {
+    /// Variable name.
+    pub key: String,
+    /// Value (string, number or boolean).
+    #[schema(value_type = Object)]
+    pub value: Value,
+    /// Whether the bot should sanitise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitize: Option<bool>,
+}
+
+/// The actions webhook answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ActionResults {
+    /// Session variables for the bot.
+    pub results: Vec<ActionResult>,
+}
+
+/// What a delivery became.
+pub struct Ingested {
+    /// The parsed body.
+    pub value: Value,
+    /// The parsed events.
+    pub parsed: Parsed,
+    /// What the writer answered.
+    pub outcomes: Vec<AppendOutcome>,
+}
+
+type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
+
+/// Checks a platform's webhook token: `Authorization: Bearer <token>` or `?<query_name>=<token>`.
+/// Compared in constant time (over digests, so lengths do not leak either).
+pub fn check_token(req: &HttpRequest, expected: &str, query_names: &[&str]) -> Result<(), ApiError> {
+    if expected.is_empty() {
+        return Ok(());
+    }
+    let from_header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|v| v.trim().to_string());
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    let given = from_header.or_else(|| query_names.iter().find_map(|n| query.get(*n).cloned()));
+    let Some(given) = given else {
+        return Err(ApiError::Unauthorized);
+    };
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    if bool::from(a.ct_eq(&b)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn kept_headers(req: &HttpRequest) -> BTreeMap<String, String> {
+    KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            req.headers()
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (name.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.to_vec())
+}
+
+/// The common path of every webhook: token, body, parse, quarantine on refusal, append.
+pub async fn ingest(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    platform: Platform,
+    token: (&str, &[&str]),
+    parse: ParseFn,
+) -> Result<Ingested, ApiError> {
+    check_token(req, token.0, token.1)?;
+    let received_at = Utc::now();
+    let body = read_body(req, payload, state.config.server.max_body_bytes).await?;
+    let headers = kept_headers(req);
+    let idempotency_key = headers.get("idempotency-key").cloned();
+    let path_id = req.match_info().get("chat_id").map(str::to_string);
+    let delivery = Delivery {
+        received_at: sources::truncate_to_micros(received_at),
+        headers: headers.clone(),
+        idempotency_key: idempotency_key.as_deref(),
+        path_id: path_id.as_deref(),
+    };
+    let parsed = sources::parse_json(&body).and_then(|value| {
+        // parse_json succeeded, so the body is UTF-8.
+        let raw = String::from_utf8_lossy(&body);
+        parse(&raw, &value, &delivery).map(|parsed| (value, parsed))
+    });
+    let (value, parsed) = match parsed {
+        Ok(ok) => ok,
+        Err(e) => {
+            let error = ApiError::from(e);
+            quarantine(state, req, platform, &error, headers, body).await?;
+            return Err(error);
+        }
+    };
+    let outcomes = state.writer.append(parsed.events.clone()).await?;
+    Ok(Ingested {
+        value,
+        parsed,
+        outcomes,
+    })
+}
+
+async fn quarantine(
+    state: &AppState,
+    req: &HttpRequest,
+    platform: Platform,
+    error: &ApiError,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+) -> Result<(), ApiError> {
+    use actix_web::ResponseError;
+    let detail = error.body().error;
+    let entry = NewQuarantine {
+        received_at: Utc::now(),
+        path: req.path().to_string(),
+        platform: Some(platform),
+        error_code: detail.code,
+        error_message: detail.message,
+        status: error.status_code().as_u16(),
+        headers,
+        body,
+    };
+    state.writer.quarantine(entry).await?;
+    Ok(())
+}
+
+fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
+    let status = if ingested.parsed.unknown {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    HttpResponse::build(status).json(Accepted::from_outcomes(&ingested.outcomes, multi))
+}
+
+/// Ultimate converse webhook: `sendMessage`, `escalate`, `isTeamOnline`, `widgetMessage`, `widgetEscalate`, `widgetEndSession`.
+///
+/// `isTeamOnline` is answered `{"isOnline": ...}`; `escalate` is answered 200 when the hand-over
+/// succeeded and 502/503/504 when it failed; the others are acknowledged once stored.
+#[utoipa::path(
+    post, path = "/webhooks/ultimate/converse", tag = "webhooks",
+    request_body(content = Object, description = "Ultimate custom CRM converse event `{botId, channel?, data: {eventType, platformConversationId, ...}}`"),
+    params(("token" = Option<String>, Query, description = "Webhook token, when not sent as `Authorization: Bearer`")),
+    responses(
+        (status = 200, description = "Stored (or a redelivery: `duplicate: true`); `isTeamOnline` answers `{\"isOnline\": bool}`", body = Accepted),
+        (status = 202, description = "Unknown event type, stored as `ultimate.unknown`", body = Accepted),
+        (status = 400, description = "Not JSON or not UTF-8 (kept in quarantine)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, description = "Body over `server.max_body_bytes`", body = ErrorBody),
+        (status = 422, description = "Wrong shape; `details.field` names the field (kept in quarantine)", body = ErrorBody),
+        (status = 502, description = "escalate: the live backend refused the hand-over", body = ErrorBody),
+        (status = 503, description = "Store unavailable, or escalate: no route / backend unavailable", body = ErrorBody),
+        (status = 504, description = "escalate: the live backend did not answer within the deadline", body = ErrorBody),
+    )
+)]
+pub async fn ultimate_converse(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.config.ultimate.webhook_token.clone();
+    let ingested = ingest(
+        &state,
+        &req,
+        payload,
+        Platform::Ultimate,
+        (&token, &["token"]),
+        sources::ultimate::parse,
+    )
+    .await?;
+    let kind = ingested
+        .parsed
+        .events
+        .first()
+        .map(|e| e.kind.as_str())
+        .unwrap_or_default();
+    match kind {
+        "ultimate.is_team_online" => {
+            let team = sources::ultimate::team_of(&ingested.value);
+            let is_online = crate::handoff::team_online(&state, team.as_deref()).await;
+            Ok(HttpResponse::Ok().json(TeamOnline { is_online }))
+        }
+        "ultimate.escalate" => {
+            let team = sources::ultimate::team_of(&ingested.value);
+            crate::handoff::escalate_sync(&state, &ingested, team.as_deref()).await?;
+            Ok(answer(&ingested, false))
+        }
+        _ => {
+            crate::handoff::after_append(&state, &ingested).await;
+            Ok(answer(&ingested, false))
+        }
+    }
+}
+
+/// Ultimate actions webhook: runs the action synchronously and answers session variables.
+///
+/// Built in: `setAttributes` (stores the keys on the conversation; they feed the queue call) and
+/// `getHandoffStatus` (state, queue, agent, wait so far). Other actions are recorded and answered `{"results": []}`.
+#[utoipa::path(
+    post, path = "/webhooks/ultimate/actions", tag = "webhooks",
+    request_body(content = Object, description = "`{botId, conversationId?, platformConversationId, name, data: [{key, value, saveAs?}]}`"),
+    params(("token" = Option<String>, Query, description = "Webhook token, when not sent as `Authorization: Bearer`")),
+    responses(
+        (status = 200, description = "Action done", body = ActionResults),
+        (status = 400, description = "Not JSON (kept in quarantine)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 422, description = "Wrong shape (kept in quarantine)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
+)]
+pub async fn ultimate_actions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.config.ultimate.webhook_token.clone();
+    let ingested = ingest(
+        &state,
+        &req,
+        payload,
+        Platform::Ultimate,
+        (&token, &["token"]),
+        sources::ultimate::parse_action,
+    )
+    .await?;
+    let action = sources::ultimate::action_request(&ingested.value)?;
+    let conversation_id = ingested.outcomes.last().and_then(|o| o.conversation_id);
+    let results = crate::handoff::run_action(&state, &action, conversation_id).await?;
+    Ok(HttpResponse::Ok().json(ActionResults { results }))
+}
+
+/// Aivo Live webhook: `attended`, `transfer`, `messageToClient`, `close`.
+#[utoipa::path(
+    post, path = "/webhooks/aivo-live", tag = "webhooks",
+    request_body(content = Object, description = "`{name, roomId, timestamp, botId, eventTime, data}`"),
+    params(("token" = Option<String>, Query, description = "Webhook token, when not sent as `Authorization: Bearer`")),
+    responses(
+        (status = 200, description = "Stored (or `duplicate: true`)", body = Accepted),
+        (status = 202, description = "Unknown event name, stored as `aivo_live.unknown`", body = Accepted),
+        (status = 400, description = "Not JSON (kept in quarantine)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 422, description = "Wrong shape (kept in quarantine)", body = ErrorBody),
+        (status = 503, description = "Store unavailable: retry", body = ErrorBody),
+    )
+)]
+pub async fn aivo_live(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.config.aivo_live.webhook_token.clone();
+    let ingested = ingest(
+        &state,
+        &req,
+        payload,
+        Platform::AivoLive,
+        (&token, &["token"]),
+        sources::aivo_live::parse,
+    )
+    .await?;
+    crate::handoff::after_append(&state, &ingested).await;
+    Ok(answer(&ingested, false))
+}
+
+/// VCC Live chat webhook: one closed chat with its whole transcript.
+#[utoipa::path(
+    post, path = "/webhooks/vcc/chat", tag = "webhooks",
+    request_body(content = Object, description = "VCC Live \"Chat (Async)\" body"),
+    params(("secret-key" = Option<String>, Query, description = "VCC's secret key (`[vcc] secret_key`)")),
+    responses(
+        (status = 200, description = "Stored (or `duplicate: true`)", body = Accepted),
+        (status = 400, description = "Not JSON (kept in quarantine)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong secret key", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 422, description = "Wrong shape (kept in quarantine)", body = ErrorBody),
+        (status = 503, description = "Store unavailable: retry", body = ErrorBody),
+    )
+)]
+pub async fn vcc_chat(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.config.vcc.secret_key.clone();
+    let ingested = ingest(
+        &state,
+        &req,
+        payload,
+        Platform::Vcc,
+        (&token, &["secret-key", "token"]),
+        sources::vcc::parse,
+    )
+    .await?;
+    Ok(answer(&ingested, true))
+}
+
+/// Bright Pattern chat events for one chat: `{"events": [...]}` or one event object.
+#[utoipa::path(
+    post, path = "/webhooks/bright-pattern/{chat_id}", tag = "webhooks",
+    request_body(content = Object, description = "`{\"events\": [...]}` (Get New Chat Events shape) or one event"),
+    params(
+        ("chat_id" = String, Path, description = "Bright Pattern chat id"),
+        ("token" = Option<String>, Query, description = "Webhook token, when not sent as `Authorization: Bearer`"),
+    ),
+    responses(
+        (status = 200, description = "Stored; `events` counts them, `event_id`/`seq` are the last one's", body = Accepted),
+        (status = 202, description = "Only unknown events, stored as `bright_pattern.unknown`", body = Accepted),
+        (status = 400, description = "Not JSON (kept in quarantine)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 422, description = "Wrong shape (kept in quarantine)", body = ErrorBody),
+        (status = 503, description = "Store unavailable: retry", body = ErrorBody),
+    )
+)]
+pub async fn bright_pattern(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = state.config.bright_pattern.webhook_token.clone();
+    let ingested = ingest(
+        &state,
+        &req,
+        payload,
+        Platform::BrightPattern,
+        (&token, &["token"]),
+        sources::bright_pattern::parse,
+    )
+    .await?;
+    crate::handoff::after_append(&state, &ingested).await;
+    Ok(answer(&ingested, true))
+}

@@ -1,0 +1,93 @@
+//! Transcript renderings for support tooling: plain text, CSV and JSON lines.
+
+use std::fmt::Write as _;
+
+use crate::model::{Message, MessageKind};
+
+/// Buttons and cards flattened to one line of text.
+fn extras(m: &Message) -> String {
+    let mut parts: Vec<String> = m.buttons.iter().map(|b| format!("[{}]", b.text)).collect();
+    for card in &m.cards {
+        let buttons: Vec<String> = card.buttons.iter().map(|b| format!("[{}]", b.text)).collect();
+        parts.push(format!(
+            "{{{}{}{}}}",
+            card.title.as_deref().unwrap_or(""),
+            card.description
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default(),
+            if buttons.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", buttons.join(" "))
+            }
+        ));
+    }
+    parts.join(" ")
+}
+
+/// `[time] party (author): text [buttons] {cards} <url>` per line.
+pub fn to_text(messages: &[Message]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        let author = m.author.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
+        let mut line = m.text.clone().unwrap_or_default();
+        let extra = extras(m);
+        if !extra.is_empty() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&extra);
+        }
+        if let Some(url) = &m.url {
+            let label = if m.kind == MessageKind::Image { "image" } else { "file" };
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            let _ = write!(line, "<{label}: {url}>");
+        }
+        let _ = writeln!(
+            out,
+            "[{}] {}{}: {}",
+            m.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            m.party.as_str(),
+            author,
+            line
+        );
+    }
+    out
+}
+
+/// CSV with a header row: seq, at, party, author, kind, text, buttons, url, platform, event_id.
+pub fn to_csv(messages: &[Message]) -> anyhow::Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "seq", "at", "party", "author", "kind", "text", "buttons", "url", "platform", "event_id",
+    ])?;
+    for m in messages {
+        let kind = serde_json::to_value(m.kind)?;
+        w.write_record([
+            m.seq.to_string(),
+            m.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            m.party.as_str().to_string(),
+            m.author.clone().unwrap_or_default(),
+            kind.as_str().unwrap_or_default().to_string(),
+            m.text.clone().unwrap_or_default(),
+            extras(m),
+            m.url.clone().unwrap_or_default(),
+            m.platform.as_str().to_string(),
+            m.event_id.to_string(),
+        ])?;
+    }
+    Ok(String::from_utf8(w.into_inner()?)?)
+}
+
+/// One JSON Message per line.
+pub fn to_jsonl(messages: &[Message]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for m in messages {
+        out.push_str(&serde_json::to_string(m)?);
+        out.push('\n');
+    }
+    Ok(out)
+}

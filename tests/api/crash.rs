@@ -1,0 +1,191 @@
+//! Crash safety: the service runs as a separate process, webhooks stream at it, it is killed with
+//! SIGKILL mid-stream and restarted; every webhook that was answered 200 is in the log and projected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{Backend, PgDatabase};
+use crate::on_both_stores;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start(port: u16, store_url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_handoff-ledger"))
+        .arg("serve")
+        .env("LEDGER__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("LEDGER__STORE__URL", store_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start handoff-ledger")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
+            if res.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service did not become ready at {base}");
+}
+
+async fn acknowledged_webhooks_survive_sigkill(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = match backend {
+        Backend::Postgres => Some(PgDatabase::create().await),
+        Backend::Sqlite => None,
+    };
+    let store_url = match &pg {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("crash.db").display()),
+    };
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut child = start(port, &store_url);
+    wait_ready(&client, &base).await;
+
+    // Acknowledged deliveries: event_id -> (room, text).
+    let acked: Arc<Mutex<BTreeMap<String, (String, String)>>> = Arc::default();
+    let mut senders = Vec::new();
+    for worker in 0..8 {
+        let client = client.clone();
+        let base = base.clone();
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            let t0: i64 = 1_900_000_000_000_000_000;
+            for i in 0..100_000i64 {
+                let room = format!("crash-room-{}", (i + worker) % 13);
+                let text = format!("w{worker} m{i}");
+                let body = json!({"name": "messageToClient", "roomId": room, "timestamp": t0 + worker * 1_000_000_000_000 + i * 1000,
+                    "botId": 1000, "data": {"action": "text", "value": text, "source": "agent", "agent": {"name": "A"}}});
+                match client.post(format!("{base}/webhooks/aivo-live")).json(&body).send().await {
+                    Ok(res) if res.status().as_u16() == 200 => {
+                        if let Ok(v) = res.json::<Value>().await {
+                            if let Some(id) = v["event_id"].as_str() {
+                                acked.lock().unwrap().insert(id.to_string(), (room, text));
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Let a few hundred deliveries through, then kill the process without warning.
+    for _ in 0..600 {
+        if acked.lock().unwrap().len() >= 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    for s in senders {
+        let _ = s.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 50,
+        "only {} deliveries were acknowledged before the kill",
+        acked.len()
+    );
+
+    let mut child = start(port, &store_url);
+    wait_ready(&client, &base).await;
+    let mut stored = BTreeSet::new();
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Value = client
+            .get(format!("{base}/v1/events?after_seq={after}&limit=1000"))
+            .send()
+            .await
+            .expect("feed")
+            .json()
+            .await
+            .expect("json");
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            break;
+        }
+        for e in &items {
+            stored.insert(e["event_id"].as_str().unwrap_or_default().to_string());
+            seqs.push(e["seq"].as_i64().unwrap_or_default());
+        }
+        after = page["next_after_seq"].as_i64().unwrap_or_default();
+    }
+    let missing: Vec<_> = acked.keys().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged webhooks were lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "seq is gap-free after the crash"
+    );
+
+    // Every acknowledged message is in its room's projected transcript.
+    let mut by_room: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (room, text) in acked.values() {
+        by_room.entry(room.clone()).or_default().insert(text.clone());
+    }
+    for (room, texts) in by_room {
+        let list: Value = client
+            .get(format!("{base}/v1/conversations?external_id={room}"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let id = list["items"][0]["id"]
+            .as_str()
+            .expect("projected conversation")
+            .to_string();
+        let t: Value = client
+            .get(format!("{base}/v1/conversations/{id}/transcript"))
+            .send()
+            .await
+            .expect("transcript")
+            .json()
+            .await
+            .expect("json");
+        let lines: BTreeSet<String> = t["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| m["text"].as_str().map(str::to_string))
+            .collect();
+        assert!(
+            texts.is_subset(&lines),
+            "room {room}: acknowledged lines missing from the transcript"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(pg);
+}
+
+on_both_stores!(acknowledged_webhooks_survive_sigkill);

@@ -1,0 +1,553 @@
+//! A full handoff across platforms, checked field by field, and order independence.
+
+use chrono::{DateTime, Duration, Utc};
+use handoff_ledger::model::{Platform, StreamKey};
+use handoff_ledger::sources::ledger;
+use rand::seq::SliceRandom;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::on_both_stores;
+
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().expect("in range")
+}
+
+fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
+    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
+}
+
+fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
+    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
+    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    json!({"botId": "BOT", "channel": "chat", "data": data})
+}
+
+async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
+    let (status, answer) = app.post_json(path, body).await;
+    assert_eq!(status, 200, "{path} {body}: {answer}");
+    answer
+}
+
+fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_milliseconds() as f64 / 1000.0
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+async fn full_handoff_across_platforms(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.sla.answer_seconds = 60;
+        c.sla.queues.insert("2179".into(), 30);
+        c.routing.teams.insert(
+            "sales".into(),
+            handoff_ledger::config::Route {
+                backend: "aivo_live".into(),
+                groups: vec![2179],
+                hours: None,
+            },
+        );
+    })
+    .await;
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let room = format!("room-{}", Uuid::new_v4());
+    let conv = |a: &Value| a["conversation_id"].as_str().expect("conversation id").to_string();
+
+    // Bot phase (Ultimate stamps events with their arrival time).
+    let first = post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "sendMessage",
+            &pcid,
+            json!({"messageId": "m1", "type": "text", "text": "Hi! How can I help?", "buttons": []}),
+        ),
+    )
+    .await;
+    let id = conv(&first);
+    post_ok(&app, "/webhooks/ultimate/converse", &ultimate("sendMessage", &pcid, json!({"messageId": "m2", "type": "text", "text": "Talk to a human?", "buttons": [{"type": "button", "text": "YES"}, {"type": "button", "text": "NO"}]}))).await;
+    let esc = post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate("escalate", &pcid, json!({"escalateTo": "sales"})),
+    )
+    .await;
+    assert_eq!(conv(&esc), id);
+
+    // The live platform's id is linked to the bot conversation when the queue call returns.
+    let t0 = Utc::now() + Duration::seconds(1);
+    let accepted = ledger::QueueAccepted {
+        backend: "aivo_live".into(),
+        queue: Some("2179".into()),
+        live_id: room.clone(),
+        team: Some("sales".into()),
+    };
+    let id_uuid: Uuid = id.parse().unwrap();
+    app.state
+        .writer
+        .append(vec![ledger::queue_accepted(
+            id_uuid,
+            &accepted,
+            StreamKey::new(Platform::AivoLive, room.clone()),
+            t0,
+        )])
+        .await
+        .unwrap();
+
+    let t_att = t0 + Duration::seconds(12);
+    let t_trigger = t_att + Duration::milliseconds(500);
+    let t_agent = t_att + Duration::seconds(4);
+    let t_transfer = t_att + Duration::seconds(30);
+    let t_att2 = t_transfer + Duration::seconds(40);
+    let t_agent2 = t_att2 + Duration::seconds(3);
+    let t_close = t_att2 + Duration::seconds(100);
+    let tomas = json!({"name": "Tomas", "nickname": "Tomas NICKK", "groupId": 2179});
+    let lucia = json!({"name": "Lucia", "nickname": "Lu", "groupId": 5});
+    for body in [
+        aivo("attended", &room, t_att, json!({"agent": tomas})),
+        aivo(
+            "messageToClient",
+            &room,
+            t_trigger,
+            json!({"action": "text", "value": "Welcome to sales", "source": "trigger", "agent": {}}),
+        ),
+        aivo(
+            "messageToClient",
+            &room,
+            t_agent,
+            json!({"action": "text", "value": "Hi, Tomas here", "source": "agent", "agent": tomas}),
+        ),
+        aivo(
+            "transfer",
+            &room,
+            t_transfer,
+            json!({"value": "Transfer to group", "originGroup": 2179, "target": 5, "agent": {}}),
+        ),
+        aivo("attended", &room, t_att2, json!({"agent": lucia})),
+        aivo(
+            "messageToClient",
+            &room,
+            t_agent2,
+            json!({"action": "image", "value": "https://files.example/receipt.png", "source": "agent", "agent": lucia}),
+        ),
+    ] {
+        let answer = post_ok(&app, "/webhooks/aivo-live", &body).await;
+        assert_eq!(conv(&answer), id, "the room is part of the bot conversation");
+    }
+    // The visitor writes through the widget while the agent attends.
+    post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "widgetMessage",
+            &pcid,
+            json!({"type": "text", "text": "I need my balance", "buttons": []}),
+        ),
+    )
+    .await;
+    let (status, _) = app
+        .post_json(
+            &format!("/v1/conversations/{id}/messages"),
+            &json!({"party": "visitor", "text": "Account 42"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    post_ok(
+        &app,
+        "/webhooks/aivo-live",
+        &aivo("close", &room, t_close, json!({"reason": "agent", "agent": {}})),
+    )
+    .await;
+
+    let (status, c) = app.get_json(&format!("/v1/conversations/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(c["id"], json!(id));
+    assert_eq!(c["state"], json!("closed"));
+    assert_eq!(c["disposition"], json!("completed"));
+    assert_eq!(c["platform_disposition"], json!("agent"));
+    assert_eq!(c["close_reason"], json!("agent"));
+    assert_eq!(c["queue"], json!("5"));
+    assert_eq!(c["transfers"], json!(1));
+    assert_eq!(time(&c["queued_at"]), t0.with_nanosecond_trunc());
+    assert_eq!(time(&c["first_attended_at"]), t_att.with_nanosecond_trunc());
+    assert_eq!(time(&c["closed_at"]), t_close.with_nanosecond_trunc());
+    assert_eq!(c["wait_seconds"], json!(12.0));
+    assert_eq!(
+        c["first_response_seconds"],
+        json!(4.0),
+        "the trigger message is not a response"
+    );
+    assert_eq!(c["handle_seconds"], json!(secs(t_att, t_close)));
+    assert_eq!(
+        c["sla_status"],
+        json!("met"),
+        "12 s against the 30 s target of queue 2179"
+    );
+    assert_eq!(
+        c["agents"],
+        json!([{"name": "Tomas", "nickname": "Tomas NICKK", "group": "2179"}, {"name": "Lucia", "nickname": "Lu", "group": "5"}])
+    );
+    let mut streams = c["streams"].as_array().unwrap().clone();
+    streams.retain(|s| s["platform"] != json!("ledger") && s["platform"] != json!("api"));
+    assert_eq!(
+        streams,
+        vec![
+            json!({"platform": "ultimate", "external_id": pcid}),
+            json!({"platform": "aivo_live", "external_id": room})
+        ]
+    );
+    assert_eq!(
+        c["message_counts"],
+        json!({"visitor": 2, "bot": 2, "agent": 2, "system": 1})
+    );
+    assert_eq!(c["handoffs"].as_array().unwrap().len(), 1);
+    let h = &c["handoffs"][0];
+    assert_eq!(h["backend"], json!("aivo_live"));
+    assert_eq!(h["transfers"], json!(1));
+    assert_eq!(h["disposition"], json!("completed"));
+    assert!(c["escalated_at"].is_string());
+    assert!(c["bot_seconds"].as_f64().is_some_and(|s| s >= 0.0));
+
+    let (_, t) = app.get_json(&format!("/v1/conversations/{id}/transcript")).await;
+    assert_eq!(t["conversation_id"], json!(id));
+    let lines: Vec<(String, String, String)> = t["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["party"].as_str().unwrap().to_string(),
+                m["kind"].as_str().unwrap().to_string(),
+                m["text"].as_str().or(m["url"].as_str()).unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("bot", "text", "Hi! How can I help?"),
+        ("bot", "buttons", "Talk to a human?"),
+        ("visitor", "text", "I need my balance"),
+        ("visitor", "text", "Account 42"),
+        ("system", "text", "Welcome to sales"),
+        ("agent", "text", "Hi, Tomas here"),
+        ("agent", "image", "https://files.example/receipt.png"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(lines, expected);
+    assert_eq!(
+        t["messages"][1]["buttons"],
+        json!([{"type": "button", "text": "YES"}, {"type": "button", "text": "NO"}])
+    );
+    assert_eq!(t["messages"][5]["author"], json!("Tomas"));
+
+    // The other transcript formats carry the same lines.
+    let (status, ct, text) = app
+        .get_text(&format!("/v1/conversations/{id}/transcript?format=text"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/plain"));
+    assert_eq!(text.lines().count(), 7);
+    assert!(text.contains("agent (Tomas): Hi, Tomas here"), "{text}");
+    assert!(text.contains("bot (BOT): Talk to a human? [YES] [NO]"), "{text}");
+    let (_, ct, csv) = app
+        .get_text(&format!("/v1/conversations/{id}/transcript?format=csv"))
+        .await;
+    assert!(ct.starts_with("text/csv"));
+    assert_eq!(csv.lines().count(), 8);
+    assert!(csv.starts_with("seq,at,party,author,kind,text,buttons,url,platform,event_id"));
+    let (_, ct, jsonl) = app
+        .get_text(&format!("/v1/conversations/{id}/transcript?format=jsonl"))
+        .await;
+    assert!(ct.starts_with("application/x-ndjson"));
+    let parsed: Vec<Value> = jsonl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(parsed, t["messages"].as_array().unwrap().clone());
+    let (status, _) = app
+        .get_json(&format!("/v1/conversations/{id}/transcript?format=pdf"))
+        .await;
+    assert_eq!(status, 400);
+
+    // Raw events, in seq order, payloads as received.
+    let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 13);
+    assert!(items.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    assert!(items.iter().all(|e| e["conversation_id"] == json!(id)));
+
+    // Filters find it.
+    for q in [
+        "state=closed",
+        "disposition=completed",
+        "sla_status=met",
+        "queue=5",
+        "agent=Lucia",
+        "platform=aivo_live",
+    ] {
+        let (_, list) = app.get_json(&format!("/v1/conversations?{q}")).await;
+        assert!(
+            list["items"].as_array().unwrap().iter().any(|i| i["id"] == json!(id)),
+            "{q}"
+        );
+    }
+    let (_, list) = app.get_json(&format!("/v1/conversations?external_id={room}")).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, list) = app.get_json("/v1/conversations?agent=Nobody").await;
+    assert!(list["items"].as_array().unwrap().is_empty());
+}
+
+/// Truncation to the microsecond precision both stores keep.
+trait TruncNanos {
+    fn with_nanosecond_trunc(self) -> Self;
+}
+
+impl TruncNanos for DateTime<Utc> {
+    fn with_nanosecond_trunc(self) -> Self {
+        handoff_ledger::sources::truncate_to_micros(self)
+    }
+}
+
+/// The race: Aivo's webhooks arrive before the link; the two conversations merge and the room's id keeps resolving.
+async fn live_webhook_before_the_link_merges(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let room = format!("room-{}", Uuid::new_v4());
+    let bot = post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "sendMessage",
+            &pcid,
+            json!({"messageId": "x1", "type": "text", "text": "hello", "buttons": []}),
+        ),
+    )
+    .await;
+    let bot_id: Uuid = bot["conversation_id"].as_str().unwrap().parse().unwrap();
+    let t0 = Utc::now() + Duration::seconds(2);
+    let early = post_ok(
+        &app,
+        "/webhooks/aivo-live",
+        &aivo(
+            "attended",
+            &room,
+            t0 + Duration::seconds(5),
+            json!({"agent": {"name": "Tomas", "groupId": 2179}}),
+        ),
+    )
+    .await;
+    let room_id = early["conversation_id"].as_str().unwrap().to_string();
+    assert_ne!(room_id, bot_id.to_string());
+    post_ok(
+        &app,
+        "/webhooks/aivo-live",
+        &aivo(
+            "messageToClient",
+            &room,
+            t0 + Duration::seconds(6),
+            json!({"action": "text", "value": "hi there", "source": "agent", "agent": {"name": "Tomas"}}),
+        ),
+    )
+    .await;
+
+    let accepted = ledger::QueueAccepted {
+        backend: "aivo_live".into(),
+        queue: Some("2179".into()),
+        live_id: room.clone(),
+        team: None,
+    };
+    let outcome = app
+        .state
+        .writer
+        .append(vec![ledger::queue_accepted(
+            bot_id,
+            &accepted,
+            StreamKey::new(Platform::AivoLive, room.clone()),
+            t0,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome[0].conversation_id,
+        Some(bot_id),
+        "the earlier-started conversation survives"
+    );
+
+    let (status, merged) = app.get_json(&format!("/v1/conversations/{room_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        merged["id"],
+        json!(bot_id.to_string()),
+        "the absorbed id resolves to the survivor"
+    );
+    assert_eq!(merged["state"], json!("attended"));
+    assert_eq!(merged["wait_seconds"], json!(5.0));
+    let (_, t) = app.get_json(&format!("/v1/conversations/{room_id}/transcript")).await;
+    assert_eq!(t["conversation_id"], json!(bot_id.to_string()));
+    assert_eq!(t["messages"].as_array().unwrap().len(), 2);
+    let (_, list) = app.get_json("/v1/conversations").await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        1,
+        "one conversation after the merge"
+    );
+    // Later webhooks for the room land in the survivor directly.
+    let later = post_ok(
+        &app,
+        "/webhooks/aivo-live",
+        &aivo("close", &room, t0 + Duration::seconds(60), json!({"reason": "agent"})),
+    )
+    .await;
+    assert_eq!(later["conversation_id"], json!(bot_id.to_string()));
+}
+
+/// Everything except the per-delivery log positions.
+fn without_positions(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("last_seq");
+        o.remove("updated_at");
+        if let Some(ms) = o.get_mut("messages").and_then(Value::as_array_mut) {
+            for m in ms {
+                if let Some(m) = m.as_object_mut() {
+                    m.remove("seq");
+                }
+            }
+        }
+    }
+    v
+}
+
+async fn shuffled_and_duplicated_delivery_gives_the_same_result(backend: Backend) {
+    let pcid = "pc-shuffle";
+    let room = "room-shuffle";
+    let t0 = DateTime::parse_from_rfc3339("2030-01-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let live: Vec<(&str, Value)> = vec![
+        (
+            "/webhooks/aivo-live",
+            aivo(
+                "attended",
+                room,
+                t0 + Duration::seconds(20),
+                json!({"agent": {"name": "Tomas", "groupId": 2179}}),
+            ),
+        ),
+        (
+            "/webhooks/aivo-live",
+            aivo(
+                "messageToClient",
+                room,
+                t0 + Duration::seconds(21),
+                json!({"action": "text", "value": "auto", "source": "trigger"}),
+            ),
+        ),
+        (
+            "/webhooks/aivo-live",
+            aivo(
+                "messageToClient",
+                room,
+                t0 + Duration::seconds(25),
+                json!({"action": "text", "value": "hello", "source": "agent", "agent": {"name": "Tomas"}}),
+            ),
+        ),
+        (
+            "/webhooks/aivo-live",
+            aivo(
+                "transfer",
+                room,
+                t0 + Duration::seconds(40),
+                json!({"originGroup": 2179, "target": 7}),
+            ),
+        ),
+        (
+            "/webhooks/aivo-live",
+            aivo(
+                "attended",
+                room,
+                t0 + Duration::seconds(90),
+                json!({"agent": {"name": "Ana", "groupId": 7}}),
+            ),
+        ),
+        (
+            "/webhooks/aivo-live",
+            aivo(
+                "messageToClient",
+                room,
+                t0 + Duration::seconds(95),
+                json!({"action": "text", "value": "Ana here", "source": "agent", "agent": {"name": "Ana"}}),
+            ),
+        ),
+        (
+            "/webhooks/aivo-live",
+            aivo("close", room, t0 + Duration::seconds(300), json!({"reason": "agent"})),
+        ),
+        (
+            "/webhooks/bright-pattern/bp-shuffle",
+            json!({"event": "chat_session_message", "msg_id": "bp1", "msg": "side chat", "timestamp": (t0 + Duration::seconds(5)).timestamp_millis()}),
+        ),
+    ];
+    let mut results = Vec::new();
+    for shuffle in [false, true] {
+        let app = spawn_app(backend).await;
+        let bot = post_ok(
+            &app,
+            "/webhooks/ultimate/converse",
+            &ultimate(
+                "sendMessage",
+                pcid,
+                json!({"messageId": "s1", "type": "text", "text": "bot says hi", "buttons": []}),
+            ),
+        )
+        .await;
+        let bot_id: Uuid = bot["conversation_id"].as_str().unwrap().parse().unwrap();
+        let link = ledger::queue_accepted(
+            bot_id,
+            &ledger::QueueAccepted {
+                backend: "aivo_live".into(),
+                queue: Some("2179".into()),
+                live_id: room.into(),
+                team: None,
+            },
+            StreamKey::new(Platform::AivoLive, room),
+            t0,
+        );
+        let mut deliveries = live.clone();
+        if shuffle {
+            let dupes: Vec<_> = deliveries.iter().step_by(2).cloned().collect();
+            deliveries.extend(dupes);
+            deliveries.shuffle(&mut rand::thread_rng());
+        } else {
+            app.state.writer.append(vec![link.clone()]).await.unwrap();
+        }
+        for (i, (path, body)) in deliveries.iter().enumerate() {
+            if shuffle && i == deliveries.len() / 2 {
+                app.state.writer.append(vec![link.clone()]).await.unwrap();
+            }
+            post_ok(&app, path, body).await;
+        }
+        let (_, c) = app.get_json(&format!("/v1/conversations/{bot_id}")).await;
+        let (_, t) = app.get_json(&format!("/v1/conversations/{bot_id}/transcript")).await;
+        let (_, bp) = app.get_json("/v1/conversations?platform=bright_pattern").await;
+        results.push((
+            without_positions(c),
+            without_positions(t),
+            without_positions(bp["items"][0].clone()),
+        ));
+    }
+    assert_eq!(results[0].0["disposition"], json!("completed"));
+    assert_eq!(results[0].0["wait_seconds"], json!(20.0));
+    assert_eq!(results[0].1["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(results[0], results[1]);
+}
+
+on_both_stores!(
+    full_handoff_across_platforms,
+    live_webhook_before_the_link_merges,
+    shuffled_and_duplicated_delivery_gives_the_same_result,
+);

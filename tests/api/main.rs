@@ -1,0 +1,7 @@
+//! Integration tests: the real service on port 0, over HTTP, on SQLite and PostgreSQL.
+
+mod crash;
+mod flow;
+mod helpers;
+mod openapi;
+mod webhooks;
