@@ -30,6 +30,7 @@ impl Application {
         let (writer, _writer_task) = Writer::spawn(store.clone(), config.sla.clone(), config.server.max_batch)
             .await
             .context("starting the writer")?;
+        warn_open_webhooks(&config);
         let listener =
             TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
