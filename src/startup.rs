@@ -31,6 +31,7 @@ impl Application {
         let (writer, _writer_task) = Writer::spawn(store.clone(), config.sla.clone(), config.server.max_batch)
             .await
             .context("starting the writer")?;
+        warn_open_webhooks(&config);
         let listener =
             TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -70,5 +71,24 @@ impl Application {
     /// Serves until the server stops.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Says at start which webhook endpoints accept deliveries without a token.
+fn warn_open_webhooks(config: &Config) {
+    let open: Vec<&str> = [
+        ("ultimate", config.ultimate.webhook_token.is_empty()),
+        ("aivo_live", config.aivo_live.webhook_token.is_empty()),
+        ("bright_pattern", config.bright_pattern.webhook_token.is_empty()),
+        ("vcc", config.vcc.secret_key.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(name, open)| open.then_some(name))
+    .collect();
+    if !open.is_empty() {
+        tracing::warn!(
+            platforms = %open.join(", "),
+            "webhook endpoints are open: no token configured (set <platform>.webhook_token / vcc.secret_key)"
+        );
     }
 }

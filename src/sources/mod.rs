@@ -266,3 +266,337 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 pub fn stream(platform: Platform, external_id: impl Into<String>) -> StreamKey {
     StreamKey::new(platform, external_id)
 }
+
+/// Builds the event a delivery gives: event id from the delivery key, times truncated to microseconds,
+/// the delivery's headers kept, no links.
+pub fn delivered_event(
+    platform: Platform,
+    external_id: impl Into<String>,
+    kind: impl Into<String>,
+    delivery_key: Option<&str>,
+    occurred_at: DateTime<Utc>,
+    payload: &str,
+    d: &Delivery,
+) -> NewEvent {
+    NewEvent {
+        event_id: crate::model::event_id_for(platform, delivery_key),
+        stream: StreamKey::new(platform, external_id),
+        kind: kind.into(),
+        occurred_at: truncate_to_micros(occurred_at),
+        received_at: truncate_to_micros(d.received_at),
+        payload: payload.to_string(),
+        headers: d.headers.clone(),
+        links: Vec::new(),
+    }
+}
+
+/// An optional string field: absent, null and non-strings read as `None`.
+pub fn opt_str(parent: &Value, key: &str) -> Option<String> {
+    parent.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// An optional id-like field (string or number) as text: absent, null and empty strings read as `None`.
+pub fn opt_text(parent: &Value, key: &str) -> Option<String> {
+    parent.get(key).and_then(scalar_text).filter(|s| !s.is_empty())
+}
+
+/// A required string field; `path` is the JSON path named in the error.
+pub fn required_str(parent: &Value, key: &str, path: &str) -> Result<String, PayloadError> {
+    match parent.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(PayloadError::field(path, format!("`{path}` is required"))),
+        Some(_) => Err(PayloadError::field(path, format!("`{path}` must be a string"))),
+    }
+}
+
+/// Joins a JSON path prefix and a key (`""` + `event` = `event`, `events[2]` + `event` = `events[2].event`).
+pub fn join_path(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn is_invalid_json(r: Result<Value, PayloadError>) -> bool {
+        matches!(r, Err(PayloadError::InvalidJson(_)))
+    }
+
+    #[test]
+    fn parse_json_refuses_an_empty_body() {
+        assert_eq!(
+            parse_json(b""),
+            Err(PayloadError::InvalidJson("the body is empty".into()))
+        );
+        assert!(is_invalid_json(parse_json(b"   ")));
+    }
+
+    #[test]
+    fn parse_json_refuses_invalid_utf8() {
+        let r = parse_json(b"{\"event\": \"\xff\xfe\"}");
+        let Err(PayloadError::InvalidJson(msg)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(msg.contains("UTF-8"), "{msg}");
+    }
+
+    #[test]
+    fn parse_json_refuses_the_bright_pattern_documents_curly_quotes() {
+        let r = parse_json("{“event”: “chat_session_ended”}".as_bytes());
+        let Err(PayloadError::InvalidJson(msg)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(msg.contains("not valid JSON"), "{msg}");
+    }
+
+    #[test]
+    fn parse_json_refuses_deep_nesting_without_overflowing_the_stack() {
+        for depth in [200, 100_000] {
+            let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            assert!(is_invalid_json(parse_json(body.as_bytes())), "depth {depth}");
+            let body = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+            assert!(is_invalid_json(parse_json(body.as_bytes())), "depth {depth}");
+        }
+        // Moderate nesting is fine.
+        let body = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse_json(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn parse_json_accepts_non_objects_for_the_parsers_to_refuse() {
+        assert_eq!(parse_json(b"[1,2]"), Ok(json!([1, 2])));
+        assert_eq!(parse_json(b"null"), Ok(Value::Null));
+    }
+
+    #[test]
+    fn epoch_magnitudes() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(epoch_to_utc(1_706_293_970), Some(t("2024-01-26T18:32:50Z")));
+        assert_eq!(epoch_to_utc(1_706_293_970_842), Some(t("2024-01-26T18:32:50.842Z")));
+        assert_eq!(
+            epoch_to_utc(1_706_293_970_842_633_079),
+            Some(t("2024-01-26T18:32:50.842633Z"))
+        );
+    }
+
+    #[test]
+    fn field_helpers() {
+        let v = json!({"s": "x", "n": 12, "e": "", "z": null, "o": {}});
+        assert_eq!(opt_str(&v, "s").as_deref(), Some("x"));
+        assert_eq!(opt_str(&v, "n"), None);
+        assert_eq!(opt_text(&v, "n").as_deref(), Some("12"));
+        assert_eq!(opt_text(&v, "e"), None);
+        assert_eq!(opt_text(&v, "o"), None);
+        assert_eq!(required_str(&v, "s", "a.s"), Ok("x".into()));
+        assert!(
+            matches!(required_str(&v, "z", "a.z"), Err(PayloadError::InvalidPayload { field, .. }) if field == "a.z")
+        );
+        assert!(
+            matches!(required_str(&v, "n", "a.n"), Err(PayloadError::InvalidPayload { field, .. }) if field == "a.n")
+        );
+        assert_eq!(join_path("", "event"), "event");
+        assert_eq!(join_path("events[2]", "event"), "events[2].event");
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    //! Every parser and every facts decoder over many ill-shaped variants of valid bodies: no panic, and
+    //! whatever `parse` accepts reads back through `facts` as the kind it was stored under.
+
+    use super::*;
+    use serde_json::json;
+
+    fn replacements() -> Vec<Value> {
+        vec![
+            Value::Null,
+            json!(true),
+            json!(0),
+            json!(-1),
+            json!(i64::MAX),
+            json!(1.0e300),
+            json!(""),
+            json!("1706293970842633079"),
+            json!([]),
+            json!([1, "x"]),
+            json!({}),
+            json!({"name": 1}),
+        ]
+    }
+
+    /// Every variant of `v` with one value (at any depth) replaced, or one key removed.
+    fn variants(v: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    let mut removed = map.clone();
+                    removed.remove(k);
+                    out.push(Value::Object(removed));
+                    for r in replacements().into_iter().chain(variants(child)) {
+                        let mut m = map.clone();
+                        m.insert(k.clone(), r);
+                        out.push(Value::Object(m));
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    for r in replacements().into_iter().chain(variants(child)) {
+                        let mut a = items.clone();
+                        a[i] = r;
+                        out.push(Value::Array(a));
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
+    type FactsFn = fn(&str, &Value, DateTime<Utc>) -> Vec<TimedFact>;
+
+    fn check(name: &str, parse: ParseFn, facts: FactsFn, body: Value) {
+        let d = Delivery {
+            received_at: Utc.timestamp_opt(1_700_000_000, 0).single().unwrap_or_default(),
+            path_id: Some("chat-1"),
+            ..Delivery::default()
+        };
+        let mut accepted = 0;
+        let all = variants(&body);
+        let original = body.to_string();
+        assert!(all.len() > 20, "{name}: too few variants");
+        for v in all.into_iter().chain([body]) {
+            let raw = v.to_string();
+            let _ = facts("x.unknown", &v, d.received_at);
+            match parse(&raw, &v, &d) {
+                Ok(parsed) => {
+                    accepted += 1;
+                    for e in parsed.events {
+                        assert!(e.kind.starts_with(name), "{name}: {}", e.kind);
+                        let stored: Value = serde_json::from_str(&e.payload).unwrap();
+                        let f = facts(&e.kind, &stored, e.occurred_at);
+                        let f2 = facts(&e.kind, &stored, e.occurred_at);
+                        assert_eq!(f, f2, "{name}: facts are deterministic");
+                    }
+                }
+                Err(PayloadError::InvalidPayload { field, .. }) => {
+                    // The path names a field of the body (or the path's chat id).
+                    let head = field.split(['.', '[']).next().unwrap_or("");
+                    assert!(
+                        head.is_empty()
+                            || head == "chat_id"
+                            || head == "event"
+                            || original.contains(&format!("\"{head}\"")),
+                        "{name}: field `{field}` for {raw}"
+                    );
+                }
+                Err(e) => panic!("{name}: parsed JSON gave {e:?}"),
+            }
+        }
+        assert!(accepted > 0, "{name}: nothing accepted");
+    }
+
+    #[test]
+    fn ultimate_converse_never_panics() {
+        check(
+            "ultimate.",
+            ultimate::parse,
+            ultimate::facts,
+            json!({"botId": "b", "data": {"eventType": "sendMessage", "platformConversationId": "c",
+                "messageId": "m", "type": "carousel", "text": "t",
+                "buttons": [{"type": "link", "text": "x", "url": "u"}],
+                "carouselCards": [{"title": "t", "description": "d", "imageUrl": "i",
+                    "buttons": [{"type": "button", "text": "b"}]}]}}),
+        );
+        for event_type in [
+            "escalate",
+            "widgetEscalate",
+            "widgetMessage",
+            "widgetEndSession",
+            "isTeamOnline",
+        ] {
+            check(
+                "ultimate.",
+                ultimate::parse,
+                ultimate::facts,
+                json!({"botId": 1, "data": {"eventType": event_type, "platformConversationId": "c",
+                    "escalateTo": "t", "teamId": 2, "text": "hi"}}),
+            );
+        }
+    }
+
+    #[test]
+    fn ultimate_actions_never_panic() {
+        check(
+            "ultimate.",
+            ultimate::parse_action,
+            ultimate::facts,
+            json!({"botId": "b", "platformConversationId": "c", "name": "setAttributes",
+                "data": [{"key": "k", "value": ["v"], "saveAs": "s"}, {"key": "k2", "value": [1, 2]}]}),
+        );
+    }
+
+    #[test]
+    fn aivo_live_never_panics() {
+        for (name, data) in [
+            (
+                "attended",
+                json!({"agent": {"name": "T", "nickname": "N", "groupId": 2179}}),
+            ),
+            ("transfer", json!({"originGroup": 1, "target": "2", "agent": {}})),
+            (
+                "messageToClient",
+                json!({"action": "image", "value": "v", "source": "agent", "agent": {"name": "a"}}),
+            ),
+            ("close", json!({"reason": "agent", "agent": {}})),
+        ] {
+            check(
+                "aivo_live.",
+                aivo_live::parse,
+                aivo_live::facts,
+                json!({"name": name, "roomId": "r", "timestamp": 1706293970842633079_i64, "botId": 1000,
+                    "eventTime": 1706293970, "data": data}),
+            );
+        }
+    }
+
+    #[test]
+    fn vcc_never_panics() {
+        check(
+            "vcc.",
+            vcc::parse,
+            vcc::facts,
+            json!({"chatId": 1, "projectId": 2, "firstAgentName": "A", "lastAgentName": "B",
+                "firstQueueName": "Q1", "lastQueueName": "Q2", "ticketId": 3, "contactId": 4,
+                "disposition": "completed", "slaStatus": "answeredBeforeSLA",
+                "conversation": [{"from": "Visitor", "date": "2025-03-06T14:37:52+01:00", "message": "hi"},
+                    {"from": "A", "date": "2025-03-06T14:37:57+01:00", "message": "hello"},
+                    {"from": "B", "date": "2025-03-06T14:38:57+01:00", "message": "bye"}],
+                "clientData": {"name": "J", "list": [23]}}),
+        );
+    }
+
+    #[test]
+    fn bright_pattern_never_panics() {
+        check(
+            "bright_pattern.",
+            bright_pattern::parse,
+            bright_pattern::facts,
+            json!({"events": [
+                {"event": "chat_session_party_joined", "party_id": "p", "first_name": "F", "last_name": "L",
+                    "type": "scenario", "timestamp": "1709294400123", "chat_id": "chat-1"},
+                {"event": "chat_session_status", "state": "queued", "timestamp": 1709294400},
+                {"event": "chat_session_file", "party_id": "p", "msg_id": "m", "file_id": "f", "file_type": "image"},
+                {"event": "chat_session_inactvity_timeout", "msg": "bye", "timestamp": 1709294400.5},
+                {"event": "chat_session_form_show", "form_name": "survey"}
+            ]}),
+        );
+    }
+}

@@ -393,3 +393,51 @@ on_both_stores!(
     webhook_tokens_are_enforced,
     query_api_answers_errors_as_json,
 );
+
+/// When the store cannot be reached, webhooks answer 503 (retry) and nothing is acknowledged; once it is back,
+/// deliveries are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_answers_503_and_recovers() {
+    use sqlx::Connection;
+    let app = spawn_app(Backend::Postgres).await;
+    let (status, _) = app.post_raw("/webhooks/aivo-live", fixture("aivo_attended.json")).await;
+    assert_eq!(status, 200);
+    let db = app._pg.as_ref().expect("postgres").name.clone();
+    let parked = format!("{db}_parked");
+    let mut admin = sqlx::PgConnection::connect(&crate::helpers::pg_admin_url())
+        .await
+        .unwrap();
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    );
+    sqlx::query(&terminate).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" RENAME TO \"{parked}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let (status, body) = app.post_raw("/webhooks/aivo-live", fixture("aivo_close.json")).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{body}"
+    );
+    let (status, _) = app.get_json("/readyz").await;
+    assert_eq!(status, 503);
+
+    sqlx::query(&format!("ALTER DATABASE \"{parked}\" RENAME TO \"{db}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut accepted = false;
+    for _ in 0..50 {
+        let (status, _) = app.post_raw("/webhooks/aivo-live", fixture("aivo_close.json")).await;
+        if status == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "deliveries are accepted again once the store is back");
+    assert_eq!(event_count(&app).await, 2);
+}

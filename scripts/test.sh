@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: makes sure PostgreSQL (127.0.0.1:5432) and a loopback ClickHouse
+# are up, then runs every test. The same command CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if [ -f scripts/clickhouse.sh ]; then
+  bash scripts/clickhouse.sh
+  export LEDGER_TEST_CLICKHOUSE_URL="${LEDGER_TEST_CLICKHOUSE_URL:-http://127.0.0.1:8123}"
+fi
+cargo test --all-targets "$@"

@@ -1,0 +1,105 @@
+//! Load generator for handoff-ledger's webhook path: posts distinct Aivo Live `messageToClient`
+//! webhooks from N concurrent clients and reports the sustained rate and latency percentiles.
+//!
+//! `cargo run --release --bin ledger-loadgen -- --url http://127.0.0.1:8080 --requests 20000 --concurrency 64 --rooms 2000`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "Posts webhooks at handoff-ledger and measures the sustained rate")]
+struct Args {
+    /// Base URL of the service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Webhooks to send in all.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u64,
+    /// Distinct conversations (rooms) the webhooks are spread over.
+    #[arg(long, default_value_t = 2_000)]
+    rooms: u64,
+    /// Stop after this many seconds even if not all were sent.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(args.concurrency as usize)
+        .build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let run = format!("{:x}", rand::random::<u32>());
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, next, errors, args_url, run) = (
+            client.clone(),
+            next.clone(),
+            errors.clone(),
+            args.url.clone(),
+            run.clone(),
+        );
+        let (requests, rooms) = (args.requests, args.rooms.max(1));
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests || Instant::now() > deadline {
+                    break;
+                }
+                let body = json!({
+                    "name": "messageToClient",
+                    "roomId": format!("load-{run}-{}", i % rooms),
+                    "timestamp": 1_800_000_000_000_000_000i64 + i as i64 * 1_000,
+                    "botId": 1000,
+                    "eventTime": 1_800_000_000i64,
+                    "data": {"action": "text", "value": format!("message {i}"), "source": "agent", "agent": {"name": "Load"}}
+                });
+                let t = Instant::now();
+                match client.post(format!("{args_url}/webhooks/aivo-live")).json(&body).send().await {
+                    Ok(res) if res.status().is_success() => latencies.push(t.elapsed()),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for w in workers {
+        latencies.extend(w.await?);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    println!(
+        "sent {} ok, {} errors in {:.2} s: {:.0} webhooks/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+        latencies.len(),
+        errors.load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(())
+}

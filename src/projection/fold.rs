@@ -1,0 +1,481 @@
+//! The fold itself: sorted facts in, conversation and transcript out (semantics in the module doc
+//! of `projection`).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::metrics::seconds_between;
+use super::{Input, LogExtent, Projection};
+use crate::config::SlaConfig;
+use crate::model::{
+    Agent, Conversation, Disposition, Handoff, HandoffState, Message, MessageCounts, Party, Platform, SlaStatus,
+    StreamKey,
+};
+use crate::sources::{ClosedBy, Fact, MessageFact};
+
+/// Folds `inputs` (any order: sorted here by [`Input::sort_key`]) into conversation `id` made of
+/// `streams`. `extent` spans every event folded, including those that gave no facts; None takes it
+/// from the inputs alone. Returns None when there is nothing to fold.
+pub fn fold(
+    id: Uuid,
+    streams: &[StreamKey],
+    extent: Option<LogExtent>,
+    mut inputs: Vec<Input>,
+    sla: &SlaConfig,
+) -> Option<Projection> {
+    let extent = extent.or_else(|| LogExtent::of_inputs(&inputs))?;
+    // A stable sort keeps equal keys in the order given, so the result depends on the keys only.
+    inputs.sort_by_key(Input::sort_key);
+    let started_at = inputs.first().map_or(extent.first_at, |i| i.at.min(extent.first_at));
+
+    let mut folder = Folder::new(sla, joined_parties(&inputs));
+    for input in inputs {
+        folder.apply(input);
+    }
+    Some(folder.finish(id, streams, started_at, extent))
+}
+
+/// Who a Bright Pattern party id turned out to be.
+#[derive(Debug, Clone)]
+enum Joined {
+    Agent(String),
+    Scenario(Option<String>),
+}
+
+/// Party ids are collected before folding so a line timestamped just before its party's join
+/// (clock skew between platform events) is still attributed correctly.
+fn joined_parties(inputs: &[Input]) -> BTreeMap<String, Joined> {
+    let mut parties = BTreeMap::new();
+    for input in inputs {
+        match &input.fact {
+            Fact::Attended {
+                agent,
+                party_id: Some(p),
+            } => {
+                parties
+                    .entry(p.clone())
+                    .or_insert_with(|| Joined::Agent(agent.name.clone()));
+            }
+            Fact::ScenarioJoined { party_id, name } => {
+                parties
+                    .entry(party_id.clone())
+                    .or_insert_with(|| Joined::Scenario(name.clone()));
+            }
+            _ => {}
+        }
+    }
+    parties
+}
+
+/// The backend a live platform's own events imply, for handoffs we only learn of from the live side.
+fn live_backend(platform: Platform) -> String {
+    match platform {
+        Platform::AivoLive | Platform::BrightPattern | Platform::Vcc => platform.as_str().to_string(),
+        Platform::Ultimate | Platform::Api | Platform::Ledger => String::new(),
+    }
+}
+
+/// A platform's own disposition value, when it is one we know.
+pub(crate) fn platform_disposition(value: &str) -> Option<Disposition> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "completed" => Some(Disposition::Completed),
+        "lost" => Some(Disposition::Abandoned),
+        "missed" => Some(Disposition::Missed),
+        _ => None,
+    }
+}
+
+/// A platform's own SLA value, when it says something we understand.
+pub(crate) fn platform_sla(value: &str) -> Option<SlaStatus> {
+    let v = value.trim().to_ascii_lowercase();
+    if v == "answeredbeforesla" {
+        Some(SlaStatus::Met)
+    } else if ["after", "breach", "late"].iter().any(|w| v.contains(w)) {
+        Some(SlaStatus::Breached)
+    } else {
+        None
+    }
+}
+
+/// A handoff being folded, with what the public [`Handoff`] does not carry.
+#[derive(Debug, Clone)]
+struct Draft {
+    handoff: Handoff,
+    state: HandoffState,
+    /// Queue at the first attend: its target is the one the wait is measured against.
+    answered_in: Option<String>,
+    /// Known platform disposition, applied once the handoff is closed.
+    platform_outcome: Option<Disposition>,
+    /// Known platform SLA value, overriding the computed one.
+    platform_sla: Option<SlaStatus>,
+    /// True once a `PlatformOutcome` set `platform_disposition` (a close reason must not replace it).
+    outcome_given: bool,
+}
+
+impl Draft {
+    fn new(backend: String, state: HandoffState) -> Self {
+        Draft {
+            handoff: Handoff {
+                backend,
+                queue: None,
+                requested_at: None,
+                queued_at: None,
+                attended_at: None,
+                closed_at: None,
+                agents: Vec::new(),
+                transfers: 0,
+                wait_seconds: None,
+                first_response_seconds: None,
+                handle_seconds: None,
+                sla_status: SlaStatus::NotApplicable,
+                disposition: None,
+                platform_disposition: None,
+                close_reason: None,
+                failure: None,
+            },
+            state,
+            answered_in: None,
+            platform_outcome: None,
+            platform_sla: None,
+            outcome_given: false,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        !matches!(self.state, HandoffState::Closed | HandoffState::Failed)
+    }
+
+    /// A live-side event proves the handoff reached a queue: queued since the escalation when the
+    /// queue event never reached us, and on the platform the event came from when none was named.
+    fn ensure_queued(&mut self, platform: Platform, at: DateTime<Utc>) {
+        if self.handoff.queued_at.is_none() {
+            self.handoff.queued_at = Some(self.handoff.requested_at.unwrap_or(at));
+        }
+        if self.handoff.backend.is_empty() {
+            self.handoff.backend = live_backend(platform);
+        }
+    }
+
+    /// Closes the handoff; a reason the platform gave also stands as its disposition value unless
+    /// the platform stated one outright.
+    fn close(&mut self, at: DateTime<Utc>, disposition: Disposition, reason: Option<String>, platform_said: bool) {
+        self.state = HandoffState::Closed;
+        self.handoff.closed_at = Some(at);
+        self.handoff.disposition = Some(disposition);
+        if platform_said && !self.outcome_given {
+            self.handoff.platform_disposition = reason.clone();
+        }
+        self.handoff.close_reason = reason;
+    }
+
+    /// Timers, final disposition and SLA status, once every fact is in.
+    fn finish(mut self, sla: &SlaConfig) -> Handoff {
+        let h = &mut self.handoff;
+        if self.state == HandoffState::Closed {
+            if let Some(d) = self.platform_outcome {
+                h.disposition = Some(d);
+            }
+        }
+        h.wait_seconds = h.queued_at.zip(h.attended_at).map(|(q, a)| seconds_between(q, a));
+        h.handle_seconds = h.attended_at.zip(h.closed_at).map(|(a, c)| seconds_between(a, c));
+        h.sla_status = if self.state == HandoffState::Failed {
+            SlaStatus::NotApplicable
+        } else {
+            let queue = self.answered_in.as_deref().or(h.queue.as_deref());
+            let computed = computed_sla(h, sla.target_for(queue) as f64, sla.short_abandon_seconds as f64);
+            self.platform_sla.unwrap_or(computed)
+        };
+        self.handoff
+    }
+}
+
+/// METRICS.md's SLA rule for a handoff that did not fail, before any platform value.
+fn computed_sla(h: &Handoff, target: f64, short_abandon: f64) -> SlaStatus {
+    let Some(queued) = h.queued_at else {
+        return SlaStatus::NotApplicable;
+    };
+    if let Some(attended) = h.attended_at {
+        return if seconds_between(queued, attended) <= target {
+            SlaStatus::Met
+        } else {
+            SlaStatus::Breached
+        };
+    }
+    let Some(closed) = h.closed_at else {
+        return SlaStatus::Pending;
+    };
+    let waited = seconds_between(queued, closed);
+    match h.disposition {
+        Some(Disposition::Abandoned) if waited < short_abandon => SlaStatus::NotApplicable,
+        Some(Disposition::Abandoned | Disposition::Missed) if waited > target => SlaStatus::Breached,
+        _ => SlaStatus::NotApplicable,
+    }
+}
+
+/// Adds `agent` unless one of the same name is there already (the first seen keeps its details).
+fn add_agent(agents: &mut Vec<Agent>, agent: &Agent) {
+    if !agents.iter().any(|a| a.name == agent.name) {
+        agents.push(agent.clone());
+    }
+}
+
+fn count(counts: &mut MessageCounts, party: Party) {
+    let slot = match party {
+        Party::Visitor => &mut counts.visitor,
+        Party::Bot => &mut counts.bot,
+        Party::Agent => &mut counts.agent,
+        Party::System => &mut counts.system,
+    };
+    *slot = slot.saturating_add(1);
+}
+
+/// The fold's state.
+struct Folder<'a> {
+    sla: &'a SlaConfig,
+    parties: BTreeMap<String, Joined>,
+    handoffs: Vec<Draft>,
+    agents: Vec<Agent>,
+    messages: Vec<Message>,
+    counts: MessageCounts,
+    attributes: BTreeMap<String, Value>,
+    first_escalation: Option<DateTime<Utc>>,
+}
+
+impl<'a> Folder<'a> {
+    fn new(sla: &'a SlaConfig, parties: BTreeMap<String, Joined>) -> Self {
+        Folder {
+            sla,
+            parties,
+            handoffs: Vec::new(),
+            agents: Vec::new(),
+            messages: Vec::new(),
+            counts: MessageCounts::default(),
+            attributes: BTreeMap::new(),
+            first_escalation: None,
+        }
+    }
+
+    /// Only the latest handoff can be open: a new one is opened only when none is.
+    fn open(&mut self) -> Option<&mut Draft> {
+        self.handoffs.last_mut().filter(|d| d.is_open())
+    }
+
+    fn push(&mut self, draft: Draft) -> &mut Draft {
+        self.handoffs.push(draft);
+        let last = self.handoffs.len() - 1;
+        &mut self.handoffs[last]
+    }
+
+    /// The open handoff, or an implicit one queued at `at` for a live room we never saw being queued.
+    fn open_or_implicit(&mut self, platform: Platform, at: DateTime<Utc>) -> &mut Draft {
+        if self.open().is_none() {
+            let mut draft = Draft::new(live_backend(platform), HandoffState::Queued);
+            draft.handoff.queued_at = Some(at);
+            self.push(draft);
+        }
+        let last = self.handoffs.len() - 1;
+        &mut self.handoffs[last]
+    }
+
+    fn apply(&mut self, input: Input) {
+        let at = input.at;
+        match input.fact {
+            Fact::Message(ref m) => self.message(&input, m),
+            Fact::EscalationRequested { .. } => {
+                self.first_escalation.get_or_insert(at);
+                if self.open().is_none() {
+                    let draft = self.push(Draft::new(String::new(), HandoffState::EscalationRequested));
+                    draft.handoff.requested_at = Some(at);
+                }
+            }
+            Fact::Queued { backend, queue } => match self.open() {
+                Some(d) if d.handoff.queued_at.is_none() => {
+                    d.handoff.queued_at = Some(at);
+                    d.handoff.backend = backend;
+                    d.handoff.queue = queue;
+                    d.state = HandoffState::Queued;
+                }
+                Some(d) => {
+                    if d.handoff.backend.is_empty() {
+                        d.handoff.backend = backend;
+                    }
+                    if d.handoff.queue.is_none() {
+                        d.handoff.queue = queue;
+                    }
+                }
+                None => {
+                    let d = self.push(Draft::new(backend, HandoffState::Queued));
+                    d.handoff.queued_at = Some(at);
+                    d.handoff.queue = queue;
+                }
+            },
+            Fact::Attended { agent, .. } => {
+                let d = self.open_or_implicit(input.platform, at);
+                d.ensure_queued(input.platform, at);
+                if d.handoff.attended_at.is_none() {
+                    d.handoff.attended_at = Some(at);
+                    d.answered_in = d.handoff.queue.clone();
+                }
+                add_agent(&mut d.handoff.agents, &agent);
+                d.state = HandoffState::Attended;
+                add_agent(&mut self.agents, &agent);
+            }
+            Fact::Transferred { to_queue, .. } => {
+                let d = self.open_or_implicit(input.platform, at);
+                d.ensure_queued(input.platform, at);
+                d.handoff.transfers = d.handoff.transfers.saturating_add(1);
+                if to_queue.is_some() {
+                    d.handoff.queue = to_queue;
+                }
+                d.state = HandoffState::Queued;
+            }
+            Fact::VisitorLeft => {
+                if let Some(d) = self.open() {
+                    let disposition = if d.handoff.attended_at.is_some() {
+                        Disposition::Completed
+                    } else {
+                        Disposition::Abandoned
+                    };
+                    d.close(at, disposition, Some("visitor_left".to_string()), false);
+                }
+            }
+            Fact::Closed { by, reason } => {
+                let d = if self.handoffs.is_empty() {
+                    self.open_or_implicit(input.platform, at)
+                } else {
+                    match self.open() {
+                        Some(d) => d,
+                        None => return,
+                    }
+                };
+                let disposition = if d.handoff.attended_at.is_some() {
+                    Disposition::Completed
+                } else if by == ClosedBy::Visitor {
+                    Disposition::Abandoned
+                } else {
+                    Disposition::Missed
+                };
+                d.close(at, disposition, reason, true);
+            }
+            Fact::PlatformOutcome {
+                disposition,
+                sla_status,
+            } => {
+                if let Some(d) = self.handoffs.last_mut() {
+                    if let Some(value) = disposition {
+                        d.platform_outcome = platform_disposition(&value);
+                        d.handoff.platform_disposition = Some(value);
+                        d.outcome_given = true;
+                    }
+                    if let Some(s) = sla_status.as_deref().and_then(platform_sla) {
+                        d.platform_sla = Some(s);
+                    }
+                }
+            }
+            Fact::HandoffFailed { reason } => {
+                if self.open().is_none() {
+                    let d = self.push(Draft::new(live_backend(input.platform), HandoffState::Failed));
+                    d.handoff.requested_at = Some(at);
+                }
+                if let Some(d) = self.handoffs.last_mut() {
+                    d.state = HandoffState::Failed;
+                    d.handoff.disposition = Some(Disposition::Failed);
+                    d.handoff.closed_at = Some(at);
+                    d.handoff.failure = Some(reason);
+                }
+            }
+            Fact::Attributes(map) => self.attributes.extend(map),
+            Fact::Notice { text } => {
+                if let Some(d) = self.handoffs.last_mut() {
+                    d.handoff.failure = Some(text);
+                }
+            }
+            Fact::AgentLeft { .. } | Fact::ScenarioJoined { .. } => {}
+        }
+    }
+
+    /// Who a line is from, after resolving a Bright Pattern party id.
+    fn speaker(&self, m: &MessageFact) -> (Party, Option<String>) {
+        match (&m.party_id, m.party) {
+            (Some(p), Party::Agent | Party::Bot) => match self.parties.get(p) {
+                Some(Joined::Agent(name)) => (Party::Agent, Some(name.clone())),
+                Some(Joined::Scenario(name)) => (Party::Bot, Some(name.clone().unwrap_or_else(|| p.clone()))),
+                // Never joined in what we hold: the parser's own reading of the line stands.
+                None => (m.party, Some(m.author.clone().unwrap_or_else(|| p.clone()))),
+            },
+            _ => (m.party, m.author.clone()),
+        }
+    }
+
+    fn message(&mut self, input: &Input, m: &MessageFact) {
+        let (party, author) = self.speaker(m);
+        count(&mut self.counts, party);
+        if party == Party::Agent && !m.automatic {
+            if let Some(d) = self.handoffs.last_mut() {
+                let h = &mut d.handoff;
+                if let Some(attended) = h.attended_at {
+                    let in_handoff = input.at >= attended && h.closed_at.is_none_or(|c| input.at <= c);
+                    if h.first_response_seconds.is_none() && in_handoff {
+                        h.first_response_seconds = Some(seconds_between(attended, input.at));
+                    }
+                }
+            }
+        }
+        self.messages.push(Message {
+            seq: input.seq,
+            at: input.at,
+            party,
+            author,
+            kind: m.kind,
+            text: m.text.clone(),
+            buttons: m.buttons.clone(),
+            cards: m.cards.clone(),
+            url: m.url.clone(),
+            platform: input.platform,
+            event_id: input.event_id,
+        });
+    }
+
+    fn finish(self, id: Uuid, streams: &[StreamKey], started_at: DateTime<Utc>, extent: LogExtent) -> Projection {
+        let sla = self.sla;
+        let state = self.handoffs.last().map_or(HandoffState::Bot, |d| d.state);
+        let handoffs: Vec<Handoff> = self.handoffs.into_iter().map(|d| d.finish(sla)).collect();
+        let latest = handoffs.last();
+        let mut streams = streams.to_vec();
+        streams.sort();
+        streams.dedup();
+        let conversation = Conversation {
+            id,
+            state,
+            disposition: latest.and_then(|h| h.disposition),
+            platform_disposition: latest.and_then(|h| h.platform_disposition.clone()),
+            sla_status: latest.map_or(SlaStatus::NotApplicable, |h| h.sla_status),
+            streams,
+            queue: latest.and_then(|h| h.queue.clone()),
+            agents: self.agents,
+            started_at,
+            escalated_at: latest.and_then(|h| h.requested_at),
+            queued_at: latest.and_then(|h| h.queued_at),
+            first_attended_at: latest.and_then(|h| h.attended_at),
+            closed_at: latest.and_then(|h| h.closed_at),
+            wait_seconds: latest.and_then(|h| h.wait_seconds),
+            first_response_seconds: latest.and_then(|h| h.first_response_seconds),
+            handle_seconds: latest.and_then(|h| h.handle_seconds),
+            bot_seconds: self.first_escalation.map(|e| seconds_between(started_at, e)),
+            transfers: latest.map_or(0, |h| h.transfers),
+            message_counts: self.counts,
+            close_reason: latest.and_then(|h| h.close_reason.clone()),
+            attributes: self.attributes,
+            last_seq: extent.last_seq,
+            updated_at: extent.last_at,
+            handoffs,
+        };
+        Projection {
+            conversation,
+            messages: self.messages,
+        }
+    }
+}

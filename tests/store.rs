@@ -1,0 +1,1076 @@
+//! The store's behaviour, one suite run against both backends: SQLite (a file in a temp dir) and
+//! PostgreSQL (a fresh database per test on `LEDGER_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, dropped afterwards even when the test fails).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{json, Value};
+use sqlx::Connection;
+use uuid::Uuid;
+
+use handoff_ledger::config::SlaConfig;
+use handoff_ledger::model::{
+    event_id_for, AppendOutcome, Conversation, HandoffState, Message, NewEvent, NewQuarantine, Party, Platform,
+    StreamKey,
+};
+use handoff_ledger::sources::ledger::{self, QueueAccepted};
+use handoff_ledger::store::{self, ConversationFilter, SqliteStore, Store};
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// A migrated store on a throw-away database, plus a way to reach that database behind its back.
+struct TestDb {
+    store: Arc<dyn Store>,
+    raw: Raw,
+    _dir: Option<tempfile::TempDir>,
+    _drop: Option<DropDatabase>,
+}
+
+enum Raw {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl Raw {
+    /// Runs a statement on a separate connection; the database's error message when it refuses.
+    async fn execute(&self, sql: &str) -> Result<u64, String> {
+        match self {
+            Raw::Sqlite(url) => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let result = sqlx::query(sql).execute(&mut conn).await;
+                result.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+            }
+            Raw::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let result = sqlx::query(sql).execute(&mut conn).await;
+                result.map(|r| r.rows_affected()).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Drops the test database when the test ends, passed or failed (runs during unwinding too).
+struct DropDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop cannot await, and the test's runtime may be unwinding: use a runtime of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn sqlite_db() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet: connect must create it.
+    let url = format!("sqlite://{}/nested/dir/ledger.db", dir.path().display());
+    let store = SqliteStore::connect(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    TestDb {
+        store: Arc::new(store),
+        raw: Raw::Sqlite(url),
+        _dir: Some(dir),
+        _drop: None,
+    }
+}
+
+async fn postgres_db() -> TestDb {
+    let admin_url =
+        std::env::var("LEDGER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("ledger_test_{}", Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let guard = DropDatabase {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    let mut url = reqwest::Url::parse(&admin_url).unwrap();
+    url.set_path(&name);
+    let url = url.to_string();
+    let store = store::open(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    TestDb {
+        store,
+        raw: Raw::Postgres(url),
+        _dir: None,
+        _drop: Some(guard),
+    }
+}
+
+/// Generates a `#[tokio::test]` per backend for each test function. `store:` tests take the store;
+/// `db:` tests also reach the database directly.
+macro_rules! on_both_backends {
+    (store: [$($store_test:ident),* $(,)?], db: [$($db_test:ident),* $(,)?]) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $store_test() {
+                    let db = super::sqlite_db().await;
+                    super::$store_test(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $db_test() {
+                    let db = super::sqlite_db().await;
+                    super::$db_test(db.store.clone(), &db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $store_test() {
+                    let db = super::postgres_db().await;
+                    super::$store_test(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $db_test() {
+                    let db = super::postgres_db().await;
+                    super::$db_test(db.store.clone(), &db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    store: [
+        seq_is_gap_free_and_strictly_increasing_across_batches,
+        duplicates_are_recognised_within_and_across_batches,
+        events_without_a_stream_have_no_conversation,
+        events_are_filed_under_their_stream_conversation,
+        link_before_the_live_stream_files_it_under_the_bot_conversation,
+        link_after_the_live_stream_merges_into_the_earlier_conversation,
+        the_earlier_live_conversation_survives_a_merge,
+        merge_inside_one_batch_answers_the_resolved_conversation,
+        chained_merges_keep_every_absorbed_id_resolving,
+        quarantine_roundtrip_keeps_bytes_exact,
+        checkpoints_default_to_zero_and_overwrite,
+        list_filters_and_cursor_pagination,
+        events_after_pages_through_the_log,
+        replay_rebuilds_exactly_what_appends_built,
+    ],
+    db: [
+        the_event_log_refuses_update_and_delete,
+        migrating_twice_is_a_no_op,
+        replay_repairs_projections_from_the_log_alone,
+    ]
+);
+
+// ---------------------------------------------------------------------------------------------
+// Event builders
+// ---------------------------------------------------------------------------------------------
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_706_000_000 + secs, 0).unwrap()
+}
+
+fn sla() -> SlaConfig {
+    SlaConfig::default()
+}
+
+/// An event of a kind no parser knows: filed and stored, no facts.
+fn event(platform: Platform, external_id: &str, key: &str, secs: i64) -> NewEvent {
+    NewEvent {
+        event_id: event_id_for(platform, Some(key)),
+        stream: StreamKey::new(platform, external_id),
+        kind: format!("{platform}.test_event"),
+        occurred_at: t(secs),
+        received_at: t(secs) + chrono::Duration::milliseconds(250),
+        payload: json!({"key": key, "zeta": 1, "alpha": [true, null]}).to_string(),
+        headers: BTreeMap::from([("content-type".to_string(), "application/json".to_string())]),
+        links: Vec::new(),
+    }
+}
+
+fn bot(pcid: &str, key: &str, secs: i64) -> NewEvent {
+    event(Platform::Ultimate, pcid, key, secs)
+}
+
+/// An Aivo Live `attended` webhook for `room` by `agent` from group 2179.
+fn attended(room: &str, agent: &str, secs: i64) -> NewEvent {
+    attended_from(room, agent, 2179, secs)
+}
+
+/// An Aivo Live `attended` webhook for `room` by `agent` from `group`.
+fn attended_from(room: &str, agent: &str, group: i64, secs: i64) -> NewEvent {
+    let payload = json!({
+        "name": "attended",
+        "roomId": room,
+        "timestamp": (1_706_000_000 + secs) * 1_000_000_000,
+        "botId": 1000,
+        "eventTime": 1_706_000_000 + secs,
+        "data": {"agent": {"name": agent, "nickname": format!("{agent} N"), "groupId": group}}
+    });
+    NewEvent {
+        kind: "aivo_live.attended".into(),
+        payload: payload.to_string(),
+        ..event(Platform::AivoLive, room, &format!("attended:{room}:{secs}"), secs)
+    }
+}
+
+fn ultimate(pcid: &str) -> StreamKey {
+    StreamKey::new(Platform::Ultimate, pcid)
+}
+
+fn room(id: &str) -> StreamKey {
+    StreamKey::new(Platform::AivoLive, id)
+}
+
+fn visitor_says(conversation: Uuid, text: &str, secs: i64) -> NewEvent {
+    ledger::api_message(conversation, Party::Visitor, text, Some(text), t(secs))
+}
+
+async fn append(store: &Arc<dyn Store>, groups: Vec<Vec<NewEvent>>) -> Vec<Vec<AppendOutcome>> {
+    store.append_batch(&groups, &sla()).await.unwrap()
+}
+
+async fn append_one(store: &Arc<dyn Store>, e: NewEvent) -> AppendOutcome {
+    append(store, vec![vec![e]]).await.remove(0).remove(0)
+}
+
+fn seqs(events: &[handoff_ledger::model::StoredEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Every conversation, walking the pages.
+async fn all_conversations(store: &Arc<dyn Store>) -> Vec<Conversation> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_conversations(&ConversationFilter {
+                limit: 3,
+                after,
+                ..ConversationFilter::default()
+            })
+            .await
+            .unwrap();
+        out.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The log
+// ---------------------------------------------------------------------------------------------
+
+async fn seq_is_gap_free_and_strictly_increasing_across_batches(store: Arc<dyn Store>) {
+    assert_eq!(store.last_seq().await.unwrap(), 0);
+    let first = append(
+        &store,
+        vec![
+            vec![bot("c1", "a", 0), bot("c1", "b", 1)],
+            vec![event(Platform::Vcc, "7:9", "c", 2)],
+        ],
+    )
+    .await;
+    let first: Vec<Vec<i64>> = first.iter().map(|g| g.iter().map(|o| o.seq).collect()).collect();
+    assert_eq!(first, vec![vec![1, 2], vec![3]]);
+    let second = append(
+        &store,
+        vec![vec![bot("c2", "d", 3)], vec![bot("c1", "e", 4), bot("c3", "f", 5)]],
+    )
+    .await;
+    let second: Vec<i64> = second.iter().flatten().map(|o| o.seq).collect();
+    assert_eq!(second, vec![4, 5, 6]);
+    assert_eq!(store.last_seq().await.unwrap(), 6);
+    assert_eq!(seqs(&store.events_after(0, 100).await.unwrap()), vec![1, 2, 3, 4, 5, 6]);
+    // An empty batch appends nothing and burns no seq.
+    assert!(append(&store, vec![]).await.is_empty());
+    assert_eq!(append_one(&store, bot("c1", "g", 6)).await.seq, 7);
+}
+
+async fn duplicates_are_recognised_within_and_across_batches(store: Arc<dyn Store>) {
+    let a = bot("c1", "same-key", 0);
+    let mut a_again = bot("c1", "same-key", 0);
+    a_again.payload = r#"{"redelivered":true}"#.into();
+    let b = bot("c1", "other", 1);
+    let out = append(&store, vec![vec![a.clone(), a_again], vec![b.clone()]]).await;
+    let conversation = Some(ultimate("c1").conversation_id());
+    assert_eq!(
+        out,
+        vec![
+            vec![
+                AppendOutcome {
+                    event_id: a.event_id,
+                    seq: 1,
+                    duplicate: false,
+                    conversation_id: conversation
+                },
+                AppendOutcome {
+                    event_id: a.event_id,
+                    seq: 1,
+                    duplicate: true,
+                    conversation_id: conversation
+                },
+            ],
+            vec![AppendOutcome {
+                event_id: b.event_id,
+                seq: 2,
+                duplicate: false,
+                conversation_id: conversation
+            }],
+        ]
+    );
+    let out = append(&store, vec![vec![b.clone(), bot("c1", "new", 2)]]).await;
+    assert_eq!(
+        out[0].iter().map(|o| (o.seq, o.duplicate)).collect::<Vec<_>>(),
+        vec![(2, true), (3, false)]
+    );
+    assert_eq!(out[0][0].conversation_id, conversation);
+    let log = store.events_after(0, 100).await.unwrap();
+    assert_eq!(seqs(&log), vec![1, 2, 3]);
+    // The first delivery is the one kept.
+    assert_eq!(log[0].payload, serde_json::from_str::<Value>(&a.payload).unwrap());
+}
+
+async fn events_without_a_stream_have_no_conversation(store: Arc<dyn Store>) {
+    let mut orphan = event(Platform::BrightPattern, "", "orphan", 0);
+    // Links of an event with no stream of its own join nothing.
+    orphan.links = vec![room("r1")];
+    let out = append_one(&store, orphan.clone()).await;
+    assert_eq!((out.seq, out.duplicate, out.conversation_id), (1, false, None));
+    let again = append_one(&store, orphan).await;
+    assert_eq!((again.seq, again.duplicate, again.conversation_id), (1, true, None));
+    let log = store.events_after(0, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].external_id, "");
+    assert_eq!(log[0].conversation_id, None);
+    let r1 = append_one(&store, event(Platform::AivoLive, "r1", "r1", 1)).await;
+    assert_eq!(r1.conversation_id, Some(room("r1").conversation_id()));
+}
+
+async fn events_are_filed_under_their_stream_conversation(store: Arc<dyn Store>) {
+    let e1 = bot("c1", "1", 0);
+    let e2 = event(Platform::Vcc, "7:9", "2", 1);
+    let e3 = bot("c1", "3", 2);
+    let out = append(&store, vec![vec![e1.clone()], vec![e2.clone(), e3.clone()]]).await;
+    let c1 = ultimate("c1").conversation_id();
+    let vcc = StreamKey::new(Platform::Vcc, "7:9").conversation_id();
+    assert_eq!(out[0][0].conversation_id, Some(c1));
+    assert_eq!(out[1][0].conversation_id, Some(vcc));
+    assert_eq!(out[1][1].conversation_id, Some(c1));
+    assert_ne!(c1, vcc);
+
+    let events = store.conversation_events(c1).await.unwrap().unwrap();
+    assert_eq!(seqs(&events), vec![1, 3]);
+    let first = &events[0];
+    assert_eq!(first.event_id, e1.event_id);
+    assert_eq!((first.platform, first.external_id.as_str()), (Platform::Ultimate, "c1"));
+    assert_eq!(first.kind, "ultimate.test_event");
+    assert_eq!((first.occurred_at, first.received_at), (e1.occurred_at, e1.received_at));
+    assert_eq!(first.conversation_id, Some(c1));
+    assert_eq!(first.headers, e1.headers);
+    assert_eq!(first.payload, serde_json::from_str::<Value>(&e1.payload).unwrap());
+    // The payload keeps the order of its keys as received.
+    assert_eq!(first.payload.to_string(), e1.payload);
+    assert_eq!(seqs(&store.conversation_events(vcc).await.unwrap().unwrap()), vec![2]);
+
+    // An api message names its conversation by id and is filed there.
+    let said = append_one(&store, visitor_says(c1, "hello", 3)).await;
+    assert_eq!(said.conversation_id, Some(c1));
+    let conversation = store.get_conversation(c1).await.unwrap().unwrap();
+    assert_eq!(conversation.id, c1);
+    assert_eq!(conversation.started_at, t(0));
+    assert_eq!(conversation.last_seq, 4);
+    let (id, messages) = store.transcript(c1).await.unwrap().unwrap();
+    assert_eq!(id, c1);
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| (m.seq, m.party, m.text.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(4, Party::Visitor, Some("hello"))]
+    );
+
+    let unknown = Uuid::new_v4();
+    assert_eq!(store.get_conversation(unknown).await.unwrap(), None);
+    assert_eq!(store.transcript(unknown).await.unwrap(), None);
+    assert_eq!(store.conversation_events(unknown).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Links and merges
+// ---------------------------------------------------------------------------------------------
+
+fn queue_accepted(conversation: Uuid, live_room: &str, queue: &str, secs: i64) -> NewEvent {
+    let accepted = QueueAccepted {
+        backend: "aivo_live".into(),
+        queue: Some(queue.into()),
+        live_id: live_room.into(),
+        team: None,
+    };
+    ledger::queue_accepted(conversation, &accepted, room(live_room), t(secs))
+}
+
+async fn link_before_the_live_stream_files_it_under_the_bot_conversation(store: Arc<dyn Store>) {
+    let cu = ultimate("u1").conversation_id();
+    append_one(&store, bot("u1", "hi", 0)).await;
+    let link = append_one(&store, queue_accepted(cu, "room-1", "2179", 10)).await;
+    assert_eq!(link.conversation_id, Some(cu));
+    let live = append_one(&store, attended("room-1", "Tomas", 20)).await;
+    assert_eq!(live.conversation_id, Some(cu));
+
+    let events = store.conversation_events(cu).await.unwrap().unwrap();
+    assert_eq!(seqs(&events), vec![1, 2, 3]);
+    assert!(events.iter().all(|e| e.conversation_id == Some(cu)));
+    // No conversation of the room's own was ever made.
+    assert_eq!(
+        store
+            .conversation_events(room("room-1").conversation_id())
+            .await
+            .unwrap(),
+        None
+    );
+    let conversation = store.get_conversation(cu).await.unwrap().unwrap();
+    assert_eq!(
+        conversation.streams.iter().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([
+            ultimate("u1"),
+            room("room-1"),
+            StreamKey::new(Platform::Ledger, cu.to_string())
+        ])
+    );
+    assert_eq!(conversation.queue.as_deref(), Some("2179"));
+    assert_eq!(all_conversations(&store).await.len(), 1);
+}
+
+async fn link_after_the_live_stream_merges_into_the_earlier_conversation(store: Arc<dyn Store>) {
+    let cu = ultimate("u1").conversation_id();
+    let cr = room("room-1").conversation_id();
+    append_one(&store, bot("u1", "hi", 0)).await;
+    append_one(&store, visitor_says(cu, "I need a human", 5)).await;
+    // Aivo's `attended` races ahead of the queue call's answer: the room starts its own conversation.
+    let live = append_one(&store, attended("room-1", "Tomas", 20)).await;
+    assert_eq!(live.conversation_id, Some(cr));
+    append_one(&store, visitor_says(cr, "hello Tomas", 21)).await;
+    assert!(store.get_conversation(cr).await.unwrap().is_some());
+
+    let link = append_one(&store, queue_accepted(cu, "room-1", "2179", 19)).await;
+    assert_eq!(
+        link.conversation_id,
+        Some(cu),
+        "the bot conversation started first and survives"
+    );
+
+    // The absorbed id keeps resolving to the survivor everywhere.
+    let merged = store.get_conversation(cr).await.unwrap().unwrap();
+    assert_eq!(merged.id, cu);
+    assert_eq!(merged, store.get_conversation(cu).await.unwrap().unwrap());
+    assert_eq!(merged.started_at, t(0));
+    assert_eq!(merged.last_seq, 5);
+    assert_eq!(merged.state, HandoffState::Attended);
+    assert_eq!(
+        merged.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        vec!["Tomas"]
+    );
+    assert!(merged.streams.contains(&room("room-1")) && merged.streams.contains(&ultimate("u1")));
+    let (id, messages) = store.transcript(cr).await.unwrap().unwrap();
+    assert_eq!(id, cu);
+    assert_eq!(
+        messages
+            .iter()
+            .map(|m| m.text.as_deref().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec!["I need a human", "hello Tomas"]
+    );
+    let events = store.conversation_events(cr).await.unwrap().unwrap();
+    assert_eq!(seqs(&events), vec![1, 2, 3, 4, 5]);
+    assert!(events.iter().all(|e| e.conversation_id == Some(cu)));
+    // Streams were re-pointed: the global log shows the room's events under the survivor.
+    let log = store.events_after(0, 10).await.unwrap();
+    assert!(log.iter().all(|e| e.conversation_id == Some(cu)));
+    // Later events of the room land in the survivor directly.
+    let later = append_one(&store, event(Platform::AivoLive, "room-1", "late", 30)).await;
+    assert_eq!(later.conversation_id, Some(cu));
+    assert_eq!(
+        all_conversations(&store).await.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![cu]
+    );
+}
+
+async fn the_earlier_live_conversation_survives_a_merge(store: Arc<dyn Store>) {
+    // The live side's first event happened before anything of the bot's (clock order, not arrival order).
+    let cu = ultimate("u1").conversation_id();
+    let cr = room("room-1").conversation_id();
+    append_one(&store, attended("room-1", "Ana", 0)).await;
+    append_one(&store, bot("u1", "hi", 10)).await;
+    let link = append_one(&store, ledger::linked(cu, vec![room("room-1")], "test", t(11))).await;
+    assert_eq!(link.conversation_id, Some(cr));
+    assert_eq!(store.get_conversation(cu).await.unwrap().unwrap().id, cr);
+    assert_eq!(store.transcript(cu).await.unwrap().unwrap().0, cr);
+    assert_eq!(
+        seqs(&store.conversation_events(cu).await.unwrap().unwrap()),
+        vec![1, 2, 3]
+    );
+    // An api message addressed to the absorbed id joins the survivor.
+    let said = append_one(&store, visitor_says(cu, "still there?", 12)).await;
+    assert_eq!(said.conversation_id, Some(cr));
+    assert_eq!(all_conversations(&store).await.len(), 1);
+}
+
+async fn merge_inside_one_batch_answers_the_resolved_conversation(store: Arc<dyn Store>) {
+    let cu = ultimate("u1").conversation_id();
+    let out = append(
+        &store,
+        vec![
+            vec![bot("u1", "hi", 0)],
+            vec![attended("room-1", "Tomas", 20)],
+            vec![ledger::linked(cu, vec![room("room-1")], "queue call", t(19))],
+        ],
+    )
+    .await;
+    // Every outcome names the conversation as it is after the whole batch.
+    assert!(out.iter().flatten().all(|o| o.conversation_id == Some(cu)));
+    assert_eq!(
+        seqs(&store.conversation_events(cu).await.unwrap().unwrap()),
+        vec![1, 2, 3]
+    );
+    assert_eq!(
+        all_conversations(&store).await.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![cu]
+    );
+    let room_id = room("room-1").conversation_id();
+    assert_eq!(store.get_conversation(room_id).await.unwrap().unwrap().id, cu);
+}
+
+async fn chained_merges_keep_every_absorbed_id_resolving(store: Arc<dyn Store>) {
+    let (x, y, z) = (ultimate("x"), ultimate("y"), ultimate("z"));
+    append(
+        &store,
+        vec![
+            vec![bot("z", "z", 10)],
+            vec![bot("y", "y", 20)],
+            vec![bot("x", "x", 30)],
+        ],
+    )
+    .await;
+    let cx = x.conversation_id();
+    let mut join_xy = bot("x", "link-xy", 31);
+    join_xy.links = vec![y.clone()];
+    assert_eq!(
+        append_one(&store, join_xy).await.conversation_id,
+        Some(y.conversation_id())
+    );
+    let mut join_yz = bot("y", "link-yz", 32);
+    join_yz.links = vec![z.clone()];
+    assert_eq!(
+        append_one(&store, join_yz).await.conversation_id,
+        Some(z.conversation_id())
+    );
+    for absorbed in [cx, y.conversation_id()] {
+        assert_eq!(
+            store.get_conversation(absorbed).await.unwrap().unwrap().id,
+            z.conversation_id()
+        );
+        assert_eq!(
+            seqs(&store.conversation_events(absorbed).await.unwrap().unwrap()),
+            vec![1, 2, 3, 4, 5]
+        );
+    }
+    assert_eq!(all_conversations(&store).await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Immutability, quarantine, checkpoints, migrations
+// ---------------------------------------------------------------------------------------------
+
+async fn the_event_log_refuses_update_and_delete(store: Arc<dyn Store>, db: &TestDb) {
+    append_one(&store, bot("c1", "a", 0)).await;
+    let before = store.events_after(0, 10).await.unwrap();
+    let update = db.raw.execute("UPDATE events SET kind = 'tampered'").await;
+    assert!(update.as_ref().is_err_and(|e| e.contains("append-only")), "{update:?}");
+    let delete = db.raw.execute("DELETE FROM events").await;
+    assert!(delete.as_ref().is_err_and(|e| e.contains("append-only")), "{delete:?}");
+    if let Raw::Postgres(_) = db.raw {
+        let truncate = db.raw.execute("TRUNCATE events").await;
+        assert!(
+            truncate.as_ref().is_err_and(|e| e.contains("append-only")),
+            "{truncate:?}"
+        );
+    }
+    assert_eq!(store.events_after(0, 10).await.unwrap(), before);
+    // The projection tables stay writable (merges and replay rewrite them).
+    assert_eq!(db.raw.execute("UPDATE streams SET first_seq = first_seq").await, Ok(1));
+}
+
+async fn quarantine_roundtrip_keeps_bytes_exact(store: Arc<dyn Store>) {
+    assert!(store.list_quarantine(10, None).await.unwrap().is_empty());
+    let text = NewQuarantine {
+        received_at: t(0),
+        path: "/webhooks/aivo-live".into(),
+        platform: Some(Platform::AivoLive),
+        error_code: "invalid_payload".into(),
+        error_message: "roomId is missing".into(),
+        status: 422,
+        headers: BTreeMap::from([("user-agent".to_string(), "aivo".to_string())]),
+        body: "{\"name\":\"attended\", \"ñ\": 1}".as_bytes().to_vec(),
+    };
+    let binary = NewQuarantine {
+        received_at: t(1),
+        path: "/webhooks/vcc/chat".into(),
+        platform: None,
+        error_code: "invalid_json".into(),
+        error_message: "the body is not valid UTF-8".into(),
+        status: 400,
+        headers: BTreeMap::new(),
+        body: vec![0xff, 0xfe, 0x00, b'{', 0x80],
+    };
+    let first = store.quarantine(&text).await.unwrap();
+    let second = store.quarantine(&binary).await.unwrap();
+    let third = store.quarantine(&text).await.unwrap();
+    assert!(first < second && second < third);
+
+    let all = store.list_quarantine(10, None).await.unwrap();
+    assert_eq!(all.iter().map(|q| q.id).collect::<Vec<_>>(), vec![third, second, first]);
+    let b = &all[1];
+    assert_eq!(b.body, "//4Ae4A=");
+    assert_eq!(b.body_encoding, "base64");
+    assert_eq!((b.status, b.platform.as_deref()), (400, None));
+    assert_eq!(b.received_at, t(1));
+    let a = &all[2];
+    assert_eq!(a.body.as_bytes(), text.body.as_slice());
+    assert_eq!(a.body_encoding, "utf8");
+    assert_eq!(a.path, "/webhooks/aivo-live");
+    assert_eq!(a.platform.as_deref(), Some("aivo_live"));
+    assert_eq!(
+        (a.error_code.as_str(), a.error_message.as_str()),
+        ("invalid_payload", "roomId is missing")
+    );
+    assert_eq!(a.status, 422);
+    assert_eq!(a.headers, text.headers);
+
+    let page = store.list_quarantine(1, None).await.unwrap();
+    assert_eq!(page.iter().map(|q| q.id).collect::<Vec<_>>(), vec![third]);
+    let rest = store.list_quarantine(10, Some(third)).await.unwrap();
+    assert_eq!(rest.iter().map(|q| q.id).collect::<Vec<_>>(), vec![second, first]);
+    assert!(store.list_quarantine(10, Some(first)).await.unwrap().is_empty());
+}
+
+async fn checkpoints_default_to_zero_and_overwrite(store: Arc<dyn Store>) {
+    assert_eq!(store.checkpoint("clickhouse").await.unwrap(), 0);
+    store.set_checkpoint("clickhouse", 5).await.unwrap();
+    store.set_checkpoint("outbox", 2).await.unwrap();
+    store.set_checkpoint("clickhouse", 7).await.unwrap();
+    assert_eq!(store.checkpoint("clickhouse").await.unwrap(), 7);
+    assert_eq!(store.checkpoint("outbox").await.unwrap(), 2);
+    assert_eq!(store.checkpoint("other").await.unwrap(), 0);
+}
+
+async fn migrating_twice_is_a_no_op(store: Arc<dyn Store>, db: &TestDb) {
+    append_one(&store, bot("c1", "a", 0)).await;
+    store
+        .quarantine(&NewQuarantine {
+            received_at: t(0),
+            path: "/p".into(),
+            platform: None,
+            error_code: "invalid_json".into(),
+            error_message: "m".into(),
+            status: 400,
+            headers: BTreeMap::new(),
+            body: b"x".to_vec(),
+        })
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.last_seq().await.unwrap(), 1);
+    assert_eq!(store.list_quarantine(10, None).await.unwrap().len(), 1);
+    assert_eq!(append_one(&store, bot("c1", "b", 1)).await.seq, 2);
+    // The migrations table holds each migration once.
+    let applied = match &db.raw {
+        Raw::Sqlite(url) => {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+        Raw::Postgres(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let files = std::fs::read_dir(match db.raw {
+        Raw::Sqlite(_) => "migrations/sqlite",
+        Raw::Postgres(_) => "migrations/postgres",
+    })
+    .unwrap()
+    .count() as i64;
+    assert_eq!(applied, files);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+// ---------------------------------------------------------------------------------------------
+
+async fn events_after_pages_through_the_log(store: Arc<dyn Store>) {
+    let events: Vec<NewEvent> = (0..5)
+        .map(|i| bot(&format!("c{}", i % 2), &format!("k{i}"), i))
+        .collect();
+    append(&store, vec![events]).await;
+    assert_eq!(seqs(&store.events_after(0, 2).await.unwrap()), vec![1, 2]);
+    assert_eq!(seqs(&store.events_after(2, 2).await.unwrap()), vec![3, 4]);
+    assert_eq!(seqs(&store.events_after(4, 2).await.unwrap()), vec![5]);
+    assert!(store.events_after(5, 2).await.unwrap().is_empty());
+    let page = store.events_after(1, 1).await.unwrap();
+    assert_eq!(page[0].conversation_id, Some(ultimate("c1").conversation_id()));
+    assert_eq!(page[0].external_id, "c1");
+}
+
+async fn list_filters_and_cursor_pagination(store: Arc<dyn Store>) {
+    // a: bot only, started 0. b: escalated, started 10. c: queued 2179 + attended by Tomas, started 20.
+    // d: attended by Ana on a room of its own, started 20 (same instant as c). e: vcc, started 40.
+    let (ca, cb, cc) = (
+        ultimate("a").conversation_id(),
+        ultimate("b").conversation_id(),
+        ultimate("c").conversation_id(),
+    );
+    let cd = room("room-d").conversation_id();
+    let ce = StreamKey::new(Platform::Vcc, "1:2").conversation_id();
+    append(
+        &store,
+        vec![
+            vec![bot("a", "a", 0)],
+            vec![
+                bot("b", "b", 10),
+                ledger::api_handoff(cb, Some("sales"), Some("h"), t(11)),
+            ],
+            vec![
+                bot("c", "c", 20),
+                queue_accepted(cc, "room-c", "2179", 21),
+                attended("room-c", "Tomas", 22),
+            ],
+            vec![attended_from("room-d", "Ana", 88, 20)],
+            vec![event(Platform::Vcc, "1:2", "e", 40)],
+        ],
+    )
+    .await;
+    let ids = |items: &[Conversation]| items.iter().map(|c| c.id).collect::<Vec<_>>();
+    let list = |filter: ConversationFilter| {
+        let store = store.clone();
+        async move {
+            let page = store
+                .list_conversations(&ConversationFilter { limit: 50, ..filter })
+                .await
+                .unwrap();
+            assert_eq!(page.next, None);
+            ids(&page.items)
+        }
+    };
+    // c and d started at the same instant: the larger id comes first.
+    let (first_tie, second_tie) = if cc > cd { (cc, cd) } else { (cd, cc) };
+    assert_eq!(
+        list(ConversationFilter::default()).await,
+        vec![ce, first_tie, second_tie, cb, ca]
+    );
+    let by = |f: fn(&mut ConversationFilter)| {
+        let mut filter = ConversationFilter::default();
+        f(&mut filter);
+        filter
+    };
+    assert_eq!(list(by(|f| f.platform = Some("vcc".into()))).await, vec![ce]);
+    assert_eq!(
+        list(by(|f| f.platform = Some("aivo_live".into()))).await,
+        vec![first_tie, second_tie]
+    );
+    assert_eq!(list(by(|f| f.external_id = Some("room-c".into()))).await, vec![cc]);
+    // platform and external_id name one stream together.
+    assert_eq!(
+        list(by(|f| {
+            f.platform = Some("ultimate".into());
+            f.external_id = Some("room-c".into());
+        }))
+        .await,
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(
+        list(by(|f| f.state = Some("escalation_requested".into()))).await,
+        vec![cb]
+    );
+    assert_eq!(
+        list(by(|f| f.state = Some("attended".into()))).await,
+        vec![first_tie, second_tie]
+    );
+    assert_eq!(list(by(|f| f.queue = Some("2179".into()))).await, vec![cc]);
+    assert_eq!(list(by(|f| f.agent = Some("Tomas".into()))).await, vec![cc]);
+    assert_eq!(list(by(|f| f.agent = Some("ana".into()))).await, vec![cd]);
+    assert_eq!(list(by(|f| f.agent = Some("An%".into()))).await, Vec::<Uuid>::new());
+    assert_eq!(
+        list(by(|f| f.disposition = Some("completed".into()))).await,
+        Vec::<Uuid>::new()
+    );
+    assert_eq!(
+        list(by(|f| f.sla_status = Some("not_applicable".into()))).await.len(),
+        3
+    );
+    assert_eq!(
+        list(by(|f| {
+            f.since = Some(t(10));
+            f.until = Some(t(40));
+        }))
+        .await,
+        vec![first_tie, second_tie, cb]
+    );
+
+    // Pages of two, continuing after the cursor, across the tie.
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_conversations(&ConversationFilter {
+                limit: 2,
+                after,
+                ..ConversationFilter::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2);
+        seen.extend(ids(&page.items));
+        match page.next {
+            Some(next) => {
+                let last = page.items.last().unwrap();
+                assert_eq!(next, (last.started_at.timestamp_micros(), last.id));
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, vec![ce, first_tie, second_tie, cb, ca]);
+    // A page that ends exactly at the last item says no more follow.
+    let exact = store
+        .list_conversations(&ConversationFilter {
+            limit: 5,
+            ..ConversationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((exact.items.len(), exact.next), (5, None));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay
+// ---------------------------------------------------------------------------------------------
+
+/// Everything a reader can see of the projections: every conversation with its transcript, and
+/// what each conversation id ever handed out resolves to.
+async fn snapshot(
+    store: &Arc<dyn Store>,
+    ids: &BTreeSet<Uuid>,
+) -> (
+    Vec<(Conversation, Vec<Message>)>,
+    Vec<(Uuid, Option<Uuid>, Option<Vec<i64>>)>,
+) {
+    let mut conversations = Vec::new();
+    for c in all_conversations(store).await {
+        let (id, messages) = store.transcript(c.id).await.unwrap().unwrap();
+        assert_eq!(id, c.id);
+        conversations.push((c, messages));
+    }
+    let mut resolved = Vec::new();
+    for id in ids {
+        let to = store.get_conversation(*id).await.unwrap().map(|c| c.id);
+        let events = store.conversation_events(*id).await.unwrap().map(|e| seqs(&e));
+        resolved.push((*id, to, events));
+    }
+    (conversations, resolved)
+}
+
+async fn replay_rebuilds_exactly_what_appends_built(store: Arc<dyn Store>) {
+    let cu1 = ultimate("u1").conversation_id();
+    let cu2 = ultimate("u2").conversation_id();
+    let cu3 = ultimate("u3").conversation_id();
+    let batches = vec![
+        vec![
+            vec![bot("u1", "1", 0), visitor_says(cu1, "help", 1)],
+            vec![bot("u2", "2", 2)],
+        ],
+        // The room of u1 is attended before its link arrives (merge later).
+        vec![
+            vec![attended("r1", "Tomas", 30)],
+            vec![event(Platform::BrightPattern, "", "orphan", 31)],
+        ],
+        vec![
+            vec![ledger::api_handoff(cu1, Some("sales"), Some("h1"), t(3))],
+            vec![queue_accepted(cu1, "r1", "2179", 29)],
+            // A duplicate in the same batch and one of an earlier batch.
+            vec![bot("u2", "2", 2), queue_accepted(cu1, "r1", "2179", 29)],
+        ],
+        // u2 is linked before its room shows up.
+        vec![
+            vec![queue_accepted(cu2, "r2", "77", 40)],
+            vec![attended("r2", "Ana", 45)],
+        ],
+        vec![
+            vec![ledger::api_message(cu2, Party::Agent, "hi from Ana", None, t(46))],
+            vec![bot("u3", "3", 50)],
+            vec![attended("r3", "Bea", 49)],
+        ],
+        // r3 started before u3: the live conversation survives this merge.
+        vec![vec![ledger::linked(cu3, vec![room("r3")], "correlation", t(51))]],
+        vec![vec![visitor_says(cu3, "bye", 52)]],
+    ];
+    let mut handed_out = BTreeSet::from([cu1, cu2, cu3, Uuid::new_v4()]);
+    for batch in batches {
+        for outcome in append(&store, batch).await.into_iter().flatten() {
+            handed_out.extend(outcome.conversation_id);
+        }
+    }
+    handed_out.extend(["r1", "r2", "r3"].map(|r| room(r).conversation_id()));
+    let before = snapshot(&store, &handed_out).await;
+    assert_eq!(before.0.len(), 3, "u1+r1, u2+r2, r3+u3");
+    assert_eq!(
+        before.1.iter().find(|(id, _, _)| *id == cu3).and_then(|r| r.1),
+        Some(room("r3").conversation_id())
+    );
+    let log = store.events_after(0, 1000).await.unwrap();
+
+    let calls = Mutex::new(Vec::new());
+    let stats = store
+        .replay(&sla(), &|done, total| calls.lock().unwrap().push((done, total)))
+        .await
+        .unwrap();
+    assert_eq!(stats.events, log.len() as u64);
+    assert_eq!(stats.conversations, 3);
+    let calls = calls.into_inner().unwrap();
+    assert_eq!(calls.last(), Some(&(3, 3)));
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0));
+
+    let after = snapshot(&store, &handed_out).await;
+    assert_eq!(after, before);
+    assert_eq!(store.events_after(0, 1000).await.unwrap(), log);
+    // Replaying twice changes nothing either, and appends carry on from the same state.
+    store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!(snapshot(&store, &handed_out).await, before);
+    let next = append_one(&store, event(Platform::AivoLive, "r1", "after-replay", 60)).await;
+    assert_eq!((next.seq, next.conversation_id), (log.len() as i64 + 1, Some(cu1)));
+}
+
+async fn replay_repairs_projections_from_the_log_alone(store: Arc<dyn Store>, db: &TestDb) {
+    let cu = ultimate("u1").conversation_id();
+    let cr = room("room-1").conversation_id();
+    append(
+        &store,
+        vec![
+            vec![bot("u1", "hi", 0), visitor_says(cu, "help", 1)],
+            vec![attended("room-1", "Tomas", 20)],
+        ],
+    )
+    .await;
+    append(&store, vec![vec![queue_accepted(cu, "room-1", "2179", 19)]]).await;
+    let ids = BTreeSet::from([cu, cr]);
+    let before = snapshot(&store, &ids).await;
+    assert_eq!(before.0.len(), 1);
+
+    // Wreck every projection table behind the store's back; only the log is left intact.
+    for sql in [
+        "DELETE FROM aliases",
+        "UPDATE streams SET conversation_id = 'bogus'",
+        "UPDATE conversations SET doc = '{}', transcript = 'not json'",
+    ] {
+        db.raw.execute(sql).await.unwrap();
+    }
+    assert_eq!(store.get_conversation(cr).await.unwrap(), None, "the alias is gone");
+    assert!(
+        store.get_conversation(cu).await.is_err(),
+        "the stored document is garbage"
+    );
+    assert_eq!(
+        store.conversation_events(cu).await.unwrap(),
+        None,
+        "no stream points at it"
+    );
+
+    let stats = store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!(stats.events, 4);
+    assert_eq!(stats.conversations, 1);
+    assert_eq!(snapshot(&store, &ids).await, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite specifics
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sqlite_relative_url_creates_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = format!(
+        "{up}{}",
+        dir.path()
+            .join("data/ledger.db")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    let store = SqliteStore::connect(&format!("sqlite://{relative}"), 2).await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(dir.path().join("data/ledger.db").exists());
+    let out = store.append_batch(&[vec![bot("c1", "a", 0)]], &sla()).await.unwrap();
+    assert_eq!(out[0][0].seq, 1);
+    // WAL with synchronous FULL: acknowledged appends survive a crash.
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+    // Reopening finds the data.
+    drop(store);
+    let reopened = store::open(&format!("sqlite://{}", dir.path().join("data/ledger.db").display()), 1)
+        .await
+        .unwrap();
+    reopened.migrate().await.unwrap();
+    assert_eq!(reopened.last_seq().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_refused() {
+    let err = store::open("mysql://localhost/x", 1).await.err().unwrap();
+    assert!(err.to_string().contains("unsupported store url"), "{err}");
+}
