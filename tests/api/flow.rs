@@ -43,7 +43,16 @@ fn time(v: &Value) -> DateTime<Utc> {
 }
 
 async fn full_handoff_across_platforms(backend: Backend) {
+    let room = format!("room-{}", Uuid::new_v4());
+    // Aivo Live and the Ultimate widget API: the escalate's queue call returns the room.
+    let live = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
+        .mount(&live)
+        .await;
     let app = spawn_app_with(backend, |c| {
+        c.aivo_live.base_url = live.uri();
+        c.ultimate.api_url = live.uri();
         c.sla.answer_seconds = 60;
         c.sla.queues.insert("2179".into(), 30);
         c.routing.teams.insert(
@@ -57,7 +66,6 @@ async fn full_handoff_across_platforms(backend: Backend) {
     })
     .await;
     let pcid = format!("pc-{}", Uuid::new_v4());
-    let room = format!("room-{}", Uuid::new_v4());
     let conv = |a: &Value| a["conversation_id"].as_str().expect("conversation id").to_string();
 
     // Bot phase (Ultimate stamps events with their arrival time).
@@ -81,25 +89,10 @@ async fn full_handoff_across_platforms(backend: Backend) {
     .await;
     assert_eq!(conv(&esc), id);
 
-    // The live platform's id is linked to the bot conversation when the queue call returns.
-    let t0 = Utc::now() + Duration::seconds(1);
-    let accepted = ledger::QueueAccepted {
-        backend: "aivo_live".into(),
-        queue: Some("2179".into()),
-        live_id: room.clone(),
-        team: Some("sales".into()),
-    };
-    let id_uuid: Uuid = id.parse().unwrap();
-    app.state
-        .writer
-        .append(vec![ledger::queue_accepted(
-            id_uuid,
-            &accepted,
-            StreamKey::new(Platform::AivoLive, room.clone()),
-            t0,
-        )])
-        .await
-        .unwrap();
+    // The live platform's id was linked to the bot conversation when the queue call returned.
+    let (_, queued) = app.get_json(&format!("/v1/conversations/{id}")).await;
+    assert_eq!(queued["state"], json!("queued"), "{queued}");
+    let t0 = time(&queued["queued_at"]);
 
     let t_att = t0 + Duration::seconds(12);
     let t_trigger = t_att + Duration::milliseconds(500);
@@ -277,7 +270,12 @@ async fn full_handoff_across_platforms(backend: Backend) {
     // Raw events, in seq order, payloads as received.
     let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
     let items = events["items"].as_array().unwrap();
-    assert_eq!(items.len(), 13);
+    // Beside the 12 deliveries: the outbox's commands and results (queue call, relays).
+    let delivered = items.iter().filter(|e| e["platform"] != json!("ledger")).count();
+    assert_eq!(delivered, 12);
+    assert!(items
+        .iter()
+        .any(|e| e["kind"] == json!("ledger.queue_accepted") && e["payload"]["live_id"] == json!(room)));
     assert!(items.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
     assert!(items.iter().all(|e| e["conversation_id"] == json!(id)));
 
