@@ -726,7 +726,7 @@ impl Handoff {
         let (outcome, detail, body) = match &result {
             Ok(Executed::Queued(q)) => (OUTCOME_OK, format!("live id {}", q.live_id), Some(q.raw.clone())),
             Ok(Executed::Done { .. }) => (OUTCOME_OK, String::new(), None),
-            Err(e) if e.is_transient() => (OUTCOME_GAVE_UP, format!("{e} (after {attempt} attempts)"), None),
+            Err(e) if e.is_transient() => (OUTCOME_GAVE_UP, format!("after {attempt} attempts: {e}"), None),
             Err(e) => (OUTCOME_FAILED, e.to_string(), None),
         };
         if let Command::Queue {
@@ -1099,17 +1099,19 @@ pub async fn run_action(
 ) -> Result<Vec<ActionResult>, ApiError> {
     match action.name.as_str() {
         // The event is already appended: the projection turns it into the conversation's attributes.
+        // The event is already appended: the projection turns it into the conversation's attributes.
+        // The answer echoes them in the order the bot sent them.
         "setAttributes" => Ok(action
             .data
             .iter()
             .map(|p| {
-                let key = p
-                    .save_as
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| p.key.clone());
-                result(&key, unwrap_single(&p.value))
+                let single = ActionRequest {
+                    data: vec![p.clone()],
+                    ..action.clone()
+                };
+                sources::ultimate::action_attributes(&single)
             })
+            .flat_map(|attributes| attributes.into_iter().map(|(key, value)| result(&key, value)))
             .collect()),
         "getHandoffStatus" => {
             let conversation = match conversation_id {
@@ -1140,14 +1142,6 @@ pub fn handoff_status(c: &Conversation, now: chrono::DateTime<Utc>) -> Vec<Actio
         ),
         result("waitSeconds", json!(waited.unwrap_or(0))),
     ]
-}
-
-/// Ultimate sends action values as one-element arrays.
-fn unwrap_single(v: &Value) -> Value {
-    match v {
-        Value::Array(items) if items.len() == 1 => items[0].clone(),
-        other => other.clone(),
-    }
 }
 
 fn result(key: &str, value: Value) -> ActionResult {
