@@ -1236,3 +1236,147 @@ async fn is_team_online_asks_the_routed_backend() {
         json!({"isOnline": true})
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_binary(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_handoff-ledger"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start handoff-ledger")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..200 {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
+            if res.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the service did not become ready at {base}");
+}
+
+/// The service process is killed (SIGKILL) while a recorded widget update is in flight; after the restart the
+/// update is sent again (at least once) and its result recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_when_the_process_is_killed_is_sent_after_the_restart() {
+    let mock = MockServer::start().await;
+    let room = format!("room-{}", Uuid::new_v4());
+    mount_aivo_queue(&mock, &room, Duration::ZERO).await;
+    Mock::given(method("POST"))
+        .and(path("/ultimate/agent/converse/send-message-to-widget"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
+        .mount(&mock)
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("ledger.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+bind = "127.0.0.1:{port}"
+[store]
+url = "sqlite://{db}"
+[aivo_live]
+base_url = "{uri}/aivo"
+bot_token = "{AIVO_TOKEN}"
+[ultimate]
+api_url = "{uri}/ultimate"
+api_key = "{ULTIMATE_KEY}"
+bot_id = "{ULTIMATE_BOT}"
+[bright_pattern]
+base_url = ""
+[routing]
+default = {{ backend = "aivo_live", groups = [2179] }}
+"#,
+            db = dir.path().join("ledger.db").display(),
+            uri = mock.uri(),
+        ),
+    )
+    .expect("write config");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut child = start_binary(&config);
+    wait_ready(&client, &base).await;
+
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let post = |path: &'static str, body: Value| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let res = client
+                .post(format!("{base}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.expect("json")
+        }
+    };
+    let esc = post("/webhooks/ultimate/converse", ultimate("escalate", &pcid, json!({}))).await;
+    let id = conv(&esc);
+    post(
+        "/webhooks/aivo-live",
+        aivo("attended", &room, Utc::now(), json!({"agent": {"name": "Tomas"}})),
+    )
+    .await;
+    wait_until("the widget call to be in flight", || async {
+        received(&mock, "/ultimate/").await.len() == 1
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+
+    let mut child = start_binary(&config);
+    wait_ready(&client, &base).await;
+    let results = || async {
+        let events: Value = client
+            .get(format!("{base}/v1/conversations/{id}/events"))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        events["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["kind"] == json!("ledger.command_result"))
+            .map(|e| (e["payload"]["action"].clone(), e["payload"]["outcome"].clone()))
+            .collect::<Vec<_>>()
+    };
+    wait_until("the re-sent update's result", || async { results().await.len() == 2 }).await;
+    assert_eq!(
+        results().await,
+        vec![
+            (json!("aivo_live_queue"), json!("ok")),
+            (json!("widget_escalation_success"), json!("ok"))
+        ]
+    );
+    let calls = widget_calls(&mock).await;
+    let success = json!({"platformConversationId": pcid, "eventType": "escalationSuccess", "agent": "Tomas"});
+    assert_eq!(
+        calls,
+        vec![success.clone(), success],
+        "sent before the kill and again after it"
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
