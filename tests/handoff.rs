@@ -1380,3 +1380,60 @@ default = {{ backend = "aivo_live", groups = [2179] }}
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 }
+
+/// Bright Pattern chats still open when the service stopped are polled again after a start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_resumes_after_a_restart_for_chats_still_open() {
+    let mock = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/bp/chats/chat-9/events"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"events": [
+            {"event": "chat_session_message", "party_id": "p-2", "msg_id": "m-9", "msg": "Still there?", "timestamp": "1706293990000"},
+            {"event": "chat_session_ended"}
+        ]})))
+        .mount(&mock)
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let mut config = config_for(&mock);
+    config.store.url = url.clone();
+    config.bright_pattern.base_url = String::new();
+    // An instance without Bright Pattern configured records a queued chat and polls nothing.
+    let first = Application::build(config).await.expect("build");
+    let conversation = Uuid::new_v4();
+    let accepted = ledger::QueueAccepted {
+        backend: "bright_pattern".into(),
+        queue: Some("support".into()),
+        live_id: "chat-9".into(),
+        team: Some("support".into()),
+    };
+    let outcomes = first
+        .state()
+        .writer
+        .append(vec![
+            ledger::api_handoff(conversation, Some("support"), None, Utc::now()),
+            ledger::queue_accepted(
+                conversation,
+                &accepted,
+                handoff_ledger::model::StreamKey::new(handoff_ledger::model::Platform::BrightPattern, "chat-9"),
+                Utc::now(),
+            ),
+        ])
+        .await
+        .unwrap();
+    let id = outcomes[1].conversation_id.unwrap().to_string();
+    drop(first);
+    assert!(mock.received_requests().await.unwrap().is_empty());
+
+    let app = spawn_on(url, dir, None, &mock, |_| {}).await;
+    wait_until("the chat polled and closed", || async {
+        app.conversation(&id).await["state"] == json!("closed")
+    })
+    .await;
+    let polls = received(&mock, "/bp/chats/chat-9/events").await;
+    assert_eq!(polls.len(), 1, "the loop stopped on chat_session_ended");
+    bp_request_checks(&polls[0]);
+    let t = app.get(&format!("/v1/conversations/{id}/transcript")).await;
+    assert_eq!(t["messages"][0]["text"], json!("Still there?"));
+    wait_until("the loop to end", || async { !app.state.handoff.is_polling("chat-9") }).await;
+}
