@@ -779,10 +779,16 @@ fn config_with(server: &MockServer) -> Config {
 }
 
 #[tokio::test]
-async fn backends_are_built_only_for_configured_base_urls() {
+async fn backends_are_built_only_for_configured_base_urls_and_credentials() {
+    // The shipped defaults (public base URLs, no credentials) turn every outbound client off.
+    let defaults = Backends::from_config(&Config::default()).unwrap();
+    assert!(defaults.aivo.is_none() && defaults.bright_pattern.is_none() && defaults.widget.is_none());
+
     let mut config = Config::default();
+    config.aivo_live.bot_token = "token".into();
     config.bright_pattern.base_url = String::new();
     config.ultimate.api_url = String::new();
+    config.ultimate.api_key = "key".into();
     let backends = Backends::from_config(&config).unwrap();
     assert_eq!(backends.aivo.as_ref().map(|b| b.name()), Some("aivo_live"));
     assert!(backends.bright_pattern.is_none());

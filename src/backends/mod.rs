@@ -252,19 +252,22 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// Builds every client whose base URL is configured.
+    /// Builds every client whose base URL and credentials are configured.
     pub fn from_config(config: &Config) -> Result<Backends, BackendError> {
-        let aivo: Option<Arc<dyn LiveBackend>> = if config.aivo_live.base_url.trim().is_empty() {
-            None
-        } else {
-            Some(Arc::new(AivoLiveClient::new(&config.aivo_live)?))
-        };
+        // A backend is on only when it has its credentials: with the shipped defaults (public base URLs,
+        // empty credentials) the service makes no outbound call at all.
+        let aivo: Option<Arc<dyn LiveBackend>> =
+            if config.aivo_live.base_url.trim().is_empty() || config.aivo_live.bot_token.trim().is_empty() {
+                None
+            } else {
+                Some(Arc::new(AivoLiveClient::new(&config.aivo_live)?))
+            };
         let bright_pattern: Option<Arc<dyn LiveBackend>> = if config.bright_pattern.base_url.trim().is_empty() {
             None
         } else {
             Some(Arc::new(BrightPatternClient::new(&config.bright_pattern)?))
         };
-        let widget = if config.ultimate.api_url.trim().is_empty() {
+        let widget = if config.ultimate.api_url.trim().is_empty() || config.ultimate.api_key.trim().is_empty() {
             None
         } else {
             Some(UltimateWidgetClient::new(&config.ultimate)?)

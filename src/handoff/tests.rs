@@ -413,6 +413,7 @@ fn the_live_target_is_the_latest_accepted_queue_call() {
 fn escalations_resolve_through_routing_to_a_configured_backend() {
     let mut config = Config::default();
     config.bright_pattern.base_url = String::new();
+    config.aivo_live.bot_token = "token".into();
     config.routing.default = Some(Route {
         backend: "aivo_live".into(),
         groups: vec![2179],

@@ -52,7 +52,9 @@ async fn full_handoff_across_platforms(backend: Backend) {
         .await;
     let app = spawn_app_with(backend, |c| {
         c.aivo_live.base_url = live.uri();
+        c.aivo_live.bot_token = "token".into();
         c.ultimate.api_url = live.uri();
+        c.ultimate.api_key = "key".into();
         c.sla.answer_seconds = 60;
         c.sla.queues.insert("2179".into(), 30);
         c.routing.teams.insert(
