@@ -3,7 +3,7 @@
 //! placeholders, `ON CONFLICT`, `RETURNING`, portable column types); only the migrations, the way a
 //! write transaction is opened, and connecting differ.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,7 +22,6 @@ use crate::projection;
 const REPLAY_CHUNK: i64 = 1_000;
 
 const SQL_LAST_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
-const SQL_EVENT_BY_ID: &str = "SELECT seq, platform, external_id FROM events WHERE event_id = $1";
 const SQL_INSERT_EVENT: &str = "INSERT INTO events \
      (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, links) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -41,8 +40,6 @@ const SQL_REPOINT_ALIASES: &str = "UPDATE aliases SET survivor_id = $1 WHERE sur
 const SQL_INSERT_ALIAS: &str = "INSERT INTO aliases (absorbed_id, survivor_id) VALUES ($1, $2) \
      ON CONFLICT (absorbed_id) DO UPDATE SET survivor_id = excluded.survivor_id";
 const SQL_DELETE_CONVERSATION: &str = "DELETE FROM conversations WHERE id = $1";
-const SQL_CONVERSATION_STREAMS: &str = "SELECT platform, external_id FROM streams WHERE conversation_id = $1 \
-     ORDER BY first_seq, platform, external_id";
 const SQL_UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
      (id, state, disposition, sla_status, queue, agents, started_at, updated_at, last_seq, doc, transcript) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -88,6 +85,56 @@ fn events_after_sql() -> String {
          LEFT JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
          WHERE e.seq > $1 ORDER BY e.seq LIMIT $2"
     )
+}
+
+/// Most values bound in one `IN (...)` list (SQLite allows 32,766 parameters; PostgreSQL 65,535).
+const IN_CHUNK: usize = 500;
+
+/// `$first, $first+1, ...` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn events_by_id_sql(n: usize) -> String {
+    format!(
+        "SELECT event_id, seq, platform, external_id FROM events WHERE event_id IN ({})",
+        placeholders(1, n)
+    )
+}
+
+fn aliases_sql(n: usize) -> String {
+    format!(
+        "SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})",
+        placeholders(1, n)
+    )
+}
+
+fn streams_of_sql(n: usize) -> String {
+    format!(
+        "SELECT conversation_id, platform, external_id FROM streams WHERE conversation_id IN ({}) \
+         ORDER BY conversation_id, first_seq, platform, external_id",
+        placeholders(1, n)
+    )
+}
+
+fn events_of_sql(n: usize) -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE s.conversation_id IN ({}) ORDER BY e.seq",
+        placeholders(1, n)
+    )
+}
+
+fn stream_conversations_sql(n: usize) -> String {
+    let pairs = (0..n)
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT platform, external_id, conversation_id FROM streams WHERE (platform, external_id) IN ({pairs})")
 }
 
 /// An appended (or recognised) event waiting for its conversation to be known after the whole batch.
@@ -282,23 +329,16 @@ macro_rules! sql_store {
                 rows.into_iter().map(codec::decode_event).collect()
             }
 
-            /// Recomputes a conversation from all its events and stores the row. Returns whether a
-            /// row was written (the projection gives nothing for a conversation without events).
-            async fn reproject(
+            /// Projects one conversation and stores its row. Returns whether a row was written (the
+            /// projection gives nothing for a conversation without events).
+            async fn store_projection(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 id: Uuid,
+                streams: &[StreamKey],
+                events: &[StoredEvent],
                 sla: &SlaConfig,
             ) -> StoreResult<bool> {
-                let rows: Vec<(String, String)> = sqlx::query_as(SQL_CONVERSATION_STREAMS)
-                    .bind(id.to_string())
-                    .fetch_all(&mut *conn)
-                    .await?;
-                let streams = rows
-                    .into_iter()
-                    .map(|(p, e)| codec::stream_key(&p, e))
-                    .collect::<StoreResult<Vec<_>>>()?;
-                let events = Self::load_conversation_events(conn, id).await?;
-                let Some(projected) = projection::project(id, &streams, &events, sla) else {
+                let Some(projected) = projection::project(id, streams, events, sla) else {
                     return Ok(false);
                 };
                 let row = codec::conversation_row(&projected)?;
@@ -340,6 +380,114 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// The stored `(seq, stream)` of every id of `ids` already in the log, in few round trips.
+            async fn stored_events(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+            ) -> StoreResult<HashMap<Uuid, (i64, Option<StreamKey>)>> {
+                let mut found = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = events_by_id_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, i64, String, String)>(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, seq, platform, external_id) in query.fetch_all(&mut *conn).await? {
+                        let stream = if external_id.is_empty() {
+                            None
+                        } else {
+                            Some(codec::stream_key(&platform, external_id)?)
+                        };
+                        found.insert(codec::parse_uuid(&id)?, (seq, stream));
+                    }
+                }
+                Ok(found)
+            }
+
+            /// Ids as they resolve after merges, in few round trips.
+            async fn resolve_many(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &BTreeSet<Uuid>,
+            ) -> StoreResult<BTreeSet<Uuid>> {
+                let ids: Vec<Uuid> = ids.iter().copied().collect();
+                let mut survivors: HashMap<Uuid, Uuid> = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = aliases_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (absorbed, survivor) in query.fetch_all(&mut *conn).await? {
+                        survivors.insert(codec::parse_uuid(&absorbed)?, codec::parse_uuid(&survivor)?);
+                    }
+                }
+                Ok(ids.into_iter().map(|id| survivors.get(&id).copied().unwrap_or(id)).collect())
+            }
+
+            /// The conversation of each stream, in few round trips.
+            async fn stream_conversations(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                streams: &BTreeSet<StreamKey>,
+            ) -> StoreResult<HashMap<StreamKey, Uuid>> {
+                let streams: Vec<&StreamKey> = streams.iter().collect();
+                let mut found = HashMap::new();
+                for chunk in streams.chunks(IN_CHUNK / 2) {
+                    let sql = stream_conversations_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+                    for stream in chunk {
+                        query = query.bind(stream.platform.as_str()).bind(stream.external_id.clone());
+                    }
+                    for (platform, external_id, id) in query.fetch_all(&mut *conn).await? {
+                        found.insert(codec::stream_key(&platform, external_id)?, codec::parse_uuid(&id)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            /// Recomputes many conversations from their events: their streams and events are read in
+            /// a few round trips, then each row is stored. Returns how many rows were written.
+            async fn reproject_many(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                sla: &SlaConfig,
+            ) -> StoreResult<u64> {
+                let mut written = 0;
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
+                    let mut events: HashMap<Uuid, Vec<StoredEvent>> = HashMap::new();
+                    let sql = streams_of_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, platform, external_id) in query.fetch_all(&mut *conn).await? {
+                        streams
+                            .entry(codec::parse_uuid(&id)?)
+                            .or_default()
+                            .push(codec::stream_key(&platform, external_id)?);
+                    }
+                    let sql = events_of_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, EventRow>(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(&mut *conn).await? {
+                        let event = codec::decode_event(row)?;
+                        if let Some(id) = event.conversation_id {
+                            events.entry(id).or_default().push(event);
+                        }
+                    }
+                    for id in chunk {
+                        let streams = streams.remove(id).unwrap_or_default();
+                        let events = events.remove(id).unwrap_or_default();
+                        if Self::store_projection(conn, *id, &streams, &events, sla).await? {
+                            written += 1;
+                        }
+                    }
+                }
+                Ok(written)
+            }
+
             async fn append_in(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 groups: &[Vec<NewEvent>],
@@ -347,28 +495,20 @@ macro_rules! sql_store {
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 let mut next = Self::last_seq_in(conn).await? + 1;
+                let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
+                // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
+                let mut known = Self::stored_events(conn, &ids).await?;
                 let mut touched = BTreeSet::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
                     let mut filed = Vec::with_capacity(group.len());
                     for event in group {
-                        // Events are inserted as they are filed, so this also sees duplicates
-                        // earlier in the same batch.
-                        let stored: Option<(i64, String, String)> = sqlx::query_as(SQL_EVENT_BY_ID)
-                            .bind(event.event_id.to_string())
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                        if let Some((seq, platform, external_id)) = stored {
-                            let stream = if external_id.is_empty() {
-                                None
-                            } else {
-                                Some(codec::stream_key(&platform, external_id)?)
-                            };
+                        if let Some((seq, stream)) = known.get(&event.event_id) {
                             filed.push(Pending {
                                 event_id: event.event_id,
-                                seq,
+                                seq: *seq,
                                 duplicate: true,
-                                stream,
+                                stream: stream.clone(),
                             });
                             continue;
                         }
@@ -378,47 +518,35 @@ macro_rules! sql_store {
                             touched.insert(conversation);
                         }
                         Self::insert_event(conn, seq, event).await?;
+                        let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
+                        known.insert(event.event_id, (seq, stream.clone()));
                         filed.push(Pending {
                             event_id: event.event_id,
                             seq,
                             duplicate: false,
-                            stream: (!event.stream.external_id.is_empty()).then(|| event.stream.clone()),
+                            stream,
                         });
                     }
                     pending.push(filed);
                 }
-                let mut survivors = BTreeSet::new();
-                for id in touched {
-                    survivors.insert(Self::resolve(conn, id).await?);
-                }
-                for id in survivors {
-                    Self::reproject(conn, id, sla).await?;
-                }
-                let mut conversations: BTreeMap<StreamKey, Option<Uuid>> = BTreeMap::new();
-                let mut outcomes = Vec::with_capacity(pending.len());
-                for filed in pending {
-                    let mut group = Vec::with_capacity(filed.len());
-                    for p in filed {
-                        let conversation_id = match p.stream {
-                            None => None,
-                            Some(stream) => match conversations.get(&stream) {
-                                Some(known) => *known,
-                                None => {
-                                    let id = Self::stream_conversation(conn, &stream).await?;
-                                    conversations.insert(stream, id);
-                                    id
-                                }
-                            },
-                        };
-                        group.push(AppendOutcome {
-                            event_id: p.event_id,
-                            seq: p.seq,
-                            duplicate: p.duplicate,
-                            conversation_id,
-                        });
-                    }
-                    outcomes.push(group);
-                }
+                let survivors: Vec<Uuid> = Self::resolve_many(conn, &touched).await?.into_iter().collect();
+                Self::reproject_many(conn, &survivors, sla).await?;
+                let streams: BTreeSet<StreamKey> = pending.iter().flatten().filter_map(|p| p.stream.clone()).collect();
+                let conversations = Self::stream_conversations(conn, &streams).await?;
+                let outcomes = pending
+                    .into_iter()
+                    .map(|filed| {
+                        filed
+                            .into_iter()
+                            .map(|p| AppendOutcome {
+                                event_id: p.event_id,
+                                seq: p.seq,
+                                duplicate: p.duplicate,
+                                conversation_id: p.stream.and_then(|s| conversations.get(&s).copied()),
+                            })
+                            .collect()
+                    })
+                    .collect();
                 Ok(outcomes)
             }
 
@@ -450,14 +578,15 @@ macro_rules! sql_store {
                     after = last;
                 }
                 let ids: Vec<(String,)> = sqlx::query_as(SQL_ALL_CONVERSATIONS).fetch_all(&mut *conn).await?;
+                let ids = ids.iter().map(|(id,)| codec::parse_uuid(id)).collect::<StoreResult<Vec<_>>>()?;
                 let total = ids.len() as u64;
                 let mut conversations = 0u64;
                 progress(0, total);
-                for (done, (id,)) in ids.into_iter().enumerate() {
-                    if Self::reproject(conn, codec::parse_uuid(&id)?, sla).await? {
-                        conversations += 1;
-                    }
-                    progress(done as u64 + 1, total);
+                let mut done = 0u64;
+                for chunk in ids.chunks(IN_CHUNK) {
+                    conversations += Self::reproject_many(conn, chunk, sla).await?;
+                    done += chunk.len() as u64;
+                    progress(done, total);
                 }
                 Ok(ReplayStats { events, conversations })
             }
