@@ -8,6 +8,7 @@
 pub mod facts;
 pub mod reports;
 pub mod rollups;
+pub mod scenario;
 pub mod schema;
 pub mod sink;
 

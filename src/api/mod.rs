@@ -1,5 +1,7 @@
 //! The HTTP API: thin actix-web handlers (extract, call, map errors), documented with utoipa.
 
+pub mod reports;
+
 use std::sync::Arc;
 
 use actix_web::web;
