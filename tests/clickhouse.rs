@@ -308,12 +308,18 @@ async fn reshipping_and_later_states_never_double_count() {
             c.handoffs.pop();
             touched = true;
         }
+        if changed.len() % 3 == 1 {
+            // an earlier event arrived late: the conversation started earlier (possibly in another month)
+            c.started_at -= Duration::hours(30);
+            touched = true;
+        }
         if touched {
             c.last_seq += 5;
             changed.push(c.clone());
         }
     }
     assert!(changed.len() >= 5, "the scenario must change some conversations");
+    assert!(changed.iter().any(|c| c.started_at < t("2024-05-01T00:00:00Z")));
     sink::ship_conversations(&analytics, &no_messages(&changed), &HashMap::new(), &sla)
         .await
         .unwrap();

@@ -3,9 +3,10 @@
 -- Mutable facts (conversations, handoffs, message metadata) are ReplacingMergeTree(version) where
 -- version = 2 * conversation.last_seq + 1 for a live row and 2 * last_seq for a tombstone (deleted = 1):
 -- re-shipping the same state inserts an identical row that merges away, so nothing is ever counted twice.
--- All three are partitioned by the month of the conversation's started_at; when that moves, the sink writes a
--- tombstone into the old partition, so `FINAL ... WHERE deleted = 0` stays exact. Times are DateTime('UTC')
--- with 0 (1970-01-01) meaning "not happened".
+-- All three are sorted by the conversation's started_at first (recent conversations share granules, so the
+-- sink's lookups and the rollup refreshes read little) and partitioned by its month. started_at is part of a
+-- row's identity: when it moves (an earlier event arrived late), the sink writes a tombstone under the old
+-- key, so `FINAL ... WHERE deleted = 0` stays exact. Times are DateTime('UTC'), 0 (1970-01-01) = "not happened".
 
 CREATE TABLE IF NOT EXISTS events
 (
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS conversations
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(started_at)
-ORDER BY conversation_id;
+ORDER BY (started_at, conversation_id);
 
 CREATE TABLE IF NOT EXISTS handoffs
 (
@@ -94,7 +95,7 @@ CREATE TABLE IF NOT EXISTS handoffs
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(started_at)
-ORDER BY (conversation_id, idx);
+ORDER BY (started_at, conversation_id, idx);
 
 CREATE TABLE IF NOT EXISTS messages
 (
@@ -112,7 +113,7 @@ CREATE TABLE IF NOT EXISTS messages
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(started_at)
-ORDER BY (conversation_id, seq, ordinal);
+ORDER BY (started_at, conversation_id, seq, ordinal);
 
 CREATE VIEW IF NOT EXISTS conversations_current AS
 SELECT * FROM conversations FINAL WHERE deleted = 0;

@@ -78,11 +78,11 @@ impl EventRow {
 pub struct ConversationRow {
     /// Conversation id.
     pub conversation_id: String,
-    /// First event (the partition month).
+    /// First event: leads the sort key, month = partition.
     pub started_at: u32,
     /// See [`live_version`].
     pub version: u64,
-    /// 1 for a tombstone (absorbed by a merge, or moved to another partition).
+    /// 1 for a tombstone (absorbed by a merge, or its started_at moved).
     pub deleted: u8,
     /// Time of the latest event.
     pub updated_at: u32,
@@ -177,7 +177,7 @@ impl ConversationRow {
         }
     }
 
-    /// A tombstone for conversation `id` in the partition of `started_at`.
+    /// A tombstone for conversation `id` under the key of `started_at`.
     pub fn tombstone(id: &str, started_at: u32, version: u64) -> ConversationRow {
         ConversationRow {
             conversation_id: id.to_string(),
@@ -235,7 +235,7 @@ pub struct HandoffRow {
     pub conversation_id: String,
     /// Position of the handoff in the conversation (0 = oldest).
     pub idx: u32,
-    /// Conversation's first event (the partition month).
+    /// Conversation's first event: leads the sort key, month = partition.
     pub started_at: u32,
     /// See [`live_version`].
     pub version: u64,
@@ -393,7 +393,7 @@ impl HandoffRow {
             .collect()
     }
 
-    /// A tombstone for handoff `idx` of conversation `id` in the partition of `started_at`.
+    /// A tombstone for handoff `idx` of conversation `id` under the key of `started_at`.
     pub fn tombstone(id: &str, idx: u32, started_at: u32, version: u64) -> HandoffRow {
         HandoffRow {
             conversation_id: id.to_string(),
@@ -459,7 +459,7 @@ pub struct MessageRow {
     pub seq: u64,
     /// Position among the lines of the same event (a VCC body carries many).
     pub ordinal: u32,
-    /// Conversation's first event (the partition month).
+    /// Conversation's first event: leads the sort key, month = partition.
     pub started_at: u32,
     /// See [`live_version`].
     pub version: u64,

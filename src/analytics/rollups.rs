@@ -17,8 +17,8 @@ use super::facts::epoch;
 use super::reports::Interval;
 use super::{Analytics, AnalyticsResult};
 
-/// Most buckets refreshed by one statement (keeps the IN lists and the statement size modest).
-pub const REFRESH_CHUNK: usize = 240;
+/// Most buckets refreshed by one statement (three lists of them stay well under `max_query_size`, 256 KiB).
+pub const REFRESH_CHUNK: usize = 1000;
 
 static LAST_BUILD: AtomicU64 = AtomicU64::new(0);
 
@@ -84,7 +84,7 @@ pub fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -
          ARRAY JOIN [(toUInt8(1), offered_at), (toUInt8(2), answered_at), (toUInt8(3), closed_at), \
          (toUInt8(4), first_response_at), (toUInt8(5), disposition_at)] AS p \
          WHERE deleted = 0 AND toUInt32(p.2) > 0 AND {bucket_of_p} IN ({list}) \
-         AND (conversation_id, idx) IN (SELECT conversation_id, idx FROM handoffs \
+         AND (started_at, conversation_id, idx) IN (SELECT started_at, conversation_id, idx FROM handoffs \
          ARRAY JOIN [offered_at, answered_at, closed_at, first_response_at, disposition_at] AS q \
          WHERE toUInt32(q) > 0 AND {bucket_of_q} IN ({list})) \
          GROUP BY b, platform, queue, agent \

@@ -5,7 +5,7 @@
 //! Why re-shipping never double counts: every fact row is keyed (conversation, handoff index, message seq)
 //! and versioned by the conversation's `last_seq`, so shipping the same state twice inserts identical rows that
 //! `FINAL` collapses; rows that no longer exist (a conversation absorbed by a merge, a handoff or line that
-//! disappeared, a row whose partition month moved) get a tombstone. Rollups are recomputed from the deduplicated
+//! disappeared, a row whose started_at moved) get a tombstone. Rollups are recomputed from the deduplicated
 //! facts, never incremented. A crash between insert and checkpoint therefore only repeats idempotent work.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -109,10 +109,14 @@ async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsR
     }
     let list = in_list(ids);
     let client = analytics.client();
+    // The sort keys start with started_at: find the keys of these conversations with a narrow scan, then let
+    // FINAL read only the granules holding them.
     let conversations = client
         .query(&format!(
             "SELECT conversation_id, toUInt32(started_at) FROM conversations FINAL \
-             WHERE conversation_id IN ({list}) AND deleted = 0"
+             WHERE (started_at, conversation_id) IN \
+             (SELECT started_at, conversation_id FROM conversations WHERE conversation_id IN ({list})) \
+             AND deleted = 0"
         ))
         .fetch_all()
         .await?;
@@ -120,14 +124,18 @@ async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsR
         .query(&format!(
             "SELECT conversation_id, idx, toUInt32(started_at), toUInt32(offered_at), toUInt32(answered_at), \
              toUInt32(closed_at), toUInt32(first_response_at), toUInt32(disposition_at) FROM handoffs FINAL \
-             WHERE conversation_id IN ({list}) AND deleted = 0"
+             WHERE (started_at, conversation_id, idx) IN \
+             (SELECT started_at, conversation_id, idx FROM handoffs WHERE conversation_id IN ({list})) \
+             AND deleted = 0"
         ))
         .fetch_all()
         .await?;
     let messages = client
         .query(&format!(
             "SELECT conversation_id, seq, ordinal, toUInt32(started_at) FROM messages FINAL \
-             WHERE conversation_id IN ({list}) AND deleted = 0"
+             WHERE (started_at, conversation_id, seq, ordinal) IN \
+             (SELECT started_at, conversation_id, seq, ordinal FROM messages WHERE conversation_id IN ({list})) \
+             AND deleted = 0"
         ))
         .fetch_all()
         .await?;
@@ -226,7 +234,7 @@ pub struct LiveStateView {
     pub messages: Vec<(String, u64, u32, u32)>,
 }
 
-/// A live handoff row: its key, partition and credited instants.
+/// A live handoff row: its key and credited instants.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct LiveHandoffView {
     /// Conversation id.
@@ -286,9 +294,9 @@ pub async fn ship_conversations(
     let live = live_state(analytics, &ids).await?.into_view();
     let shipment = plan_shipment(conversations, absorbed, &live, sla);
     rollups::mark_dirty(analytics, &shipment.dirty_hours).await?;
-    insert_rows(analytics, "conversations", &shipment.conversations).await?;
     insert_rows(analytics, "handoffs", &shipment.handoffs).await?;
     insert_rows(analytics, "messages", &shipment.messages).await?;
+    insert_rows(analytics, "conversations", &shipment.conversations).await?;
     rollups::refresh_dirty(analytics).await?;
     Ok(())
 }
@@ -507,7 +515,7 @@ mod tests {
     }
 
     #[test]
-    fn a_moved_partition_leaves_a_tombstone_in_the_old_one() {
+    fn a_moved_started_at_leaves_a_tombstone_under_the_old_key() {
         let sla = SlaConfig::default();
         let c = conversation("a", vec![], 4);
         let live = LiveStateView {
