@@ -198,3 +198,70 @@ pub async fn conversations_csv_report(
         Err(e) => unavailable("the CSV writer", e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    use super::*;
+    use crate::analytics::reports::{DispositionRow, GroupBy, Interval, SlaRow};
+
+    #[derive(OpenApi)]
+    #[openapi(
+        paths(sla_report, dispositions_report, conversations_csv_report),
+        components(schemas(
+            SlaReport,
+            SlaRow,
+            DispositionReport,
+            DispositionRow,
+            ReportSource,
+            Interval,
+            GroupBy
+        ))
+    )]
+    struct ReportsDoc;
+
+    #[test]
+    fn openapi_documents_the_report_paths_parameters_and_rows() {
+        let doc = serde_json::to_value(ReportsDoc::openapi()).unwrap();
+        for path in [
+            "/v1/reports/sla",
+            "/v1/reports/dispositions",
+            "/v1/reports/conversations.csv",
+        ] {
+            let params: Vec<&str> = doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path} undocumented"))
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                params,
+                vec!["since", "until", "interval", "group_by", "source"],
+                "{path}"
+            );
+        }
+        let sla_row = &doc["components"]["schemas"]["SlaRow"]["properties"];
+        for field in [
+            "bucket",
+            "platform",
+            "queue",
+            "agent",
+            "offered",
+            "answered",
+            "answered_within_sla",
+            "abandoned",
+            "short_abandoned",
+            "missed",
+            "service_level",
+            "wait_p50_seconds",
+            "wait_p90_seconds",
+            "avg_first_response_seconds",
+            "avg_handle_seconds",
+        ] {
+            assert!(sla_row.get(field).is_some(), "SlaRow.{field}");
+        }
+        let required = doc["components"]["schemas"]["SlaRow"]["required"].as_array().unwrap();
+        assert!(!required.iter().any(|f| f == "platform"), "platform is optional");
+    }
+}
