@@ -5,6 +5,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod analytics;
 pub mod api;
 pub mod backends;
 pub mod config;

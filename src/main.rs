@@ -27,6 +27,21 @@ enum Command {
     Replay,
     /// Print the OpenAPI document.
     Openapi,
+    /// ClickHouse rollups.
+    Rollups {
+        #[command(subcommand)]
+        action: RollupsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RollupsCommand {
+    /// Rebuild the hourly and daily rollups from the ClickHouse facts (all buckets, or from --since).
+    Rebuild {
+        /// RFC 3339 time: rebuild the buckets from the hour holding it on.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[tokio::main]
@@ -47,6 +62,13 @@ async fn main() -> anyhow::Result<()> {
             let store = handoff_ledger::store::open(&config.store.url, 1).await?;
             store.migrate().await?;
             println!("migrations applied to {}", config.store.url);
+            if !config.clickhouse.url.is_empty() {
+                handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;
+                println!(
+                    "ClickHouse migrations applied to {} (database {})",
+                    config.clickhouse.url, config.clickhouse.database
+                );
+            }
         }
         Command::Replay => {
             let store = handoff_ledger::store::open(&config.store.url, 2).await?;
@@ -65,6 +87,20 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Openapi => print!("{}", handoff_ledger::api::openapi::openapi_json()?),
+        Command::Rollups {
+            action: RollupsCommand::Rebuild { since },
+        } => {
+            if config.clickhouse.url.is_empty() {
+                anyhow::bail!("[clickhouse] url is not set (LEDGER__CLICKHOUSE__URL)");
+            }
+            let analytics = handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;
+            let started = std::time::Instant::now();
+            let hours = handoff_ledger::analytics::rollups::rebuild(&analytics, since).await?;
+            println!(
+                "rebuilt rollups of {hours} hours (and their days) in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(())
 }

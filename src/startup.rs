@@ -40,6 +40,9 @@ impl Application {
             Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
         // Before the server accepts anything: the outbox re-sends what was pending at this point only.
         handoff.start().await.context("starting the outbox")?;
+        // The ClickHouse sink tails the log in the background (it applies its own migrations and
+        // backs off while ClickHouse is down; ingestion never waits for it).
+        let analytics = crate::analytics::start(&config, store.clone(), writer.committed()).map(|(a, _task)| a);
         let state = AppState {
             store,
             writer,
@@ -47,11 +50,13 @@ impl Application {
             handoff,
         };
         let data = web::Data::new(state.clone());
+        let analytics = analytics.map(web::Data::from);
         let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .configure(api::configure)
-                .default_service(web::to(api::not_found))
+            let mut app = App::new().app_data(data.clone());
+            if let Some(analytics) = &analytics {
+                app = app.app_data(analytics.clone());
+            }
+            app.configure(api::configure).default_service(web::to(api::not_found))
         })
         .listen(listener)?
         .run();

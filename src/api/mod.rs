@@ -4,6 +4,7 @@ pub mod conversations;
 pub mod error;
 pub mod log;
 pub mod openapi;
+pub mod reports;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -64,6 +65,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{id}/handoff",
             web::post().to(conversations::post_handoff),
         )
+        .service(reports::sla_report)
+        .service(reports::dispositions_report)
+        .service(reports::conversations_csv_report)
         .route("/v1/events", web::get().to(log::feed))
         .route("/v1/quarantine", web::get().to(log::quarantine))
         .route("/healthz", web::get().to(log::healthz))

@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{conversations, error, log, webhooks};
+use super::{conversations, error, log, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -26,6 +26,9 @@ use crate::model;
         conversations::events,
         conversations::post_message,
         conversations::post_handoff,
+        reports::sla_report,
+        reports::dispositions_report,
+        reports::conversations_csv_report,
         log::feed,
         log::quarantine,
         log::healthz,
@@ -37,6 +40,10 @@ use crate::model;
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
         log::EventFeed, log::QuarantineList, log::Health,
+        crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
+        crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
+        crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
+        crate::analytics::reports::GroupBy,
         model::Conversation, model::Handoff, model::Message, model::StoredEvent, model::QuarantineEntry,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
@@ -45,6 +52,7 @@ use crate::model;
         (name = "webhooks", description = "Inbound platform webhooks: answered only after the event is durably appended"),
         (name = "conversations", description = "Projected conversations and transcripts"),
         (name = "commands", description = "Commands from support tooling"),
+        (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -1,0 +1,112 @@
+//! ClickHouse analytics: the schema (versioned SQL under `migrations/clickhouse/`), the sink that tails the
+//! event log and ships deduplicated facts, the hourly/daily rollups, and the SLA and disposition reports
+//! (from ClickHouse when it is configured, from the store otherwise: both give the same numbers).
+//!
+//! Pure parts (fact rows, metric maths, report aggregation over conversations) live in `facts` and
+//! `reports`; everything that talks to ClickHouse goes through [`Analytics`].
+
+pub mod facts;
+pub mod reports;
+pub mod rollups;
+pub mod scenario;
+pub mod schema;
+pub mod sink;
+
+use std::sync::Arc;
+
+use clickhouse::Client;
+
+use crate::config::{ClickHouseConfig, Config};
+use crate::store::{Store, StoreError};
+
+/// Analytics failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    /// ClickHouse refused a statement or could not be reached.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// The event log failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A migration file could not be applied.
+    #[error("migration {version} ({name}): {source}")]
+    Migration {
+        /// Version of the file.
+        version: u32,
+        /// File name.
+        name: &'static str,
+        /// What ClickHouse said.
+        source: clickhouse::error::Error,
+    },
+    /// A value read back could not be interpreted.
+    #[error("unexpected data: {0}")]
+    Data(String),
+}
+
+/// Result alias for analytics.
+pub type AnalyticsResult<T> = Result<T, AnalyticsError>;
+
+/// A handle to the analytics database: cheap to clone, shared by the sink and the report handlers.
+#[derive(Clone)]
+pub struct Analytics {
+    client: Client,
+    config: ClickHouseConfig,
+}
+
+impl Analytics {
+    /// A handle for `config` (no I/O; see [`schema::migrate`] to create the database and tables).
+    pub fn new(config: &ClickHouseConfig) -> Analytics {
+        Analytics {
+            client: client_for(config).with_database(config.database.clone()),
+            config: config.clone(),
+        }
+    }
+
+    /// The client, bound to the configured database.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &ClickHouseConfig {
+        &self.config
+    }
+
+    /// Checks that ClickHouse answers.
+    pub async fn ping(&self) -> AnalyticsResult<()> {
+        self.client.query("SELECT 1").execute().await?;
+        Ok(())
+    }
+}
+
+/// A client for the server of `config` with no database selected (used to create it).
+pub(crate) fn client_for(config: &ClickHouseConfig) -> Client {
+    // LZ4 framing over HTTP (`compress=1`) is understood by 18.16 and current servers alike, but plain bodies
+    // keep error messages readable and the volumes here are small.
+    let mut client = Client::default()
+        .with_url(config.url.clone())
+        .with_compression(clickhouse::Compression::None);
+    if !config.user.is_empty() {
+        client = client.with_user(config.user.clone());
+    }
+    if !config.password.is_empty() {
+        client = client.with_password(config.password.clone());
+    }
+    client
+}
+
+/// Starts analytics when `[clickhouse] url` is set: spawns the sink, which applies the migrations (retrying
+/// while ClickHouse is down, so the service starts and keeps ingesting regardless) and then tails `store`,
+/// woken by `wake` (the writer's committed seq). Returns None when analytics is off.
+pub fn start(
+    config: &Config,
+    store: Arc<dyn Store>,
+    wake: tokio::sync::watch::Receiver<i64>,
+) -> Option<(Arc<Analytics>, tokio::task::JoinHandle<()>)> {
+    if config.clickhouse.url.is_empty() {
+        return None;
+    }
+    let analytics = Arc::new(Analytics::new(&config.clickhouse));
+    let task = tokio::spawn(sink::run_sink(store, analytics.clone(), wake, config.sla.clone()));
+    Some((analytics, task))
+}

@@ -1,0 +1,545 @@
+//! The ClickHouse sink: tails the event log from a checkpoint kept in the store, ships event, conversation,
+//! handoff and message-metadata facts with the batching inserter, refreshes the touched rollup buckets, then
+//! advances the checkpoint.
+//!
+//! Why re-shipping never double counts: every fact row is keyed (conversation, handoff index, message seq)
+//! and versioned by the conversation's `last_seq`, so shipping the same state twice inserts identical rows that
+//! `FINAL` collapses; rows that no longer exist (a conversation absorbed by a merge, a handoff or line that
+//! disappeared, a row whose started_at moved) get a tombstone. Rollups are recomputed from the deduplicated
+//! facts, never incremented. A crash between insert and checkpoint therefore only repeats idempotent work.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::facts::{possibly_absorbed, tombstone_version, ConversationRow, EventRow, HandoffRow, MessageRow};
+use super::{rollups, schema, Analytics, AnalyticsResult};
+use crate::config::SlaConfig;
+use crate::model::Conversation;
+use crate::store::Store;
+
+/// Name of the sink's checkpoint in the store.
+pub const CHECKPOINT: &str = "clickhouse_sink";
+
+/// Most events read from the log per pass.
+pub const BATCH_EVENTS: u32 = 1000;
+
+/// Longest wait between two passes when nothing wakes the sink.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Rows per INSERT of the batching inserter.
+const INSERT_MAX_ROWS: u64 = 50_000;
+
+/// Writes rows to `table` with the crate's batching inserter.
+pub async fn insert_rows<T>(analytics: &Analytics, table: &str, rows: &[T]) -> AnalyticsResult<()>
+where
+    T: Row + Serialize,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut inserter = analytics
+        .client()
+        .inserter::<T>(table)?
+        .with_max_rows(INSERT_MAX_ROWS)
+        .with_period(None);
+    for row in rows {
+        inserter.write(row)?;
+        inserter.commit().await?;
+    }
+    inserter.end().await?;
+    Ok(())
+}
+
+/// SQL `IN` list of string literals.
+fn in_list<'a>(values: impl IntoIterator<Item = &'a String>) -> String {
+    let items: Vec<String> = values
+        .into_iter()
+        .map(|v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'").replace('?', "??")))
+        .collect();
+    if items.is_empty() {
+        "''".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct LiveConversation {
+    conversation_id: String,
+    started_at: u32,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct LiveHandoff {
+    conversation_id: String,
+    idx: u32,
+    started_at: u32,
+    offered_at: u32,
+    answered_at: u32,
+    closed_at: u32,
+    first_response_at: u32,
+    disposition_at: u32,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct LiveMessage {
+    conversation_id: String,
+    seq: u64,
+    ordinal: u32,
+    started_at: u32,
+}
+
+/// The live (not tombstoned) rows ClickHouse holds for some conversations.
+#[derive(Debug, Default)]
+struct LiveState {
+    conversations: Vec<LiveConversation>,
+    handoffs: Vec<LiveHandoff>,
+    messages: Vec<LiveMessage>,
+}
+
+async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsResult<LiveState> {
+    if ids.is_empty() {
+        return Ok(LiveState::default());
+    }
+    let list = in_list(ids);
+    let client = analytics.client();
+    // The sort keys start with started_at: find the keys of these conversations with a narrow scan, then let
+    // FINAL read only the granules holding them.
+    let conversations = client
+        .query(&format!(
+            "SELECT conversation_id, toUInt32(started_at) FROM conversations FINAL \
+             WHERE (started_at, conversation_id) IN \
+             (SELECT started_at, conversation_id FROM conversations WHERE conversation_id IN ({list})) \
+             AND deleted = 0"
+        ))
+        .fetch_all()
+        .await?;
+    let handoffs = client
+        .query(&format!(
+            "SELECT conversation_id, idx, toUInt32(started_at), toUInt32(offered_at), toUInt32(answered_at), \
+             toUInt32(closed_at), toUInt32(first_response_at), toUInt32(disposition_at) FROM handoffs FINAL \
+             WHERE (started_at, conversation_id, idx) IN \
+             (SELECT started_at, conversation_id, idx FROM handoffs WHERE conversation_id IN ({list})) \
+             AND deleted = 0"
+        ))
+        .fetch_all()
+        .await?;
+    let messages = client
+        .query(&format!(
+            "SELECT conversation_id, seq, ordinal, toUInt32(started_at) FROM messages FINAL \
+             WHERE (started_at, conversation_id, seq, ordinal) IN \
+             (SELECT started_at, conversation_id, seq, ordinal FROM messages WHERE conversation_id IN ({list})) \
+             AND deleted = 0"
+        ))
+        .fetch_all()
+        .await?;
+    Ok(LiveState {
+        conversations,
+        handoffs,
+        messages,
+    })
+}
+
+/// What one pass writes: new rows, tombstones, and the hours whose rollups change.
+#[derive(Debug, Default)]
+pub struct Shipment {
+    /// Conversation rows (live and tombstones).
+    pub conversations: Vec<ConversationRow>,
+    /// Handoff rows (live and tombstones).
+    pub handoffs: Vec<HandoffRow>,
+    /// Message rows (live and tombstones).
+    pub messages: Vec<MessageRow>,
+    /// Hours (epoch seconds) in which some credited metric appears or disappears.
+    pub dirty_hours: BTreeSet<u32>,
+}
+
+/// Decides the rows to write for `conversations` (with their transcripts) given what ClickHouse holds live:
+/// pure, so the tombstone rules are unit-tested. `absorbed` maps an id that a merge may have absorbed to the
+/// `last_seq` of the conversation that absorbed it.
+pub fn plan_shipment(
+    conversations: &[(Conversation, Vec<MessageRow>)],
+    absorbed: &HashMap<String, i64>,
+    live: &LiveStateView,
+    sla: &SlaConfig,
+) -> Shipment {
+    let mut out = Shipment::default();
+    let mut new_conversations: HashMap<String, (u32, i64)> = HashMap::new();
+    let mut new_handoffs: HashSet<(String, u32, u32)> = HashSet::new();
+    let mut new_messages: HashSet<(String, u64, u32, u32)> = HashSet::new();
+    for (c, messages) in conversations {
+        let row = ConversationRow::from_conversation(c);
+        new_conversations.insert(row.conversation_id.clone(), (row.started_at, c.last_seq));
+        out.conversations.push(row);
+        for h in HandoffRow::from_conversation(c, sla) {
+            out.dirty_hours.extend(h.credited_hours());
+            new_handoffs.insert((h.conversation_id.clone(), h.idx, h.started_at));
+            out.handoffs.push(h);
+        }
+        for m in messages {
+            new_messages.insert((m.conversation_id.clone(), m.seq, m.ordinal, m.started_at));
+            out.messages.push(m.clone());
+        }
+    }
+    // The last_seq whose tombstones supersede a live row of `id`.
+    let superseding = |id: &str| -> Option<i64> {
+        new_conversations
+            .get(id)
+            .map(|(_, seq)| *seq)
+            .or_else(|| absorbed.get(id).copied())
+    };
+    for c in &live.conversations {
+        let keep = new_conversations.get(&c.0).is_some_and(|(started, _)| *started == c.1);
+        if let (false, Some(seq)) = (keep, superseding(&c.0)) {
+            out.conversations
+                .push(ConversationRow::tombstone(&c.0, c.1, tombstone_version(seq)));
+        }
+    }
+    for h in &live.handoffs {
+        out.dirty_hours
+            .extend(h.credit_times.iter().filter(|t| **t > 0).map(|t| t - t % 3600));
+        let keep = new_handoffs.contains(&(h.conversation_id.clone(), h.idx, h.started_at));
+        if let (false, Some(seq)) = (keep, superseding(&h.conversation_id)) {
+            out.handoffs.push(HandoffRow::tombstone(
+                &h.conversation_id,
+                h.idx,
+                h.started_at,
+                tombstone_version(seq),
+            ));
+        }
+    }
+    for m in &live.messages {
+        let keep = new_messages.contains(&(m.0.clone(), m.1, m.2, m.3));
+        if let (false, Some(seq)) = (keep, superseding(&m.0)) {
+            out.messages
+                .push(MessageRow::tombstone(&m.0, m.1, m.2, m.3, tombstone_version(seq)));
+        }
+    }
+    out
+}
+
+/// The live rows ClickHouse holds, in plain tuples (for [`plan_shipment`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LiveStateView {
+    /// `(conversation_id, started_at)`.
+    pub conversations: Vec<(String, u32)>,
+    /// Live handoff keys with the instants they credit.
+    pub handoffs: Vec<LiveHandoffView>,
+    /// `(conversation_id, seq, ordinal, started_at)`.
+    pub messages: Vec<(String, u64, u32, u32)>,
+}
+
+/// A live handoff row: its key and credited instants.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LiveHandoffView {
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Handoff index.
+    pub idx: u32,
+    /// Partition date (conversation's started_at).
+    pub started_at: u32,
+    /// offered, answered, closed, first response, disposition (0 = none).
+    pub credit_times: [u32; 5],
+}
+
+impl LiveState {
+    fn into_view(self) -> LiveStateView {
+        let s = self;
+        LiveStateView {
+            conversations: s
+                .conversations
+                .into_iter()
+                .map(|c| (c.conversation_id, c.started_at))
+                .collect(),
+            handoffs: s
+                .handoffs
+                .into_iter()
+                .map(|h| LiveHandoffView {
+                    conversation_id: h.conversation_id,
+                    idx: h.idx,
+                    started_at: h.started_at,
+                    credit_times: [
+                        h.offered_at,
+                        h.answered_at,
+                        h.closed_at,
+                        h.first_response_at,
+                        h.disposition_at,
+                    ],
+                })
+                .collect(),
+            messages: s
+                .messages
+                .into_iter()
+                .map(|m| (m.conversation_id, m.seq, m.ordinal, m.started_at))
+                .collect(),
+        }
+    }
+}
+
+/// Ships the current state of `conversations` (with their transcript rows): writes the dirty hours, the
+/// rows and tombstones, then refreshes every dirty hour's rollups. Idempotent.
+pub async fn ship_conversations(
+    analytics: &Analytics,
+    conversations: &[(Conversation, Vec<MessageRow>)],
+    absorbed: &HashMap<String, i64>,
+    sla: &SlaConfig,
+) -> AnalyticsResult<()> {
+    let mut ids: BTreeSet<String> = conversations.iter().map(|(c, _)| c.id.to_string()).collect();
+    ids.extend(absorbed.keys().cloned());
+    let live = live_state(analytics, &ids).await?.into_view();
+    let shipment = plan_shipment(conversations, absorbed, &live, sla);
+    rollups::mark_dirty(analytics, &shipment.dirty_hours).await?;
+    insert_rows(analytics, "handoffs", &shipment.handoffs).await?;
+    insert_rows(analytics, "messages", &shipment.messages).await?;
+    insert_rows(analytics, "conversations", &shipment.conversations).await?;
+    rollups::refresh_dirty(analytics).await?;
+    Ok(())
+}
+
+/// One pass: ships the events after the checkpoint (at most [`BATCH_EVENTS`]) and the conversations they
+/// touch, then stores the new checkpoint. Returns how many events were shipped (0: caught up).
+pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig) -> AnalyticsResult<u64> {
+    let checkpoint = store.checkpoint(CHECKPOINT).await?;
+    let events = store.events_after(checkpoint, BATCH_EVENTS).await?;
+    let Some(last) = events.last().map(|e| e.seq) else {
+        // Caught up; still repair rollups a crash may have left dirty.
+        rollups::refresh_dirty(analytics).await?;
+        return Ok(0);
+    };
+    let event_rows: Vec<EventRow> = events.iter().map(EventRow::from_event).collect();
+    insert_rows(analytics, "events", &event_rows).await?;
+
+    let touched: BTreeSet<Uuid> = events.iter().filter_map(|e| e.conversation_id).collect();
+    let mut conversations: BTreeMap<Uuid, Conversation> = BTreeMap::new();
+    let mut absorbed: HashMap<String, i64> = HashMap::new();
+    for id in touched {
+        let Some(conversation) = store.get_conversation(id).await? else {
+            continue;
+        };
+        if conversation.id != id {
+            absorbed.insert(id.to_string(), conversation.last_seq);
+        }
+        for other in possibly_absorbed(&conversation) {
+            absorbed.insert(other.to_string(), conversation.last_seq);
+        }
+        conversations.insert(conversation.id, conversation);
+    }
+    for id in conversations.keys() {
+        absorbed.remove(&id.to_string());
+    }
+    let mut with_messages = Vec::with_capacity(conversations.len());
+    for (id, conversation) in conversations {
+        let messages = match store.transcript(id).await? {
+            Some((_, lines)) => MessageRow::from_messages(&conversation, &lines),
+            None => Vec::new(),
+        };
+        with_messages.push((conversation, messages));
+    }
+    ship_conversations(analytics, &with_messages, &absorbed, sla).await?;
+    store.set_checkpoint(CHECKPOINT, last).await?;
+    Ok(events.len() as u64)
+}
+
+/// Exponential backoff between failed passes.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    current: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubling up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            current: initial,
+            initial,
+            max,
+        }
+    }
+
+    /// The delay to wait now; the next one doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.current;
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+
+    /// Back to the initial delay after a success.
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// The sink task: applies the migrations (retrying while ClickHouse is down), then ships pass after pass,
+/// sleeping until `wake` changes (the writer's committed seq) or [`POLL_INTERVAL`] passes once caught up, and
+/// backing off while ClickHouse or the store fails. Runs until the runtime stops it.
+pub async fn run_sink(
+    store: Arc<dyn Store>,
+    analytics: Arc<Analytics>,
+    mut wake: watch::Receiver<i64>,
+    sla: SlaConfig,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match schema::migrate(analytics.config()).await {
+            Ok(_) => break,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse migrations failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    backoff.reset();
+    loop {
+        match ship_once(store.as_ref(), &analytics, &sla).await {
+            Ok(0) => {
+                backoff.reset();
+                // A closed channel (no writer) leaves plain polling.
+                let _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()).await;
+                if wake.has_changed().is_err() {
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+            }
+            Ok(shipped) => {
+                backoff.reset();
+                tracing::debug!(events = shipped, "shipped to clickhouse");
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse sink pass failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::facts::tests::{answered, conversation, handoff};
+    use crate::analytics::facts::{live_version, HandoffRow};
+
+    fn view_of(rows: &[HandoffRow]) -> Vec<LiveHandoffView> {
+        rows.iter()
+            .map(|h| LiveHandoffView {
+                conversation_id: h.conversation_id.clone(),
+                idx: h.idx,
+                started_at: h.started_at,
+                credit_times: [
+                    h.offered_at,
+                    h.answered_at,
+                    h.closed_at,
+                    h.first_response_at,
+                    h.disposition_at,
+                ],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reshipping_the_same_state_writes_no_tombstones() {
+        let c = conversation(
+            "a",
+            vec![answered(handoff("q", "2024-05-01T10:00:00Z"), 10, None, None)],
+            5,
+        );
+        let sla = SlaConfig::default();
+        let first = plan_shipment(&[(c.clone(), vec![])], &HashMap::new(), &LiveStateView::default(), &sla);
+        let live = LiveStateView {
+            conversations: vec![(c.id.to_string(), first.conversations[0].started_at)],
+            handoffs: view_of(&first.handoffs),
+            messages: vec![],
+        };
+        let again = plan_shipment(&[(c, vec![])], &HashMap::new(), &live, &sla);
+        assert_eq!(again.conversations.len(), 1);
+        assert!(again.conversations.iter().all(|r| r.deleted == 0));
+        assert!(again.handoffs.iter().all(|r| r.deleted == 0));
+        assert_eq!(again.conversations[0], first.conversations[0]);
+        assert_eq!(again.dirty_hours, first.dirty_hours);
+    }
+
+    #[test]
+    fn absorbed_conversations_and_vanished_handoffs_get_tombstones_that_win() {
+        let sla = SlaConfig::default();
+        let old = conversation(
+            "a",
+            vec![
+                handoff("q", "2024-05-01T10:00:00Z"),
+                handoff("q", "2024-05-01T12:00:00Z"),
+            ],
+            5,
+        );
+        let old_rows = HandoffRow::from_conversation(&old, &sla);
+        let absorbed_id = "0000-absorbed".to_string();
+        let absorbed_handoff = HandoffRow::tombstone(&absorbed_id, 0, 77, 0);
+        let live = LiveStateView {
+            conversations: vec![(old.id.to_string(), old_rows[0].started_at), (absorbed_id.clone(), 77)],
+            handoffs: {
+                let mut v = view_of(&old_rows);
+                v.extend(view_of(&[absorbed_handoff]));
+                v
+            },
+            messages: vec![(absorbed_id.clone(), 3, 0, 77)],
+        };
+        let mut new = conversation("a", vec![handoff("q", "2024-05-01T10:00:00Z")], 9);
+        new.started_at = old.started_at;
+        let absorbed: HashMap<String, i64> = [(absorbed_id.clone(), 9)].into_iter().collect();
+        let plan = plan_shipment(&[(new, vec![])], &absorbed, &live, &sla);
+        let tomb: Vec<(&str, u32, u64)> = plan
+            .handoffs
+            .iter()
+            .filter(|h| h.deleted == 1)
+            .map(|h| (h.conversation_id.as_str(), h.idx, h.version))
+            .collect();
+        assert_eq!(tomb.len(), 2);
+        assert!(tomb.contains(&(old_rows[1].conversation_id.as_str(), 1, tombstone_version(9))));
+        assert!(tomb.contains(&(absorbed_id.as_str(), 0, tombstone_version(9))));
+        assert!(tombstone_version(9) > live_version(5));
+        let conv_tombs: Vec<_> = plan.conversations.iter().filter(|c| c.deleted == 1).collect();
+        assert_eq!(conv_tombs.len(), 1);
+        assert_eq!(
+            (conv_tombs[0].conversation_id.as_str(), conv_tombs[0].started_at),
+            (absorbed_id.as_str(), 77)
+        );
+        assert_eq!(plan.messages.len(), 1);
+        assert_eq!(plan.messages[0].deleted, 1);
+        // the vanished 12:00 handoff's hour must be rebuilt
+        assert!(plan.dirty_hours.contains(&old_rows[1].offered_at));
+    }
+
+    #[test]
+    fn a_moved_started_at_leaves_a_tombstone_under_the_old_key() {
+        let sla = SlaConfig::default();
+        let c = conversation("a", vec![], 4);
+        let live = LiveStateView {
+            conversations: vec![(c.id.to_string(), 1)],
+            ..Default::default()
+        };
+        let plan = plan_shipment(&[(c.clone(), vec![])], &HashMap::new(), &live, &sla);
+        assert_eq!(plan.conversations.len(), 2);
+        let tomb = plan.conversations.iter().find(|r| r.deleted == 1).unwrap();
+        assert_eq!((tomb.started_at, tomb.version), (1, tombstone_version(4)));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let d: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(d, vec![100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn in_lists_escape_quotes() {
+        let v = vec!["a'b".to_string(), "c".to_string()];
+        assert_eq!(in_list(&v), "'a\\'b', 'c'");
+    }
+}
