@@ -1,10 +1,13 @@
 //! The service drives the handoff: the real service on port 0, every outbound call answered by wiremock and
 //! checked for method, path, headers and exact body; outcomes checked in the log and the conversation.
 
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use common::{free_port, start_service, wait_ready, PgDatabase};
 use handoff_ledger::api::AppState;
 use handoff_ledger::backends::aivo_live::user_hash;
 use handoff_ledger::config::{Config, Route};
@@ -12,7 +15,6 @@ use handoff_ledger::outbox::{Command, LiveTarget};
 use handoff_ledger::sources::ledger;
 use handoff_ledger::startup::Application;
 use serde_json::{json, Value};
-use sqlx::Connection;
 use tempfile::TempDir;
 use uuid::Uuid;
 use wiremock::matchers::{method, path, path_regex};
@@ -27,57 +29,6 @@ const BP_AUTH: &str = r#"MOBILE-API-140-327-PLAIN appId="app-1", clientId="clien
 enum Store {
     Sqlite,
     Postgres,
-}
-
-/// A fresh PostgreSQL database, dropped with this.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("LEDGER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-impl PgDatabase {
-    async fn create() -> PgDatabase {
-        let name = format!("ledger_handoff_{}", Uuid::new_v4().simple());
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin.clone());
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
 }
 
 struct TestApp {
@@ -1237,35 +1188,9 @@ async fn is_team_online_asks_the_routed_backend() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn start_binary(config: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_handoff-ledger"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start handoff-ledger")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
-            if res.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the service did not become ready at {base}");
+    let config = config.to_string_lossy();
+    start_service(&["--config", &config], &[])
 }
 
 /// The service process is killed (SIGKILL) while a recorded widget update is in flight; after the restart the

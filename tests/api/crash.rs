@@ -2,56 +2,38 @@
 //! SIGKILL mid-stream and restarted; every webhook that was answered 200 is in the log and projected.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{Backend, PgDatabase};
+use crate::common::{free_port, start_service, wait_ready, PgDatabase};
+use crate::helpers::Backend;
 use crate::on_both_stores;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn start(port: u16, store_url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_handoff-ledger"))
-        .arg("serve")
-        .env("LEDGER__SERVER__BIND", format!("127.0.0.1:{port}"))
-        .env("LEDGER__STORE__URL", store_url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start handoff-ledger")
+    let bind = format!("127.0.0.1:{port}");
+    start_service(
+        &[],
+        &[("LEDGER__SERVER__BIND", &bind), ("LEDGER__STORE__URL", store_url)],
+    )
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..200 {
-        if let Ok(res) = client.get(format!("{base}/readyz")).send().await {
-            if res.status().is_success() {
-                return;
-            }
+/// A fresh store URL: an SQLite file under `dir`, or a fresh PostgreSQL database (returned to keep it alive).
+async fn fresh_store(backend: Backend, dir: &std::path::Path, file: &str) -> (String, Option<PgDatabase>) {
+    match backend {
+        Backend::Postgres => {
+            let db = PgDatabase::create().await;
+            (db.url.clone(), Some(db))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Backend::Sqlite => (format!("sqlite://{}", dir.join(file).display()), None),
     }
-    panic!("the service did not become ready at {base}");
 }
 
 async fn acknowledged_webhooks_survive_sigkill(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pg = match backend {
-        Backend::Postgres => Some(PgDatabase::create().await),
-        Backend::Sqlite => None,
-    };
-    let store_url = match &pg {
-        Some(db) => db.url.clone(),
-        None => format!("sqlite://{}", dir.path().join("crash.db").display()),
-    };
+    let (store_url, pg) = fresh_store(backend, dir.path(), "crash.db").await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
@@ -216,14 +198,7 @@ async fn snapshot(client: &reqwest::Client, base: &str) -> Vec<(Value, Value)> {
 /// `handoff-ledger replay` rebuilds, from the log alone, exactly the projections the service built incrementally.
 async fn replay_command_rebuilds_identical_projections(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pg = match backend {
-        Backend::Postgres => Some(PgDatabase::create().await),
-        Backend::Sqlite => None,
-    };
-    let store_url = match &pg {
-        Some(db) => db.url.clone(),
-        None => format!("sqlite://{}", dir.path().join("replay.db").display()),
-    };
+    let (store_url, pg) = fresh_store(backend, dir.path(), "replay.db").await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();

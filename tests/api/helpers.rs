@@ -6,7 +6,6 @@ use handoff_ledger::api::AppState;
 use handoff_ledger::config::Config;
 use handoff_ledger::startup::Application;
 use serde_json::Value;
-use sqlx::Connection;
 use tempfile::TempDir;
 
 /// Which store a test runs against.
@@ -16,58 +15,7 @@ pub enum Backend {
     Postgres,
 }
 
-/// The admin URL of the local PostgreSQL (overridable).
-pub fn pg_admin_url() -> String {
-    std::env::var("LEDGER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh PostgreSQL database, dropped when this is dropped.
-pub struct PgDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl PgDatabase {
-    pub async fn create() -> PgDatabase {
-        let name = format!("ledger_api_{}", uuid::Uuid::new_v4().simple());
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin.clone());
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
+pub use crate::common::{pg_admin_url, PgDatabase};
 
 /// A running service.
 pub struct TestApp {

@@ -1,5 +1,7 @@
 //! Integration tests: the real service on port 0, over HTTP, on SQLite and PostgreSQL.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod crash;
 mod flow;
 mod helpers;
