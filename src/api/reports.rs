@@ -1,63 +1,77 @@
 //! Report endpoints (BI): SLA and disposition rollups, and one CSV row per conversation. Served from
 //! ClickHouse when analytics is configured (an `Analytics` in the app data), else computed from the store.
 
-use actix_web::http::StatusCode;
+use std::future::Future;
+
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use serde_json::json;
 
+use super::error::{ApiError, ErrorBody};
 use crate::analytics::reports::{
     self, conversations_csv, DispositionReport, ParamError, ReportParams, ReportQuery, ReportSource, SlaReport,
 };
-use crate::analytics::Analytics;
+use crate::analytics::{Analytics, AnalyticsResult};
 use crate::api::AppState;
 
-fn error(status: StatusCode, code: &str, message: String) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> Self {
+        ApiError::parameter(e.param, format!("invalid parameter `{}`: {}", e.param, e.message))
+    }
 }
 
-fn invalid(e: ParamError) -> HttpResponse {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_parameter",
-        format!("invalid parameter `{}`: {}", e.param, e.message),
-    )
-}
-
-fn unavailable(what: &str, e: impl std::fmt::Display) -> HttpResponse {
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "{what} failed");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        format!("{what} is unavailable, retry later"),
-    )
+    ApiError::Unavailable(format!("{what} is unavailable, retry later"))
+}
+
+/// A parsed report request: the query, the source to read, and whether the caller forced it.
+struct Request {
+    query: ReportQuery,
+    source: ReportSource,
+    forced: bool,
 }
 
 /// Parses the query string, the source and the report query.
-#[allow(clippy::result_large_err)]
-fn parse(
-    req: &HttpRequest,
-    analytics: &Option<web::Data<Analytics>>,
-) -> Result<(ReportQuery, ReportSource, bool), HttpResponse> {
+fn parse(req: &HttpRequest, analytics: &Option<web::Data<Analytics>>) -> Result<Request, ApiError> {
     let params = web::Query::<ReportParams>::from_query(req.query_string())
-        .map_err(|e| {
-            invalid(ParamError {
-                param: "query",
-                message: e.to_string(),
-            })
-        })?
+        .map_err(|e| ApiError::parameter("query", e.to_string()))?
         .into_inner();
-    let query = ReportQuery::from_params(&params, Utc::now()).map_err(invalid)?;
-    let requested = ReportQuery::source_param(&params).map_err(invalid)?;
-    match (requested, analytics.is_some()) {
-        (Some(ReportSource::Clickhouse), false) => Err(invalid(ParamError {
-            param: "source",
-            message: "ClickHouse is not configured".into(),
-        })),
-        (Some(source), _) => Ok((query, source, true)),
-        (None, true) => Ok((query, ReportSource::Clickhouse, false)),
-        (None, false) => Ok((query, ReportSource::Store, false)),
+    let query = ReportQuery::from_params(&params, Utc::now())?;
+    let requested = ReportQuery::source_param(&params)?;
+    let (source, forced) = match (requested, analytics.is_some()) {
+        (Some(ReportSource::Clickhouse), false) => {
+            return Err(ApiError::parameter("source", "ClickHouse is not configured"))
+        }
+        (Some(source), _) => (source, true),
+        (None, true) => (ReportSource::Clickhouse, false),
+        (None, false) => (ReportSource::Store, false),
+    };
+    Ok(Request { query, source, forced })
+}
+
+/// Reads a report from ClickHouse when that is the source (falling back to the store when ClickHouse fails
+/// and the caller did not force it), else from the store.
+async fn read<T, C, CF, S, SF>(
+    request: &Request,
+    analytics: &Option<web::Data<Analytics>>,
+    from_clickhouse: C,
+    from_store: S,
+) -> Result<(ReportSource, T), ApiError>
+where
+    C: FnOnce(web::Data<Analytics>) -> CF,
+    CF: Future<Output = AnalyticsResult<T>>,
+    S: FnOnce() -> SF,
+    SF: Future<Output = Result<T, crate::store::StoreError>>,
+{
+    if let (ReportSource::Clickhouse, Some(a)) = (request.source, analytics.clone()) {
+        match from_clickhouse(a).await {
+            Ok(rows) => return Ok((ReportSource::Clickhouse, rows)),
+            Err(e) if request.forced => return Err(unavailable("ClickHouse", e)),
+            Err(e) => tracing::warn!(error = %e, "ClickHouse report failed; reading the store"),
+        }
     }
+    let rows = from_store().await.map_err(|e| unavailable("the store", e))?;
+    Ok((ReportSource::Store, rows))
 }
 
 /// SLA report: offered, answered, abandoned, missed, service level, wait percentiles, first response and
@@ -69,8 +83,8 @@ fn parse(
     params(ReportParams),
     responses(
         (status = 200, description = "SLA rows", body = SlaReport),
-        (status = 400, description = "invalid_parameter"),
-        (status = 503, description = "unavailable")
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
 #[get("/v1/reports/sla")]
@@ -78,30 +92,20 @@ pub async fn sla_report(
     req: HttpRequest,
     state: web::Data<AppState>,
     analytics: Option<web::Data<Analytics>>,
-) -> HttpResponse {
-    let (query, source, forced) = match parse(&req, &analytics) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    if let (ReportSource::Clickhouse, Some(a)) = (source, analytics.as_ref()) {
-        match reports::sla_report_clickhouse(a, &query).await {
-            Ok(rows) => {
-                return HttpResponse::Ok().json(SlaReport {
-                    source: ReportSource::Clickhouse,
-                    rows,
-                })
-            }
-            Err(e) if forced => return unavailable("ClickHouse", e),
-            Err(e) => tracing::warn!(error = %e, "ClickHouse report failed; computing it from the store"),
-        }
-    }
-    match reports::conversations_for_report(state.store.as_ref(), &query).await {
-        Ok(conversations) => HttpResponse::Ok().json(SlaReport {
-            source: ReportSource::Store,
-            rows: reports::sla_report(&conversations, &state.config.sla, &query),
-        }),
-        Err(e) => unavailable("the store", e),
-    }
+) -> Result<HttpResponse, ApiError> {
+    let request = parse(&req, &analytics)?;
+    let q = &request.query;
+    let (source, rows) = read(
+        &request,
+        &analytics,
+        |a| async move { reports::sla_report_clickhouse(&a, q).await },
+        || async {
+            let conversations = reports::conversations_for_report(state.store.as_ref(), q).await?;
+            Ok(reports::sla_report(&conversations, &state.config.sla, q))
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(SlaReport { source, rows }))
 }
 
 /// Disposition report: completed, abandoned, missed and failed handoffs per bucket (credited at close),
@@ -113,8 +117,8 @@ pub async fn sla_report(
     params(ReportParams),
     responses(
         (status = 200, description = "Disposition rows", body = DispositionReport),
-        (status = 400, description = "invalid_parameter"),
-        (status = 503, description = "unavailable")
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
 #[get("/v1/reports/dispositions")]
@@ -122,30 +126,20 @@ pub async fn dispositions_report(
     req: HttpRequest,
     state: web::Data<AppState>,
     analytics: Option<web::Data<Analytics>>,
-) -> HttpResponse {
-    let (query, source, forced) = match parse(&req, &analytics) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    if let (ReportSource::Clickhouse, Some(a)) = (source, analytics.as_ref()) {
-        match reports::disposition_report_clickhouse(a, &query).await {
-            Ok(rows) => {
-                return HttpResponse::Ok().json(DispositionReport {
-                    source: ReportSource::Clickhouse,
-                    rows,
-                })
-            }
-            Err(e) if forced => return unavailable("ClickHouse", e),
-            Err(e) => tracing::warn!(error = %e, "ClickHouse report failed; computing it from the store"),
-        }
-    }
-    match reports::conversations_for_report(state.store.as_ref(), &query).await {
-        Ok(conversations) => HttpResponse::Ok().json(DispositionReport {
-            source: ReportSource::Store,
-            rows: reports::disposition_report(&conversations, &state.config.sla, &query),
-        }),
-        Err(e) => unavailable("the store", e),
-    }
+) -> Result<HttpResponse, ApiError> {
+    let request = parse(&req, &analytics)?;
+    let q = &request.query;
+    let (source, rows) = read(
+        &request,
+        &analytics,
+        |a| async move { reports::disposition_report_clickhouse(&a, q).await },
+        || async {
+            let conversations = reports::conversations_for_report(state.store.as_ref(), q).await?;
+            Ok(reports::disposition_report(&conversations, &state.config.sla, q))
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(DispositionReport { source, rows }))
 }
 
 /// One CSV row per conversation started in `[since, until)` with every metric column; the `X-Report-Source`
@@ -157,8 +151,8 @@ pub async fn dispositions_report(
     params(ReportParams),
     responses(
         (status = 200, description = "text/csv, one row per conversation", content_type = "text/csv", body = String),
-        (status = 400, description = "invalid_parameter"),
-        (status = 503, description = "unavailable")
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
 #[get("/v1/reports/conversations.csv")]
@@ -166,102 +160,19 @@ pub async fn conversations_csv_report(
     req: HttpRequest,
     state: web::Data<AppState>,
     analytics: Option<web::Data<Analytics>>,
-) -> HttpResponse {
-    let (query, source, forced) = match parse(&req, &analytics) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    let mut rows = None;
-    let mut used = ReportSource::Store;
-    if let (ReportSource::Clickhouse, Some(a)) = (source, analytics.as_ref()) {
-        match reports::csv_rows_from_clickhouse(a, query.since, query.until).await {
-            Ok(r) => {
-                rows = Some(r);
-                used = ReportSource::Clickhouse;
-            }
-            Err(e) if forced => return unavailable("ClickHouse", e),
-            Err(e) => tracing::warn!(error = %e, "ClickHouse export failed; reading the store"),
-        }
-    }
-    let mut rows = match rows {
-        Some(rows) => rows,
-        None => match reports::csv_rows_from_store(state.store.as_ref(), query.since, query.until).await {
-            Ok(rows) => rows,
-            Err(e) => return unavailable("the store", e),
-        },
-    };
-    match conversations_csv(&mut rows) {
-        Ok(body) => HttpResponse::Ok()
-            .content_type("text/csv; charset=utf-8")
-            .insert_header(("X-Report-Source", used.to_string()))
-            .body(body),
-        Err(e) => unavailable("the CSV writer", e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use utoipa::OpenApi;
-
-    use super::*;
-    use crate::analytics::reports::{DispositionRow, GroupBy, Interval, SlaRow};
-
-    #[derive(OpenApi)]
-    #[openapi(
-        paths(sla_report, dispositions_report, conversations_csv_report),
-        components(schemas(
-            SlaReport,
-            SlaRow,
-            DispositionReport,
-            DispositionRow,
-            ReportSource,
-            Interval,
-            GroupBy
-        ))
-    )]
-    struct ReportsDoc;
-
-    #[test]
-    fn openapi_documents_the_report_paths_parameters_and_rows() {
-        let doc = serde_json::to_value(ReportsDoc::openapi()).unwrap();
-        for path in [
-            "/v1/reports/sla",
-            "/v1/reports/dispositions",
-            "/v1/reports/conversations.csv",
-        ] {
-            let params: Vec<&str> = doc["paths"][path]["get"]["parameters"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{path} undocumented"))
-                .iter()
-                .map(|p| p["name"].as_str().unwrap())
-                .collect();
-            assert_eq!(
-                params,
-                vec!["since", "until", "interval", "group_by", "source"],
-                "{path}"
-            );
-        }
-        let sla_row = &doc["components"]["schemas"]["SlaRow"]["properties"];
-        for field in [
-            "bucket",
-            "platform",
-            "queue",
-            "agent",
-            "offered",
-            "answered",
-            "answered_within_sla",
-            "abandoned",
-            "short_abandoned",
-            "missed",
-            "service_level",
-            "wait_p50_seconds",
-            "wait_p90_seconds",
-            "avg_first_response_seconds",
-            "avg_handle_seconds",
-        ] {
-            assert!(sla_row.get(field).is_some(), "SlaRow.{field}");
-        }
-        let required = doc["components"]["schemas"]["SlaRow"]["required"].as_array().unwrap();
-        assert!(!required.iter().any(|f| f == "platform"), "platform is optional");
-    }
+) -> Result<HttpResponse, ApiError> {
+    let request = parse(&req, &analytics)?;
+    let (since, until) = (request.query.since, request.query.until);
+    let (source, mut rows) = read(
+        &request,
+        &analytics,
+        |a| async move { reports::csv_rows_from_clickhouse(&a, since, until).await },
+        || reports::csv_rows_from_store(state.store.as_ref(), since, until),
+    )
+    .await?;
+    let body = conversations_csv(&mut rows).map_err(|e| ApiError::Unexpected(e.into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header(("X-Report-Source", source.to_string()))
+        .body(body))
 }
