@@ -222,6 +222,26 @@ pub struct RelayContext<'a> {
     pub aivo_close: bool,
 }
 
+/// Kinds of events that can call for an outbound command: every other event skips the relay's reads
+/// (keeps the webhook path free of work for the events that never relay).
+pub const RELAYED_KINDS: &[&str] = &[
+    "ultimate.widget_escalate",
+    "ultimate.widget_message",
+    "ultimate.widget_end_session",
+    ledger::API_MESSAGE,
+    "aivo_live.attended",
+    "aivo_live.message_to_client",
+    "aivo_live.transfer",
+    "aivo_live.close",
+    "bright_pattern.chat_session_party_joined",
+    "bright_pattern.chat_session_message",
+    "bright_pattern.chat_session_file",
+    "bright_pattern.chat_session_status",
+    "bright_pattern.chat_session_ended",
+    "bright_pattern.chat_session_inactivity_timeout",
+    "bright_pattern.chat_session_inactvity_timeout",
+];
+
 /// The commands a newly appended event calls for (escalations excepted: they need routing and I/O).
 pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Command> {
     let c = ctx.conversation;
@@ -563,7 +583,7 @@ impl Handoff {
     /// appended). Only records and dispatches: never waits for a backend.
     pub async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]) {
         for (event, outcome) in events.iter().zip(outcomes) {
-            if outcome.duplicate {
+            if outcome.duplicate || !RELAYED_KINDS.contains(&event.kind.as_str()) {
                 continue;
             }
             let Some(conversation_id) = outcome.conversation_id else {

@@ -521,3 +521,45 @@ fn agent_names_and_waits_are_read_from_payloads() {
     assert_eq!(ewt_minutes(Some(&json!("soon"))), None);
     assert_eq!(ewt_minutes(None), None);
 }
+
+#[test]
+fn kinds_outside_the_relayed_list_never_plan_a_command() {
+    let kinds = [
+        "ultimate.send_message",
+        "ultimate.escalate",
+        "ultimate.is_team_online",
+        "ultimate.action",
+        "ultimate.unknown",
+        "aivo_live.unknown",
+        "vcc.chat_closed",
+        "bright_pattern.chat_session_typing",
+        "bright_pattern.chat_session_not_typing",
+        "bright_pattern.chat_session_signaling",
+        "bright_pattern.chat_session_form_show",
+        "bright_pattern.chat_session_timeout_warning",
+        "bright_pattern.unknown",
+        "ledger.linked",
+        "ledger.command",
+        "ledger.command_result",
+        "api.handoff_requested",
+    ];
+    let payload = json!({"party": "visitor", "text": "hi", "state": "queued", "msg": "x", "party_id": "p-1",
+        "data": {"action": "text", "value": "x", "source": "agent", "agent": {"name": "A"}}});
+    let target = LiveTarget {
+        backend: "aivo_live".into(),
+        live_id: "room-1".into(),
+    };
+    let agent_line = line(Party::Agent, Some("A"), "x");
+    for state in [HandoffState::Queued, HandoffState::Attended] {
+        let c = conversation(state, bot_and_room());
+        for kind in kinds {
+            assert!(!RELAYED_KINDS.contains(&kind), "{kind}");
+            assert!(
+                plan(kind, payload.clone(), &c, Some(&agent_line), Some(&target)).is_empty(),
+                "{kind} in {state:?}"
+            );
+        }
+        // The relayed kinds do plan commands for the same conversation (so the list is not simply empty).
+        assert!(!plan("aivo_live.close", payload.clone(), &c, None, Some(&target)).is_empty());
+    }
+}
