@@ -392,6 +392,10 @@ pub struct Handoff {
     pub handle_seconds: Option<f64>,
     /// SLA status.
     pub sla_status: SlaStatus,
+    /// While `pending`: when the answer target runs out (queued_at + the queue's target); from then on the
+    /// API reports the handoff as `breached`.
+    #[serde(default)]
+    pub sla_deadline: Option<DateTime<Utc>>,
     /// How it ended.
     pub disposition: Option<Disposition>,
     /// Platform's own outcome value.
@@ -429,6 +433,9 @@ pub struct Conversation {
     pub platform_disposition: Option<String>,
     /// SLA status of the latest handoff.
     pub sla_status: SlaStatus,
+    /// While `pending`: when the latest handoff's answer target runs out; from then on it reads `breached`.
+    #[serde(default)]
+    pub sla_deadline: Option<DateTime<Utc>>,
     /// Streams linked into this conversation.
     pub streams: Vec<StreamKey>,
     /// Queue of the latest handoff.
@@ -468,6 +475,25 @@ pub struct Conversation {
     pub last_seq: i64,
     /// Time of the latest event folded in.
     pub updated_at: DateTime<Utc>,
+}
+
+impl Conversation {
+    /// The conversation as it reads at `now`: a handoff still waiting past its answer target is `breached`
+    /// (the projection has no clock, so the stored value stays `pending` until an event decides it).
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Conversation {
+        let overdue = |status: SlaStatus, deadline: Option<DateTime<Utc>>| {
+            status == SlaStatus::Pending && deadline.is_some_and(|d| d <= now)
+        };
+        if overdue(self.sla_status, self.sla_deadline) {
+            self.sla_status = SlaStatus::Breached;
+        }
+        for h in &mut self.handoffs {
+            if overdue(h.sla_status, h.sla_deadline) {
+                h.sla_status = SlaStatus::Breached;
+            }
+        }
+        self
+    }
 }
 
 /// A delivery that was refused (400/422) and kept.

@@ -564,6 +564,7 @@ pub(crate) mod tests {
             first_response_seconds: None,
             handle_seconds: None,
             sla_status: SlaStatus::Pending,
+            sla_deadline: None,
             disposition: None,
             platform_disposition: None,
             close_reason: None,
@@ -587,6 +588,7 @@ pub(crate) mod tests {
                 .last()
                 .map(|h| h.sla_status)
                 .unwrap_or(SlaStatus::NotApplicable),
+            sla_deadline: None,
             streams: vec![stream],
             queue: handoffs.last().and_then(|h| h.queue.clone()),
             agents: handoffs.iter().flat_map(|h| h.agents.clone()).collect(),

@@ -161,6 +161,7 @@ impl ListParams {
             state: self.state,
             disposition: self.disposition,
             sla_status: self.sla_status,
+            now: Some(Utc::now()),
             queue: self.queue,
             agent: self.agent,
             limit,
@@ -184,9 +185,10 @@ fn not_found(id: Uuid) -> ApiError {
 )]
 pub async fn list(state: web::Data<AppState>, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
     let filter = params.into_inner().into_filter()?;
+    let now = filter.now.unwrap_or_else(Utc::now);
     let page = state.store.list_conversations(&filter).await?;
     Ok(HttpResponse::Ok().json(ConversationList {
-        items: page.items,
+        items: page.items.into_iter().map(|c| c.as_of(now)).collect(),
         next_cursor: page.next.map(encode_cursor),
     }))
 }
@@ -204,7 +206,7 @@ pub async fn list(state: web::Data<AppState>, params: web::Query<ListParams>) ->
 pub async fn get(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let conversation = state.store.get_conversation(id).await?.ok_or_else(|| not_found(id))?;
-    Ok(HttpResponse::Ok().json(conversation))
+    Ok(HttpResponse::Ok().json(conversation.as_of(Utc::now())))
 }
 
 /// The merged transcript: every content message from every platform in `at` order.

@@ -15,6 +15,7 @@ fn conversation(state: HandoffState, streams: Vec<StreamKey>) -> Conversation {
         disposition: None,
         platform_disposition: None,
         sla_status: SlaStatus::NotApplicable,
+        sla_deadline: None,
         streams,
         queue: None,
         agents: vec![Agent {
@@ -329,6 +330,7 @@ fn the_visitor_leaving_ends_the_live_chat_when_the_platform_can_be_told() {
         first_response_seconds: None,
         handle_seconds: None,
         sla_status: SlaStatus::NotApplicable,
+        sla_deadline: None,
         disposition: Some(Disposition::Abandoned),
         platform_disposition: None,
         close_reason: Some("visitor_left".into()),

@@ -131,6 +131,7 @@ impl Draft {
                 first_response_seconds: None,
                 handle_seconds: None,
                 sla_status: SlaStatus::NotApplicable,
+                sla_deadline: None,
                 disposition: None,
                 platform_disposition: None,
                 close_reason: None,
@@ -185,9 +186,16 @@ impl Draft {
             SlaStatus::NotApplicable
         } else {
             let queue = self.answered_in.as_deref().or(h.queue.as_deref());
-            let computed = computed_sla(h, sla.target_for(queue) as f64, sla.short_abandon_seconds as f64);
+            let target = sla.target_for(queue);
+            let computed = computed_sla(h, target as f64, sla.short_abandon_seconds as f64);
+            h.sla_deadline = (computed == SlaStatus::Pending)
+                .then(|| h.queued_at.map(|q| q + chrono::Duration::seconds(target as i64)))
+                .flatten();
             self.platform_sla.unwrap_or(computed)
         };
+        if h.sla_status != SlaStatus::Pending {
+            h.sla_deadline = None;
+        }
         self.handoff
     }
 }
@@ -453,6 +461,7 @@ impl<'a> Folder<'a> {
             disposition: latest.and_then(|h| h.disposition),
             platform_disposition: latest.and_then(|h| h.platform_disposition.clone()),
             sla_status: latest.map_or(SlaStatus::NotApplicable, |h| h.sla_status),
+            sla_deadline: latest.and_then(|h| h.sla_deadline),
             streams,
             queue: latest.and_then(|h| h.queue.clone()),
             agents: self.agents,

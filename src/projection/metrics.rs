@@ -214,6 +214,7 @@ mod tests {
             first_response_seconds: None,
             handle_seconds: attended.zip(closed).map(|(a, c)| (c - a) as f64),
             sla_status: SlaStatus::NotApplicable,
+            sla_deadline: None,
             disposition: d,
             platform_disposition: None,
             close_reason: None,

@@ -840,6 +840,29 @@ fn waiting_handoff_is_pending_without_a_clock() {
     assert_eq!(c.wait_seconds, None);
     assert_eq!(c.handoffs[0].backend, "aivo_live");
     assert_eq!(c.handoffs[0].queue, None);
+    // The deadline is queued_at + the target (default 60 s); read as of a time past it, it is breached.
+    assert_eq!(c.sla_deadline, Some(t(61)));
+    assert_eq!(c.handoffs[0].sla_deadline, Some(t(61)));
+    assert_eq!(c.clone().as_of(t(60)).sla_status, SlaStatus::Pending);
+    let late = c.as_of(t(61));
+    assert_eq!(late.sla_status, SlaStatus::Breached);
+    assert_eq!(late.handoffs[0].sla_status, SlaStatus::Breached);
+    // Answered: no deadline any more, and the clock changes nothing.
+    log.at(7000, AIVO, attended("Tomas", None));
+    let c = log.fold().conversation;
+    assert_eq!(c.sla_deadline, None);
+    assert_eq!(c.sla_status, SlaStatus::Breached);
+    assert_eq!(c.clone().as_of(t(1)), c);
+}
+
+#[test]
+fn the_deadline_follows_the_queue_target() {
+    let mut sla = SlaConfig::default();
+    sla.queues.insert("2179".into(), 30);
+    let mut log = Log::new();
+    log.at(10, LEDGER, queued("aivo_live", Some("2179")));
+    let c = log.fold_with(&sla).conversation;
+    assert_eq!(c.sla_deadline, Some(t(40)));
 }
 
 #[test]

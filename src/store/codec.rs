@@ -52,6 +52,8 @@ pub(crate) struct ConversationRow {
     pub disposition: Option<&'static str>,
     /// `sla_status`.
     pub sla_status: &'static str,
+    /// `sla_deadline`, micros: while pending, when the answer target runs out.
+    pub sla_deadline: Option<i64>,
     /// `queue`.
     pub queue: Option<String>,
     /// `agents`, see [`agents_column`].
@@ -223,6 +225,7 @@ pub(crate) fn conversation_row(projection: &Projection) -> StoreResult<Conversat
         state: c.state.as_str(),
         disposition: c.disposition.map(|d| d.as_str()),
         sla_status: c.sla_status.as_str(),
+        sla_deadline: c.sla_deadline.map(to_micros),
         queue: c.queue.clone(),
         agents: agents_column(c),
         started_at: to_micros(c.started_at),
@@ -255,10 +258,29 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
         }
         sql.push(')');
     }
+    // `pending` and `breached` are read as of now: a handoff waiting past its target reads `breached`.
+    match (filter.sla_status.as_deref(), filter.now) {
+        (Some("pending"), Some(now)) => {
+            let p = bind(&mut binds, Bind::Int(to_micros(now)));
+            sql.push_str(&format!(
+                " AND c.sla_status = 'pending' AND (c.sla_deadline IS NULL OR c.sla_deadline > {p})"
+            ));
+        }
+        (Some("breached"), Some(now)) => {
+            let p = bind(&mut binds, Bind::Int(to_micros(now)));
+            sql.push_str(&format!(
+                " AND (c.sla_status = 'breached' OR (c.sla_status = 'pending' AND c.sla_deadline <= {p}))"
+            ));
+        }
+        (Some(status), _) => {
+            let p = bind(&mut binds, Bind::Text(status.to_string()));
+            sql.push_str(&format!(" AND c.sla_status = {p}"));
+        }
+        (None, _) => {}
+    }
     for (column, value) in [
         ("state", &filter.state),
         ("disposition", &filter.disposition),
-        ("sla_status", &filter.sla_status),
         ("queue", &filter.queue),
     ] {
         if let Some(value) = value {
@@ -367,6 +389,7 @@ mod tests {
             disposition: None,
             platform_disposition: None,
             sla_status: SlaStatus::Pending,
+            sla_deadline: None,
             streams: Vec::new(),
             queue: Some("2179".into()),
             agents: agents

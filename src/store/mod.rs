@@ -49,8 +49,10 @@ pub struct ConversationFilter {
     pub state: Option<String>,
     /// Disposition.
     pub disposition: Option<String>,
-    /// SLA status.
+    /// SLA status; `pending` / `breached` are judged as of `now` when it is given.
     pub sla_status: Option<String>,
+    /// The time `pending` / `breached` are judged at (a handoff waiting past its target reads `breached`).
+    pub now: Option<DateTime<Utc>>,
     /// Queue of the latest handoff.
     pub queue: Option<String>,
     /// An agent's name.

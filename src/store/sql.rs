@@ -41,10 +41,10 @@ const SQL_INSERT_ALIAS: &str = "INSERT INTO aliases (absorbed_id, survivor_id) V
      ON CONFLICT (absorbed_id) DO UPDATE SET survivor_id = excluded.survivor_id";
 const SQL_DELETE_CONVERSATION: &str = "DELETE FROM conversations WHERE id = $1";
 const SQL_UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
-     (id, state, disposition, sla_status, queue, agents, started_at, updated_at, last_seq, doc, transcript) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     (id, state, disposition, sla_status, queue, agents, started_at, updated_at, last_seq, doc, transcript, \
+     sla_deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, disposition = excluded.disposition, \
-     sla_status = excluded.sla_status, queue = excluded.queue, agents = excluded.agents, \
+     sla_status = excluded.sla_status, sla_deadline = excluded.sla_deadline, queue = excluded.queue, agents = excluded.agents, \
      started_at = excluded.started_at, updated_at = excluded.updated_at, last_seq = excluded.last_seq, \
      doc = excluded.doc, transcript = excluded.transcript";
 // `$1` resolved through the aliases in the same statement.
@@ -354,6 +354,7 @@ macro_rules! sql_store {
                     .bind(row.last_seq)
                     .bind(row.doc)
                     .bind(row.transcript)
+                    .bind(row.sla_deadline)
                     .execute(&mut *conn)
                     .await?;
                 Ok(true)

@@ -553,8 +553,68 @@ async fn shuffled_and_duplicated_delivery_gives_the_same_result(backend: Backend
     assert_eq!(results[0], results[1]);
 }
 
+/// A handoff waiting past its answer target reads `breached` (and filters as such) while one under it stays `pending`.
+async fn waiting_past_the_target_reads_breached(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.sla.answer_seconds = 60).await;
+    let mut ids = Vec::new();
+    for (pcid, waited) in [("pc-late", 300), ("pc-fresh", 5)] {
+        let bot = post_ok(
+            &app,
+            "/webhooks/ultimate/converse",
+            &ultimate(
+                "sendMessage",
+                pcid,
+                json!({"messageId": pcid, "type": "text", "text": "one moment", "buttons": []}),
+            ),
+        )
+        .await;
+        let id: Uuid = bot["conversation_id"].as_str().unwrap().parse().unwrap();
+        let accepted = ledger::QueueAccepted {
+            backend: "aivo_live".into(),
+            queue: Some("2179".into()),
+            live_id: format!("room-{pcid}"),
+            team: None,
+        };
+        let queued_at = Utc::now() - Duration::seconds(waited);
+        app.state
+            .writer
+            .append(vec![ledger::queue_accepted(
+                id,
+                &accepted,
+                StreamKey::new(Platform::AivoLive, format!("room-{pcid}")),
+                queued_at,
+            )])
+            .await
+            .unwrap();
+        ids.push(id.to_string());
+    }
+    let (_, late) = app.get_json(&format!("/v1/conversations/{}", ids[0])).await;
+    assert_eq!(late["state"], json!("queued"));
+    assert_eq!(late["sla_status"], json!("breached"));
+    assert_eq!(late["handoffs"][0]["sla_status"], json!("breached"));
+    let (_, fresh) = app.get_json(&format!("/v1/conversations/{}", ids[1])).await;
+    assert_eq!(fresh["sla_status"], json!("pending"));
+    assert_eq!(
+        time(&fresh["sla_deadline"]),
+        time(&fresh["queued_at"]) + Duration::seconds(60)
+    );
+    let listed = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (_, breached) = app.get_json("/v1/conversations?sla_status=breached").await;
+    assert_eq!(listed(&breached), vec![ids[0].clone()]);
+    let (_, pending) = app.get_json("/v1/conversations?sla_status=pending").await;
+    assert_eq!(listed(&pending), vec![ids[1].clone()]);
+}
+
 on_both_stores!(
     full_handoff_across_platforms,
     live_webhook_before_the_link_merges,
     shuffled_and_duplicated_delivery_gives_the_same_result,
+    waiting_past_the_target_reads_breached,
 );
