@@ -1,26 +1,32 @@
-//! Seeds ClickHouse with at least N synthetic handoffs (deterministic scenario) and times the SLA report
-//! from the ClickHouse rollups and from the store-side computation over the same conversations.
+//! Seeds the real store with at least N handoffs of the deterministic webhook scenario, ships the log to
+//! ClickHouse with the real sink, then times `GET /v1/reports/sla` on the real service from the store
+//! (`?source=store`: the API pages the conversations out of the store and computes) and from ClickHouse
+//! (`?source=clickhouse`: the rollups).
 //!
 //! ```text
 //! scripts/clickhouse.sh
-//! cargo run --release --example seed_reports -- --handoffs 1000000 --days 30
+//! cargo build --release --example seed_reports
+//! target/release/examples/seed_reports --handoffs 1000000 --days 30 --store-url sqlite:///tmp/bench/ledger.db
 //! ```
 //!
-//! The store figure is the store path's report computation (`reports::sla_report` over the conversations, as
-//! the API runs it after paging them out of the store) with the conversations already in memory: the paging
-//! cost depends on the store backend and is timed separately against an existing store with `--store-url`.
+//! Seeding is the fastest honest path: every delivery of the scenario is parsed by its platform's real parser
+//! (Ultimate events stamped with their scenario arrival) and appended with `store.append_batch`, many
+//! deliveries per transaction, exactly as the writer does under load but without HTTP in between. Shipping is
+//! `sink::ship_once` pass after pass (the loop the service's sink runs), from the checkpoint kept in the store.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use clap::Parser;
+use serde_json::Value;
 
-use handoff_ledger::analytics::facts::{ConversationRow, HandoffRow, MessageRow};
-use handoff_ledger::analytics::reports::{self, GroupBy, Interval, ReportQuery};
-use handoff_ledger::analytics::{rollups, scenario, schema, sink};
-use handoff_ledger::config::{ClickHouseConfig, SlaConfig};
-use handoff_ledger::model::Conversation;
+use handoff_ledger::analytics::scenario::{self, ScenarioOptions};
+use handoff_ledger::analytics::{schema, sink, Analytics};
+use handoff_ledger::config::{ClickHouseConfig, Config};
+use handoff_ledger::model::NewEvent;
+use handoff_ledger::startup::Application;
+use handoff_ledger::store::{self, Store};
 
 #[derive(Parser)]
 struct Args {
@@ -30,192 +36,237 @@ struct Args {
     /// Days the conversations are spread over.
     #[arg(long, default_value_t = 30)]
     days: i64,
+    /// The store (an SQLite file is deleted first; a PostgreSQL database must be empty).
+    #[arg(long, default_value = "sqlite:///tmp/handoff-bench/ledger.db")]
+    store_url: String,
+    /// Reuse what the store already holds (no seeding).
+    #[arg(long)]
+    no_seed: bool,
+    /// Stop seeding after this many minutes (the figures then say how far it got).
+    #[arg(long, default_value_t = 25)]
+    max_seed_minutes: u64,
+    /// Deliveries per `append_batch` transaction.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// Conversations generated at a time.
+    #[arg(long, default_value_t = 10_000)]
+    chunk: u64,
     /// ClickHouse HTTP URL.
     #[arg(long, default_value = "http://127.0.0.1:8123")]
     clickhouse: String,
-    /// Database (dropped and recreated).
+    /// ClickHouse database (dropped and recreated unless --no-ship).
     #[arg(long, default_value = "handoff_bench")]
     database: String,
+    /// Keep what ClickHouse holds (no shipping).
+    #[arg(long)]
+    no_ship: bool,
     /// Scenario seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Repetitions of each timed report (the median is printed).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Skip the store-side computation (saves the memory of holding every conversation).
-    #[arg(long)]
-    no_store: bool,
-    /// Also time paging the conversations of the first query's range out of this store (it must already hold
-    /// them: loading a store needs the webhook path, not this tool).
-    #[arg(long)]
-    store_url: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-async fn timed<F, Fut, T>(runs: usize, mut f: F) -> anyhow::Result<(f64, T)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let mut times = Vec::new();
-    let mut last = None;
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        last = Some(f().await?);
-        times.push(started.elapsed().as_secs_f64());
+async fn seed(store: &dyn Store, args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
+    let sla = scenario::sla();
+    let mut opts = ScenarioOptions::new(args.seed, 0, start, Duration::days(args.days));
+    // One bot line before the escalation: fewer events per handoff, the same report content.
+    opts.max_bot_messages = 1;
+    let started = Instant::now();
+    let deadline = started + std::time::Duration::from_secs(args.max_seed_minutes * 60);
+    let (mut handoffs, mut conversations, mut deliveries, mut events) = (0u64, 0u64, 0u64, 0u64);
+    let mut parse_secs = 0.0;
+    while handoffs < args.handoffs && Instant::now() < deadline {
+        let mut steps = Vec::new();
+        for n in conversations..conversations + args.chunk {
+            let plan = scenario::conversation(&opts, &sla, n);
+            handoffs += plan.expected.handoffs;
+            steps.extend(plan.steps);
+        }
+        conversations += args.chunk;
+        steps.sort_by_key(|s| s.arrival);
+        let parsing = Instant::now();
+        let groups: Vec<Vec<NewEvent>> = steps.iter().map(|s| s.events()).collect::<Result<_, _>>()?;
+        parse_secs += parsing.elapsed().as_secs_f64();
+        deliveries += groups.len() as u64;
+        events += groups.iter().map(|g| g.len() as u64).sum::<u64>();
+        for batch in groups.chunks(args.batch.max(1)) {
+            store.append_batch(batch, &sla).await?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        eprint!(
+            "\rseeded {handoffs} handoffs, {conversations} conversations, {events} events in {secs:.0} s ({:.0} events/s)",
+            events as f64 / secs
+        );
     }
-    let value = last.ok_or_else(|| anyhow::anyhow!("no run"))?;
-    Ok((median(times), value))
+    eprintln!();
+    let secs = started.elapsed().as_secs_f64();
+    println!("## Seed ({})", args.store_url);
+    println!(
+        "- {handoffs} handoffs in {conversations} conversations over {} days: {deliveries} deliveries, {events} events",
+        args.days
+    );
+    println!(
+        "- parse + append_batch ({} deliveries per transaction): {secs:.0} s = {:.0} events/s, {:.0} handoffs/s (parsing alone {parse_secs:.0} s)",
+        args.batch,
+        events as f64 / secs,
+        handoffs as f64 / secs
+    );
+    if handoffs < args.handoffs {
+        println!(
+            "- stopped after {} minutes, short of {} handoffs",
+            args.max_seed_minutes, args.handoffs
+        );
+    }
+    Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn ship(store: &dyn Store, args: &Args) -> anyhow::Result<()> {
     let config = ClickHouseConfig {
         url: args.clickhouse.clone(),
         database: args.database.clone(),
         ..ClickHouseConfig::default()
     };
-    let server = clickhouse::Client::default().with_url(config.url.clone());
-    server
+    clickhouse::Client::default()
+        .with_url(config.url.clone())
         .query(&format!("DROP DATABASE IF EXISTS {}", args.database))
         .execute()
         .await?;
-    let analytics = schema::migrate(&config).await?;
-    let sla = SlaConfig::default();
-    let start: DateTime<Utc> = DateTime::parse_from_rfc3339("2024-04-01T00:00:00Z")?.with_timezone(&Utc);
-    let span = Duration::days(args.days);
-
-    // Load
-    let load_started = Instant::now();
-    let mut handoffs = 0u64;
-    let mut conversations_n = 0u64;
-    let mut kept: Vec<Conversation> = Vec::new();
-    while handoffs < args.handoffs {
-        let chunk: Vec<Conversation> = (conversations_n..conversations_n + 50_000)
-            .map(|n| scenario::synthetic_conversation(args.seed, n, start, span, &sla))
-            .collect();
-        conversations_n += chunk.len() as u64;
-        let conversation_rows: Vec<ConversationRow> = chunk.iter().map(ConversationRow::from_conversation).collect();
-        let handoff_rows: Vec<HandoffRow> = chunk
-            .iter()
-            .flat_map(|c| HandoffRow::from_conversation(c, &sla))
-            .collect();
-        handoffs += handoff_rows.len() as u64;
-        sink::insert_rows(&analytics, "conversations", &conversation_rows).await?;
-        sink::insert_rows(&analytics, "handoffs", &handoff_rows).await?;
-        if !args.no_store || args.store_url.is_some() {
-            kept.extend(chunk);
+    let analytics: Analytics = schema::migrate(&config).await?;
+    store.set_checkpoint(sink::CHECKPOINT, 0).await?;
+    let sla = scenario::sla();
+    let last = store.last_seq().await?;
+    let started = Instant::now();
+    let mut shipped = 0u64;
+    loop {
+        let n = sink::ship_once(store, &analytics, &sla).await?;
+        if n == 0 {
+            break;
         }
-        eprint!("\rloaded {handoffs} handoffs in {conversations_n} conversations");
+        shipped += n;
+        let secs = started.elapsed().as_secs_f64();
+        eprint!(
+            "\rshipped {shipped} of {last} events in {secs:.0} s ({:.0} events/s)",
+            shipped as f64 / secs
+        );
     }
     eprintln!();
-    let load_secs = load_started.elapsed().as_secs_f64();
-    let rebuild_started = Instant::now();
-    let hours = rollups::rebuild(&analytics, None).await?;
-    let rebuild_secs = rebuild_started.elapsed().as_secs_f64();
-    println!("## Seed");
+    let secs = started.elapsed().as_secs_f64();
+    println!();
     println!(
-        "- handoffs: {handoffs} in {conversations_n} conversations over {} days",
-        args.days
+        "## Sink (`sink::ship_once` until caught up, {} events per pass)",
+        sink::BATCH_EVENTS
     );
-    println!("- facts insert (batching inserter): {load_secs:.1} s");
-    println!("- `rollups rebuild` (all {hours} hours + their days): {rebuild_secs:.1} s");
+    println!(
+        "- {shipped} events in {secs:.0} s = {:.0} events/s",
+        shipped as f64 / secs
+    );
+    Ok(())
+}
 
+async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.store.url = args.store_url.clone();
+    config.sla = scenario::sla();
+    config.clickhouse = ClickHouseConfig {
+        url: args.clickhouse.clone(),
+        database: args.database.clone(),
+        ..ClickHouseConfig::default()
+    };
+    let app = Application::build(config).await?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let at = |d: i64| (start + Duration::days(d)).to_rfc3339();
     let queries = [
         (
-            "30 days, hourly, no grouping",
-            ReportQuery {
-                since: start,
-                until: start + span,
-                interval: Interval::Hour,
-                group_by: vec![],
-            },
+            format!("{} days, hourly, no grouping", args.days),
+            format!("since={}&until={}&interval=hour", at(0), at(args.days)),
         ),
         (
-            "30 days, daily, by platform, queue, agent",
-            ReportQuery {
-                since: start,
-                until: start + span,
-                interval: Interval::Day,
-                group_by: vec![GroupBy::Platform, GroupBy::Queue, GroupBy::Agent],
-            },
+            format!("{} days, daily, by platform, queue, agent", args.days),
+            format!(
+                "since={}&until={}&interval=day&group_by=platform,queue,agent",
+                at(0),
+                at(args.days)
+            ),
         ),
         (
-            "1 day, hourly, by queue",
-            ReportQuery {
-                since: start + Duration::days(10),
-                until: start + Duration::days(11),
-                interval: Interval::Hour,
-                group_by: vec![GroupBy::Queue],
-            },
+            "1 day, hourly, by queue".to_string(),
+            format!(
+                "since={}&until={}&interval=hour&group_by=queue",
+                at(args.days / 3),
+                at(args.days / 3 + 1)
+            ),
         ),
     ];
     println!();
-    println!("## SLA report (median of {} runs)", args.runs);
-    println!("| query | ClickHouse rollups | rows | store computation | rows |");
-    println!("|---|---|---|---|---|");
+    println!("## GET /v1/reports/sla on the service (median of {} runs)", args.runs);
+    println!("| query | ClickHouse | rows | store | rows | offered (both) |");
+    println!("|---|---|---|---|---|---|");
     for (label, q) in &queries {
-        let (ch_secs, ch_rows) = timed(args.runs, || async {
-            Ok(reports::sla_report_clickhouse(&analytics, q).await?)
-        })
-        .await?;
-        let store = if args.no_store {
-            "-".to_string()
-        } else {
-            let (secs, rows) = timed(args.runs, || async {
-                // the store path: conversations started from since - lookback to until, then credited
-                let from = q.since - reports::STORE_LOOKBACK;
-                let in_range: Vec<Conversation> = kept
-                    .iter()
-                    .filter(|c| c.started_at >= from && c.started_at < q.until)
-                    .cloned()
-                    .collect();
-                Ok(reports::sla_report(&in_range, &sla, q))
-            })
-            .await?;
-            anyhow::ensure!(rows.len() == ch_rows.len(), "store and ClickHouse disagree on {label}");
-            format!("{:.3} s | {}", secs, rows.len())
-        };
-        println!("| {label} | {ch_secs:.3} s | {} | {store} |", ch_rows.len());
-    }
-
-    // Sink passes at this scale: 1,000 conversations change state and are re-shipped with a higher last_seq.
-    println!();
-    println!("## Sink pass at this scale (diff against ClickHouse, insert, rollup refresh of the dirty hours)");
-    let end = start + span;
-    for (label, pick_recent) in [
-        ("1,000 conversations of the last day", true),
-        ("1,000 conversations spread over the whole range", false),
-    ] {
-        let changed: Vec<(Conversation, Vec<MessageRow>)> = (0..conversations_n)
-            .map(|n| scenario::synthetic_conversation(args.seed, n, start, span, &sla))
-            .filter(|c| !pick_recent || c.started_at >= end - Duration::days(1))
-            .step_by(if pick_recent { 1 } else { 997 })
-            .take(1000)
-            .map(|mut c| {
-                c.last_seq += 1_000_000;
-                (c, Vec::new())
-            })
-            .collect();
-        let pass_started = Instant::now();
-        sink::ship_conversations(&analytics, &changed, &HashMap::new(), &sla).await?;
-        println!("- {label}: {:.2} s", pass_started.elapsed().as_secs_f64());
-    }
-
-    if let Some(url) = args.store_url {
-        let store = handoff_ledger::store::open(&url, 4).await?;
-        store.migrate().await?;
-        let q = &queries[0].1;
-        let (secs, convs) = timed(1, || async {
-            Ok(reports::conversations_for_report(store.as_ref(), q).await?)
-        })
-        .await?;
-        println!("- paging {} conversations out of {url}: {secs:.2} s", convs.len());
+        let mut results = Vec::new();
+        for source in ["clickhouse", "store"] {
+            let mut times = Vec::new();
+            let mut body = Value::Null;
+            for _ in 0..args.runs.max(1) {
+                let started = Instant::now();
+                let res = client
+                    .get(format!("{base}/v1/reports/sla?{q}&source={source}"))
+                    .send()
+                    .await?;
+                anyhow::ensure!(res.status().is_success(), "{source} {q}: {}", res.status());
+                body = res.json().await?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            let rows = body["rows"].as_array().cloned().unwrap_or_default();
+            let offered: u64 = rows.iter().filter_map(|r| r["offered"].as_u64()).sum();
+            results.push((median(times), rows.len(), offered));
+        }
+        let (ch, st) = (results[0], results[1]);
+        anyhow::ensure!(
+            ch.1 == st.1 && ch.2 == st.2,
+            "the sources disagree on {label}: {ch:?} {st:?}"
+        );
+        println!(
+            "| {label} | {:.3} s | {} | {:.3} s | {} | {} |",
+            ch.0, ch.1, st.0, st.1, ch.2
+        );
     }
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let start: DateTime<Utc> = DateTime::parse_from_rfc3339("2024-04-01T00:00:00Z")?.with_timezone(&Utc);
+    if !args.no_seed {
+        if let Some(path) = args.store_url.strip_prefix("sqlite://") {
+            let path = std::path::Path::new(path);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+    }
+    let store: Arc<dyn Store> = store::open(&args.store_url, 4).await?;
+    store.migrate().await?;
+    if !args.no_seed {
+        anyhow::ensure!(store.last_seq().await? == 0, "the store is not empty");
+        seed(store.as_ref(), &args, start).await?;
+    }
+    if !args.no_ship {
+        ship(store.as_ref(), &args).await?;
+    }
+    drop(store);
+    time_reports(&args, start).await
 }

@@ -50,6 +50,11 @@ fn truncate_sql(interval: Interval, column: &str) -> String {
     }
 }
 
+/// Platform of a bucket's marker row. The table's key has no `marker` column, so the marker needs a key no
+/// real group has: with `''` it replaced the group of hand-overs whose platform, queue and agent are all
+/// unknown (a hand-over that failed before it was queued).
+pub const MARKER_PLATFORM: &str = "(marker)";
+
 /// The statement rebuilding `buckets` (bucket starts, epoch seconds) of one grain from `handoffs`.
 pub fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -> String {
     let grain = interval.as_str();
@@ -89,7 +94,7 @@ pub fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -
          WHERE toUInt32(q) > 0 AND {bucket_of_q} IN ({list})) \
          GROUP BY b, platform, queue, agent \
          UNION ALL \
-         SELECT '{grain}', m, '', '', '', 1, 0, 0, 0, 0, 0, 0, \
+         SELECT '{grain}', m, '{MARKER_PLATFORM}', '', '', 1, 0, 0, 0, 0, 0, 0, \
          quantilesStateIf(0.5, 0.9)(toFloat64(0), 0), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {built_at} \
          FROM system.one ARRAY JOIN [{list}] AS m GROUP BY m"
     )
