@@ -1,7 +1,7 @@
 //! The fold itself: sorted facts in, conversation and transcript out (semantics in the module doc
 //! of `projection`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -11,8 +11,8 @@ use super::metrics::seconds_between;
 use super::{Input, LogExtent, Projection};
 use crate::config::SlaConfig;
 use crate::model::{
-    Agent, Conversation, Disposition, Handoff, HandoffState, Message, MessageCounts, Party, Platform, SlaStatus,
-    StreamKey,
+    event_id_for, Agent, Conversation, Disposition, Handoff, HandoffState, Message, MessageCounts, Party, Platform,
+    SlaStatus, StreamKey,
 };
 use crate::sources::{ClosedBy, Fact, MessageFact};
 
@@ -32,10 +32,26 @@ pub fn fold(
     let started_at = inputs.first().map_or(extent.first_at, |i| i.at.min(extent.first_at));
 
     let mut folder = Folder::new(sla, joined_parties(&inputs));
+    let echoes = relayed_echoes(&inputs);
     for input in inputs {
+        if echoes.contains(&input.event_id) && matches!(&input.fact, Fact::Message(m) if m.party == Party::Visitor) {
+            continue;
+        }
         folder.apply(input);
     }
     Some(folder.finish(id, streams, started_at, extent))
+}
+
+/// The event ids a live platform's echo of a relayed visitor message has: a Bright Pattern message keyed by
+/// the `msg_id` we sent it with. Those lines are already in the transcript from the widget or the API.
+fn relayed_echoes(inputs: &[Input]) -> BTreeSet<Uuid> {
+    inputs
+        .iter()
+        .filter_map(|input| match &input.fact {
+            Fact::VisitorMessageRelayed { message_id } => Some(event_id_for(Platform::BrightPattern, Some(message_id))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Who a Bright Pattern party id turned out to be.
@@ -401,7 +417,7 @@ impl<'a> Folder<'a> {
                     d.handoff.failure = Some(text);
                 }
             }
-            Fact::AgentLeft { .. } | Fact::ScenarioJoined { .. } => {}
+            Fact::AgentLeft { .. } | Fact::ScenarioJoined { .. } | Fact::VisitorMessageRelayed { .. } => {}
         }
     }
 

@@ -1002,3 +1002,53 @@ fn extent_covers_events_without_facts() {
     assert_eq!(c.state, HandoffState::Bot);
     assert_eq!(c.started_at, t(2));
 }
+
+#[test]
+fn a_relayed_visitor_message_echoed_by_bright_pattern_is_one_line() {
+    use crate::sources::{bright_pattern, ledger::CommandRecord, Delivery};
+    let id = conv_id();
+    let visitor = ledger::api_message(id, Party::Visitor, "my order is late", None, t(10));
+    let command = ledger::command(
+        id,
+        ledger::COMMAND,
+        &CommandRecord {
+            command_id: "cmd-7".into(),
+            action: "visitor_message".into(),
+            outcome: None,
+            detail: None,
+            body: None,
+        },
+        t(10),
+    );
+    // Bright Pattern's chat history carries the client's own message, under the msg_id we sent it with, and a
+    // message the visitor typed in Bright Pattern's own client.
+    let history = r#"{"events": [
+        {"event": "chat_session_message", "msg_id": "cmd-7", "msg": "my order is late", "timestamp": 1700000011},
+        {"event": "chat_session_message", "msg_id": "own-1", "msg": "hello?", "timestamp": 1700000012}
+    ]}"#;
+    let value: serde_json::Value = serde_json::from_str(history).unwrap();
+    let delivery = Delivery {
+        received_at: t(20),
+        path_id: Some("chat-1"),
+        ..Delivery::default()
+    };
+    let parsed = bright_pattern::parse(history, &value, &delivery).unwrap();
+    let mut events = vec![stored(1, visitor), stored(2, command)];
+    for (i, e) in parsed.events.into_iter().enumerate() {
+        events.push(stored(3 + i as i64, e));
+    }
+    let p = project(id, &streams(), &events, &SlaConfig::default()).unwrap();
+    let lines: Vec<_> = p
+        .messages
+        .iter()
+        .map(|m| (m.party, m.text.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            (Party::Visitor, "my order is late".to_string()),
+            (Party::Visitor, "hello?".to_string())
+        ]
+    );
+    assert_eq!(p.conversation.message_counts.visitor, 2);
+}

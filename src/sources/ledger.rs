@@ -212,6 +212,12 @@ pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
             }),
             _ => None,
         },
+        COMMAND => match serde_json::from_value::<CommandRecord>(payload.clone()) {
+            Ok(r) if r.action == "visitor_message" => Some(Fact::VisitorMessageRelayed {
+                message_id: r.command_id,
+            }),
+            _ => None,
+        },
         API_MESSAGE => {
             let party = payload
                 .get("party")

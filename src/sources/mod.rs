@@ -186,6 +186,12 @@ pub enum Fact {
     },
     /// Attributes collected for the conversation.
     Attributes(BTreeMap<String, Value>),
+    /// A visitor message this service relayed to a live chat under this message id. A live platform that
+    /// echoes it back (Bright Pattern chat history carries the client's own messages) is not a second line.
+    VisitorMessageRelayed {
+        /// The id the message was sent with (the command id).
+        message_id: String,
+    },
     /// An outbound call or command outcome recorded for support tooling (not a state change).
     Notice {
         /// Text of the notice.
