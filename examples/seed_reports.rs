@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use clap::Parser;
 use serde_json::Value;
 
@@ -184,7 +184,7 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
-    let at = |d: i64| (start + Duration::days(d)).to_rfc3339();
+    let at = |d: i64| (start + Duration::days(d)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let queries = [
         (
             format!("{} days, hourly, no grouping", args.days),
