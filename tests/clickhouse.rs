@@ -4,6 +4,9 @@
 //! log into ClickHouse, and the report API answers from both sources. Each test uses a fresh ClickHouse
 //! database and drops it. Unreachable ClickHouse: the tests skip with a note locally and fail in CI (CI=true).
 
+mod common;
+
+use common::{clickhouse_url, fresh_clickhouse, PgDatabase, TestDb};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
@@ -11,7 +14,6 @@ use chrono::{DateTime, Duration, Utc};
 use clickhouse::Row;
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::Connection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -27,53 +29,9 @@ use handoff_ledger::store::{self, ConversationFilter, Store};
 
 // ---------- ClickHouse test database ----------
 
-fn clickhouse_url() -> String {
-    std::env::var("LEDGER_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
-}
-
-/// Drops its database when dropped.
-struct TestDb {
-    config: ClickHouseConfig,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let url = clickhouse_url();
-        let db = self.config.database.clone();
-        let _ = std::thread::spawn(move || {
-            let _ = reqwest::blocking::Client::new()
-                .post(&url)
-                .body(format!("DROP DATABASE IF EXISTS {db}"))
-                .send();
-        })
-        .join();
-    }
-}
-
-/// A fresh database name on the test server (not created: the service's sink or `migrate` creates it), or
-/// None (skip) when ClickHouse is unreachable outside CI.
+/// A fresh database name on the test server, or None (skip) when ClickHouse is unreachable outside CI.
 async fn fresh_config() -> Option<TestDb> {
-    let url = clickhouse_url();
-    let reachable = reqwest::Client::new()
-        .get(format!("{url}/?query=SELECT%201"))
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false);
-    if !reachable {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("ClickHouse is not reachable at {url} (CI runs scripts/clickhouse.sh first)");
-        }
-        eprintln!("note: ClickHouse not reachable at {url}; skipping (run scripts/clickhouse.sh)");
-        return None;
-    }
-    Some(TestDb {
-        config: ClickHouseConfig {
-            url,
-            database: format!("handoff_test_{}", Uuid::new_v4().simple()),
-            ..ClickHouseConfig::default()
-        },
-    })
+    fresh_clickhouse("handoff_test").await
 }
 
 /// A fresh, migrated database.
@@ -93,57 +51,6 @@ async fn count(analytics: &Analytics, sql: &str) -> u64 {
 }
 
 // ---------- PostgreSQL test database ----------
-
-fn pg_admin_url() -> String {
-    std::env::var("LEDGER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh PostgreSQL database, dropped when this is dropped.
-struct PgDatabase {
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create() -> PgDatabase {
-        let name = format!("ledger_ch_{}", Uuid::new_v4().simple());
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or(admin.clone());
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
 
 // ---------- the real service ----------
 

@@ -4,13 +4,15 @@
 //! rows, and agrees with the report API's numbers (served from the store) and with the store's conversations.
 //! Skips locally (fails in CI) when ClickHouse is unreachable.
 
+mod common;
+
+use common::{fresh_clickhouse, TestDb};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
-use uuid::Uuid;
 
 use handoff_ledger::analytics::reports::{DispositionRow, SlaRow};
 use handoff_ledger::analytics::scenario::{self, ScenarioOptions};
@@ -21,52 +23,8 @@ use handoff_ledger::model::{Conversation, Platform};
 use handoff_ledger::startup::Application;
 use handoff_ledger::store::{ConversationFilter, Store};
 
-fn clickhouse_url() -> String {
-    std::env::var("LEDGER_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
-}
-
-struct TestDb {
-    config: ClickHouseConfig,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let url = self.config.url.clone();
-        let db = self.config.database.clone();
-        let _ = std::thread::spawn(move || {
-            let _ = reqwest::blocking::Client::new()
-                .post(&url)
-                .body(format!("DROP DATABASE IF EXISTS {db}"))
-                .send();
-        })
-        .join();
-    }
-}
-
-/// A fresh database name (the service's sink creates and migrates it), or None (skip) when ClickHouse is
-/// unreachable outside CI.
 async fn fresh_config() -> Option<TestDb> {
-    let url = clickhouse_url();
-    let reachable = reqwest::Client::new()
-        .get(format!("{url}/?query=SELECT%201"))
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false);
-    if !reachable {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("ClickHouse is not reachable at {url} (CI runs scripts/clickhouse.sh first)");
-        }
-        eprintln!("note: ClickHouse not reachable at {url}; skipping (run scripts/clickhouse.sh)");
-        return None;
-    }
-    Some(TestDb {
-        config: ClickHouseConfig {
-            url,
-            database: format!("handoff_dash_{}", Uuid::new_v4().simple()),
-            ..ClickHouseConfig::default()
-        },
-    })
+    fresh_clickhouse("handoff_dash").await
 }
 
 /// The real service on port 0 with a fresh SQLite store, analytics on.

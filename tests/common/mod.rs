@@ -95,3 +95,53 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str) {
     }
     panic!("the service did not become ready at {base}");
 }
+
+/// The test ClickHouse server (scripts/clickhouse.sh starts one).
+pub fn clickhouse_url() -> String {
+    std::env::var("LEDGER_TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// A fresh ClickHouse database name, dropped when this is dropped.
+pub struct TestDb {
+    pub config: handoff_ledger::config::ClickHouseConfig,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let url = self.config.url.clone();
+        let db = self.config.database.clone();
+        let _ = std::thread::spawn(move || {
+            let _ = reqwest::blocking::Client::new()
+                .post(&url)
+                .body(format!("DROP DATABASE IF EXISTS {db}"))
+                .send();
+        })
+        .join();
+    }
+}
+
+/// A fresh database name on the test server (not created: the service's sink or `migrate` creates it), or
+/// None (skip) when ClickHouse is unreachable outside CI; in CI (`CI=true`) an unreachable server fails.
+pub async fn fresh_clickhouse(prefix: &str) -> Option<TestDb> {
+    let url = clickhouse_url();
+    let reachable = reqwest::Client::new()
+        .get(format!("{url}/?query=SELECT%201"))
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false);
+    if !reachable {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("ClickHouse is not reachable at {url} (CI runs scripts/clickhouse.sh first)");
+        }
+        eprintln!("note: ClickHouse not reachable at {url}; skipping (run scripts/clickhouse.sh)");
+        return None;
+    }
+    Some(TestDb {
+        config: handoff_ledger::config::ClickHouseConfig {
+            url,
+            database: format!("{prefix}_{}", uuid::Uuid::new_v4().simple()),
+            ..handoff_ledger::config::ClickHouseConfig::default()
+        },
+    })
+}
