@@ -229,6 +229,21 @@ async fn quarantine(
     Ok(())
 }
 
+/// The whole script of a webhook answered with its append outcome: ingest, relay, answer.
+async fn receive(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    platform: Platform,
+    token: (&str, &[&str]),
+    parse: ParseFn,
+    multi: bool,
+) -> Result<HttpResponse, ApiError> {
+    let ingested = ingest(state, req, payload, platform, token, parse).await?;
+    crate::handoff::after_append(state, &ingested).await;
+    Ok(answer(&ingested, multi))
+}
+
 fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     let status = if ingested.parsed.unknown {
         StatusCode::ACCEPTED
@@ -356,17 +371,16 @@ pub async fn aivo_live(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.aivo_live.webhook_token.clone();
-    let ingested = ingest(
+    receive(
         &state,
         &req,
         payload,
         Platform::AivoLive,
         (&token, &["token"]),
         sources::aivo_live::parse,
+        false,
     )
-    .await?;
-    crate::handoff::after_append(&state, &ingested).await;
-    Ok(answer(&ingested, false))
+    .await
 }
 
 /// VCC Live chat webhook: one closed chat with its whole transcript.
@@ -389,16 +403,8 @@ pub async fn vcc_chat(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.vcc.secret_key.clone();
-    let ingested = ingest(
-        &state,
-        &req,
-        payload,
-        Platform::Vcc,
-        (&token, &["secret-key", "token"]),
-        sources::vcc::parse,
-    )
-    .await?;
-    Ok(answer(&ingested, true))
+    let token = (token.as_str(), &["secret-key", "token"][..]);
+    receive(&state, &req, payload, Platform::Vcc, token, sources::vcc::parse, true).await
 }
 
 /// Bright Pattern chat events for one chat: `{"events": [...]}` or one event object.
@@ -425,15 +431,15 @@ pub async fn bright_pattern(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.bright_pattern.webhook_token.clone();
-    let ingested = ingest(
+    let token = (token.as_str(), &["token"][..]);
+    receive(
         &state,
         &req,
         payload,
         Platform::BrightPattern,
-        (&token, &["token"]),
+        token,
         sources::bright_pattern::parse,
+        true,
     )
-    .await?;
-    crate::handoff::after_append(&state, &ingested).await;
-    Ok(answer(&ingested, true))
+    .await
 }
