@@ -491,7 +491,9 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
     } else {
         ("conversations c", ("c.started_at", "c.id"))
     };
-    let mut sql = format!("SELECT c.doc, c.started_at, c.id FROM {from} WHERE 1 = 1");
+    let mut sql = String::new();
+    // `breached` as of now is two ordered walks (breached; pending past its deadline), merged.
+    let mut breached_by: Option<String> = None;
     let mut binds = Vec::new();
     fn bind(binds: &mut Vec<Bind>, value: Bind) -> String {
         binds.push(value);
@@ -530,12 +532,7 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
                 " AND c.sla_status = 'pending' AND (c.sla_deadline IS NULL OR c.sla_deadline > {p})"
             ));
         }
-        (Some("breached"), Some(now)) => {
-            let p = bind(&mut binds, Bind::Int(to_micros(now)));
-            sql.push_str(&format!(
-                " AND (c.sla_status = 'breached' OR (c.sla_status = 'pending' AND c.sla_deadline <= {p}))"
-            ));
-        }
+        (Some("breached"), Some(now)) => breached_by = Some(bind(&mut binds, Bind::Int(to_micros(now)))),
         (Some(status), _) => {
             let p = bind(&mut binds, Bind::Text(status.to_string()));
             sql.push_str(&format!(" AND c.sla_status = {p}"));
@@ -567,7 +564,21 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
         sql.push_str(&format!(" AND ({started} < {s} OR ({started} = {s} AND {id} < {i}))"));
     }
     let l = bind(&mut binds, Bind::Int(i64::from(filter.limit.max(1)) + 1));
-    sql.push_str(&format!(" ORDER BY {started} DESC, {id} DESC LIMIT {l}"));
+    let select = |extra: &str| {
+        format!(
+            "SELECT c.doc, c.started_at, c.id FROM {from} WHERE 1 = 1{sql}{extra} \
+             ORDER BY {started} DESC, {id} DESC LIMIT {l}"
+        )
+    };
+    let sql = match breached_by {
+        None => select(""),
+        Some(p) => format!(
+            "SELECT doc, started_at, id FROM (SELECT * FROM ({}) b UNION ALL SELECT * FROM ({}) p) u \
+             ORDER BY started_at DESC, id DESC LIMIT {l}",
+            select(" AND c.sla_status = 'breached'"),
+            select(&format!(" AND c.sla_status = 'pending' AND c.sla_deadline <= {p}"))
+        ),
+    };
     (sql, binds)
 }
 

@@ -1166,3 +1166,102 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+
+    /// SQLite's plan of a list query: every table is reached through an index (a full scan of the
+    /// conversations would grow with the table); only the page-sized subqueries of `breached` are scanned.
+    #[tokio::test]
+    async fn every_list_filter_is_served_by_an_index() {
+        let store = SqliteStore::connect("sqlite::memory:", 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0);
+        let base = ConversationFilter {
+            limit: 50,
+            now,
+            ..ConversationFilter::default()
+        };
+        let text = |v: &str| Some(v.to_string());
+        let filters = [
+            ConversationFilter { ..base.clone() },
+            ConversationFilter {
+                platform: text("aivo_live"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                external_id: text("room-1"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                platform: text("aivo_live"),
+                external_id: text("room-1"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                state: text("closed"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                disposition: text("abandoned"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                sla_status: text("met"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                sla_status: text("pending"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                sla_status: text("breached"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                queue: text("2179"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                agent: text("Tomas"),
+                after: Some((5, Uuid::nil())),
+                ..base.clone()
+            },
+            ConversationFilter {
+                since: now,
+                until: now,
+                ..base.clone()
+            },
+        ];
+        for filter in filters {
+            let (sql, binds) = codec::list_conversations_query(&filter);
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+            for bind in binds {
+                query = match bind {
+                    Bind::Text(v) => query.bind(v),
+                    Bind::Int(v) => query.bind(v),
+                    Bind::OptText(v) => query.bind(v),
+                    Bind::OptInt(v) => query.bind(v),
+                    Bind::OptFloat(v) => query.bind(v),
+                };
+            }
+            let plan: Vec<String> = query
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|row| row.3)
+                .collect();
+            for step in &plan {
+                let full_scan = step.starts_with("SCAN ")
+                    && !step.contains("INDEX")
+                    && !["SCAN b", "SCAN p"].contains(&step.as_str());
+                assert!(!full_scan, "{filter:?}: {step} in {plan:?}");
+            }
+        }
+    }
+}
