@@ -1,11 +1,15 @@
-//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `openapi`.
+//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `openapi`, `config check`, `rollups`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use handoff_ledger::config::Config;
+use handoff_ledger::config_check;
+use handoff_ledger::redact::{mask_url_passwords, Scrubber};
 use handoff_ledger::startup::Application;
+use handoff_ledger::telemetry::{self, logs::LogStream};
 
 #[derive(Parser)]
 #[command(name = "handoff-ledger", version, about = "System of record for chat handoffs")]
@@ -27,11 +31,23 @@ enum Command {
     Replay,
     /// Print the OpenAPI document.
     Openapi,
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// ClickHouse rollups.
     Rollups {
         #[command(subcommand)]
         action: RollupsCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `serve` would, refuse unknown keys and impossible values (naming each
+    /// key), and print the effective configuration with secrets masked.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -45,28 +61,63 @@ enum RollupsCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Every subcommand loads and checks the configuration as `serve` does, before anything else.
+    let config = match config_check::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `serve` logs to standard output; the other subcommands keep it for their result.
+    let stream = match command {
+        Command::Serve => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    };
+    let scrubber = Scrubber::new(config_check::secrets(&config));
+    if let Err(e) = telemetry::logs::init(&config.log, stream, scrubber.clone()) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match run(command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", scrubber.scrub(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve => {
             let app = Application::build(config).await?;
-            tracing::info!(port = app.port(), "handoff-ledger listening");
+            tracing::info!(
+                port = app.port(),
+                metrics_port = app.metrics_port(),
+                "handoff-ledger listening"
+            );
             app.run_until_stopped().await?;
+        }
+        Command::Config {
+            action: ConfigCommand::Check,
+        } => {
+            println!("# handoff-ledger: the configuration is valid; effective values (secrets masked):");
+            print!("{}", config_check::effective_toml(&config)?);
         }
         Command::Migrate => {
             let store = handoff_ledger::store::open(&config.store.url, 1).await?;
             store.migrate().await?;
-            println!("migrations applied to {}", config.store.url);
+            println!("migrations applied to {}", mask_url_passwords(&config.store.url));
             if !config.clickhouse.url.is_empty() {
                 handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;
                 println!(
                     "ClickHouse migrations applied to {} (database {})",
-                    config.clickhouse.url, config.clickhouse.database
+                    mask_url_passwords(&config.clickhouse.url),
+                    config.clickhouse.database
                 );
             }
         }

@@ -519,6 +519,30 @@ pub struct QuarantineEntry {
     pub body: String,
     /// `utf8` or `base64`.
     pub body_encoding: String,
+    /// Every time it was run again through the parsers (`POST /v1/quarantine/{id}/redrive`), oldest first.
+    #[serde(default)]
+    pub redrives: Vec<Redrive>,
+}
+
+/// One run of a quarantined delivery through today's parsers, and what it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Redrive {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+    /// `appended`, `duplicate`, `unknown`, `rejected` or `unavailable`.
+    pub outcome: String,
+    /// The error code when it was refused again.
+    pub error_code: Option<String>,
+    /// Id of the (last) event it became.
+    pub event_id: Option<Uuid>,
+    /// Log position of that event.
+    pub seq: Option<i64>,
+    /// The conversation it was filed under.
+    pub conversation_id: Option<Uuid>,
+    /// Name of the API key that asked for it.
+    pub key: Option<String>,
 }
 
 /// A rejected delivery before it is stored.

@@ -77,6 +77,11 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Jobs waiting for the writer now (the batch being committed excluded).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Watches the highest committed `seq` (the outbox and the analytics sink wake on it).
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
@@ -113,8 +118,10 @@ async fn run(
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
         let mut highest = 0;
+        let started = std::time::Instant::now();
         match store.append_batch(&groups, &sla).await {
             Ok(outcomes) => {
+                crate::telemetry::batch_committed(groups.len(), started.elapsed());
                 for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
                     highest = outcome.iter().map(|o| o.seq).fold(highest, i64::max);
                     let _ = reply.send(Ok(outcome));

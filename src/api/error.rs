@@ -23,7 +23,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `payload_too_large`,
-    /// `unavailable`, `not_found`, `invalid_parameter`, `bad_gateway`, `gateway_timeout`, `internal`.
+    /// `unavailable`, `not_found`, `invalid_parameter`, `conflict`, `bad_gateway`, `gateway_timeout`, `internal`.
     pub code: String,
     /// A human sentence.
     pub message: String,
@@ -67,6 +67,9 @@ pub enum ApiError {
         /// Parameter name.
         parameter: String,
     },
+    /// The request conflicts with the resource's state (e.g. retrying a command that succeeded).
+    #[error("{0}")]
+    Conflict(String),
     /// A live backend answered with an error.
     #[error("{0}")]
     BadGateway(String),
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidParameter { .. } => "invalid_parameter",
+            ApiError::Conflict(_) => "conflict",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::GatewayTimeout(_) => "gateway_timeout",
             ApiError::Unexpected(_) => "internal",
@@ -135,6 +139,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,

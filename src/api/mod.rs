@@ -3,7 +3,9 @@
 pub mod conversations;
 pub mod error;
 pub mod log;
+pub mod observe;
 pub mod openapi;
+pub mod operations;
 pub mod reports;
 pub mod webhooks;
 
@@ -70,9 +72,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(reports::conversations_csv_report)
         .route("/v1/events", web::get().to(log::feed))
         .route("/v1/quarantine", web::get().to(log::quarantine))
+        .route("/v1/quarantine/{id}/redrive", web::post().to(operations::redrive))
+        .route(
+            "/v1/conversations/{id}/commands/{command_id}/retry",
+            web::post().to(operations::retry_command),
+        )
         .route("/healthz", web::get().to(log::healthz))
         .route("/readyz", web::get().to(log::readyz))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));
+}
+
+/// Registers `GET /metrics` (on the main listener, or alone on `server.metrics_bind`).
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(observe::metrics));
 }
 
 /// Answers unknown routes with the JSON error shape.

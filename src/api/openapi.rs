@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{conversations, error, log, reports, webhooks};
+use super::{conversations, error, log, observe, operations, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -33,6 +33,9 @@ use crate::model;
         log::quarantine,
         log::healthz,
         log::readyz,
+        observe::metrics,
+        operations::redrive,
+        operations::retry_command,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
@@ -44,7 +47,8 @@ use crate::model;
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
         crate::analytics::reports::GroupBy,
-        model::Conversation, model::Handoff, model::Message, model::StoredEvent, model::QuarantineEntry,
+        model::Conversation, model::Handoff, model::Message, model::StoredEvent, model::QuarantineEntry, model::Redrive,
+        crate::handoff::CommandRetry,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
     )),
@@ -54,7 +58,7 @@ use crate::model;
         (name = "commands", description = "Commands from support tooling"),
         (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "health", description = "Liveness, readiness and Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;

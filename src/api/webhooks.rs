@@ -20,6 +20,7 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::model::{AppendOutcome, NewQuarantine, Platform};
 use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::telemetry::{self, WebhookOutcome};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -100,7 +101,8 @@ pub struct Ingested {
     pub outcomes: Vec<AppendOutcome>,
 }
 
-type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
+/// A platform parser: raw text, its JSON, the delivery's facts.
+pub type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
 /// Checks a platform's webhook token: `Authorization: Bearer <token>` or `?<query_name>=<token>`.
 /// Compared in constant time (over digests, so lengths do not leak either).
@@ -163,8 +165,38 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body.to_vec())
 }
 
-/// The common path of every webhook: token, body, parse, quarantine on refusal, append.
+/// What became of a delivery, for `ledger_webhooks_total`.
+pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
+    match result {
+        Ok(ingested) if ingested.parsed.unknown => WebhookOutcome::Unknown,
+        Ok(ingested) if !ingested.outcomes.is_empty() && ingested.outcomes.iter().all(|o| o.duplicate) => {
+            WebhookOutcome::Duplicate
+        }
+        Ok(_) => WebhookOutcome::Appended,
+        Err(ApiError::Unauthorized) => WebhookOutcome::Unauthorized,
+        Err(ApiError::InvalidJson(_) | ApiError::InvalidPayload { .. } | ApiError::PayloadTooLarge(_)) => {
+            WebhookOutcome::Rejected
+        }
+        Err(_) => WebhookOutcome::Unavailable,
+    }
+}
+
+/// The common path of every webhook: token, body, parse, quarantine on refusal, append; counted in
+/// `ledger_webhooks_total`.
 pub async fn ingest(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    platform: Platform,
+    token: (&str, &[&str]),
+    parse: ParseFn,
+) -> Result<Ingested, ApiError> {
+    let result = ingest_delivery(state, req, payload, platform, token, parse).await;
+    telemetry::webhook(platform, webhook_outcome(&result));
+    result
+}
+
+async fn ingest_delivery(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
@@ -184,15 +216,9 @@ pub async fn ingest(
         idempotency_key: idempotency_key.as_deref(),
         path_id: path_id.as_deref(),
     };
-    let parsed = sources::parse_json(&body).and_then(|value| {
-        // parse_json succeeded, so the body is UTF-8.
-        let raw = String::from_utf8_lossy(&body);
-        parse(&raw, &value, &delivery).map(|parsed| (value, parsed))
-    });
-    let (value, parsed) = match parsed {
+    let (value, parsed) = match parse_delivery(&body, &delivery, parse) {
         Ok(ok) => ok,
-        Err(e) => {
-            let error = ApiError::from(e);
+        Err(error) => {
             quarantine(state, req, platform, &error, headers, body).await?;
             return Err(error);
         }
@@ -203,6 +229,64 @@ pub async fn ingest(
         parsed,
         outcomes,
     })
+}
+
+/// Parses a delivery's bytes with its endpoint's parser (pure).
+pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
+    let value = sources::parse_json(body)?;
+    // parse_json succeeded, so the body is UTF-8.
+    let raw = String::from_utf8_lossy(body);
+    let parsed = parse(&raw, &value, delivery)?;
+    Ok((value, parsed))
+}
+
+/// An endpoint a delivery can be kept from, with its parser.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// The platform it serves.
+    pub platform: Platform,
+    /// Its parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+    /// The path parameter (Bright Pattern `chat_id`).
+    pub path_id: Option<&'a str>,
+    /// The Ultimate actions webhook (answered with the action's results).
+    pub actions: bool,
+}
+
+/// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
+/// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
+pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
+    let endpoint = |platform, parse: ParseFn, multi| Endpoint {
+        platform,
+        parse,
+        multi,
+        path_id: None,
+        actions: false,
+    };
+    match path {
+        "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
+        "/webhooks/ultimate/actions" => Some(Endpoint {
+            actions: true,
+            ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
+        }),
+        "/webhooks/aivo-live" => Some(endpoint(Platform::AivoLive, sources::aivo_live::parse, false)),
+        "/webhooks/vcc/chat" => Some(endpoint(Platform::Vcc, sources::vcc::parse, true)),
+        _ => {
+            let chat_id = path
+                .strip_prefix("/webhooks/bright-pattern/")
+                .or_else(|| {
+                    path.strip_prefix("poll:/chats/")
+                        .and_then(|p| p.strip_suffix("/events"))
+                })
+                .filter(|id| !id.is_empty() && !id.contains('/'))?;
+            Some(Endpoint {
+                path_id: Some(chat_id),
+                ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
+            })
+        }
+    }
 }
 
 async fn quarantine(
@@ -244,7 +328,8 @@ async fn receive(
     Ok(answer(&ingested, multi))
 }
 
-fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
+/// The answer to a stored delivery: 200, or 202 for an event type this version does not know.
+pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     let status = if ingested.parsed.unknown {
         StatusCode::ACCEPTED
     } else {

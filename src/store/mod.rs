@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::SlaConfig;
-use crate::model::{AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent};
+use crate::model::{
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent,
+};
 
 pub use sql::{PostgresStore, SqliteStore};
 
@@ -103,8 +105,14 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps a refused delivery.
     async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64>;
 
-    /// Refused deliveries, newest first, ids below `before` when given.
+    /// Refused deliveries, newest first, ids below `before` when given (with their redrives).
     async fn list_quarantine(&self, limit: u32, before: Option<i64>) -> StoreResult<Vec<QuarantineEntry>>;
+
+    /// One refused delivery with its raw bytes (for a redrive).
+    async fn quarantined_delivery(&self, id: i64) -> StoreResult<Option<(QuarantineEntry, Vec<u8>)>>;
+
+    /// Records a redrive of quarantine entry `quarantine_id` and what it got.
+    async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()>;
 
     /// The conversation an id (or an id absorbed by a merge) resolves to.
     async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>>;

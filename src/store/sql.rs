@@ -14,7 +14,7 @@ use super::codec::{self, Bind, EventRow, QuarantineRow, EVENT_COLUMNS};
 use super::{ConversationFilter, ConversationPage, ReplayStats, Store, StoreError, StoreResult};
 use crate::config::SlaConfig;
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent, StreamKey,
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent, StreamKey,
 };
 use crate::projection;
 
@@ -59,6 +59,19 @@ const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
      status, headers, body FROM quarantine WHERE id < $2 ORDER BY id DESC LIMIT $1";
+const SQL_GET_QUARANTINE: &str = "SELECT id, received_at, path, platform, error_code, error_message, status, \
+     headers, body FROM quarantine WHERE id = $1";
+const SQL_INSERT_REDRIVE: &str = "INSERT INTO quarantine_redrives \
+     (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+fn redrives_of_sql(n: usize) -> String {
+    format!(
+        "SELECT quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name \
+         FROM quarantine_redrives WHERE quarantine_id IN ({}) ORDER BY id",
+        placeholders(1, n)
+    )
+}
 const SQL_GET_CHECKPOINT: &str = "SELECT value FROM checkpoints WHERE name = $1";
 const SQL_SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, value) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -165,6 +178,25 @@ macro_rules! sql_store {
             }
 
             /// Opens the one write transaction a batch or a replay runs in.
+            /// Fills each entry's `redrives` (one query for the page).
+            async fn attach_redrives(&self, entries: &mut [QuarantineEntry]) -> StoreResult<()> {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let sql = redrives_of_sql(entries.len());
+                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
+                for entry in entries.iter() {
+                    query = query.bind(entry.id);
+                }
+                for row in query.fetch_all(&self.pool).await? {
+                    let (quarantine_id, redrive) = codec::decode_redrive(row)?;
+                    if let Some(entry) = entries.iter_mut().find(|e| e.id == quarantine_id) {
+                        entry.redrives.push(redrive);
+                    }
+                }
+                Ok(())
+            }
+
             async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let lock: Option<&str> = $lock;
@@ -639,7 +671,36 @@ macro_rules! sql_store {
                     }
                     None => sqlx::query_as(SQL_LIST_QUARANTINE).bind(limit).fetch_all(&self.pool).await?,
                 };
-                rows.into_iter().map(codec::decode_quarantine).collect()
+                let mut entries: Vec<QuarantineEntry> =
+                    rows.into_iter().map(codec::decode_quarantine).collect::<StoreResult<_>>()?;
+                self.attach_redrives(&mut entries).await?;
+                Ok(entries)
+            }
+
+            async fn quarantined_delivery(&self, id: i64) -> StoreResult<Option<(QuarantineEntry, Vec<u8>)>> {
+                let row: Option<QuarantineRow> =
+                    sqlx::query_as(SQL_GET_QUARANTINE).bind(id).fetch_optional(&self.pool).await?;
+                let Some(row) = row else { return Ok(None) };
+                let raw = row.8.clone();
+                let mut entries = vec![codec::decode_quarantine(row)?];
+                self.attach_redrives(&mut entries).await?;
+                Ok(entries.pop().map(|entry| (entry, raw)))
+            }
+
+            async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()> {
+                sqlx::query(SQL_INSERT_REDRIVE)
+                    .bind(quarantine_id)
+                    .bind(codec::to_micros(redrive.at))
+                    .bind(i64::from(redrive.status))
+                    .bind(&redrive.outcome)
+                    .bind(&redrive.error_code)
+                    .bind(redrive.event_id.map(|id| id.to_string()))
+                    .bind(redrive.seq)
+                    .bind(redrive.conversation_id.map(|id| id.to_string()))
+                    .bind(&redrive.key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>> {

@@ -6,4 +6,5 @@ mod crash;
 mod flow;
 mod helpers;
 mod openapi;
+mod operations;
 mod webhooks;
