@@ -1,9 +1,13 @@
 //! Integration tests: the real service on port 0, over HTTP, on SQLite and PostgreSQL.
 
+mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod crash;
+mod exports;
 mod flow;
 mod helpers;
+mod limits;
 mod openapi;
+mod vcc_encrypted;
 mod webhooks;
