@@ -178,7 +178,7 @@ fn check_route(problems: &mut Vec<Problem>, key: &str, route: &Route, config: &C
             ),
         ));
     } else if backend == Platform::AivoLive.as_str() {
-        if config.aivo_live.bot_token.trim().is_empty() || config.aivo_live.base_url.trim().is_empty() {
+        if config.aivo_live.bot_token.is_empty() || config.aivo_live.base_url.trim().is_empty() {
             problems.push(Problem::new(
                 format!("{key}.backend"),
                 "routes to aivo_live, which has no credentials: set aivo_live.base_url and aivo_live.bot_token",
@@ -302,6 +302,11 @@ pub fn check(config: &Config) -> Vec<Problem> {
         1,
         600,
     );
+    if !config.vcc.encryption_key.is_empty() {
+        if let Err(e) = crate::sources::vcc_crypto::VccKey::from_hex(config.vcc.encryption_key.expose()) {
+            p.push(Problem::new("vcc.encryption_key", e));
+        }
+    }
     check_url(&mut p, "clickhouse.url", &config.clickhouse.url, false);
     if !config.clickhouse.url.trim().is_empty() && config.clickhouse.database.trim().is_empty() {
         p.push(Problem::new(
@@ -515,9 +520,11 @@ mod tests {
         }
         assert!(printed.contains("bot_token = \"***\""), "{printed}");
         assert!(
-            printed.contains("webhook_token = \"\""),
+            printed.contains("webhook_token = []"),
             "unset secrets stay empty: {printed}"
         );
+        assert!(printed.contains("api_key = \"***\""), "{printed}");
+        assert!(printed.contains("secret_key = [\"***\"]"), "{printed}");
         assert!(printed.contains("postgres://ledger:***@db/ledger"), "{printed}");
         assert!(printed.contains("bind = \"127.0.0.1:8080\""), "{printed}");
         let listed = secrets(&c);

@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod api;
+pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod config_check;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod outbox;
 pub mod poller;
 pub mod projection;
+pub mod quarantine;
 pub mod redact;
 pub mod sources;
 pub mod startup;

@@ -519,9 +519,6 @@ pub struct QuarantineEntry {
     pub body: String,
     /// `utf8` or `base64`.
     pub body_encoding: String,
-    /// Every time it was run again through the parsers (`POST /v1/quarantine/{id}/redrive`), oldest first.
-    #[serde(default)]
-    pub redrives: Vec<Redrive>,
 }
 
 /// One run of a quarantined delivery through today's parsers, and what it got.

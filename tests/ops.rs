@@ -761,7 +761,7 @@ format = "json"
         "environment over file"
     );
     assert_eq!(effective["aivo_live"]["bot_token"].as_str(), Some("***"));
-    assert_eq!(effective["aivo_live"]["webhook_token"].as_str(), Some("***"));
+    assert_eq!(effective["aivo_live"]["webhook_token"][0].as_str(), Some("***"));
     assert_eq!(
         effective["ultimate"]["api_key"].as_str(),
         Some(""),

@@ -90,7 +90,7 @@ pub(crate) fn client_for(config: &ClickHouseConfig) -> Client {
         client = client.with_user(config.user.clone());
     }
     if !config.password.is_empty() {
-        client = client.with_password(config.password.clone());
+        client = client.with_password(config.password.expose());
     }
     client
 }

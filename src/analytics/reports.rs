@@ -776,13 +776,14 @@ pub fn csv_record(r: &ConversationRow) -> Vec<String> {
     ]
 }
 
-/// Renders `conversations.csv`: rows ordered by `started_at`, then id.
+/// Renders `conversations.csv`: rows ordered by `started_at`, then id; cells neutralised like transcripts'.
 pub fn conversations_csv(rows: &mut [ConversationRow]) -> Result<String, csv::Error> {
     rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_HEADER)?;
     for r in rows.iter() {
-        writer.write_record(csv_record(r))?;
+        // Queue, agent names, close reasons come from the platforms: never a formula in a spreadsheet.
+        writer.write_record(csv_record(r).into_iter().map(crate::transcript::neutralise_csv_cell))?;
     }
     let bytes = writer.into_inner().map_err(|e| e.into_error())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())

@@ -25,11 +25,6 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub String);
 
-/// The name of the API key a request was authenticated with. The access check inserts it into the
-/// request's extensions; the request's log line reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyName(pub String);
-
 /// The route label of requests no route matched (bounded, whatever paths clients invent).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -58,7 +53,7 @@ pub async fn observe(
         Ok(res) => (
             res.status(),
             res.request().match_pattern(),
-            res.request().extensions().get::<KeyName>().map(|k| k.0.clone()),
+            super::auth::principal_name(res.request()),
         ),
         Err(e) => (e.as_response_error().status_code(), None, None),
     };

@@ -2,13 +2,12 @@
 //! an outbound command that gave up. Both are recorded: the redrive on its quarantine entry (and, when it
 //! reaches a conversation, as a `ledger.redriven` event), the retry as a new `ledger.command`.
 
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::observe::KeyName;
 use super::webhooks::{self, Accepted, ActionResults, Ingested, TeamOnline};
 use super::AppState;
 use crate::handoff::CommandRetry;
@@ -17,7 +16,7 @@ use crate::sources::{self, ledger, Delivery};
 use crate::telemetry::{self, WebhookOutcome};
 
 fn key_name(req: &HttpRequest) -> Option<String> {
-    req.extensions().get::<KeyName>().map(|k| k.0.clone())
+    super::auth::principal_name(req)
 }
 
 /// Runs a kept delivery through today's parsers, as if its platform had sent it again now.
@@ -25,7 +24,7 @@ fn key_name(req: &HttpRequest) -> Option<String> {
 /// The answer is what the webhook answers now: `200`/`202` with the stored events (a second redrive of a
 /// delivery that was appended answers `duplicate: true`), or the `400`/`422` it is refused with again.
 /// Either way the entry records the outcome (`redrives` of `GET /v1/quarantine`); nothing is quarantined
-/// twice. A redriven `escalate` is recorded and relayed but does not queue synchronously (the bot stopped
+/// twice. An entry whose body was kept truncated (over 64 KiB) cannot be reproduced and is refused (409). A redriven `escalate` is recorded and relayed but does not queue synchronously (the bot stopped
 /// waiting long ago): hand the conversation over with `POST /v1/conversations/{id}/handoff`.
 #[utoipa::path(
     post, path = "/v1/quarantine/{id}/redrive", tag = "log",
@@ -35,7 +34,7 @@ fn key_name(req: &HttpRequest) -> Option<String> {
         (status = 202, description = "Stored as `<platform>.unknown`", body = Accepted),
         (status = 400, description = "Still not JSON (recorded on the entry)", body = ErrorBody),
         (status = 404, description = "No such entry", body = ErrorBody),
-        (status = 409, description = "The entry was posted to an endpoint this version does not serve", body = ErrorBody),
+        (status = 409, description = "The entry was posted to an endpoint this version does not serve, or only part of its body was kept", body = ErrorBody),
         (status = 422, description = "Still refused by the parser (recorded on the entry)", body = ErrorBody),
         (status = 503, description = "Store unavailable: retry", body = ErrorBody),
     )
@@ -46,11 +45,16 @@ pub async fn redrive(
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let (entry, raw) = state
-        .store
-        .quarantined_delivery(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no quarantine entry {id}")))?;
+    let not_found = || ApiError::NotFound(format!("no quarantine entry {id}"));
+    let entry = state.store.quarantine_entry(id).await?.ok_or_else(not_found)?.summary;
+    if entry.body_truncated {
+        return Err(ApiError::Conflict(format!(
+            "entry {id} kept only the first {} bytes of its {}-byte body: the delivery cannot be reproduced",
+            crate::quarantine::BODY_CAP,
+            entry.body_size
+        )));
+    }
+    let raw = state.store.quarantined_body(id).await?.ok_or_else(not_found)?;
     let endpoint = webhooks::endpoint_of(&entry.path).ok_or_else(|| {
         ApiError::Conflict(format!(
             "entry {id} was posted to {}, which this version does not serve",

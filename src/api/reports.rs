@@ -31,12 +31,22 @@ struct Request {
     forced: bool,
 }
 
-/// Parses the query string, the source and the report query.
+/// Parses the query string, the source and the report query; a range longer than
+/// `server.max_report_days` is refused.
 fn parse(req: &HttpRequest, analytics: &Option<web::Data<Analytics>>) -> Result<Request, ApiError> {
     let params = web::Query::<ReportParams>::from_query(req.query_string())
         .map_err(|e| ApiError::parameter("query", e.to_string()))?
         .into_inner();
     let query = ReportQuery::from_params(&params, Utc::now())?;
+    let max_days = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(93, |s| s.config.server.max_report_days);
+    if query.until - query.since > chrono::Duration::days(i64::from(max_days)) {
+        return Err(ApiError::parameter(
+            "since",
+            format!("a report covers at most {max_days} days per call (server.max_report_days); split the range"),
+        ));
+    }
     let requested = ReportQuery::source_param(&params)?;
     let (source, forced) = match (requested, analytics.is_some()) {
         (Some(ReportSource::Clickhouse), false) => {

@@ -165,7 +165,6 @@ pub(crate) fn decode_quarantine(row: QuarantineRow) -> StoreResult<QuarantineEnt
         headers: from_json::<BTreeMap<String, String>>("headers", &headers)?,
         body: body.to_string(),
         body_encoding: body_encoding.to_string(),
-        redrives: Vec::new(),
     })
 }
 

@@ -4,6 +4,8 @@
 //! `migrations/<backend>/`.
 
 mod codec;
+mod keys;
+mod quarantine;
 mod sql;
 
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use crate::model::{
     AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent,
 };
 
+pub use keys::KeyStore;
+pub use quarantine::QuarantineStore;
 pub use sql::{PostgresStore, SqliteStore};
 
 /// Store failures. Every one of them means "unavailable, retry" to a webhook sender.
@@ -87,9 +91,9 @@ pub struct ReplayStats {
     pub conversations: u64,
 }
 
-/// The event log and projections.
+/// The event log and projections (and the API keys, [`KeyStore`], and the quarantine's limits, [`QuarantineStore`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// Applies this backend's migrations.
     async fn migrate(&self) -> StoreResult<()>;
 
@@ -105,13 +109,15 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps a refused delivery.
     async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64>;
 
-    /// Refused deliveries, newest first, ids below `before` when given (with their redrives).
+    /// Refused deliveries, newest first, ids below `before` when given.
     async fn list_quarantine(&self, limit: u32, before: Option<i64>) -> StoreResult<Vec<QuarantineEntry>>;
 
-    /// One refused delivery with its raw bytes (for a redrive).
-    async fn quarantined_delivery(&self, id: i64) -> StoreResult<Option<(QuarantineEntry, Vec<u8>)>>;
+    /// The kept bytes of a refused delivery (for a redrive; see `QuarantineSummary::body_truncated`).
+    async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>>;
 
-    /// Records a redrive of quarantine entry `quarantine_id` and what it got.
+    /// The redrives of these quarantine entries, oldest first, each with its entry's id.
+    async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>>;
+
     async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()>;
 
     /// The conversation an id (or an id absorbed by a merge) resolves to.

@@ -53,14 +53,13 @@ const SQL_GET_CONVERSATION: &str = "SELECT doc FROM conversations WHERE id = \
 const SQL_GET_TRANSCRIPT: &str = "SELECT id, transcript FROM conversations WHERE id = \
      COALESCE((SELECT a.survivor_id FROM aliases a WHERE a.absorbed_id = $1), $1)";
 const SQL_INSERT_QUARANTINE: &str = "INSERT INTO quarantine \
-     (received_at, path, platform, error_code, error_message, status, headers, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+     (received_at, path, platform, error_code, error_message, status, headers, body, body_size, body_sha256) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
 const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error_code, error_message, status, \
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
      status, headers, body FROM quarantine WHERE id < $2 ORDER BY id DESC LIMIT $1";
-const SQL_GET_QUARANTINE: &str = "SELECT id, received_at, path, platform, error_code, error_message, status, \
-     headers, body FROM quarantine WHERE id = $1";
+const SQL_GET_QUARANTINE_BODY: &str = "SELECT body FROM quarantine WHERE id = $1";
 const SQL_INSERT_REDRIVE: &str = "INSERT INTO quarantine_redrives \
      (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -178,25 +177,6 @@ macro_rules! sql_store {
             }
 
             /// Opens the one write transaction a batch or a replay runs in.
-            /// Fills each entry's `redrives` (one query for the page).
-            async fn attach_redrives(&self, entries: &mut [QuarantineEntry]) -> StoreResult<()> {
-                if entries.is_empty() {
-                    return Ok(());
-                }
-                let sql = redrives_of_sql(entries.len());
-                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
-                for entry in entries.iter() {
-                    query = query.bind(entry.id);
-                }
-                for row in query.fetch_all(&self.pool).await? {
-                    let (quarantine_id, redrive) = codec::decode_redrive(row)?;
-                    if let Some(entry) = entries.iter_mut().find(|e| e.id == quarantine_id) {
-                        entry.redrives.push(redrive);
-                    }
-                }
-                Ok(())
-            }
-
             async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let lock: Option<&str> = $lock;
@@ -645,6 +625,8 @@ macro_rules! sql_store {
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
+                // At most the first 64 KiB are kept, with the whole body's size and SHA-256.
+                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body);
                 let (id,): (i64,) = sqlx::query_as(SQL_INSERT_QUARANTINE)
                     .bind(codec::to_micros(entry.received_at))
                     .bind(&entry.path)
@@ -653,7 +635,9 @@ macro_rules! sql_store {
                     .bind(&entry.error_message)
                     .bind(i64::from(entry.status))
                     .bind(codec::to_json("headers", &entry.headers)?)
-                    .bind(&entry.body)
+                    .bind(kept)
+                    .bind(size)
+                    .bind(sha)
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(id)
@@ -671,20 +655,25 @@ macro_rules! sql_store {
                     }
                     None => sqlx::query_as(SQL_LIST_QUARANTINE).bind(limit).fetch_all(&self.pool).await?,
                 };
-                let mut entries: Vec<QuarantineEntry> =
-                    rows.into_iter().map(codec::decode_quarantine).collect::<StoreResult<_>>()?;
-                self.attach_redrives(&mut entries).await?;
-                Ok(entries)
+                rows.into_iter().map(codec::decode_quarantine).collect()
             }
 
-            async fn quarantined_delivery(&self, id: i64) -> StoreResult<Option<(QuarantineEntry, Vec<u8>)>> {
-                let row: Option<QuarantineRow> =
-                    sqlx::query_as(SQL_GET_QUARANTINE).bind(id).fetch_optional(&self.pool).await?;
-                let Some(row) = row else { return Ok(None) };
-                let raw = row.8.clone();
-                let mut entries = vec![codec::decode_quarantine(row)?];
-                self.attach_redrives(&mut entries).await?;
-                Ok(entries.pop().map(|entry| (entry, raw)))
+            async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as(SQL_GET_QUARANTINE_BODY).bind(id).fetch_optional(&self.pool).await?;
+                Ok(row.map(|(body,)| body))
+            }
+
+            async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = redrives_of_sql(ids.len());
+                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&self.pool).await?.into_iter().map(codec::decode_redrive).collect()
             }
 
             async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()> {
