@@ -32,6 +32,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Outbound command delivery.
     pub outbox: OutboxConfig,
+    /// How long personal data and refused deliveries are kept.
+    pub retention: RetentionConfig,
 }
 
 /// `[server]`
@@ -297,6 +299,15 @@ impl Default for OutboxConfig {
     }
 }
 
+/// `[retention]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Conversations closed (and untouched) longer ago than this many days are erased by a background
+    /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
+    pub erase_closed_after_days: u64,
+}
+
 impl Config {
     /// Loads defaults, then `file` when given, then `LEDGER__*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
@@ -325,6 +336,7 @@ mod tests {
         assert_eq!(c.sla.answer_seconds, 60);
         assert_eq!(c.sla.short_abandon_seconds, 20);
         assert_eq!(c.clickhouse.database, "handoff");
+        assert_eq!(c.retention.erase_closed_after_days, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::chain::ChainHead;
 use crate::model::{QuarantineEntry, StoredEvent};
 
 /// Paging of the global log.
@@ -25,6 +26,9 @@ pub struct EventFeed {
     pub items: Vec<StoredEvent>,
     /// Pass as `after_seq` for the next page (equals the request's `after_seq` when nothing new).
     pub next_after_seq: i64,
+    /// The newest event of the whole log and its hash, read after the page: pin it to check later
+    /// (`handoff-ledger verify --pinned SEQ:HASH`) that nothing up to it was changed. Null while the log is empty.
+    pub chain_head: Option<ChainHead>,
 }
 
 /// Paging of the quarantine.
@@ -82,7 +86,12 @@ pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) ->
     let limit = check_limit(params.limit, 100, 1000)?;
     let items = state.store.events_after(after, limit).await?;
     let next_after_seq = items.last().map(|e| e.seq).unwrap_or(after);
-    Ok(HttpResponse::Ok().json(EventFeed { items, next_after_seq }))
+    let chain_head = state.store.chain_head().await?;
+    Ok(HttpResponse::Ok().json(EventFeed {
+        items,
+        next_after_seq,
+        chain_head,
+    }))
 }
 
 /// Deliveries answered 400/422, kept with their raw bytes, headers and error; newest first.

@@ -1,6 +1,7 @@
 //! The HTTP API: thin actix-web handlers (extract, call, map errors), documented with utoipa.
 
 pub mod conversations;
+pub mod erasures;
 pub mod error;
 pub mod log;
 pub mod openapi;
@@ -70,6 +71,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(reports::conversations_csv_report)
         .route("/v1/events", web::get().to(log::feed))
         .route("/v1/quarantine", web::get().to(log::quarantine))
+        .route("/v1/erasures", web::post().to(erasures::create))
+        .route("/v1/erasures/{id}", web::get().to(erasures::get))
         .route("/healthz", web::get().to(log::healthz))
         .route("/readyz", web::get().to(log::readyz))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));

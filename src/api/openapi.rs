@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{conversations, error, log, reports, webhooks};
+use super::{conversations, erasures, error, log, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -33,13 +33,16 @@ use crate::model;
         log::quarantine,
         log::healthz,
         log::readyz,
+        erasures::create,
+        erasures::get,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         webhooks::Accepted, webhooks::TeamOnline, webhooks::ActionResult, webhooks::ActionResults,
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
-        log::EventFeed, log::QuarantineList, log::Health,
+        log::EventFeed, log::QuarantineList, log::Health, crate::chain::ChainHead,
+        erasures::ErasureRequest, crate::erasure::ErasureCertificate, crate::chain::ErasedEvent,
         crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
@@ -55,6 +58,7 @@ use crate::model;
         (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "erasures", description = "Erasure of a person's conversation, with a certificate the hash chain backs"),
     )
 )]
 pub struct ApiDoc;

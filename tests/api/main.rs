@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod crash;
+mod erasure;
 mod flow;
 mod helpers;
 mod openapi;
