@@ -60,7 +60,7 @@ fn parse(req: &HttpRequest, analytics: &Option<web::Data<Analytics>>) -> Result<
 }
 
 /// Reads a report from ClickHouse when that is the source (falling back to the store when ClickHouse fails
-/// and the caller did not force it), else from the store.
+/// or does not answer within `clickhouse.query_timeout_ms`, unless the caller forced it), else from the store.
 async fn read<T, C, CF, S, SF>(
     request: &Request,
     analytics: &Option<web::Data<Analytics>>,
@@ -74,11 +74,20 @@ where
     SF: Future<Output = Result<T, crate::store::StoreError>>,
 {
     if let (ReportSource::Clickhouse, Some(a)) = (request.source, analytics.clone()) {
-        match from_clickhouse(a).await {
-            Ok(rows) => return Ok((ReportSource::Clickhouse, rows)),
-            Err(e) if request.forced => return Err(unavailable("ClickHouse", e)),
-            Err(e) => tracing::warn!(error = %e, "ClickHouse report failed; reading the store"),
+        // A query that takes too long counts as a failure: the report is read from the store instead.
+        let limit = std::time::Duration::from_millis(a.config().query_timeout_ms.max(1));
+        let failure = match tokio::time::timeout(limit, from_clickhouse(a)).await {
+            Ok(Ok(rows)) => return Ok((ReportSource::Clickhouse, rows)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within {} ms (clickhouse.query_timeout_ms)",
+                limit.as_millis()
+            ),
+        };
+        if request.forced {
+            return Err(unavailable("ClickHouse", failure));
         }
+        tracing::warn!(error = %failure, "ClickHouse report failed; reading the store");
     }
     let rows = from_store().await.map_err(|e| unavailable("the store", e))?;
     Ok((ReportSource::Store, rows))

@@ -196,6 +196,119 @@ async fn quarantine_entries_older_than_retention_are_deleted(backend: Backend) {
     assert_eq!(list["items"], json!([]));
 }
 
+/// A "ClickHouse" that accepts connections and never answers.
+async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+async fn a_clickhouse_that_never_answers_falls_back_to_the_store(backend: Backend) {
+    let url = black_hole().await;
+    let app = spawn_app_with(backend, |c| {
+        c.clickhouse.url = url;
+        c.clickhouse.query_timeout_ms = 300;
+    })
+    .await;
+    let res = app
+        .client
+        .get(app.url("/v1/reports/sla"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["source"], "store");
+    // Asked for ClickHouse explicitly: 503, not a hang.
+    let res = app
+        .client
+        .get(app.url("/v1/reports/dispositions?source=clickhouse"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(res.status().as_u16(), 503);
+}
+
+async fn report_ranges_are_capped(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.max_report_days = 31).await;
+    let (status, body) = app
+        .get_json("/v1/reports/sla?since=2024-01-01T00:00:00Z&until=2024-02-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .get_json("/v1/reports/conversations.csv?since=2024-01-01T00:00:00Z&until=2024-02-02T00:00:00Z")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("invalid_parameter")),
+        "{body}"
+    );
+}
+
+async fn list_answers_stop_at_their_byte_cap(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.max_answer_bytes = 4096).await;
+    // Ten conversations whose raw events are ~1 KiB each.
+    for i in 0..10 {
+        let body = json!({
+            "botId": "b",
+            "data": {"eventType": "sendMessage", "platformConversationId": format!("pc-{i}"),
+                     "messageId": format!("m-{i}"), "text": "x".repeat(1000)}
+        });
+        let (status, answer) = app.post_json("/webhooks/ultimate/converse", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The global log: pages of a few events, each under the cap, that still reach the end.
+    let (mut after, mut seen) = (0, 0);
+    loop {
+        let res = app
+            .client
+            .get(app.url(&format!("/v1/events?after_seq={after}&limit=1000")))
+            .send()
+            .await
+            .unwrap();
+        let text = res.text().await.unwrap();
+        let page: Value = serde_json::from_str(&text).unwrap();
+        let n = page["items"].as_array().unwrap().len();
+        if n == 0 {
+            break;
+        }
+        assert!(n < 10 && text.len() < 4096 + 2048, "{n} items, {} bytes", text.len());
+        seen += n;
+        after = page["next_after_seq"].as_i64().unwrap();
+    }
+    assert_eq!(seen, 10);
+    // Conversations: the cursor continues where the byte cap stopped.
+    let (mut cursor, mut ids) = (None::<String>, std::collections::BTreeSet::new());
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/conversations?limit=500&cursor={c}"),
+            None => "/v1/conversations?limit=500".into(),
+        };
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, 200);
+        for c in page["items"].as_array().unwrap() {
+            assert!(
+                ids.insert(c["id"].as_str().unwrap().to_string()),
+                "repeated {}",
+                c["id"]
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 10);
+}
+
 async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = handoff_ledger::config::Config::default();
@@ -231,6 +344,9 @@ async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Back
 }
 
 on_both_stores!(
+    a_clickhouse_that_never_answers_falls_back_to_the_store,
+    report_ranges_are_capped,
+    list_answers_stop_at_their_byte_cap,
     killing_the_writer_makes_readyz_fail_and_the_service_exit,
     slow_clients_are_cut_off_while_others_are_served,
     a_stuck_commit_is_503_with_retry_after,
