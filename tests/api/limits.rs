@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{fixture, spawn_app_with, Backend, TestApp};
+use crate::helpers::{fixture, spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_both_stores;
 
 /// Opens a connection, sends `head` then `trickle` one byte a second; returns what the server
@@ -309,6 +309,52 @@ async fn list_answers_stop_at_their_byte_cap(backend: Backend) {
     assert_eq!(ids.len(), 10);
 }
 
+async fn the_conversations_csv_is_streamed_in_order_across_windows(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Rooms attended at 10:05, 12:30 and 15:59 on 2024-01-26 (UTC), posted out of order.
+    let base = 1_706_263_200i64; // 2024-01-26T10:00:00Z
+    for (room, offset) in [
+        ("room-c", 5 * 3600 + 59 * 60),
+        ("room-a", 5 * 60),
+        ("room-b", 2 * 3600 + 30 * 60),
+    ] {
+        let secs = base + offset;
+        let body = json!({
+            "name": "attended", "roomId": room, "timestamp": secs as i128 * 1_000_000_000, "botId": 1000,
+            "eventTime": secs, "data": {"agent": {"name": "=HYPERLINK(\"http://x\")", "groupId": 2179}}
+        });
+        let (status, answer) = app.post_json("/webhooks/aivo-live", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let res = app
+        .client
+        .get(app.url("/v1/reports/conversations.csv?since=2024-01-26T09:00:00Z&until=2024-01-26T17:00:00Z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["x-report-source"], "store");
+    // Streamed (chunked), not one buffered body.
+    assert!(res.headers().get("content-length").is_none());
+    let text = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let started = headers.iter().position(|h| h == "started_at").unwrap();
+    let agents = headers.iter().position(|h| h == "agents").unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let times: Vec<&str> = rows.iter().map(|r| &r[started]).collect();
+    assert_eq!(times.len(), 3, "{text}");
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "rows in started_at order");
+    assert!(
+        times[0].starts_with("2024-01-26T10:05") && times[2].starts_with("2024-01-26T15:59"),
+        "{times:?}"
+    );
+    // An agent name from a platform is text in a spreadsheet, not a formula.
+    assert!(rows.iter().all(|r| r[agents].starts_with("'=HYPERLINK")), "{text}");
+}
+
 async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = handoff_ledger::config::Config::default();
@@ -344,6 +390,7 @@ async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Back
 }
 
 on_both_stores!(
+    the_conversations_csv_is_streamed_in_order_across_windows,
     a_clickhouse_that_never_answers_falls_back_to_the_store,
     report_ranges_are_capped,
     list_answers_stop_at_their_byte_cap,
