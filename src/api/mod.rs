@@ -4,6 +4,7 @@ pub mod auth;
 pub mod conversations;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod openapi;
 pub mod reports;
