@@ -108,6 +108,25 @@ async fn idle_keep_alive_connections_are_closed(backend: Backend) {
     );
 }
 
+/// The readers' pool connects with a statement timeout on PostgreSQL; the writer's does not.
+#[tokio::test]
+async fn postgres_readers_have_a_statement_timeout() {
+    let db = crate::common::PgDatabase::create().await;
+    let store = handoff_ledger::config::StoreConfig {
+        url: db.url.clone(),
+        read_timeout_ms: 200,
+        ..Default::default()
+    };
+    let mut reader = sqlx::PgConnection::connect(&store.reader_url()).await.unwrap();
+    let err = sqlx::query("SELECT pg_sleep(3)")
+        .execute(&mut reader)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    let mut writer = sqlx::PgConnection::connect(&store.url).await.unwrap();
+    sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
+}
+
 /// Holds the store's write lock from another connection until dropped (rolled back).
 enum WriteLock {
     Sqlite(sqlx::SqliteConnection),
