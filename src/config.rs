@@ -143,7 +143,7 @@ pub struct Config {
     pub log: LogConfig,
     /// Access control.
     pub auth: AuthConfig,
-    /// How long refused deliveries are kept.
+    /// How long personal data and refused deliveries are kept.
     pub retention: RetentionConfig,
 }
 
@@ -155,6 +155,9 @@ pub struct RetentionConfig {
     pub quarantine_days: u64,
     /// At most this many quarantine entries are kept (the oldest go first); 0 = no cap.
     pub quarantine_max_entries: u64,
+    /// Conversations closed (and untouched) longer ago than this many days are erased by a background
+    /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
+    pub erase_closed_after_days: u64,
 }
 
 impl Default for RetentionConfig {
@@ -162,6 +165,7 @@ impl Default for RetentionConfig {
         Self {
             quarantine_days: 30,
             quarantine_max_entries: 10_000,
+            erase_closed_after_days: 0,
         }
     }
 }
@@ -416,6 +420,11 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Password.
     pub password: Secret,
+    /// Connecting to ClickHouse gives up after this, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A report query gives up after this, milliseconds, and the report is read from the store instead
+    /// (unless `source=clickhouse` was asked for: then 503).
+    pub query_timeout_ms: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -425,6 +434,8 @@ impl Default for ClickHouseConfig {
             database: "handoff".into(),
             user: "default".into(),
             password: Secret::default(),
+            connect_timeout_ms: 2_000,
+            query_timeout_ms: 10_000,
         }
     }
 }
@@ -619,6 +630,7 @@ mod tests {
         assert_eq!(c.sla.answer_seconds, 60);
         assert_eq!(c.sla.short_abandon_seconds, 20);
         assert_eq!(c.clickhouse.database, "handoff");
+        assert_eq!(c.retention.erase_closed_after_days, 0);
     }
 
     #[test]

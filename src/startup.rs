@@ -85,6 +85,7 @@ impl Application {
             Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
         // Before the server accepts anything: the outbox re-sends what was pending at this point only.
         handoff.start().await.context("starting the outbox")?;
+        crate::retention::spawn(store.clone(), writer.clone(), config.retention.clone());
         // The ClickHouse sink tails the log in the background (it applies its own migrations and
         // backs off while ClickHouse is down; ingestion never waits for it).
         let stopping = CancellationToken::new();
@@ -109,7 +110,10 @@ impl Application {
         let server = HttpServer::new({
             let data = data.clone();
             move || {
-                let mut app = App::new().wrap(from_fn(api::auth::require_key)).app_data(data.clone());
+                let mut app = App::new()
+                    .wrap(from_fn(api::auth::require_key))
+                    .wrap(from_fn(api::limits::body_deadline))
+                    .app_data(data.clone());
                 if let Some(analytics) = &analytics {
                     app = app.app_data(analytics.clone());
                 }

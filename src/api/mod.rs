@@ -2,8 +2,10 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod erasures;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod observe;
 pub mod openapi;
@@ -85,6 +87,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{id}/commands/{command_id}/retry",
             web::post().to(operations::retry_command),
         )
+        .route("/v1/erasures", web::post().to(erasures::create))
+        .route("/v1/erasures/{id}", web::get().to(erasures::get))
         .route("/healthz", web::get().to(log::healthz))
         .route("/readyz", web::get().to(log::readyz))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));

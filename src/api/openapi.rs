@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 
 use super::auth::SecurityAddon;
-use super::{conversations, error, keys, log, observe, operations, reports, webhooks};
+use super::{conversations, erasures, error, keys, log, observe, operations, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -41,14 +41,17 @@ use crate::model;
         observe::metrics,
         operations::redrive,
         operations::retry_command,
+        erasures::create,
+        erasures::get,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         webhooks::Accepted, webhooks::TeamOnline, webhooks::ActionResult, webhooks::ActionResults,
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
-        log::EventFeed, log::QuarantineList, log::Health,
+        log::EventFeed, log::QuarantineList, log::Health, crate::chain::ChainHead,
         keys::NewKey, keys::KeyInfo, keys::CreatedKey, keys::KeyList, crate::auth::Scope,
+        erasures::ErasureRequest, crate::erasure::ErasureCertificate, crate::chain::ErasedEvent,
         crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
@@ -67,6 +70,7 @@ use crate::model;
         (name = "log", description = "The immutable event log and the quarantine"),
         (name = "keys", description = "API keys (`admin`): only a hash of each key is kept"),
         (name = "health", description = "Liveness, readiness and Prometheus metrics"),
+        (name = "erasures", description = "Erasure of a person's conversation, with a certificate the hash chain backs"),
     ),
     modifiers(&SecurityAddon)
 )]

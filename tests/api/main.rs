@@ -4,11 +4,13 @@ mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod crash;
+mod erasure;
 mod exports;
 mod flow;
 mod helpers;
 mod limits;
 mod openapi;
 mod operations;
+mod secrets;
 mod vcc_encrypted;
 mod webhooks;
