@@ -73,7 +73,9 @@ pub async fn redrive(
         idempotency_key: Some(&idempotency_key),
         path_id: endpoint.path_id,
     };
-    let result = match webhooks::parse_delivery(&raw, &delivery, endpoint.parse) {
+    let parsed = webhooks::kept_body(&state, &entry.headers, raw)
+        .and_then(|body| webhooks::parse_delivery(&body, &delivery, endpoint.parse));
+    let result = match parsed {
         Ok((value, parsed)) => match state.writer.append(parsed.events.clone()).await {
             Ok(outcomes) => Ok(Ingested {
                 value,

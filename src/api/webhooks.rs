@@ -322,9 +322,13 @@ pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
 /// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
 pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
 
+/// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
+/// body can be decrypted again when it is redriven.
+pub const IV_HEADER: &str = "x-ledger-iv";
+
 /// VCC Live's encrypted bodies: with `?iv=<hex>` the body is base64 AES-256-CTR under
-/// `vcc.encryption_key`; the decrypted body is returned and the fact kept in the stored headers.
-/// None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
+/// `vcc.encryption_key`; the decrypted body is returned and the fact (and the IV) kept in the stored
+/// headers. None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
 fn decrypt_body(
     state: &AppState,
     req: &HttpRequest,
@@ -341,6 +345,22 @@ fn decrypt_body(
     let Some(iv) = query.get("iv") else {
         return Ok(None);
     };
+    headers.insert(IV_HEADER.into(), iv.clone());
+    let plain = decrypt_with_config(state, iv, body)?;
+    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
+    Ok(Some(plain))
+}
+
+/// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept in
+/// the stored headers), else as kept.
+pub fn kept_body(state: &AppState, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    match headers.get(IV_HEADER) {
+        Some(iv) => decrypt_with_config(state, iv, &raw),
+        None => Ok(raw),
+    }
+}
+
+fn decrypt_with_config(state: &AppState, iv: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let key = &state.config.vcc.encryption_key;
     if key.is_empty() {
         return Err(ApiError::InvalidJson(
@@ -350,9 +370,7 @@ fn decrypt_body(
     // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
     let key =
         sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(|m| ApiError::Unexpected(anyhow::anyhow!(m)))?;
-    let plain = sources::vcc_crypto::decrypt(&key, iv, body)?;
-    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
-    Ok(Some(plain))
+    Ok(sources::vcc_crypto::decrypt(&key, iv, body)?)
 }
 
 async fn quarantine(

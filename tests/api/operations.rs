@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use handoff_ledger::model::{NewQuarantine, Platform};
 
-use crate::helpers::{fixture, spawn_app, Backend, TestApp};
+use crate::helpers::{fixture, spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_both_stores;
 
 /// Keeps `body` as an earlier version refused it at `path` (what a parser fix makes redrivable).
@@ -158,7 +158,37 @@ async fn a_delivery_still_refused_is_answered_so_and_kept_once(backend: Backend)
     assert_eq!(answer["error"]["code"], json!("conflict"));
 }
 
+/// An encrypted VCC delivery refused while `vcc.encryption_key` was not set yet is decrypted (with the IV
+/// kept in its headers) when redriven after the key is configured.
+async fn an_encrypted_delivery_is_decrypted_when_redriven(backend: Backend) {
+    const KEY: &str = "539988ac9f19e0200da23ccac9fbb7dc66d11e9bfb9916f5427c2b1b0b2b300d";
+    const IV: &str = "98107edbe6c2d1c344a45661757f6360";
+    let app = spawn_app_with(backend, |c| c.vcc.encryption_key = KEY.into()).await;
+    let id = app
+        .state
+        .writer
+        .quarantine(NewQuarantine {
+            received_at: Utc::now(),
+            path: "/webhooks/vcc/chat".into(),
+            platform: Some(Platform::Vcc),
+            error_code: "invalid_json".into(),
+            error_message: "the body is encrypted (`iv` given) but vcc.encryption_key is not set".into(),
+            status: 400,
+            headers: BTreeMap::from([("x-ledger-iv".to_string(), IV.to_string())]),
+            body: fixture("vcc_chat.aes-256-ctr.b64").into_bytes(),
+        })
+        .await
+        .expect("quarantine");
+    let (status, answer) = app.post_raw(&format!("/v1/quarantine/{id}/redrive"), "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["duplicate"], json!(false));
+    // The same chat sent in the clear now is the same delivery.
+    let (status, again) = app.post_raw("/webhooks/vcc/chat", fixture("vcc_chat.json")).await;
+    assert_eq!((status, again["duplicate"].clone()), (200, json!(true)), "{again}");
+}
+
 on_both_stores!(
+    an_encrypted_delivery_is_decrypted_when_redriven,
     a_redriven_delivery_is_appended_once_and_the_entry_records_each_outcome,
     a_bot_message_without_a_key_of_its_own_is_redriven_once,
     a_delivery_still_refused_is_answered_so_and_kept_once,
