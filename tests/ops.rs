@@ -461,7 +461,24 @@ async fn text_logs_have_no_colours_when_piped() {
         .post("/webhooks/aivo-live", "not json", &[("x-request-id", "r-1")])
         .await;
     assert_eq!(status, 400);
+    let res = service
+        .client
+        .get(service.url("/v1/conversations"))
+        .header("x-request-id", "r-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     let output = service.stop();
+    // The local trial (loopback, no key yet) is served as the anonymous principal, and says so.
+    let read = output
+        .lines()
+        .find(|l| l.contains("request_id=r-2"))
+        .unwrap_or_else(|| panic!("no request line for r-2:\n{output}"));
+    assert!(
+        read.contains("key=anonymous") && read.contains("route=/v1/conversations"),
+        "{read}"
+    );
     assert!(!output.contains('\u{1b}'), "{output}");
     let line = output
         .lines()
