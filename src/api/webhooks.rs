@@ -21,6 +21,7 @@ use super::AppState;
 use crate::config::Tokens;
 use crate::model::{AppendOutcome, NewQuarantine, Platform};
 use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::telemetry::{self, WebhookOutcome};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -101,7 +102,8 @@ pub struct Ingested {
     pub outcomes: Vec<AppendOutcome>,
 }
 
-type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
+/// A platform parser: raw text, its JSON, the delivery's facts.
+pub type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
 /// Checks a platform's webhook token: `Authorization: Bearer <token>` (scheme case-insensitive) or
 /// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
@@ -178,8 +180,38 @@ async fn read_body(
     Ok(body.to_vec())
 }
 
-/// The common path of every webhook: token, body, parse, quarantine on refusal, append.
+/// What became of a delivery, for `ledger_webhooks_total`.
+pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
+    match result {
+        Ok(ingested) if ingested.parsed.unknown => WebhookOutcome::Unknown,
+        Ok(ingested) if !ingested.outcomes.is_empty() && ingested.outcomes.iter().all(|o| o.duplicate) => {
+            WebhookOutcome::Duplicate
+        }
+        Ok(_) => WebhookOutcome::Appended,
+        Err(ApiError::Unauthorized) => WebhookOutcome::Unauthorized,
+        Err(ApiError::InvalidJson(_) | ApiError::InvalidPayload { .. } | ApiError::PayloadTooLarge(_)) => {
+            WebhookOutcome::Rejected
+        }
+        Err(_) => WebhookOutcome::Unavailable,
+    }
+}
+
+/// The common path of every webhook: token, body, parse, quarantine on refusal, append; counted in
+/// `ledger_webhooks_total`.
 pub async fn ingest(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    platform: Platform,
+    token: (&Tokens, &[&str]),
+    parse: ParseFn,
+) -> Result<Ingested, ApiError> {
+    let result = ingest_delivery(state, req, payload, platform, token, parse).await;
+    telemetry::webhook(platform, webhook_outcome(&result));
+    result
+}
+
+async fn ingest_delivery(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
@@ -214,15 +246,9 @@ pub async fn ingest(
         idempotency_key: idempotency_key.as_deref(),
         path_id: path_id.as_deref(),
     };
-    let parsed = sources::parse_json(body).and_then(|value| {
-        // parse_json succeeded, so the body is UTF-8.
-        let text = String::from_utf8_lossy(body);
-        parse(&text, &value, &delivery).map(|parsed| (value, parsed))
-    });
-    let (value, parsed) = match parsed {
+    let (value, parsed) = match parse_delivery(body, &delivery, parse) {
         Ok(ok) => ok,
-        Err(e) => {
-            let error = ApiError::from(e);
+        Err(error) => {
             quarantine(state, req, platform, &error, headers, raw).await?;
             return Err(error);
         }
@@ -235,12 +261,74 @@ pub async fn ingest(
     })
 }
 
+/// Parses a delivery's bytes with its endpoint's parser (pure).
+pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
+    let value = sources::parse_json(body)?;
+    // parse_json succeeded, so the body is UTF-8.
+    let raw = String::from_utf8_lossy(body);
+    let parsed = parse(&raw, &value, delivery)?;
+    Ok((value, parsed))
+}
+
+/// An endpoint a delivery can be kept from, with its parser.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// The platform it serves.
+    pub platform: Platform,
+    /// Its parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+    /// The path parameter (Bright Pattern `chat_id`).
+    pub path_id: Option<&'a str>,
+    /// The Ultimate actions webhook (answered with the action's results).
+    pub actions: bool,
+}
+
+/// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
+/// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
+pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
+    let endpoint = |platform, parse: ParseFn, multi| Endpoint {
+        platform,
+        parse,
+        multi,
+        path_id: None,
+        actions: false,
+    };
+    match path {
+        "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
+        "/webhooks/ultimate/actions" => Some(Endpoint {
+            actions: true,
+            ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
+        }),
+        "/webhooks/aivo-live" => Some(endpoint(Platform::AivoLive, sources::aivo_live::parse, false)),
+        "/webhooks/vcc/chat" => Some(endpoint(Platform::Vcc, sources::vcc::parse, true)),
+        _ => {
+            let chat_id = path
+                .strip_prefix("/webhooks/bright-pattern/")
+                .or_else(|| {
+                    path.strip_prefix("poll:/chats/")
+                        .and_then(|p| p.strip_suffix("/events"))
+                })
+                .filter(|id| !id.is_empty() && !id.contains('/'))?;
+            Some(Endpoint {
+                path_id: Some(chat_id),
+                ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
+            })
+        }
+    }
+}
+
 /// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
 pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
 
+/// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
+/// body can be decrypted again when it is redriven.
+pub const IV_HEADER: &str = "x-ledger-iv";
+
 /// VCC Live's encrypted bodies: with `?iv=<hex>` the body is base64 AES-256-CTR under
-/// `vcc.encryption_key`; the decrypted body is returned and the fact kept in the stored headers.
-/// None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
+/// `vcc.encryption_key`; the decrypted body is returned and the fact (and the IV) kept in the stored
+/// headers. None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
 fn decrypt_body(
     state: &AppState,
     req: &HttpRequest,
@@ -257,6 +345,22 @@ fn decrypt_body(
     let Some(iv) = query.get("iv") else {
         return Ok(None);
     };
+    headers.insert(IV_HEADER.into(), iv.clone());
+    let plain = decrypt_with_config(state, iv, body)?;
+    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
+    Ok(Some(plain))
+}
+
+/// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept in
+/// the stored headers), else as kept.
+pub fn kept_body(state: &AppState, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    match headers.get(IV_HEADER) {
+        Some(iv) => decrypt_with_config(state, iv, &raw),
+        None => Ok(raw),
+    }
+}
+
+fn decrypt_with_config(state: &AppState, iv: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let key = &state.config.vcc.encryption_key;
     if key.is_empty() {
         return Err(ApiError::InvalidJson(
@@ -266,9 +370,7 @@ fn decrypt_body(
     // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
     let key =
         sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(|m| ApiError::Unexpected(anyhow::anyhow!(m)))?;
-    let plain = sources::vcc_crypto::decrypt(&key, iv, body)?;
-    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
-    Ok(Some(plain))
+    Ok(sources::vcc_crypto::decrypt(&key, iv, body)?)
 }
 
 async fn quarantine(
@@ -310,7 +412,8 @@ async fn receive(
     Ok(answer(&ingested, multi))
 }
 
-fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
+/// The answer to a stored delivery: 200, or 202 for an event type this version does not know.
+pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     let status = if ingested.parsed.unknown {
         StatusCode::ACCEPTED
     } else {
