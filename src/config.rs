@@ -141,7 +141,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Access control.
     pub auth: AuthConfig,
-    /// How long refused deliveries are kept.
+    /// How long personal data and refused deliveries are kept.
     pub retention: RetentionConfig,
 }
 
@@ -153,6 +153,9 @@ pub struct RetentionConfig {
     pub quarantine_days: u64,
     /// At most this many quarantine entries are kept (the oldest go first); 0 = no cap.
     pub quarantine_max_entries: u64,
+    /// Conversations closed (and untouched) longer ago than this many days are erased by a background
+    /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
+    pub erase_closed_after_days: u64,
 }
 
 impl Default for RetentionConfig {
@@ -160,6 +163,7 @@ impl Default for RetentionConfig {
         Self {
             quarantine_days: 30,
             quarantine_max_entries: 10_000,
+            erase_closed_after_days: 0,
         }
     }
 }
@@ -583,6 +587,7 @@ mod tests {
         assert_eq!(c.sla.answer_seconds, 60);
         assert_eq!(c.sla.short_abandon_seconds, 20);
         assert_eq!(c.clickhouse.database, "handoff");
+        assert_eq!(c.retention.erase_closed_after_days, 0);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `openapi`, `rollups`, `keys`.
+//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `verify`, `openapi`, `rollups`, `keys`.
 
 use std::path::PathBuf;
 
@@ -33,6 +33,14 @@ enum Command {
     Migrate,
     /// Rebuild every projection from the event log.
     Replay,
+    /// Check the tamper-evident chain of the whole event log: prints `ok <n> events`, or names the
+    /// first broken seq and exits 1.
+    Verify {
+        /// A head recorded earlier, `SEQ:HASH` (from `GET /v1/events`' `chain_head` or a certificate):
+        /// the event at SEQ must still carry HASH.
+        #[arg(long, value_parser = parse_pinned)]
+        pinned: Option<handoff_ledger::chain::ChainHead>,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// ClickHouse rollups.
@@ -117,6 +125,31 @@ async fn main() -> anyhow::Result<()> {
                 stats.events, stats.conversations
             );
         }
+        Command::Verify { pinned } => {
+            let store = handoff_ledger::store::open(&config.store.url, 2).await?;
+            store.migrate().await?;
+            let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+            )?);
+            let verdict = handoff_ledger::verify::verify_log(store, pinned, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            match verdict {
+                handoff_ledger::verify::Verdict::Intact { events, head } => {
+                    println!("ok {events} events");
+                    if let Some(head) = head {
+                        eprintln!("chain head: seq {} hash {}", head.seq, head.hash);
+                    }
+                }
+                handoff_ledger::verify::Verdict::Broken(broken) => {
+                    println!("broken at seq {}: {broken}", broken.seq);
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Openapi => print!("{}", handoff_ledger::api::openapi::openapi_json()?),
         Command::Rollups {
             action: RollupsCommand::Rebuild { since },
@@ -189,4 +222,17 @@ async fn keys(config: &Config, action: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `SEQ:HASH` as given to `verify --pinned`.
+fn parse_pinned(text: &str) -> Result<handoff_ledger::chain::ChainHead, String> {
+    let (seq, hash) = text.split_once(':').ok_or("expected SEQ:HASH")?;
+    let seq: i64 = seq.parse().map_err(|e| format!("bad seq `{seq}`: {e}"))?;
+    if handoff_ledger::chain::from_hex(hash).is_none() {
+        return Err(format!("bad hash `{hash}`: expected 64 hex digits"));
+    }
+    Ok(handoff_ledger::chain::ChainHead {
+        seq,
+        hash: hash.to_ascii_lowercase(),
+    })
 }

@@ -152,9 +152,13 @@ pub struct StoredEvent {
     /// Delivery headers kept with the event.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The body exactly as received, as JSON.
+    /// The body exactly as received, as JSON (an erased event's: the erasure stub).
     #[schema(value_type = Object)]
     pub payload: Value,
+    /// The event's link in the tamper-evident chain: hex SHA-256 over the previous event's hash and
+    /// this event (see the README, "Verifying the log"). Null only for an event not read from the log.
+    #[serde(default)]
+    pub hash: Option<String>,
 }
 
 /// What the writer answers for one appended (or recognised duplicate) event.

@@ -487,6 +487,7 @@ mod tests {
             conversation_id: Some(conversation),
             headers: BTreeMap::new(),
             payload: serde_json::to_value(record).unwrap(),
+            hash: None,
         }
     }
 

@@ -65,6 +65,7 @@ impl Application {
             Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
         // Before the server accepts anything: the outbox re-sends what was pending at this point only.
         handoff.start().await.context("starting the outbox")?;
+        crate::retention::spawn(store.clone(), writer.clone(), config.retention.clone());
         // The ClickHouse sink tails the log in the background (it applies its own migrations and
         // backs off while ClickHouse is down; ingestion never waits for it).
         let analytics = crate::analytics::start(&config, store.clone(), writer.committed()).map(|(a, _task)| a);

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::SlaConfig;
+use crate::erasure::{ErasureCertificate, ErasureTarget};
 use crate::model::{AppendOutcome, NewEvent, NewQuarantine};
 use crate::store::Store;
 
@@ -31,6 +32,10 @@ enum Job {
     Quarantine {
         entry: Box<NewQuarantine>,
         reply: oneshot::Sender<Result<i64, WriteError>>,
+    },
+    Erase {
+        target: ErasureTarget,
+        reply: oneshot::Sender<Result<Option<ErasureCertificate>, WriteError>>,
     },
 }
 
@@ -82,6 +87,18 @@ impl Writer {
         !self.tx.is_closed()
     }
 
+    /// Erases the conversation `target` names (see `crate::erasure`); returns after it is committed,
+    /// with its certificate (None: no such conversation). Runs between append batches, so a long
+    /// conversation's erasure delays ingestion by one transaction at most.
+    pub async fn erase(&self, target: ErasureTarget) -> Result<Option<ErasureCertificate>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Erase { target, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
+    }
+
     /// Watches the highest committed `seq` (the outbox and the analytics sink wake on it).
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
@@ -98,6 +115,7 @@ async fn run(
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let mut appends = Vec::new();
+        let mut highest = 0;
         for job in jobs.drain(..) {
             match job {
                 Job::Append { events, reply } => appends.push((events, reply)),
@@ -111,13 +129,27 @@ async fn run(
                     }
                     let _ = reply.send(result);
                 }
+                Job::Erase { target, reply } => {
+                    let erasure_id = uuid::Uuid::new_v4();
+                    let at = crate::sources::truncate_to_micros(chrono::Utc::now());
+                    let result = store
+                        .erase(&target, erasure_id, at, &sla)
+                        .await
+                        .map_err(|e| WriteError::Unavailable(e.to_string()));
+                    match &result {
+                        Ok(Some(certificate)) => highest = highest.max(certificate.chain_head.seq),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, ?target, "erasure failed"),
+                    }
+                    let _ = reply.send(result);
+                }
             }
         }
         if appends.is_empty() {
+            publish(&committed, highest);
             continue;
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
-        let mut highest = 0;
         match append_guarded(store.as_ref(), &groups, &sla).await {
             Ok(outcomes) => {
                 for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
@@ -146,11 +178,7 @@ async fn run(
                 }
             }
         }
-        committed.send_if_modified(|v| {
-            let changed = highest > *v;
-            *v = (*v).max(highest);
-            changed
-        });
+        publish(&committed, highest);
     }
 }
 
@@ -209,6 +237,15 @@ fn panicked_delivery(group: &[NewEvent], message: &str) -> Option<NewQuarantine>
         headers: first.headers.clone(),
         body: first.payload.clone().into_bytes(),
     })
+}
+
+/// Tells watchers (outbox, analytics sink) the highest committed seq when it moved.
+fn publish(committed: &watch::Sender<i64>, highest: i64) {
+    committed.send_if_modified(|v| {
+        let changed = highest > *v;
+        *v = (*v).max(highest);
+        changed
+    });
 }
 
 #[cfg(test)]

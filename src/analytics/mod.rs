@@ -5,6 +5,7 @@
 //! Pure parts (fact rows, metric maths, report aggregation over conversations) live in `facts` and
 //! `reports`; everything that talks to ClickHouse goes through [`Analytics`].
 
+pub mod erasure;
 pub mod facts;
 pub mod reports;
 pub mod rollups;

@@ -21,6 +21,7 @@ use super::facts::{possibly_absorbed, tombstone_version, ConversationRow, EventR
 use super::{rollups, schema, Analytics, AnalyticsResult};
 use crate::config::SlaConfig;
 use crate::model::Conversation;
+use crate::sources::ledger::{self, ErasedPayload};
 use crate::store::Store;
 
 /// Name of the sink's checkpoint in the store.
@@ -289,10 +290,27 @@ pub async fn ship_conversations(
     absorbed: &HashMap<String, i64>,
     sla: &SlaConfig,
 ) -> AnalyticsResult<()> {
+    ship_conversations_erasing(analytics, conversations, absorbed, &BTreeSet::new(), sla).await
+}
+
+/// [`ship_conversations`], with the rows of the `erased` conversations shipped without stream ids.
+pub async fn ship_conversations_erasing(
+    analytics: &Analytics,
+    conversations: &[(Conversation, Vec<MessageRow>)],
+    absorbed: &HashMap<String, i64>,
+    erased: &BTreeSet<Uuid>,
+    sla: &SlaConfig,
+) -> AnalyticsResult<()> {
     let mut ids: BTreeSet<String> = conversations.iter().map(|(c, _)| c.id.to_string()).collect();
     ids.extend(absorbed.keys().cloned());
     let live = live_state(analytics, &ids).await?.into_view();
-    let shipment = plan_shipment(conversations, absorbed, &live, sla);
+    let mut shipment = plan_shipment(conversations, absorbed, &live, sla);
+    let erased: BTreeSet<String> = erased.iter().map(Uuid::to_string).collect();
+    for row in &mut shipment.conversations {
+        if erased.contains(&row.conversation_id) {
+            row.external_ids.clear();
+        }
+    }
     rollups::mark_dirty(analytics, &shipment.dirty_hours).await?;
     insert_rows(analytics, "handoffs", &shipment.handoffs).await?;
     insert_rows(analytics, "messages", &shipment.messages).await?;
@@ -340,7 +358,18 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
         };
         with_messages.push((conversation, messages));
     }
-    ship_conversations(analytics, &with_messages, &absorbed, sla).await?;
+    let ids: Vec<Uuid> = with_messages.iter().map(|(c, _)| c.id).collect();
+    let erased = store.erased_among(&ids).await?;
+    ship_conversations_erasing(analytics, &with_messages, &absorbed, &erased, sla).await?;
+    // After every earlier event of an erased conversation was shipped (the log is shipped in order).
+    let erasures: Vec<ErasedPayload> = events
+        .iter()
+        .filter(|e| e.kind == ledger::ERASED)
+        .filter_map(|e| serde_json::from_value(e.payload.clone()).ok())
+        .collect();
+    if !erasures.is_empty() {
+        super::erasure::erase(analytics, &erasures).await?;
+    }
     store.set_checkpoint(CHECKPOINT, last).await?;
     Ok(events.len() as u64)
 }

@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::chain::ChainHead;
 use crate::model::StoredEvent;
 use crate::quarantine::{QuarantineDetail, QuarantineSummary};
 
@@ -26,6 +27,9 @@ pub struct EventFeed {
     pub items: Vec<StoredEvent>,
     /// Pass as `after_seq` for the next page (equals the request's `after_seq` when nothing new).
     pub next_after_seq: i64,
+    /// The newest event of the whole log and its hash, read after the page: pin it to check later
+    /// (`handoff-ledger verify --pinned SEQ:HASH`) that nothing up to it was changed. Null while the log is empty.
+    pub chain_head: Option<ChainHead>,
 }
 
 /// Paging of the quarantine.
@@ -84,7 +88,12 @@ pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) ->
     let mut items = state.store.events_after(after, limit).await?;
     super::fit_bytes(&mut items, state.config.server.max_answer_bytes);
     let next_after_seq = items.last().map(|e| e.seq).unwrap_or(after);
-    Ok(HttpResponse::Ok().json(EventFeed { items, next_after_seq }))
+    let chain_head = state.store.chain_head().await?;
+    Ok(HttpResponse::Ok().json(EventFeed {
+        items,
+        next_after_seq,
+        chain_head,
+    }))
 }
 
 /// Deliveries answered 400/422 (and deliveries the writer could not project), newest first: when, where,

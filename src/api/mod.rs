@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod erasures;
 pub mod error;
 pub mod keys;
 pub mod limits;
@@ -79,6 +80,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/events", web::get().to(log::feed))
         .route("/v1/quarantine", web::get().to(log::quarantine))
         .route("/v1/quarantine/{id}", web::get().to(log::quarantine_entry))
+        .route("/v1/erasures", web::post().to(erasures::create))
+        .route("/v1/erasures/{id}", web::get().to(erasures::get))
         .route("/healthz", web::get().to(log::healthz))
         .route("/readyz", web::get().to(log::readyz))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));

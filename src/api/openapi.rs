@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 
 use super::auth::SecurityAddon;
-use super::{conversations, error, keys, log, reports, webhooks};
+use super::{conversations, erasures, error, keys, log, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -38,14 +38,17 @@ use crate::model;
         log::quarantine_entry,
         log::healthz,
         log::readyz,
+        erasures::create,
+        erasures::get,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         webhooks::Accepted, webhooks::TeamOnline, webhooks::ActionResult, webhooks::ActionResults,
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
-        log::EventFeed, log::QuarantineList, log::Health,
+        log::EventFeed, log::QuarantineList, log::Health, crate::chain::ChainHead,
         keys::NewKey, keys::KeyInfo, keys::CreatedKey, keys::KeyList, crate::auth::Scope,
+        erasures::ErasureRequest, crate::erasure::ErasureCertificate, crate::chain::ErasedEvent,
         crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
@@ -63,6 +66,7 @@ use crate::model;
         (name = "log", description = "The immutable event log and the quarantine"),
         (name = "keys", description = "API keys (`admin`): only a hash of each key is kept"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "erasures", description = "Erasure of a person's conversation, with a certificate the hash chain backs"),
     ),
     modifiers(&SecurityAddon)
 )]

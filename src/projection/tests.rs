@@ -368,6 +368,7 @@ fn stored(seq: i64, e: NewEvent) -> StoredEvent {
         conversation_id: Some(conv_id()),
         headers: e.headers,
         payload: serde_json::from_str::<Value>(&e.payload).unwrap(),
+        hash: None,
     }
 }
 

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Fact, MessageFact, TimedFact};
+use super::{Fact, KeptEvent, MessageFact, TimedFact};
+use crate::chain::ErasedEvent;
 use crate::model::{event_id_for, NewEvent, Party, Platform, StreamKey};
 
 /// `ledger.linked`: these streams belong to one conversation.
@@ -21,6 +22,8 @@ pub const QUEUE_FAILED: &str = "ledger.queue_failed";
 pub const COMMAND: &str = "ledger.command";
 /// `ledger.command_result`: the outcome of an outbound call.
 pub const COMMAND_RESULT: &str = "ledger.command_result";
+/// `ledger.erased`: an erasure replaced personal data by stubs (payload: [`ErasedPayload`]).
+pub const ERASED: &str = crate::chain::ERASED_KIND;
 /// `api.message`: a message posted through `POST /v1/conversations/{id}/messages`.
 pub const API_MESSAGE: &str = "api.message";
 /// `api.handoff_requested`: `POST /v1/conversations/{id}/handoff`.
@@ -187,6 +190,39 @@ pub fn api_handoff(
     )
 }
 
+/// Payload of `ledger.erased`: the erasure's record (read by `verify` as [`crate::chain::ErasureRecord`])
+/// plus the facts kept of each erased event, so that replay rebuilds the same metrics from the log alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasedPayload {
+    /// The erasure's id.
+    pub erasure_id: Uuid,
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// The conversations erased.
+    pub conversation_ids: Vec<Uuid>,
+    /// The events whose payloads became stubs, with their original payloads' digests.
+    pub events: Vec<ErasedEvent>,
+    /// What the projection keeps of each of them.
+    pub kept: Vec<KeptEvent>,
+}
+
+/// The `ledger.erased` event recording an erasure, filed under the conversation's `ledger` stream.
+pub fn erased(conversation_id: Uuid, record: &ErasedPayload) -> NewEvent {
+    NewEvent {
+        event_id: event_id_for(
+            Platform::Ledger,
+            Some(&format!("erased:{}:{conversation_id}", record.erasure_id)),
+        ),
+        stream: StreamKey::new(Platform::Ledger, conversation_id.to_string()),
+        kind: ERASED.to_string(),
+        occurred_at: record.at,
+        received_at: record.at,
+        payload: serde_json::to_string(record).unwrap_or_else(|_| "{}".into()),
+        headers: BTreeMap::new(),
+        links: Vec::new(),
+    }
+}
+
 /// The facts of one stored `ledger.*` or `api.*` event.
 pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
     let text = |k: &str| payload.get(k).and_then(Value::as_str).map(str::to_string);
@@ -227,6 +263,9 @@ pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
             text("text").map(|t| Fact::Message(MessageFact::text(party, None, t)))
         }
         API_HANDOFF => Some(Fact::EscalationRequested { team: text("team") }),
+        ERASED => serde_json::from_value::<ErasedPayload>(payload.clone())
+            .ok()
+            .map(|p| Fact::Erased { events: p.kept }),
         _ => None,
     };
     fact.into_iter().map(|f| (at, f)).collect()

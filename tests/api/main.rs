@@ -4,6 +4,7 @@ mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod crash;
+mod erasure;
 mod exports;
 mod flow;
 mod helpers;
