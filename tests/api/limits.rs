@@ -399,6 +399,23 @@ async fn the_conversations_csv_is_streamed_in_order_across_windows(backend: Back
     );
     // An agent name from a platform is text in a spreadsheet, not a formula.
     assert!(rows.iter().all(|r| r[agents].starts_with("'=HYPERLINK")), "{text}");
+
+    // Windows of one conversation each: the range is split until each fits, and the rows still come in order.
+    let since = chrono::DateTime::parse_from_rfc3339("1990-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let until = chrono::DateTime::parse_from_rfc3339("2090-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let mut windows =
+        handoff_ledger::analytics::reports::StoreCsvRows::new(app.state.store.clone(), since, until).with_max_rows(1);
+    let mut streamed = Vec::new();
+    while let Some(window) = windows.next_rows().await.unwrap() {
+        assert_eq!(window.len(), 1);
+        streamed.extend(window.into_iter().map(|r| r.started_at));
+    }
+    assert_eq!(streamed.len(), 3);
+    assert!(streamed.windows(2).all(|w| w[0] <= w[1]), "{streamed:?}");
 }
 
 async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Backend) {
