@@ -97,9 +97,12 @@ impl Application {
             0 => KeepAlive::Disabled,
             secs => KeepAlive::Timeout(Duration::from_secs(secs)),
         })
-        .max_connections(limits.max_connections.max(1))
-        .listen(listener)?
-        .run();
+        .max_connections(limits.max_connections.max(1));
+        let server = match limits.workers {
+            0 => server,
+            n => server.workers(n),
+        };
+        let server = server.listen(listener)?.run();
         Ok(Application {
             port,
             server,

@@ -127,6 +127,35 @@ async fn postgres_readers_have_a_statement_timeout() {
     sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
 }
 
+async fn connections_past_the_cap_wait_for_a_free_slot(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.server.workers = 1;
+        c.server.max_connections = 1;
+        c.server.keep_alive_seconds = 60;
+    })
+    .await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // A takes the only slot: answered, then kept alive.
+    let mut a = tokio::net::TcpStream::connect(&address).await.unwrap();
+    a.write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // B waits while A holds the slot...
+    let mut b = tokio::net::TcpStream::connect(&address).await.unwrap();
+    b.write_all(request).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), b.read(&mut buf)).await;
+    assert!(early.is_err(), "a second connection was served past the cap");
+    // ...and is served once A goes.
+    drop(a);
+    let n = tokio::time::timeout(Duration::from_secs(30), b.read(&mut buf))
+        .await
+        .expect("served once the slot is free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 /// Holds the store's write lock from another connection until dropped (rolled back).
 enum WriteLock {
     Sqlite(sqlx::SqliteConnection),
@@ -453,6 +482,7 @@ async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Back
 }
 
 on_both_stores!(
+    connections_past_the_cap_wait_for_a_free_slot,
     idle_keep_alive_connections_are_closed,
     the_conversations_csv_is_streamed_in_order_across_windows,
     a_clickhouse_that_never_answers_falls_back_to_the_store,
