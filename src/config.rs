@@ -204,6 +204,8 @@ pub struct ServerConfig {
     pub keep_alive_seconds: u64,
     /// Most open connections per worker thread; more wait in the accept queue.
     pub max_connections: usize,
+    /// HTTP worker threads; 0 = one per physical CPU core.
+    pub workers: usize,
     /// Longest wait for the writer to commit a request's events; past it the answer is 503 with
     /// `Retry-After` (milliseconds).
     pub commit_deadline_ms: u64,
@@ -226,6 +228,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 10_000,
             keep_alive_seconds: 5,
             max_connections: 1_024,
+            workers: 0,
             commit_deadline_ms: 10_000,
             max_answer_bytes: 8 * 1024 * 1024,
             max_report_days: 93,

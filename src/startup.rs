@@ -135,9 +135,12 @@ impl Application {
         })
         .max_connections(limits.max_connections.max(1))
         .disable_signals()
-        .shutdown_timeout(grace.as_secs())
-        .listen(listener)?
-        .run();
+        .shutdown_timeout(grace.as_secs());
+        let server = match limits.workers {
+            0 => server,
+            n => server.workers(n),
+        };
+        let server = server.listen(listener)?.run();
         let metrics_server = match metrics_listener {
             Some(listener) => Some(
                 HttpServer::new(move || {
