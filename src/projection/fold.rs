@@ -42,6 +42,8 @@ pub enum Refold {
     PartyJoinedLate,
     /// A relay names an echo already folded as a transcript line.
     EchoAlreadyFolded,
+    /// An erasure: its kept facts replace those of events already folded, their lines lose their texts.
+    Erased,
 }
 
 /// The relay a visitor message's echo is recognised by: the Bright Pattern event id of the `msg_id`
@@ -105,6 +107,9 @@ pub struct FoldState {
     /// Span of every event folded, facts or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     extent: Option<LogExtent>,
+    /// Seqs of erased events: their transcript lines keep party, kind and time only.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    erased: BTreeSet<i64>,
 }
 
 impl FoldState {
@@ -121,6 +126,9 @@ impl FoldState {
                 state.parties.entry(p.clone()).or_insert(joined);
             }
             state.relayed.extend(echo_of(&input.fact));
+            if let Fact::Erased { events } = &input.fact {
+                state.erased.extend(events.iter().map(|e| e.seq));
+            }
         }
         let mut messages = Vec::new();
         for input in inputs {
@@ -145,6 +153,9 @@ impl FoldState {
             if first.sort_key() <= mark {
                 return Err(Refold::Late);
             }
+        }
+        if inputs.iter().any(|i| matches!(i.fact, Fact::Erased { .. })) {
+            return Err(Refold::Erased);
         }
         let mut parties = Vec::new();
         let mut relayed = Vec::new();
@@ -565,7 +576,10 @@ impl FoldState {
                     d.handoff.failure = Some(text);
                 }
             }
-            Fact::AgentLeft { .. } | Fact::ScenarioJoined { .. } | Fact::VisitorMessageRelayed { .. } => {}
+            Fact::AgentLeft { .. }
+            | Fact::ScenarioJoined { .. }
+            | Fact::VisitorMessageRelayed { .. }
+            | Fact::Erased { .. } => {}
         }
     }
 
@@ -599,7 +613,7 @@ impl FoldState {
                 }
             }
         }
-        messages.push(Message {
+        let mut line = Message {
             seq: input.seq,
             at: input.at,
             party,
@@ -611,6 +625,15 @@ impl FoldState {
             url: m.url.clone(),
             platform: input.platform,
             event_id: input.event_id,
-        });
+        };
+        if self.erased.contains(&input.seq) {
+            // An author resolved from a party that joined elsewhere is still a name: erased too.
+            line.author = None;
+            line.text = None;
+            line.url = None;
+            line.buttons.clear();
+            line.cards.clear();
+        }
+        messages.push(line);
     }
 }

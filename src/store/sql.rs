@@ -25,13 +25,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::chained::{self, chained_store};
 use super::codec::{self, Bind, EventRow, MessageRow, QuarantineRow, Row, EVENT_COLUMNS};
+use super::erasing::{self, erasing_store};
 use super::{
     ConversationFilter, ConversationPage, MessageCursor, ReplayStats, Store, StoreError, StoreResult, TranscriptPage,
 };
+use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent, StreamKey,
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent, StreamKey,
 };
 use crate::projection::{self, FoldState, LogExtent};
 
@@ -64,12 +67,24 @@ const SQL_GET_CONVERSATION: &str = "SELECT doc FROM conversations WHERE id = \
 const SQL_RESOLVE_CONVERSATION: &str = "SELECT id FROM conversations WHERE id = \
      COALESCE((SELECT a.survivor_id FROM aliases a WHERE a.absorbed_id = $1), $1)";
 const SQL_INSERT_QUARANTINE: &str = "INSERT INTO quarantine \
-     (received_at, path, platform, error_code, error_message, status, headers, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+     (received_at, path, platform, error_code, error_message, status, headers, body, body_size, body_sha256) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
 const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error_code, error_message, status, \
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
      status, headers, body FROM quarantine WHERE id < $2 ORDER BY id DESC LIMIT $1";
+const SQL_GET_QUARANTINE_BODY: &str = "SELECT body FROM quarantine WHERE id = $1";
+const SQL_INSERT_REDRIVE: &str = "INSERT INTO quarantine_redrives \
+     (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+fn redrives_of_sql(n: usize) -> String {
+    format!(
+        "SELECT quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name \
+         FROM quarantine_redrives WHERE quarantine_id IN ({}) ORDER BY id",
+        placeholders(1, n)
+    )
+}
 const SQL_GET_CHECKPOINT: &str = "SELECT value FROM checkpoints WHERE name = $1";
 const SQL_SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, value) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -123,7 +138,7 @@ fn events_after_sql() -> String {
 const IN_CHUNK: usize = 500;
 
 /// `$first, $first+1, ...` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
+pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -192,7 +207,7 @@ struct Pending {
 /// map of every stream it names, read once and kept current as it files, links and merges, and
 /// the rows waiting to be inserted. The database is only asked about what the map lacks.
 #[derive(Default)]
-struct Filing {
+pub(super) struct Filing {
     /// `None`: known not to be filed yet.
     streams: HashMap<StreamKey, Option<Uuid>>,
     /// Absorbed id -> survivor for the service's own stream ids (`None`: not absorbed).
@@ -777,6 +792,8 @@ macro_rules! sql_store {
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 let mut next = Self::last_seq_in(conn).await? + 1;
+                // Chained here, by the only writer, so each hash follows its predecessor's.
+                let mut prev = Self::prev_hash_in(conn).await?;
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
                 let mut known = Self::stored_events(conn, &ids).await?;
@@ -786,7 +803,7 @@ macro_rules! sql_store {
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
                 let mut filing = Self::load_filing(conn, &keys).await?;
-                let mut appended: Vec<(i64, &NewEvent)> = Vec::new();
+                let mut appended: Vec<(i64, &NewEvent, String)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
                     let mut filed = Vec::with_capacity(group.len());
@@ -803,10 +820,24 @@ macro_rules! sql_store {
                         let seq = next;
                         next += 1;
                         Self::file_event(conn, &mut filing, seq, &event.stream, &event.links).await?;
-                        filing.events.push(codec::event_row(seq, event)?);
+                        prev = chain::event_hash(
+                            &prev,
+                            &ChainLink {
+                                seq,
+                                event_id: event.event_id,
+                                platform: event.stream.platform.as_str(),
+                                external_id: &event.stream.external_id,
+                                kind: &event.kind,
+                                occurred_at: codec::to_micros(event.occurred_at),
+                                received_at: codec::to_micros(event.received_at),
+                                payload_sha256: chain::payload_sha256(&event.payload),
+                            },
+                        );
+                        let hash = chain::to_hex(&prev);
+                        filing.events.push(codec::event_row(seq, event, &hash)?);
                         let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
                         known.insert(event.event_id, (seq, stream.clone()));
-                        appended.push((seq, event));
+                        appended.push((seq, event, hash));
                         filed.push(Pending {
                             event_id: event.event_id,
                             seq,
@@ -819,14 +850,14 @@ macro_rules! sql_store {
                 Self::flush(conn, &mut filing).await?;
                 // Each new event joins the increment of the conversation its stream ends up in.
                 let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
-                for (seq, event) in appended {
+                for (seq, event, hash) in appended {
                     let Some(Some(conversation)) = filing.streams.get(&event.stream).copied() else {
                         continue;
                     };
                     increments
                         .entry(conversation)
                         .or_default()
-                        .push(codec::stored_event(seq, event, Some(conversation))?);
+                        .push(codec::stored_event(seq, event, Some(conversation), Some(hash))?);
                 }
                 for survivor in &filing.merged {
                     increments.entry(*survivor).or_default();
@@ -923,6 +954,10 @@ macro_rules! sql_store {
         impl Store for $name {
             async fn migrate(&self) -> StoreResult<()> {
                 $migrator.run(&self.pool).await?;
+                let hashed = self.backfill_chain().await?;
+                if hashed > 0 {
+                    tracing::info!(hashed, "event chain backfilled");
+                }
                 Ok(())
             }
 
@@ -952,6 +987,8 @@ macro_rules! sql_store {
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
+                // At most the first 64 KiB are kept, with the whole body's size and SHA-256.
+                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body);
                 let (id,): (i64,) = sqlx::query_as(SQL_INSERT_QUARANTINE)
                     .bind(codec::to_micros(entry.received_at))
                     .bind(&entry.path)
@@ -960,7 +997,9 @@ macro_rules! sql_store {
                     .bind(&entry.error_message)
                     .bind(i64::from(entry.status))
                     .bind(codec::to_json("headers", &entry.headers)?)
-                    .bind(&entry.body)
+                    .bind(kept)
+                    .bind(size)
+                    .bind(sha)
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(id)
@@ -979,6 +1018,40 @@ macro_rules! sql_store {
                     None => sqlx::query_as(SQL_LIST_QUARANTINE).bind(limit).fetch_all(&self.pool).await?,
                 };
                 rows.into_iter().map(codec::decode_quarantine).collect()
+            }
+
+            async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as(SQL_GET_QUARANTINE_BODY).bind(id).fetch_optional(&self.pool).await?;
+                Ok(row.map(|(body,)| body))
+            }
+
+            async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = redrives_of_sql(ids.len());
+                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&self.pool).await?.into_iter().map(codec::decode_redrive).collect()
+            }
+
+            async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()> {
+                sqlx::query(SQL_INSERT_REDRIVE)
+                    .bind(quarantine_id)
+                    .bind(codec::to_micros(redrive.at))
+                    .bind(i64::from(redrive.status))
+                    .bind(&redrive.outcome)
+                    .bind(&redrive.error_code)
+                    .bind(redrive.event_id.map(|id| id.to_string()))
+                    .bind(redrive.seq)
+                    .bind(redrive.conversation_id.map(|id| id.to_string()))
+                    .bind(&redrive.key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>> {
@@ -1098,6 +1171,60 @@ macro_rules! sql_store {
                 Self::last_seq_in(&mut *conn).await
             }
 
+            async fn chain_head(&self) -> StoreResult<Option<ChainHead>> {
+                self.chain_head_of().await
+            }
+
+            async fn chain_rows(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<ChainRow>> {
+                self.chain_rows_of(after_seq, limit).await
+            }
+
+            async fn erase(
+                &self,
+                target: &crate::erasure::ErasureTarget,
+                erasure_id: Uuid,
+                at: chrono::DateTime<chrono::Utc>,
+                sla: &SlaConfig,
+            ) -> StoreResult<Option<crate::erasure::ErasureCertificate>> {
+                let mut tx = self.begin_write().await?;
+                let certificate = Self::erase_in(&mut *tx, target, erasure_id, at, sla).await?;
+                tx.commit().await?;
+                Ok(certificate)
+            }
+
+            async fn erasure(&self, id: Uuid) -> StoreResult<Option<crate::erasure::ErasureCertificate>> {
+                let mut conn = self.pool.acquire().await?;
+                Self::erasure_in(&mut *conn, id).await
+            }
+
+            async fn erased_among(&self, ids: &[Uuid]) -> StoreResult<BTreeSet<Uuid>> {
+                let mut found = BTreeSet::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = erasing::erased_among_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String,)>(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id,) in query.fetch_all(&self.pool).await? {
+                        found.insert(codec::parse_uuid(&id)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn conversations_to_erase(
+                &self,
+                closed_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> StoreResult<Vec<Uuid>> {
+                let ids: Vec<(String,)> = sqlx::query_as(erasing::SQL_TO_ERASE)
+                    .bind(codec::to_micros(closed_before))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                ids.iter().map(|(id,)| codec::parse_uuid(id)).collect()
+            }
+
             async fn replay(&self, sla: &SlaConfig, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> StoreResult<ReplayStats> {
                 // One transaction: readers keep the old projections until the rebuilt ones commit,
                 // and a failed replay leaves them untouched.
@@ -1146,6 +1273,11 @@ sql_store!(
     lock = Some("LOCK TABLE events IN EXCLUSIVE MODE"),
     migrator = sqlx::migrate!("./migrations/postgres")
 );
+
+chained_store!(SqliteStore, sqlx::Sqlite);
+chained_store!(PostgresStore, sqlx::Postgres);
+erasing_store!(SqliteStore, sqlx::Sqlite);
+erasing_store!(PostgresStore, sqlx::Postgres);
 
 impl SqliteStore {
     /// Opens (creating when missing, with its directory) the SQLite file a `sqlite://relative/path`
