@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => {
             let store = handoff_ledger::store::open(&config.store.url, 1).await?;
             store.migrate().await?;
+            store.rebuild_stale(&config.sla).await?;
             println!("migrations applied to {}", config.store.url);
             if !config.clickhouse.url.is_empty() {
                 handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;

@@ -28,6 +28,10 @@ impl Application {
             .await
             .with_context(|| format!("opening the store at {}", config.store.url))?;
         store.migrate().await.context("applying store migrations")?;
+        store
+            .rebuild_stale(&config.sla)
+            .await
+            .context("rebuilding projections kept by an earlier version")?;
         let (writer, _writer_task) = Writer::spawn(store.clone(), config.sla.clone(), config.server.max_batch)
             .await
             .context("starting the writer")?;
