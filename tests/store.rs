@@ -177,6 +177,7 @@ on_both_backends!(
         events_after_pages_through_the_log,
         replay_rebuilds_exactly_what_appends_built,
         incremental_projection_equals_replay_on_random_logs,
+        event_lines_are_the_lines_one_event_made,
     ],
     db: [
         the_event_log_refuses_update_and_delete,
@@ -1025,6 +1026,26 @@ async fn replay_repairs_projections_from_the_log_alone(store: Arc<dyn Store>, db
     assert_eq!(stats.events, 4);
     assert_eq!(stats.conversations, 1);
     assert_eq!(snapshot(&store, &ids).await, before);
+}
+
+async fn event_lines_are_the_lines_one_event_made(store: Arc<dyn Store>) {
+    let cu = ultimate("u1").conversation_id();
+    let outcomes = append(
+        &store,
+        vec![vec![
+            bot("u1", "hi", 0),
+            visitor_says(cu, "first", 1),
+            visitor_says(cu, "second", 2),
+        ]],
+    )
+    .await;
+    let second = &outcomes[0][2];
+    let lines = store.event_lines(cu, second.seq).await.unwrap();
+    let texts: Vec<_> = lines.iter().map(|m| m.text.as_deref()).collect();
+    assert_eq!(texts, vec![Some("second")]);
+    assert_eq!(lines[0].event_id, second.event_id);
+    // An event that made no line (the bot's unknown kind) has none.
+    assert!(store.event_lines(cu, outcomes[0][0].seq).await.unwrap().is_empty());
 }
 
 /// A database projected by an earlier version keeps no fold state (`fold = ''`) and no line rows:

@@ -26,6 +26,8 @@ CREATE TABLE messages (
     event_id        TEXT   NOT NULL,
     PRIMARY KEY (conversation_id, at, seq, idx)
 );
+-- The lines of one event (what a relay of that event reads).
+CREATE INDEX messages_event ON messages (conversation_id, seq);
 
 -- One row per hand-over to a live queue, numbered from 0 within its conversation (reports aggregate these).
 CREATE TABLE handoffs (

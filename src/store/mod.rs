@@ -153,6 +153,10 @@ pub trait Store: Send + Sync + 'static {
         limit: Option<u32>,
     ) -> StoreResult<Option<TranscriptPage>>;
 
+    /// The transcript lines the event at `seq` made in conversation `id` (not resolved through
+    /// merges), in transcript order: what a relay of that event reads, whatever the transcript's length.
+    async fn event_lines(&self, id: Uuid, seq: i64) -> StoreResult<Vec<Message>>;
+
     /// The raw events of a conversation in `seq` order.
     async fn conversation_events(&self, id: Uuid) -> StoreResult<Option<Vec<StoredEvent>>> {
         self.conversation_events_page(id, 0, None).await

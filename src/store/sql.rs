@@ -107,6 +107,13 @@ fn transcript_sql(limit: bool) -> String {
     )
 }
 
+fn event_lines_sql() -> String {
+    format!(
+        "SELECT {} FROM messages WHERE conversation_id = $1 AND seq = $2 ORDER BY at, seq, idx",
+        codec::MESSAGE_SELECT
+    )
+}
+
 fn events_after_sql() -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
@@ -1068,6 +1075,15 @@ macro_rules! sql_store {
                     messages: rows.into_iter().map(|(_, m)| m).collect(),
                     next,
                 }))
+            }
+
+            async fn event_lines(&self, id: Uuid, seq: i64) -> StoreResult<Vec<Message>> {
+                let rows: Vec<MessageRow> = sqlx::query_as(&event_lines_sql())
+                    .bind(id.to_string())
+                    .bind(seq)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(|row| codec::decode_message(row).map(|(_, m)| m)).collect()
             }
 
             async fn conversation_events_page(
