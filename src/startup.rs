@@ -48,6 +48,7 @@ impl Application {
             writer,
             config,
             handoff,
+            sessions: api::console::Sessions::default(),
         };
         let data = web::Data::new(state.clone());
         let analytics = analytics.map(web::Data::from);

@@ -23,7 +23,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `payload_too_large`,
-    /// `unavailable`, `not_found`, `invalid_parameter`, `bad_gateway`, `gateway_timeout`, `internal`.
+    /// `unavailable`, `not_found`, `method_not_allowed`, `invalid_parameter`, `bad_gateway`, `gateway_timeout`,
+    /// `internal`.
     pub code: String,
     /// A human sentence.
     pub message: String,
@@ -67,6 +68,12 @@ pub enum ApiError {
         /// Parameter name.
         parameter: String,
     },
+    /// The path exists but does not serve this method.
+    #[error("this path does not serve this method; it serves {allow}")]
+    MethodNotAllowed {
+        /// The methods it serves (the `Allow` header).
+        allow: &'static str,
+    },
     /// A live backend answered with an error.
     #[error("{0}")]
     BadGateway(String),
@@ -89,6 +96,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidParameter { .. } => "invalid_parameter",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::GatewayTimeout(_) => "gateway_timeout",
             ApiError::Unexpected(_) => "internal",
@@ -135,6 +143,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -146,8 +155,14 @@ impl ResponseError for ApiError {
             tracing::error!(error = ?e, "unexpected error");
         }
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable(_)) {
-            res.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::Unavailable(_) => {
+                res.insert_header(("Retry-After", "1"));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                res.insert_header(("Allow", *allow));
+            }
+            _ => {}
         }
         res.json(self.body())
     }

@@ -13,8 +13,10 @@ use crate::model::{QuarantineEntry, StoredEvent};
 #[into_params(parameter_in = Query)]
 pub struct FeedParams {
     /// Events with `seq > after_seq` (default 0).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
-    /// At most this many (default 100, max 1000).
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -33,7 +35,8 @@ pub struct EventFeed {
 pub struct QuarantineParams {
     /// Entries with `id < before` (for the next page).
     pub before: Option<i64>,
-    /// At most this many (default 50, max 500).
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -71,7 +74,8 @@ fn check_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiErr
     params(FeedParams),
     responses(
         (status = 200, description = "Events after `after_seq`", body = EventFeed),
-        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) -> Result<HttpResponse, ApiError> {
@@ -91,7 +95,8 @@ pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) ->
     params(QuarantineParams),
     responses(
         (status = 200, description = "Refused deliveries", body = QuarantineList),
-        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn quarantine(

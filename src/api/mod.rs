@@ -1,5 +1,6 @@
 //! The HTTP API: thin actix-web handlers (extract, call, map errors), documented with utoipa.
 
+pub mod console;
 pub mod conversations;
 pub mod error;
 pub mod log;
@@ -10,7 +11,6 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use actix_web::web;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
@@ -28,6 +28,15 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Drives the handoff: synchronous escalations, relays, the outbox and Bright Pattern polls.
     pub handoff: crate::handoff::Handoff,
+    /// The support console's signed-in browsers.
+    pub sessions: console::Sessions,
+}
+
+/// A path and the methods it serves; any other method is answered `405 method_not_allowed` (JSON, with `Allow`).
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<actix_web::HttpResponse, _>(error::ApiError::MethodNotAllowed { allow })
+    }))
 }
 
 /// Registers every route.
@@ -39,40 +48,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .limit(65_536)
                 .error_handler(error::json_error_handler),
         )
-        .route(
-            "/webhooks/ultimate/converse",
-            web::post().to(webhooks::ultimate_converse),
+        .service(resource("/webhooks/ultimate/converse", "POST").route(web::post().to(webhooks::ultimate_converse)))
+        .service(resource("/webhooks/ultimate/actions", "POST").route(web::post().to(webhooks::ultimate_actions)))
+        .service(resource("/webhooks/aivo-live", "POST").route(web::post().to(webhooks::aivo_live)))
+        .service(resource("/webhooks/vcc/chat", "POST").route(web::post().to(webhooks::vcc_chat)))
+        .service(resource("/webhooks/bright-pattern/{chat_id}", "POST").route(web::post().to(webhooks::bright_pattern)))
+        .service(resource("/v1/conversations", "GET").route(web::get().to(conversations::list)))
+        .service(resource("/v1/conversations/{id}", "GET").route(web::get().to(conversations::get)))
+        .service(resource("/v1/conversations/{id}/transcript", "GET").route(web::get().to(conversations::transcript)))
+        .service(resource("/v1/conversations/{id}/events", "GET").route(web::get().to(conversations::events)))
+        .service(resource("/v1/conversations/{id}/messages", "POST").route(web::post().to(conversations::post_message)))
+        .service(resource("/v1/conversations/{id}/handoff", "POST").route(web::post().to(conversations::post_handoff)))
+        .service(resource("/v1/reports/sla", "GET").route(web::get().to(reports::sla_report)))
+        .service(resource("/v1/reports/dispositions", "GET").route(web::get().to(reports::dispositions_report)))
+        .service(
+            resource("/v1/reports/conversations.csv", "GET").route(web::get().to(reports::conversations_csv_report)),
         )
-        .route("/webhooks/ultimate/actions", web::post().to(webhooks::ultimate_actions))
-        .route("/webhooks/aivo-live", web::post().to(webhooks::aivo_live))
-        .route("/webhooks/vcc/chat", web::post().to(webhooks::vcc_chat))
-        .route(
-            "/webhooks/bright-pattern/{chat_id}",
-            web::post().to(webhooks::bright_pattern),
-        )
-        .route("/v1/conversations", web::get().to(conversations::list))
-        .route("/v1/conversations/{id}", web::get().to(conversations::get))
-        .route(
-            "/v1/conversations/{id}/transcript",
-            web::get().to(conversations::transcript),
-        )
-        .route("/v1/conversations/{id}/events", web::get().to(conversations::events))
-        .route(
-            "/v1/conversations/{id}/messages",
-            web::post().to(conversations::post_message),
-        )
-        .route(
-            "/v1/conversations/{id}/handoff",
-            web::post().to(conversations::post_handoff),
-        )
-        .service(reports::sla_report)
-        .service(reports::dispositions_report)
-        .service(reports::conversations_csv_report)
-        .route("/v1/events", web::get().to(log::feed))
-        .route("/v1/quarantine", web::get().to(log::quarantine))
-        .route("/healthz", web::get().to(log::healthz))
-        .route("/readyz", web::get().to(log::readyz))
-        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));
+        .service(resource("/v1/events", "GET").route(web::get().to(log::feed)))
+        .service(resource("/v1/quarantine", "GET").route(web::get().to(log::quarantine)))
+        .service(resource("/healthz", "GET").route(web::get().to(log::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(log::readyz)))
+        .configure(console::configure)
+        .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", openapi::served_document()));
 }
 
 /// Answers unknown routes with the JSON error shape.

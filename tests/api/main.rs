@@ -1,7 +1,9 @@
 //! Integration tests: the real service on port 0, over HTTP, on SQLite and PostgreSQL.
 
+mod browser;
 #[path = "../common/mod.rs"]
 mod common;
+mod console;
 mod crash;
 mod flow;
 mod helpers;

@@ -1,0 +1,410 @@
+//! The printable transcript and the support console, checked the way a person uses them: the console in
+//! a real headless Chromium, the printable page as bytes a browser would receive.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::browser::Browser;
+use crate::helpers::{fixture, spawn_app_with, Backend, TestApp};
+
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().expect("in range")
+}
+
+fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
+    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
+}
+
+fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
+    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
+    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    json!({"botId": "BOT", "channel": "chat", "data": data})
+}
+
+async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
+    let (status, answer) = app.post_json(path, body).await;
+    assert!(status == 200 || status == 202, "{path} {body}: {status} {answer}");
+    answer
+}
+
+/// What a support lead finds in the morning: a bot conversation handed to Aivo Live (buttons, a carousel, an
+/// agent, a transfer), a VCC chat, and a refused delivery in the quarantine. Returns the handoff's id.
+struct SupportDay {
+    app: TestApp,
+    handoff_id: String,
+    vcc_id: String,
+    _live: wiremock::MockServer,
+}
+
+async fn support_day() -> SupportDay {
+    let room = format!("room-{}", Uuid::new_v4());
+    let live = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
+        .mount(&live)
+        .await;
+    let uri = live.uri();
+    let app = spawn_app_with(Backend::Sqlite, move |c| {
+        c.aivo_live.base_url = uri.clone();
+        c.aivo_live.bot_token = "token".into();
+        c.ultimate.api_url = uri;
+        c.ultimate.api_key = "key".into();
+        c.sla.queues.insert("2179".into(), 30);
+        c.routing.default = Some(handoff_ledger::config::Route {
+            backend: "aivo_live".into(),
+            groups: vec![2179],
+            hours: None,
+        });
+    })
+    .await;
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let first = post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "sendMessage",
+            &pcid,
+            json!({"messageId": "m1", "type": "text", "text": "Hi! I'm the billing assistant. How can I help?"}),
+        ),
+    )
+    .await;
+    let handoff_id = first["conversation_id"].as_str().expect("id").to_string();
+    post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate("widgetMessage", &pcid, json!({"text": "My invoice is wrong <again>"})),
+    )
+    .await;
+    post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "sendMessage",
+            &pcid,
+            json!({"messageId": "m2", "type": "text", "text": "Which plan are you on?",
+                   "carouselCards": [
+                       {"title": "Basic", "description": "Up to 3 seats", "imageUrl": "https://img.example/basic.png",
+                        "buttons": [{"type": "button", "text": "I have Basic"}]},
+                       {"title": "Business", "description": "Unlimited seats", "imageUrl": "https://img.example/business.png",
+                        "buttons": [{"type": "button", "text": "I have Business"}]}]}),
+        ),
+    )
+    .await;
+    post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "sendMessage",
+            &pcid,
+            json!({"messageId": "m3", "type": "text", "text": "Shall I get you a person?",
+                   "buttons": [{"type": "button", "text": "Talk to a human"}, {"type": "link", "text": "Billing FAQ", "url": "https://help.example/billing"}]}),
+        ),
+    )
+    .await;
+    post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate("escalate", &pcid, json!({})),
+    )
+    .await;
+    let (_, queued) = app.get_json(&format!("/v1/conversations/{handoff_id}")).await;
+    let t0 = DateTime::parse_from_rfc3339(queued["queued_at"].as_str().expect("queued"))
+        .expect("time")
+        .with_timezone(&Utc);
+    let tomas = json!({"name": "Tomas", "nickname": "Tomas NICKK", "groupId": 2179});
+    for body in [
+        aivo("attended", &room, t0 + Duration::seconds(12), json!({"agent": tomas})),
+        aivo(
+            "messageToClient",
+            &room,
+            t0 + Duration::seconds(16),
+            json!({"action": "text", "value": "Hi, Tomas here. Let me look at <b>your</b> invoice.", "source": "agent", "agent": tomas}),
+        ),
+        aivo(
+            "messageToClient",
+            &room,
+            t0 + Duration::seconds(70),
+            json!({"action": "text", "value": "Fixed: the credit note is on its way.", "source": "agent", "agent": tomas}),
+        ),
+        aivo(
+            "close",
+            &room,
+            t0 + Duration::seconds(95),
+            json!({"reason": "agent", "agent": {}}),
+        ),
+    ] {
+        post_ok(&app, "/webhooks/aivo-live", &body).await;
+    }
+    let vcc = post_ok(
+        &app,
+        "/webhooks/vcc/chat",
+        &serde_json::from_str(&fixture("vcc_chat.json")).expect("fixture"),
+    )
+    .await;
+    let vcc_id = vcc["conversation_id"].as_str().expect("id").to_string();
+    let (status, _) = app.post_raw("/webhooks/aivo-live", "{\"name\": \"attended\"").await;
+    assert_eq!(status, 400);
+    SupportDay {
+        app,
+        handoff_id,
+        vcc_id,
+        _live: live,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printable_transcript_is_one_self_contained_escaped_page() {
+    let day = support_day().await;
+    let app = &day.app;
+    let res = app
+        .client
+        .get(app.url(&format!("/v1/conversations/{}/transcript?format=html", day.handoff_id)))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 200);
+    let ct = res.headers()["content-type"].to_str().unwrap_or_default().to_string();
+    assert_eq!(ct, "text/html; charset=utf-8");
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = res.text().await.expect("body");
+    // Self-contained: no script, no stylesheet link, nothing loaded from anywhere.
+    for forbidden in ["<script", "<link", "src=", "@import", "url("] {
+        assert!(!page.contains(forbidden), "the page contains `{forbidden}`");
+    }
+    assert!(page.contains("@media print"), "a print stylesheet");
+    // The header: platforms, queue, agents, timers, SLA status, disposition.
+    for expected in [
+        "ultimate",
+        "aivo_live",
+        "2179",
+        "Tomas",
+        "“Tomas NICKK”",
+        "12 s",
+        "4 s",
+        "1 min 23 s",
+        "badge sla-met",
+        "badge disp-completed",
+    ] {
+        assert!(page.contains(expected), "the header lacks `{expected}`");
+    }
+    // Lines with time, party and author; what people typed is escaped.
+    assert!(page.contains("My invoice is wrong &lt;again&gt;"));
+    assert!(page.contains("Let me look at &lt;b&gt;your&lt;/b&gt; invoice."));
+    assert!(!page.contains("<b>your</b>"));
+    assert!(page.contains("<span class=\"party-tag\">agent</span>"));
+    assert!(page.contains("<td class=\"author\">Tomas</td>"));
+    // Bot buttons and carousel cards are shown as such.
+    assert!(page.contains("<li class=\"button\" data-type=\"button\">Talk to a human"));
+    assert!(page.contains("href=\"https://help.example/billing\""));
+    assert!(page.contains("<div class=\"card-title\">Business</div>"));
+
+    // An unknown format is still a JSON error naming the parameter and the choices.
+    let (status, body) = app
+        .get_json(&format!("/v1/conversations/{}/transcript?format=pdf", day.handoff_id))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["details"]["parameter"], json!("format"));
+    assert!(
+        body["error"]["message"].as_str().unwrap_or_default().contains("html"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_path_does_not_serve_is_405_with_the_json_error() {
+    let day = support_day().await;
+    let app = &day.app;
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/webhooks/aivo-live".to_string(), "POST"),
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/conversations/{}", day.handoff_id),
+            "GET",
+        ),
+        (reqwest::Method::PUT, "/v1/conversations".to_string(), "GET"),
+        (reqwest::Method::POST, "/v1/reports/sla".to_string(), "GET"),
+    ] {
+        let res = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), 405, "{method} {path}");
+        assert_eq!(res.headers()["allow"].to_str().unwrap_or_default(), allow);
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["error"]["code"], json!("method_not_allowed"), "{method} {path}");
+    }
+    // An unknown path is still 404.
+    let (status, body) = app.get_json("/v1/nothing-here").await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    let day = support_day().await;
+    let app = &day.app;
+    let browser = Browser::start().await;
+
+    // Search: every conversation, newest first, with its SLA status and disposition.
+    browser.goto(&app.url("/ui/")).await;
+    assert_eq!(browser.title().await, "Conversations · handoff-ledger console");
+    let rows = browser.find_all("tr.conversation-row").await;
+    assert_eq!(rows.len(), 2, "the handoff and the VCC chat");
+    let cookies = browser.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == json!("ledger_session"))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_eq!(session["httpOnly"], json!(true));
+    assert_eq!(session["sameSite"], json!("Strict"));
+    assert_eq!(
+        browser.script("return document.cookie").await,
+        json!(""),
+        "scripts cannot read it"
+    );
+    browser.save_screenshot("console-search.png").await;
+
+    // Filters: platform = vcc leaves the VCC chat.
+    browser.select("select[name=platform]", "vcc").await;
+    let search = browser.find("form.filters button[type=submit]").await;
+    browser.click(&search).await;
+    assert!(browser.url().await.contains("platform=vcc"), "{}", browser.url().await);
+    let rows = browser.find_all("tr.conversation-row").await;
+    assert_eq!(rows.len(), 1);
+    let link = browser.find("tr.conversation-row a").await;
+    browser.click(&link).await;
+    assert!(browser
+        .url()
+        .await
+        .ends_with(&format!("/ui/conversations/{}", day.vcc_id)));
+
+    // Paging: one per page, the next page holds the other conversation.
+    browser.goto(&app.url("/ui/?limit=1")).await;
+    assert_eq!(browser.find_all("tr.conversation-row").await.len(), 1);
+    let first = browser.text_of("tr.conversation-row").await;
+    let next = browser.find("a.next-page").await;
+    browser.click(&next).await;
+    assert!(browser.url().await.contains("cursor="));
+    assert_eq!(browser.find_all("tr.conversation-row").await.len(), 1);
+    assert_ne!(browser.text_of("tr.conversation-row").await, first);
+    assert!(
+        browser.find_all("a.next-page").await.is_empty(),
+        "two conversations, two pages"
+    );
+
+    // The conversation: merged transcript with party colours, bot buttons and cards, timeline, exports.
+    browser
+        .goto(&app.url(&format!("/ui/conversations/{}", day.handoff_id)))
+        .await;
+    let facts = browser.text_of("dl.facts").await;
+    for expected in ["aivo_live", "2179", "Tomas", "met", "completed", "12 s"] {
+        assert!(facts.contains(expected), "facts lack `{expected}`: {facts}");
+    }
+    let visitor = browser.find("tr.line.party-visitor").await;
+    let agent = browser.find("tr.line.party-agent").await;
+    let bot = browser.find("tr.line.party-bot").await;
+    let (cv, ca, cb) = (
+        browser.css(&visitor, "border-left-color").await,
+        browser.css(&agent, "border-left-color").await,
+        browser.css(&bot, "border-left-color").await,
+    );
+    assert!(
+        cv != ca && ca != cb && cv != cb,
+        "parties share a colour: {cv} {ca} {cb}"
+    );
+    assert!(browser.text(&visitor).await.contains("My invoice is wrong <again>"));
+    assert!(
+        browser
+            .text(&agent)
+            .await
+            .contains("Let me look at <b>your</b> invoice."),
+        "shown as typed, not as markup"
+    );
+    let buttons: Vec<String> = {
+        let mut v = Vec::new();
+        for b in browser.find_all("ul.buttons li.button").await {
+            v.push(browser.text(&b).await);
+        }
+        v
+    };
+    assert!(buttons.iter().any(|b| b == "Talk to a human"), "{buttons:?}");
+    assert!(buttons.iter().any(|b| b.starts_with("Billing FAQ")), "{buttons:?}");
+    let cards = browser.find_all("div.carousel div.card").await;
+    assert_eq!(cards.len(), 2);
+    assert!(browser.text(&cards[1]).await.contains("Business"));
+    let timeline = browser.text_of("ol.timeline").await;
+    for expected in [
+        "Conversation started",
+        "Queued on aivo_live",
+        "Attended by Tomas after 12 s",
+        "Closed: completed",
+    ] {
+        assert!(timeline.contains(expected), "timeline lacks `{expected}`: {timeline}");
+    }
+    let exports = browser.text_of("div.exports").await;
+    for expected in [
+        "Transcript (JSON)",
+        "Transcript (text)",
+        "Transcript (CSV)",
+        "Transcript (JSON lines)",
+        "Printable transcript",
+        "Conversation (JSON)",
+        "Raw events",
+    ] {
+        assert!(exports.contains(expected), "exports lack `{expected}`: {exports}");
+    }
+    browser.save_screenshot("console-conversation.png").await;
+
+    // Every export link answers within the session (and only within it).
+    let hrefs = browser
+        .script("return Array.from(document.querySelectorAll('div.exports a')).map(a => a.getAttribute('href'))")
+        .await;
+    let hrefs: Vec<String> = serde_json::from_value(hrefs).expect("hrefs");
+    assert_eq!(hrefs.len(), 8);
+    let cookie = format!("ledger_session={}", session["value"].as_str().unwrap_or_default());
+    for href in &hrefs {
+        assert!(
+            href.starts_with(&format!("/ui/conversations/{}/", day.handoff_id)),
+            "{href}"
+        );
+        let res = app
+            .client
+            .get(app.url(href))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), 200, "{href}");
+    }
+    let printable = browser.find("div.exports a[href$='transcript.html']").await;
+    browser.click(&printable).await;
+    assert!(browser.title().await.starts_with("Transcript "));
+    assert!(browser.text_of("h1").await.contains("Conversation transcript"));
+    browser.save_screenshot("transcript-printable.png").await;
+
+    browser
+        .goto(&app.url(&format!("/ui/conversations/{}/events", day.handoff_id)))
+        .await;
+    let events = browser.find_all("tr.event-row").await;
+    assert!(events.len() >= 9, "raw events shown: {}", events.len());
+    assert!(browser.text(&events[0]).await.contains("ultimate.send_message"));
+
+    // The quarantine holds the refused delivery with its error.
+    browser.goto(&app.url("/ui/quarantine")).await;
+    let entries = browser.find_all("tr.quarantine-row").await;
+    assert_eq!(entries.len(), 1);
+    let entry = browser.text(&entries[0]).await;
+    assert!(
+        entry.contains("/webhooks/aivo-live") && entry.contains("400 invalid_json"),
+        "{entry}"
+    );
+    browser.save_screenshot("console-quarantine.png").await;
+}
