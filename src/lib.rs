@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod api;
+pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod handoff;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod outbox;
 pub mod poller;
 pub mod projection;
+pub mod quarantine;
 pub mod sources;
 pub mod startup;
 pub mod store;

@@ -3,38 +3,63 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use crate::api::{self, AppState};
+use crate::auth::{KeyRing, OpenAccess};
 use crate::config::Config;
 use crate::handoff::Handoff;
 use crate::store;
 use crate::writer::Writer;
+
+/// Connections of the writer's own pool (appends, and quarantine entries between batches).
+const WRITER_CONNECTIONS: u32 = 2;
 
 /// A built, not yet running, service.
 pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    writer_task: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
     /// Opens and migrates the store, starts the writer and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let store = store::open(&config.store.url, config.store.max_connections)
+        let shown = crate::config::redact_url(&config.store.url);
+        // The writer has a pool of its own, so readers can never take every connection from it; on
+        // PostgreSQL the readers' statements are cut off after `store.read_timeout_ms`.
+        let writer_store = store::open(&config.store.url, WRITER_CONNECTIONS)
             .await
-            .with_context(|| format!("opening the store at {}", config.store.url))?;
-        store.migrate().await.context("applying store migrations")?;
-        let (writer, _writer_task) = Writer::spawn(store.clone(), config.sla.clone(), config.server.max_batch)
+            .with_context(|| format!("opening the store at {shown}"))?;
+        writer_store.migrate().await.context("applying store migrations")?;
+        let store = store::open(&config.store.reader_url(), config.store.max_connections)
+            .await
+            .with_context(|| format!("opening the store at {shown}"))?;
+        let (writer, writer_task) = Writer::spawn(writer_store, config.sla.clone(), config.server.max_batch)
             .await
             .context("starting the writer")?;
-        warn_open_webhooks(&config);
         let listener =
             TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
-        let port = listener.local_addr()?.port();
+        let local = listener.local_addr()?;
+        let port = local.port();
+        let access = OpenAccess {
+            loopback: local.ip().is_loopback(),
+            allow_anonymous: config.auth.allow_anonymous,
+            open_webhooks: config.auth.open_webhooks,
+        };
+        let key_count = store.list_keys().await.context("reading the API keys")?.len();
+        check_access(&config, access, key_count)?;
+        if !config.vcc.encryption_key.is_empty() {
+            crate::sources::vcc_crypto::VccKey::from_hex(config.vcc.encryption_key.expose())
+                .map_err(anyhow::Error::msg)?;
+        }
+        warn_open_webhooks(&config, access);
         let config = Arc::new(config);
         let handoff =
             Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
@@ -43,25 +68,43 @@ impl Application {
         // The ClickHouse sink tails the log in the background (it applies its own migrations and
         // backs off while ClickHouse is down; ingestion never waits for it).
         let analytics = crate::analytics::start(&config, store.clone(), writer.committed()).map(|(a, _task)| a);
+        let keys = Arc::new(KeyRing::new(store.clone(), access));
+        crate::quarantine::spawn_retention(store.clone(), config.retention.clone());
         let state = AppState {
             store,
             writer,
             config,
             handoff,
             sessions: api::console::Sessions::default(),
+            keys,
         };
         let data = web::Data::new(state.clone());
         let analytics = analytics.map(web::Data::from);
+        let limits = state.config.server.clone();
         let server = HttpServer::new(move || {
-            let mut app = App::new().app_data(data.clone());
+            let mut app = App::new()
+                .wrap(actix_web::middleware::from_fn(api::auth::require_key))
+                .app_data(data.clone());
             if let Some(analytics) = &analytics {
                 app = app.app_data(analytics.clone());
             }
             app.configure(api::configure).default_service(web::to(api::not_found))
         })
+        .client_request_timeout(Duration::from_millis(limits.head_timeout_ms))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(match limits.keep_alive_seconds {
+            0 => KeepAlive::Disabled,
+            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        })
+        .max_connections(limits.max_connections.max(1))
         .listen(listener)?
         .run();
-        Ok(Application { port, server, state })
+        Ok(Application {
+            port,
+            server,
+            state,
+            writer_task,
+        })
     }
 
     /// The port the service listens on.
@@ -74,14 +117,65 @@ impl Application {
         &self.state
     }
 
-    /// Serves until the server stops.
+    /// A handle that ends the writer task (supervision tests; an operator's kill switch).
+    pub fn writer_abort_handle(&self) -> tokio::task::AbortHandle {
+        self.writer_task.abort_handle()
+    }
+
+    /// Serves until the server stops. If the writer task ends first (a bug, a panic outside the
+    /// guarded append), `/readyz` fails at once, the server stops, and this returns an error, so the
+    /// process exits non-zero and its supervisor restarts it, instead of answering 503 forever.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let handle = self.server.handle();
+        let mut server = self.server;
+        tokio::select! {
+            served = &mut server => served,
+            ended = self.writer_task => {
+                let why = match ended {
+                    Ok(()) => "it returned".to_string(),
+                    Err(e) if e.is_panic() => "it panicked".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(reason = %why, "the writer task ended; stopping the service");
+                // Not graceful: nothing in flight can be committed any more. The stop is carried out
+                // by the server future itself, so it is polled to the end before the stop is awaited.
+                let stopped = handle.stop(false);
+                let _ = server.await;
+                stopped.await;
+                Err(std::io::Error::other(format!("the writer task ended ({why})")))
+            }
+        }
     }
 }
 
-/// Says at start which webhook endpoints accept deliveries without a token.
-fn warn_open_webhooks(config: &Config) {
+/// Fails closed: on a non-loopback bind the API needs keys unless `auth.allow_anonymous` says
+/// otherwise. Says in the log when the API is open.
+fn check_access(config: &Config, access: OpenAccess, key_count: usize) -> anyhow::Result<()> {
+    if access.allow_anonymous {
+        tracing::warn!(
+            bind = %config.server.bind,
+            "the API is open to anyone without a key (auth.allow_anonymous = true)"
+        );
+    } else if key_count == 0 && access.loopback {
+        tracing::warn!(
+            bind = %config.server.bind,
+            "the API is open: no API key exists and the service listens on loopback only; \
+             create one with `handoff-ledger keys create --name NAME --scope admin` to require keys"
+        );
+    } else if key_count == 0 {
+        anyhow::bail!(
+            "refusing to start: server.bind {} is not a loopback address and no API key exists; create one with \
+             `handoff-ledger keys create --name NAME --scope admin`, or set auth.allow_anonymous = true to serve the \
+             API to anyone",
+            config.server.bind
+        );
+    }
+    Ok(())
+}
+
+/// Says at start which webhook endpoints accept deliveries without a token, or refuse them all
+/// (non-loopback bind without `auth.open_webhooks`).
+fn warn_open_webhooks(config: &Config, access: OpenAccess) {
     let open: Vec<&str> = [
         ("ultimate", config.ultimate.webhook_token.is_empty()),
         ("aivo_live", config.aivo_live.webhook_token.is_empty()),
@@ -91,10 +185,19 @@ fn warn_open_webhooks(config: &Config) {
     .into_iter()
     .filter_map(|(name, open)| open.then_some(name))
     .collect();
-    if !open.is_empty() {
+    if open.is_empty() {
+        return;
+    }
+    if access.webhooks_open_without_token() {
         tracing::warn!(
             platforms = %open.join(", "),
             "webhook endpoints are open: no token configured (set <platform>.webhook_token / vcc.secret_key)"
+        );
+    } else {
+        tracing::warn!(
+            platforms = %open.join(", "),
+            "webhook endpoints without a token refuse every delivery (401) on a non-loopback bind: set \
+             <platform>.webhook_token / vcc.secret_key, or auth.open_webhooks = true"
         );
     }
 }

@@ -76,7 +76,7 @@ fn aivo_config(server: &MockServer) -> AivoLiveConfig {
         base_url: format!("{}{AIVO_BASE}", server.uri()),
         bot_id: 1000,
         bot_token: "7114636682f3c091557758286be4a94c".into(),
-        webhook_token: String::new(),
+        webhook_token: Default::default(),
         close_path: String::new(),
         timeout_seconds: 1,
     }
@@ -327,7 +327,7 @@ fn bp_config(server: &MockServer) -> BrightPatternConfig {
         tenant_url: "tenant.example.com".into(),
         app_id: "app-1".into(),
         client_id: "client-1".into(),
-        webhook_token: String::new(),
+        webhook_token: Default::default(),
         timeout_seconds: 1,
         poll_timeout_seconds: 2,
     }

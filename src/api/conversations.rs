@@ -84,6 +84,17 @@ pub struct TranscriptParams {
 pub struct EventList {
     /// Events in `seq` order, raw payloads included.
     pub items: Vec<StoredEvent>,
+    /// Set when the answer stopped at `server.max_answer_bytes`: pass it as `after_seq` for the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after_seq: Option<i64>,
+}
+
+/// Paging of a conversation's events.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsParams {
+    /// Only events with `seq > after_seq` (the `next_after_seq` of a previous answer).
+    pub after_seq: Option<i64>,
 }
 
 /// `POST /v1/conversations/{id}/messages` body.
@@ -185,9 +196,16 @@ pub async fn list(state: web::Data<AppState>, params: web::Query<ListParams>) ->
     let filter = params.into_inner().into_filter()?;
     let now = filter.now.unwrap_or_else(Utc::now);
     let page = state.store.list_conversations(&filter).await?;
+    let mut items: Vec<Conversation> = page.items.into_iter().map(|c| c.as_of(now)).collect();
+    let next = if super::fit_bytes(&mut items, state.config.server.max_answer_bytes) {
+        // Cut short by size: continue after the last conversation given.
+        items.last().map(|c| (c.started_at.timestamp_micros(), c.id))
+    } else {
+        page.next
+    };
     Ok(HttpResponse::Ok().json(ConversationList {
-        items: page.items.into_iter().map(|c| c.as_of(now)).collect(),
-        next_cursor: page.next.map(encode_cursor),
+        items,
+        next_cursor: next.map(encode_cursor),
     }))
 }
 
@@ -274,7 +292,7 @@ pub const SELF_CONTAINED_PAGE_CSP: &str =
 /// The raw events of a conversation in `seq` order, payloads as received.
 #[utoipa::path(
     get, path = "/v1/conversations/{id}/events", tag = "conversations",
-    params(("id" = Uuid, Path, description = "Conversation id")),
+    params(("id" = Uuid, Path, description = "Conversation id"), EventsParams),
     responses(
         (status = 200, description = "Its events", body = EventList),
         (status = 400, description = "Not a UUID (`invalid_parameter`)", body = ErrorBody),
@@ -282,14 +300,23 @@ pub const SELF_CONTAINED_PAGE_CSP: &str =
         (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
-pub async fn events(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
+pub async fn events(
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+    params: web::Query<EventsParams>,
+) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let items = state
+    let mut items = state
         .store
         .conversation_events(id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(HttpResponse::Ok().json(EventList { items }))
+    if let Some(after) = params.after_seq {
+        items.retain(|e| e.seq > after);
+    }
+    let cut = super::fit_bytes(&mut items, state.config.server.max_answer_bytes);
+    let next_after_seq = if cut { items.last().map(|e| e.seq) } else { None };
+    Ok(HttpResponse::Ok().json(EventList { items, next_after_seq }))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Option<String> {
@@ -331,7 +358,7 @@ pub async fn post_message(
     }
     let key = idempotency_key(&req);
     let event = ledger::api_message(conversation.id, body.party, &body.text, key.as_deref(), Utc::now());
-    let outcomes = state.writer.append(vec![event]).await?;
+    let outcomes = super::append(&state, vec![event]).await?;
     crate::handoff::after_api_message(&state, &conversation, body.party, &body.text, &outcomes).await;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }
@@ -363,7 +390,7 @@ pub async fn post_handoff(
     let conversation = state.store.get_conversation(id).await?.ok_or_else(|| not_found(id))?;
     let key = idempotency_key(&req);
     let event = ledger::api_handoff(conversation.id, body.team.as_deref(), key.as_deref(), Utc::now());
-    let outcomes = state.writer.append(vec![event]).await?;
+    let outcomes = super::append(&state, vec![event]).await?;
     crate::handoff::handoff_command(&state, &conversation, body.team.as_deref(), &outcomes).await?;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }

@@ -1,8 +1,10 @@
 //! The HTTP API: thin actix-web handlers (extract, call, map errors), documented with utoipa.
 
+pub mod auth;
 pub mod console;
 pub mod conversations;
 pub mod error;
+pub mod keys;
 pub mod log;
 pub mod openapi;
 pub mod reports;
@@ -30,6 +32,8 @@ pub struct AppState {
     pub handoff: crate::handoff::Handoff,
     /// The support console's signed-in browsers.
     pub sessions: console::Sessions,
+    /// The API keys the service accepts (the access check of [`auth::require_key`]).
+    pub keys: Arc<crate::auth::KeyRing>,
 }
 
 /// A path and the methods it serves; any other method is answered `405 method_not_allowed` (JSON, with `Allow`).
@@ -64,12 +68,77 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/v1/reports/conversations.csv", "GET").route(web::get().to(reports::conversations_csv_report)),
         )
+        .service(
+            resource("/v1/keys", "GET, POST")
+                .route(web::post().to(keys::create))
+                .route(web::get().to(keys::list)),
+        )
+        .service(resource("/v1/keys/{name}", "DELETE").route(web::delete().to(keys::revoke)))
         .service(resource("/v1/events", "GET").route(web::get().to(log::feed)))
         .service(resource("/v1/quarantine", "GET").route(web::get().to(log::quarantine)))
+        .service(resource("/v1/quarantine/{id}", "GET").route(web::get().to(log::quarantine_entry)))
         .service(resource("/healthz", "GET").route(web::get().to(log::healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(log::readyz)))
         .configure(console::configure)
         .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", openapi::served_document()));
+}
+
+/// Hands a request's events to the writer and waits for their commit at most
+/// `server.commit_deadline_ms`; past it the answer is `503` with `Retry-After`, never a hang. (The
+/// events may still commit afterwards: the sender's retry is then recognised as a redelivery.)
+pub async fn append(
+    state: &AppState,
+    events: Vec<crate::model::NewEvent>,
+) -> Result<Vec<crate::model::AppendOutcome>, error::ApiError> {
+    let deadline = std::time::Duration::from_millis(state.config.server.commit_deadline_ms);
+    match tokio::time::timeout(deadline, state.writer.append(events)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                deadline_ms = state.config.server.commit_deadline_ms,
+                "the writer did not commit in time"
+            );
+            Err(error::ApiError::Unavailable(
+                "the event log did not commit in time; retry later".into(),
+            ))
+        }
+    }
+}
+
+/// Keeps a refused delivery, waiting at most `server.commit_deadline_ms` like [`append`], then trims
+/// the quarantine to `retention.quarantine_max_entries`.
+pub async fn quarantine(state: &AppState, entry: crate::model::NewQuarantine) -> Result<i64, error::ApiError> {
+    let deadline = std::time::Duration::from_millis(state.config.server.commit_deadline_ms);
+    let id = match tokio::time::timeout(deadline, state.writer.quarantine(entry)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(error::ApiError::Unavailable(
+                "the quarantine did not commit in time; retry later".into(),
+            ))
+        }
+    };
+    // Never more than `retention.quarantine_max_entries`: a flood of junk pushes out the oldest.
+    let max = state.config.retention.quarantine_max_entries;
+    if max > 0 {
+        state.store.trim_quarantine(max).await?;
+    }
+    Ok(id)
+}
+
+/// Keeps the leading items whose JSON fits in `max_bytes` (always at least the first, so a page
+/// moves on); true when some were cut. List answers stay bounded in bytes as well as rows.
+pub fn fit_bytes<T: serde::Serialize>(items: &mut Vec<T>, max_bytes: usize) -> bool {
+    let mut total = 0usize;
+    let keep = items
+        .iter()
+        .position(|item| {
+            total += serde_json::to_vec(item).map_or(0, |v| v.len() + 1);
+            total > max_bytes
+        })
+        .map_or(items.len(), |cut| cut.max(1));
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
 }
 
 /// Answers unknown routes with the JSON error shape.

@@ -4,7 +4,8 @@
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use super::{conversations, error, log, reports, webhooks};
+use super::auth::SecurityAddon;
+use super::{conversations, error, keys, log, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -30,8 +31,12 @@ use crate::model;
         reports::sla_report,
         reports::dispositions_report,
         reports::conversations_csv_report,
+        keys::create,
+        keys::list,
+        keys::revoke,
         log::feed,
         log::quarantine,
+        log::quarantine_entry,
         log::healthz,
         log::readyz,
     ),
@@ -41,11 +46,13 @@ use crate::model;
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
         log::EventFeed, log::QuarantineList, log::Health,
+        keys::NewKey, keys::KeyInfo, keys::CreatedKey, keys::KeyList, crate::auth::Scope,
         crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
         crate::analytics::reports::GroupBy,
-        model::Conversation, model::Handoff, model::Message, model::StoredEvent, model::QuarantineEntry,
+        model::Conversation, model::Handoff, model::Message, model::StoredEvent,
+        crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
         crate::transcript::TranscriptFormat,
@@ -56,8 +63,10 @@ use crate::model;
         (name = "commands", description = "Commands from support tooling"),
         (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
+        (name = "keys", description = "API keys (`admin`): only a hash of each key is kept"),
         (name = "health", description = "Liveness and readiness"),
-    )
+    ),
+    modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
 

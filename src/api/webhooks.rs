@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::config::Tokens;
 use crate::model::{AppendOutcome, NewQuarantine, Platform};
 use crate::sources::{self, Delivery, Parsed, PayloadError};
 
@@ -111,18 +112,20 @@ pub struct Ingested {
 
 type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
-/// Checks a platform's webhook token: `Authorization: Bearer <token>` or `?<query_name>=<token>`.
-/// Compared in constant time (over digests, so lengths do not leak either).
-pub fn check_token(req: &HttpRequest, expected: &str, query_names: &[&str]) -> Result<(), ApiError> {
+/// Checks a platform's webhook token: `Authorization: Bearer <token>` (scheme case-insensitive) or
+/// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
+/// time (over digests, so lengths do not leak either). With no token configured the endpoint is open
+/// only when `open` says so (loopback bind, or `auth.open_webhooks`).
+pub fn check_token(req: &HttpRequest, expected: &Tokens, query_names: &[&str], open: bool) -> Result<(), ApiError> {
     if expected.is_empty() {
-        return Ok(());
+        return if open { Ok(()) } else { Err(ApiError::Unauthorized) };
     }
     let from_header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|v| v.trim().to_string());
+        .and_then(crate::auth::bearer_token)
+        .map(str::to_string);
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
@@ -130,9 +133,12 @@ pub fn check_token(req: &HttpRequest, expected: &str, query_names: &[&str]) -> R
     let Some(given) = given else {
         return Err(ApiError::Unauthorized);
     };
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    if bool::from(a.ct_eq(&b)) {
+    let given = Sha256::digest(given.as_bytes());
+    // Every token is compared, so the time does not tell which one matched.
+    let matched = expected.iter().fold(subtle::Choice::from(0), |acc, token| {
+        acc | given.ct_eq(&Sha256::digest(token.expose().as_bytes()))
+    });
+    if bool::from(matched) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -149,6 +155,16 @@ fn kept_headers(req: &HttpRequest) -> BTreeMap<String, String> {
                 .map(|v| (name.to_string(), v.to_string()))
         })
         .collect()
+}
+
+/// Reads the body within `server.body_timeout_ms` (a slow client is answered 408 and let go),
+/// refusing more than `server.max_body_bytes` without buffering them.
+async fn read_body_within(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<Vec<u8>, ApiError> {
+    let server = &state.config.server;
+    let deadline = std::time::Duration::from_millis(server.body_timeout_ms);
+    tokio::time::timeout(deadline, read_body(req, payload, server.max_body_bytes))
+        .await
+        .map_err(|_| ApiError::RequestTimeout(server.body_timeout_ms))?
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.
@@ -178,13 +194,22 @@ pub async fn ingest(
     req: &HttpRequest,
     payload: web::Payload,
     platform: Platform,
-    token: (&str, &[&str]),
+    token: (&Tokens, &[&str]),
     parse: ParseFn,
 ) -> Result<Ingested, ApiError> {
-    check_token(req, token.0, token.1)?;
+    check_token(req, token.0, token.1, state.keys.access().webhooks_open_without_token())?;
     let received_at = Utc::now();
-    let body = read_body(req, payload, state.config.server.max_body_bytes).await?;
-    let headers = kept_headers(req);
+    let raw = read_body_within(state, req, payload).await?;
+    let mut headers = kept_headers(req);
+    // The quarantine keeps what was sent (an encrypted body stays encrypted there).
+    let decrypted = match decrypt_body(state, req, platform, &raw, &mut headers) {
+        Ok(decrypted) => decrypted,
+        Err(error) => {
+            quarantine(state, req, platform, &error, headers, raw).await?;
+            return Err(error);
+        }
+    };
+    let body: &[u8] = decrypted.as_deref().unwrap_or(&raw);
     let idempotency_key = headers.get("idempotency-key").cloned();
     let path_id = req.match_info().get("chat_id").map(str::to_string);
     let delivery = Delivery {
@@ -193,25 +218,61 @@ pub async fn ingest(
         idempotency_key: idempotency_key.as_deref(),
         path_id: path_id.as_deref(),
     };
-    let parsed = sources::parse_json(&body).and_then(|value| {
+    let parsed = sources::parse_json(body).and_then(|value| {
         // parse_json succeeded, so the body is UTF-8.
-        let raw = String::from_utf8_lossy(&body);
-        parse(&raw, &value, &delivery).map(|parsed| (value, parsed))
+        let text = String::from_utf8_lossy(body);
+        parse(&text, &value, &delivery).map(|parsed| (value, parsed))
     });
     let (value, parsed) = match parsed {
         Ok(ok) => ok,
         Err(e) => {
             let error = ApiError::from(e);
-            quarantine(state, req, platform, &error, headers, body).await?;
+            quarantine(state, req, platform, &error, headers, raw).await?;
             return Err(error);
         }
     };
-    let outcomes = state.writer.append(parsed.events.clone()).await?;
+    let outcomes = super::append(state, parsed.events.clone()).await?;
     Ok(Ingested {
         value,
         parsed,
         outcomes,
     })
+}
+
+/// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
+pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
+
+/// VCC Live's encrypted bodies: with `?iv=<hex>` the body is base64 AES-256-CTR under
+/// `vcc.encryption_key`; the decrypted body is returned and the fact kept in the stored headers.
+/// None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
+fn decrypt_body(
+    state: &AppState,
+    req: &HttpRequest,
+    platform: Platform,
+    body: &[u8],
+    headers: &mut BTreeMap<String, String>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if platform != Platform::Vcc {
+        return Ok(None);
+    }
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    let Some(iv) = query.get("iv") else {
+        return Ok(None);
+    };
+    let key = &state.config.vcc.encryption_key;
+    if key.is_empty() {
+        return Err(ApiError::InvalidJson(
+            "the body is encrypted (`iv` given) but vcc.encryption_key is not set".into(),
+        ));
+    }
+    // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
+    let key =
+        sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(|m| ApiError::Unexpected(anyhow::anyhow!(m)))?;
+    let plain = sources::vcc_crypto::decrypt(&key, iv, body)?;
+    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
+    Ok(Some(plain))
 }
 
 async fn quarantine(
@@ -234,7 +295,7 @@ async fn quarantine(
         headers,
         body,
     };
-    state.writer.quarantine(entry).await?;
+    super::quarantine(state, entry).await?;
     Ok(())
 }
 
@@ -244,7 +305,7 @@ async fn receive(
     req: &HttpRequest,
     payload: web::Payload,
     platform: Platform,
-    token: (&str, &[&str]),
+    token: (&Tokens, &[&str]),
     parse: ParseFn,
     multi: bool,
 ) -> Result<HttpResponse, ApiError> {
@@ -412,7 +473,7 @@ pub async fn vcc_chat(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.vcc.secret_key.clone();
-    let token = (token.as_str(), &["secret-key", "token"][..]);
+    let token = (&token, &["secret-key", "token"][..]);
     receive(&state, &req, payload, Platform::Vcc, token, sources::vcc::parse, true).await
 }
 
@@ -440,7 +501,7 @@ pub async fn bright_pattern(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.bright_pattern.webhook_token.clone();
-    let token = (token.as_str(), &["token"][..]);
+    let token = (&token, &["token"][..]);
     receive(
         &state,
         &req,

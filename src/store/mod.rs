@@ -4,6 +4,8 @@
 //! `migrations/<backend>/`.
 
 mod codec;
+mod keys;
+mod quarantine;
 mod sql;
 
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use uuid::Uuid;
 use crate::config::SlaConfig;
 use crate::model::{AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent};
 
+pub use keys::KeyStore;
+pub use quarantine::QuarantineStore;
 pub use sql::{PostgresStore, SqliteStore};
 
 /// Store failures. Every one of them means "unavailable, retry" to a webhook sender.
@@ -85,9 +89,9 @@ pub struct ReplayStats {
     pub conversations: u64,
 }
 
-/// The event log and projections.
+/// The event log and projections (and the API keys, [`KeyStore`], and the quarantine's limits, [`QuarantineStore`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// Applies this backend's migrations.
     async fn migrate(&self) -> StoreResult<()>;
 

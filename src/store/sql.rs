@@ -53,8 +53,8 @@ const SQL_GET_CONVERSATION: &str = "SELECT doc FROM conversations WHERE id = \
 const SQL_GET_TRANSCRIPT: &str = "SELECT id, transcript FROM conversations WHERE id = \
      COALESCE((SELECT a.survivor_id FROM aliases a WHERE a.absorbed_id = $1), $1)";
 const SQL_INSERT_QUARANTINE: &str = "INSERT INTO quarantine \
-     (received_at, path, platform, error_code, error_message, status, headers, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+     (received_at, path, platform, error_code, error_message, status, headers, body, body_size, body_sha256) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
 const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error_code, error_message, status, \
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
@@ -613,6 +613,8 @@ macro_rules! sql_store {
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
+                // At most the first 64 KiB are kept, with the whole body's size and SHA-256.
+                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body);
                 let (id,): (i64,) = sqlx::query_as(SQL_INSERT_QUARANTINE)
                     .bind(codec::to_micros(entry.received_at))
                     .bind(&entry.path)
@@ -621,7 +623,9 @@ macro_rules! sql_store {
                     .bind(&entry.error_message)
                     .bind(i64::from(entry.status))
                     .bind(codec::to_json("headers", &entry.headers)?)
-                    .bind(&entry.body)
+                    .bind(kept)
+                    .bind(size)
+                    .bind(sha)
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(id)

@@ -8,6 +8,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
+/// How often, and how many times, a wait looks again (a generous bound: waits end as soon as the page is there).
+const POLL: Duration = Duration::from_millis(50);
+const PATIENCE: u32 = 1200;
+
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -163,13 +167,48 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    /// The first element matching a CSS selector (panics when there is none).
+    /// The first element matching a CSS selector, waiting for a page still loading (panics when none comes).
     pub async fn find(&self, css: &str) -> String {
-        self.find_all(css)
-            .await
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| panic!("no element matches `{css}`"))
+        for _ in 0..PATIENCE {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                return e;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        panic!("no element matches `{css}` on {}", self.url().await)
+    }
+
+    /// Waits until the address contains `needle` (a click's navigation may still be under way); returns it.
+    pub async fn wait_for_url(&self, needle: &str) -> String {
+        for _ in 0..PATIENCE {
+            let url = self.url().await;
+            if url.contains(needle) {
+                return url;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        panic!("the address never contained `{needle}`: {}", self.url().await)
+    }
+
+    /// Waits until the first element matching `css` shows a text that satisfies `want`; returns the text.
+    pub async fn wait_for_text(&self, css: &str, want: impl Fn(&str) -> bool) -> String {
+        let mut last = String::new();
+        for _ in 0..PATIENCE {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                // The element may belong to a page being replaced: read it, and try again if it went stale.
+                let url = format!("{}/session/{}/element/{e}/text", self.endpoint, self.session);
+                if let Ok(res) = self.client.get(&url).send().await {
+                    if let Ok(v) = res.json::<Value>().await {
+                        last = v["value"].as_str().unwrap_or_default().to_string();
+                        if want(&last) {
+                            return last;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        panic!("`{css}` never showed the text wanted; last: {last:?}")
     }
 
     /// The text a person sees in an element (rendered, hidden parts left out).
@@ -206,6 +245,16 @@ impl Browser {
             reqwest::Method::POST,
             &format!("/element/{element}/click"),
             Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Types into an input.
+    pub async fn type_into(&self, element: &str, text: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
         )
         .await;
     }

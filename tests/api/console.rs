@@ -5,6 +5,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use handoff_ledger::auth::key::new_key;
+use handoff_ledger::auth::Scope;
+
 use crate::browser::Browser;
 use crate::helpers::{fixture, spawn_app_with, Backend, TestApp};
 
@@ -276,15 +279,13 @@ async fn console_in_a_real_browser() {
     browser.select("select[name=platform]", "vcc").await;
     let search = browser.find("form.filters button[type=submit]").await;
     browser.click(&search).await;
-    assert!(browser.url().await.contains("platform=vcc"), "{}", browser.url().await);
+    browser.wait_for_url("platform=vcc").await;
+    browser.find("tr.conversation-row").await;
     let rows = browser.find_all("tr.conversation-row").await;
     assert_eq!(rows.len(), 1);
     let link = browser.find("tr.conversation-row a").await;
     browser.click(&link).await;
-    assert!(browser
-        .url()
-        .await
-        .ends_with(&format!("/ui/conversations/{}", day.vcc_id)));
+    browser.wait_for_url(&format!("/ui/conversations/{}", day.vcc_id)).await;
 
     // Paging: one per page, the next page holds the other conversation.
     browser.goto(&app.url("/ui/?limit=1")).await;
@@ -292,7 +293,8 @@ async fn console_in_a_real_browser() {
     let first = browser.text_of("tr.conversation-row").await;
     let next = browser.find("a.next-page").await;
     browser.click(&next).await;
-    assert!(browser.url().await.contains("cursor="));
+    browser.wait_for_url("cursor=").await;
+    browser.find("tr.conversation-row").await;
     assert_eq!(browser.find_all("tr.conversation-row").await.len(), 1);
     assert_ne!(browser.text_of("tr.conversation-row").await, first);
     assert!(
@@ -386,6 +388,7 @@ async fn console_in_a_real_browser() {
     }
     let printable = browser.find("div.exports a[href$='transcript.html']").await;
     browser.click(&printable).await;
+    browser.wait_for_url("transcript.html").await;
     assert!(browser.title().await.starts_with("Transcript "));
     assert!(browser.text_of("h1").await.contains("Conversation transcript"));
     browser.save_screenshot("transcript-printable.png").await;
@@ -407,4 +410,148 @@ async fn console_in_a_real_browser() {
         "{entry}"
     );
     browser.save_screenshot("console-quarantine.png").await;
+}
+
+/// Creates a key in the store (as `handoff-ledger keys create` does) and makes the service see it now.
+async fn add_key(app: &TestApp, name: &str, scopes: &[Scope]) -> String {
+    let (stored, key) = new_key(name, scopes).expect("new key");
+    assert!(app.state.store.create_key(&stored).await.expect("create key"));
+    app.state.keys.invalidate();
+    key
+}
+
+async fn sign_in(browser: &Browser, key: &str) {
+    let input = browser.find("input[name=key]").await;
+    browser.type_into(&input, key).await;
+    let submit = browser.find("form button[type=submit]").await;
+    browser.click(&submit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_in_with_an_api_key_in_a_real_browser() {
+    let day = support_day().await;
+    let app = &day.app;
+    let reader = add_key(app, "lead-reader", &[Scope::ConversationsRead]).await;
+    let reports = add_key(app, "bi", &[Scope::ReportsRead]).await;
+    let browser = Browser::start().await;
+
+    // Once a key exists the console asks for one, and comes back to the page asked for.
+    let wanted = format!("/ui/conversations/{}", day.handoff_id);
+    browser.goto(&app.url(&wanted)).await;
+    browser.wait_for_url("/ui/login?next=").await;
+    assert_eq!(browser.title().await, "Sign in · handoff-ledger console");
+    browser.save_screenshot("console-sign-in.png").await;
+
+    sign_in(&browser, "not-a-key").await;
+    browser
+        .wait_for_text("div.error-box", |t| {
+            t == "That key is not valid, or it has been revoked."
+        })
+        .await;
+    sign_in(&browser, &reports).await;
+    browser
+        .wait_for_text("div.error-box", |t| {
+            t == "The key `bi` does not grant conversations:read."
+        })
+        .await;
+    assert!(
+        browser
+            .cookies()
+            .await
+            .iter()
+            .all(|c| c["name"] != json!("ledger_session")),
+        "no session yet"
+    );
+
+    sign_in(&browser, &reader).await;
+    assert!(browser.wait_for_url(&wanted).await.ends_with(&wanted));
+    assert_eq!(browser.text_of(".viewer-name").await, "lead-reader");
+    let cookies = browser.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == json!("ledger_session"))
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:?}"));
+    assert_eq!(
+        (session["httpOnly"].clone(), session["sameSite"].clone()),
+        (json!(true), json!("Strict"))
+    );
+    assert_ne!(
+        session["value"],
+        json!(reader),
+        "the cookie is a session id, not the key"
+    );
+    // Without events:read: no raw events link, no quarantine.
+    assert!(!browser.text_of("div.exports").await.contains("Raw events"));
+    assert!(!browser.text_of("header.topbar").await.contains("Quarantine"));
+    browser.goto(&app.url("/ui/quarantine")).await;
+    assert!(browser.text_of("main").await.contains("events:read"));
+    // The API itself still wants the key: the cookie opens the console only.
+    let cookie = format!("ledger_session={}", session["value"].as_str().unwrap_or_default());
+    let res = app
+        .client
+        .get(app.url("/v1/conversations"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 401);
+
+    // A revoked key ends its sessions.
+    assert!(app.state.store.revoke_key("lead-reader").await.expect("revoke"));
+    app.state.keys.invalidate();
+    browser.goto(&app.url("/ui/")).await;
+    browser.wait_for_url("/ui/login").await;
+}
+
+/// The value of the first hidden `csrf` field of a page.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).map(|i| i + marker.len()).expect("a csrf field");
+    page[start..].split('"').next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_forms_need_the_sessions_own_token() {
+    let day = support_day().await;
+    let app = &day.app;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // Two open-mode sessions, each with its own token.
+    let open = |client: reqwest::Client| {
+        let url = app.url("/ui/");
+        async move {
+            let res = client.get(url).send().await.expect("send");
+            let cookie = res
+                .headers()
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .expect("a session cookie")
+                .to_string();
+            let page = res.text().await.expect("page");
+            (cookie, csrf_of(&page))
+        }
+    };
+    let (cookie_a, token_a) = open(no_redirects.clone()).await;
+    let (cookie_b, token_b) = open(no_redirects.clone()).await;
+    assert_ne!(token_a, token_b);
+    let logout = |cookie: String, token: Option<String>| {
+        let req = no_redirects.post(app.url("/ui/logout")).header("cookie", cookie);
+        let req = match token {
+            Some(t) => req.form(&[("csrf", t)]),
+            None => req.form(&[("other", "x")]),
+        };
+        async move { req.send().await.expect("send").status().as_u16() }
+    };
+    // Missing, or another session's token: refused, and the session lives on.
+    assert_eq!(logout(cookie_a.clone(), None).await, 400);
+    assert_eq!(logout(cookie_a.clone(), Some(token_b.clone())).await, 403);
+    assert_eq!(logout(cookie_a.clone(), Some(String::new())).await, 403);
+    // Its own token: signed out (303 to the sign-in page).
+    assert_eq!(logout(cookie_a.clone(), Some(token_a.clone())).await, 303);
+    // The ended session's token is worth nothing now.
+    assert_eq!(logout(cookie_a, Some(token_a)).await, 403);
+    assert_eq!(logout(cookie_b, Some(token_b)).await, 303);
 }

@@ -1,11 +1,15 @@
 //! Integration tests: the real service on port 0, over HTTP, on SQLite and PostgreSQL.
 
+mod auth;
 mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 mod console;
 mod crash;
+mod exports;
 mod flow;
 mod helpers;
+mod limits;
 mod openapi;
+mod vcc_encrypted;
 mod webhooks;

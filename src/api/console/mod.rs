@@ -8,7 +8,7 @@ pub mod session;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header::{self, ContentType};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::{NaiveDateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -18,6 +18,7 @@ use self::session::{csrf_matches, Session, COOKIE};
 use super::conversations::{encode_cursor, render_transcript, ListParams};
 use super::error::ApiError;
 use super::AppState;
+use crate::auth::{AuthError, Principal, Scope};
 use crate::transcript::TranscriptFormat;
 
 pub use self::session::Sessions;
@@ -60,7 +61,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/ui/conversations/{id}/events", web::get().to(events))
         .route("/ui/conversations/{id}/events.json", web::get().to(events_json))
-        .route("/ui/quarantine", web::get().to(quarantine));
+        .route("/ui/quarantine", web::get().to(quarantine))
+        .route("/ui/quarantine/{id}", web::get().to(quarantine_entry));
 }
 
 async fn to_console() -> HttpResponse {
@@ -124,38 +126,91 @@ impl Visit {
     }
 }
 
-/// Lets a request in, or answers it: a page for the signed in (or for everyone when the service runs without
-/// keys), the sign-in page for everyone else.
-fn admit(state: &AppState, req: &HttpRequest) -> Result<Visit, Box<HttpResponse>> {
-    let existing = session_id(req).and_then(|id| state.sessions.get(&id).map(|s| (id, s)));
-    match existing {
-        Some((id, session)) => match viewer_of(state, &session) {
-            Some(viewer) => Ok(Visit {
-                viewer,
-                session_id: id,
-                new_cookie: None,
-            }),
-            None => {
-                state.sessions.remove(&id);
-                Err(Box::new(redirect(&login_url(req))))
+/// Lets a request in, or answers it: a page for a signed-in session whose key is still good (or for
+/// everyone while the service runs open, like the API), the sign-in page for everyone else. The caller is
+/// put in the request's extensions, so the request log names it.
+async fn admit(state: &AppState, req: &HttpRequest) -> Result<Visit, Box<HttpResponse>> {
+    if let Some(id) = session_id(req) {
+        if let Some(session) = state.sessions.get(&id) {
+            match principal_of(state, &session.credential).await {
+                Ok(principal) => return visit(req, principal, id, &session, None),
+                Err(AuthError::Store(e)) => return Err(Box::new(unavailable(e))),
+                // Revoked (or the service is no longer open): this session is over.
+                Err(_) => state.sessions.remove(&id),
             }
-        },
-        None if open_console(state) => {
-            // Even without keys every form carries a token, so no other site can post to the console.
+        }
+    }
+    match state.keys.identify(None).await {
+        Ok(principal) => {
+            // Open service: still a session, so that every form carries a token no other site knows.
             let id = state.sessions.create(String::new());
             let session = state
                 .sessions
                 .get(&id)
                 .ok_or_else(|| Box::new(redirect(&login_url(req))))?;
-            let viewer = viewer_of(state, &session).ok_or_else(|| Box::new(redirect(&login_url(req))))?;
-            Ok(Visit {
-                viewer,
-                new_cookie: Some(session_cookie(req, id.clone())),
-                session_id: id,
-            })
+            let cookie = session_cookie(req, id.clone());
+            visit(req, principal, id, &session, Some(cookie))
         }
-        None => Err(Box::new(redirect(&login_url(req)))),
+        Err(AuthError::Store(e)) => Err(Box::new(unavailable(e))),
+        Err(_) => Err(Box::new(redirect(&login_url(req)))),
     }
+}
+
+/// Who a session's credential stands for now (the empty credential: the anonymous caller of an open service).
+async fn principal_of(state: &AppState, credential: &str) -> Result<Principal, AuthError> {
+    if credential.is_empty() {
+        state.keys.identify(None).await
+    } else {
+        state.keys.authenticate(credential).await
+    }
+}
+
+fn visit(
+    req: &HttpRequest,
+    principal: Principal,
+    session_id: String,
+    session: &Session,
+    new_cookie: Option<Cookie<'static>>,
+) -> Result<Visit, Box<HttpResponse>> {
+    let viewer = Viewer {
+        name: principal.name.clone(),
+        can_read_events: principal.allows(Scope::EventsRead),
+        can_redrive: false,
+        csrf: Some(session.csrf.clone()),
+    };
+    if !principal.allows(Scope::ConversationsRead) {
+        return Err(Box::new(page(
+            StatusCode::FORBIDDEN,
+            pages::error(
+                &frame("Forbidden", Section::Conversations, &viewer, None),
+                "Not allowed",
+                "The console needs a key with the conversations:read scope. Sign out and sign in with another key.",
+            ),
+        )));
+    }
+    req.extensions_mut().insert(principal);
+    Ok(Visit {
+        viewer,
+        session_id,
+        new_cookie,
+    })
+}
+
+fn unavailable(e: crate::store::StoreError) -> HttpResponse {
+    tracing::error!(error = %e, "the console could not read the API keys");
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::error(
+            &Frame {
+                title: "Unavailable",
+                section: Section::SignIn,
+                viewer: None,
+                flash: None,
+            },
+            "Unavailable",
+            "The service cannot check keys right now (its store is unreachable). Try again in a moment.",
+        ),
+    )
 }
 
 fn login_url(req: &HttpRequest) -> String {
@@ -184,21 +239,6 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-/// Whether the console (like the API) is open without a key.
-fn open_console(_state: &AppState) -> bool {
-    true
-}
-
-/// The viewer a session stands for, when its credential is still good.
-fn viewer_of(_state: &AppState, session: &Session) -> Option<Viewer> {
-    Some(Viewer {
-        name: "local".into(),
-        can_read_events: true,
-        can_redrive: false,
-        csrf: Some(session.csrf.clone()),
-    })
-}
-
 fn frame<'a>(title: &'a str, section: Section, viewer: &'a Viewer, flash: Option<&'a str>) -> Frame<'a> {
     Frame {
         title,
@@ -214,10 +254,11 @@ struct LoginQuery {
 }
 
 async fn login_form(state: web::Data<AppState>, req: HttpRequest, q: web::Query<LoginQuery>) -> HttpResponse {
-    if admit(&state, &req).is_ok() {
-        return redirect(&safe_next(q.next.as_deref()));
+    let next = safe_next(q.next.as_deref());
+    match admit(&state, &req).await {
+        Ok(visit) => visit.respond(redirect(&next)),
+        Err(_) => page(StatusCode::OK, pages::login(None, &next)),
     }
-    page(StatusCode::OK, pages::login(None, &safe_next(q.next.as_deref())))
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,19 +270,30 @@ struct LoginForm {
 async fn login(state: web::Data<AppState>, req: HttpRequest, form: web::Form<LoginForm>) -> HttpResponse {
     let form = form.into_inner();
     let next = safe_next(form.next.as_deref());
-    let key = form.key.trim().to_string();
-    let id = state.sessions.create(key);
-    let signed_in = state.sessions.get(&id).and_then(|s| viewer_of(&state, &s)).is_some();
-    if !signed_in {
-        state.sessions.remove(&id);
-        return page(
+    let key = form.key.trim();
+    let refused = |status, message: &str| page(status, pages::login(Some(message), &next));
+    match state.keys.authenticate(key).await {
+        Ok(principal) if principal.allows(Scope::ConversationsRead) => {
+            // Always a new session id on sign-in (no fixation); the old session, if any, ends.
+            if let Some(old) = session_id(&req) {
+                state.sessions.remove(&old);
+            }
+            let id = state.sessions.create(key.to_string());
+            tracing::info!(key = %principal.name, "console sign-in");
+            let mut res = redirect(&next);
+            let _ = res.add_cookie(&session_cookie(&req, id));
+            res
+        }
+        Ok(principal) => refused(
+            StatusCode::FORBIDDEN,
+            &format!("The key `{}` does not grant conversations:read.", principal.name),
+        ),
+        Err(AuthError::Store(e)) => unavailable(e),
+        Err(_) => refused(
             StatusCode::UNAUTHORIZED,
-            pages::login(Some("That key is not valid, or it has been revoked."), &next),
-        );
+            "That key is not valid, or it has been revoked.",
+        ),
     }
-    let mut res = redirect(&next);
-    let _ = res.add_cookie(&session_cookie(&req, id));
-    res
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,7 +435,7 @@ impl SearchForm {
 }
 
 async fn search(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -449,7 +501,7 @@ fn conversation_id(viewer: &Viewer, raw: &str) -> Result<Uuid, Box<HttpResponse>
 }
 
 async fn conversation(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -484,7 +536,7 @@ async fn conversation(state: web::Data<AppState>, req: HttpRequest, path: web::P
 }
 
 async fn transcript(state: web::Data<AppState>, req: HttpRequest, path: web::Path<(String, String)>) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -513,7 +565,7 @@ async fn transcript(state: web::Data<AppState>, req: HttpRequest, path: web::Pat
 }
 
 async fn conversation_json(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -562,7 +614,7 @@ async fn events_of(
 }
 
 async fn events(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -581,12 +633,15 @@ async fn events(state: web::Data<AppState>, req: HttpRequest, path: web::Path<St
 }
 
 async fn events_json(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
     let res = match events_of(&state, &visit.viewer, &path).await {
-        Ok((_, items)) => HttpResponse::Ok().json(super::conversations::EventList { items }),
+        Ok((_, items)) => HttpResponse::Ok().json(super::conversations::EventList {
+            items,
+            next_after_seq: None,
+        }),
         Err(res) => *res,
     };
     visit.respond(res)
@@ -600,7 +655,7 @@ struct QuarantinePage {
 const QUARANTINE_PAGE: u32 = 50;
 
 async fn quarantine(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
-    let visit = match admit(&state, &req) {
+    let visit = match admit(&state, &req).await {
         Ok(v) => v,
         Err(res) => return *res,
     };
@@ -610,7 +665,7 @@ async fn quarantine(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
     let before = web::Query::<QuarantinePage>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.before);
-    let res = match state.store.list_quarantine(QUARANTINE_PAGE, before).await {
+    let res = match state.store.quarantine_summaries(QUARANTINE_PAGE, before).await {
         Ok(items) => {
             let next = (items.len() as u32 == QUARANTINE_PAGE)
                 .then(|| items.last().map(|q| format!("/ui/quarantine?before={}", q.id)))
@@ -622,10 +677,37 @@ async fn quarantine(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
                     &frame("Quarantine", Section::Quarantine, &visit.viewer, flash.as_deref()),
                     &items,
                     next,
-                    visit.viewer.can_redrive,
                 ),
             )
         }
+        Err(e) => failure_page(&visit.viewer, e.into()),
+    };
+    visit.respond(res)
+}
+
+async fn quarantine_entry(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    let visit = match admit(&state, &req).await {
+        Ok(v) => v,
+        Err(res) => return *res,
+    };
+    if let Some(res) = needs_events(&visit.viewer) {
+        return visit.respond(res);
+    }
+    let Ok(id) = path.parse::<i64>() else {
+        return visit.respond(not_found_page(&visit.viewer, "There is no such quarantine entry."));
+    };
+    let res = match state.store.quarantine_entry(id).await {
+        Ok(Some(entry)) => {
+            let title = format!("Refused delivery {id}");
+            page(
+                StatusCode::OK,
+                pages::quarantine_entry(&frame(&title, Section::Quarantine, &visit.viewer, None), &entry),
+            )
+        }
+        Ok(None) => not_found_page(
+            &visit.viewer,
+            &format!("There is no quarantine entry {id} (redriven entries stay; old ones expire)."),
+        ),
         Err(e) => failure_page(&visit.viewer, e.into()),
     };
     visit.respond(res)

@@ -5,9 +5,8 @@ use maud::{html, Markup, DOCTYPE};
 use uuid::Uuid;
 
 use super::{SearchForm, Viewer};
-use crate::model::{
-    Conversation, Disposition, HandoffState, Message, Platform, QuarantineEntry, SlaStatus, StoredEvent,
-};
+use crate::model::{Conversation, Disposition, HandoffState, Message, Platform, SlaStatus, StoredEvent};
+use crate::quarantine::{QuarantineDetail, QuarantineSummary};
 use crate::transcript::html::{agents, disposition_badge, duration, handoffs_table, lines, sla_badge, summary, time};
 use crate::transcript::TranscriptFormat;
 
@@ -362,9 +361,9 @@ pub fn events(frame: &Frame, conversation_id: Uuid, items: &[StoredEvent]) -> St
     layout(frame, content)
 }
 
-/// The quarantine: refused deliveries with their error and body; admins can redrive them.
-pub fn quarantine(frame: &Frame, items: &[QuarantineEntry], next: Option<String>, can_redrive: bool) -> String {
-    let csrf = frame.viewer.and_then(|v| v.csrf.clone());
+/// The quarantine: refused deliveries with their error; admins can redrive them.
+pub fn quarantine(frame: &Frame, items: &[QuarantineSummary], next: Option<String>) -> String {
+    let can_redrive = frame.viewer.is_some_and(|v| v.can_redrive);
     let content = html! {
         h1 { "Quarantine" }
         p.lead { "Deliveries answered 400 or 422, kept with their bytes and headers, newest first. "
@@ -379,19 +378,15 @@ pub fn quarantine(frame: &Frame, items: &[QuarantineEntry], next: Option<String>
                     tbody {
                         @for q in items {
                             tr.quarantine-row data-id=(q.id) {
-                                td { (q.id) }
+                                td { a href={ "/ui/quarantine/" (q.id) } { (q.id) } }
                                 td { (time(q.received_at)) }
                                 td { span.mono { (q.path) } br; span.muted { (q.platform.clone().unwrap_or_default()) } }
                                 td { strong { (q.status) " " (q.error_code) } br; span.muted { (q.error_message) } }
-                                td { pre.payload { (preview(&q.body)) } @if q.body_encoding != "utf8" { span.muted { "(base64)" } } }
-                                @if can_redrive {
-                                    td {
-                                        form method="post" action={ "/ui/quarantine/" (q.id) "/redrive" } {
-                                            @if let Some(csrf) = &csrf { input type="hidden" name="csrf" value=(csrf); }
-                                            button.danger type="submit" { "Redrive" }
-                                        }
-                                    }
+                                td {
+                                    a href={ "/ui/quarantine/" (q.id) } { (q.body_size) " bytes" }
+                                    @if q.body_truncated { br; span.muted { "kept truncated" } }
                                 }
+                                @if can_redrive { td { (redrive_form(frame, q)) } }
                             }
                         }
                     }
@@ -405,12 +400,47 @@ pub fn quarantine(frame: &Frame, items: &[QuarantineEntry], next: Option<String>
     layout(frame, content)
 }
 
-fn preview(body: &str) -> String {
-    const MAX: usize = 600;
-    match body.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}…", &body[..cut]),
-        None => body.to_string(),
+/// The redrive button of one entry (a form with the session's CSRF token).
+fn redrive_form(frame: &Frame, q: &QuarantineSummary) -> Markup {
+    let csrf = frame.viewer.and_then(|v| v.csrf.clone());
+    html! {
+        @if q.body_truncated {
+            span.muted { "cannot be redriven (body truncated)" }
+        } @else {
+            form method="post" action={ "/ui/quarantine/" (q.id) "/redrive" } {
+                @if let Some(csrf) = &csrf { input type="hidden" name="csrf" value=(csrf); }
+                button.danger type="submit" { "Redrive" }
+            }
+        }
     }
+}
+
+/// One quarantined delivery: its error, headers and body as kept.
+pub fn quarantine_entry(frame: &Frame, q: &QuarantineDetail) -> String {
+    let s = &q.summary;
+    let can_redrive = frame.viewer.is_some_and(|v| v.can_redrive);
+    let content = html! {
+        p.muted { a href="/ui/quarantine" { "← Quarantine" } }
+        h1 { "Refused delivery " (s.id) }
+        p.lead { (time(s.received_at)) " · " span.mono { (s.path) } " · " strong { (s.status) " " (s.error_code) } }
+        div.panel {
+            h2 { "Why it was refused" }
+            p.error-message { (s.error_message) }
+            @if can_redrive { (redrive_form(frame, s)) }
+        }
+        div.panel {
+            h2 { "Headers" }
+            @if s.headers.is_empty() { p.muted { "None kept." } }
+            @else {
+                table.grid { tbody { @for (k, v) in &s.headers { tr { td.mono { (k) } td.mono { (v) } } } } }
+            }
+        }
+        div.panel {
+            h2 { "Body (" (s.body_size) " bytes" @if q.body_encoding != "utf8" { ", base64" } @if s.body_truncated { ", kept truncated" } ")" }
+            pre.payload.body { (q.body) }
+        }
+    };
+    layout(frame, content)
 }
 
 /// A console error page (not found, forbidden, refused).
