@@ -139,9 +139,11 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Outbound command delivery.
     pub outbox: OutboxConfig,
+    /// Logging.
+    pub log: LogConfig,
     /// Access control.
     pub auth: AuthConfig,
-    /// How long refused deliveries are kept.
+    /// How long personal data and refused deliveries are kept.
     pub retention: RetentionConfig,
 }
 
@@ -153,6 +155,9 @@ pub struct RetentionConfig {
     pub quarantine_days: u64,
     /// At most this many quarantine entries are kept (the oldest go first); 0 = no cap.
     pub quarantine_max_entries: u64,
+    /// Conversations closed (and untouched) longer ago than this many days are erased by a background
+    /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
+    pub erase_closed_after_days: u64,
 }
 
 impl Default for RetentionConfig {
@@ -160,6 +165,7 @@ impl Default for RetentionConfig {
         Self {
             quarantine_days: 30,
             quarantine_max_entries: 10_000,
+            erase_closed_after_days: 0,
         }
     }
 }
@@ -184,6 +190,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most deliveries the writer commits in one transaction.
     pub max_batch: usize,
+    /// Serve `GET /metrics` on this address instead of `bind` (empty = on `bind`).
+    pub metrics_bind: String,
+    /// On SIGTERM: longest wait, seconds, for in-flight requests, the outbox's calls in flight and the
+    /// sink's batch before the process exits.
+    pub shutdown_grace_seconds: u64,
     /// A request whose head (request line and headers) has not arrived within this is answered 408
     /// and closed, milliseconds.
     pub head_timeout_ms: u64,
@@ -209,6 +220,8 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             max_body_bytes: 1_048_576,
             max_batch: 512,
+            metrics_bind: String::new(),
+            shutdown_grace_seconds: 30,
             head_timeout_ms: 5_000,
             body_timeout_ms: 10_000,
             keep_alive_seconds: 5,
@@ -489,9 +502,44 @@ impl Default for OutboxConfig {
     }
 }
 
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `info,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` when given, then `LEDGER__*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Ok(Config::figment(file)?.extract()?)
+    }
+
+    /// The layered sources `load` reads (`config check` reads the same to name unknown keys).
+    pub fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -499,8 +547,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("LEDGER__").split("__"));
-        Ok(figment.extract()?)
+        Ok(figment.merge(Env::prefixed("LEDGER__").split("__")))
     }
 }
 
@@ -583,6 +630,7 @@ mod tests {
         assert_eq!(c.sla.answer_seconds, 60);
         assert_eq!(c.sla.short_abandon_seconds, 20);
         assert_eq!(c.clickhouse.database, "handoff");
+        assert_eq!(c.retention.erase_closed_after_days, 0);
     }
 
     #[test]

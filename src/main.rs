@@ -1,6 +1,8 @@
-//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `openapi`, `rollups`, `keys`.
+//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `verify`, `openapi`, `config check`, `rollups`,
+//! `keys`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use std::sync::Arc;
 
@@ -13,7 +15,10 @@ use handoff_ledger::config::redact_url;
 use handoff_ledger::store::Store;
 
 use handoff_ledger::config::Config;
+use handoff_ledger::config_check;
+use handoff_ledger::redact::{mask_url_passwords, Scrubber};
 use handoff_ledger::startup::Application;
+use handoff_ledger::telemetry::{self, logs::LogStream};
 
 #[derive(Parser)]
 #[command(name = "handoff-ledger", version, about = "System of record for chat handoffs")]
@@ -33,8 +38,21 @@ enum Command {
     Migrate,
     /// Rebuild every projection from the event log.
     Replay,
+    /// Check the tamper-evident chain of the whole event log: prints `ok <n> events`, or names the
+    /// first broken seq and exits 1.
+    Verify {
+        /// A head recorded earlier, `SEQ:HASH` (from `GET /v1/events`' `chain_head` or a certificate):
+        /// the event at SEQ must still carry HASH.
+        #[arg(long, value_parser = parse_pinned)]
+        pinned: Option<handoff_ledger::chain::ChainHead>,
+    },
     /// Print the OpenAPI document.
     Openapi,
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// ClickHouse rollups.
     Rollups {
         #[command(subcommand)]
@@ -68,6 +86,13 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `serve` would, refuse unknown keys and impossible values (naming each
+    /// key), and print the effective configuration with secrets masked.
+    Check,
+}
+
+#[derive(Subcommand)]
 enum RollupsCommand {
     /// Rebuild the hourly and daily rollups from the ClickHouse facts (all buckets, or from --since).
     Rebuild {
@@ -78,18 +103,52 @@ enum RollupsCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Every subcommand loads and checks the configuration as `serve` does, before anything else.
+    let config = match config_check::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `serve` logs to standard output; the other subcommands keep it for their result.
+    let stream = match command {
+        Command::Serve => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    };
+    let scrubber = Scrubber::new(config_check::secrets(&config));
+    if let Err(e) = telemetry::logs::init(&config.log, stream, scrubber.clone()) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match run(command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", scrubber.scrub(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve => {
             let app = Application::build(config).await?;
-            tracing::info!(port = app.port(), "handoff-ledger listening");
+            tracing::info!(
+                port = app.port(),
+                metrics_port = app.metrics_port(),
+                "handoff-ledger listening"
+            );
             app.run_until_stopped().await?;
+        }
+        Command::Config {
+            action: ConfigCommand::Check,
+        } => {
+            println!("# handoff-ledger: the configuration is valid; effective values (secrets masked):");
+            print!("{}", config_check::effective_toml(&config)?);
         }
         Command::Migrate => {
             open_store(&config, 1).await?;
@@ -98,7 +157,8 @@ async fn main() -> anyhow::Result<()> {
                 handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;
                 println!(
                     "ClickHouse migrations applied to {} (database {})",
-                    config.clickhouse.url, config.clickhouse.database
+                    mask_url_passwords(&config.clickhouse.url),
+                    config.clickhouse.database
                 );
             }
         }
@@ -116,6 +176,31 @@ async fn main() -> anyhow::Result<()> {
                 "replayed {} events into {} conversations",
                 stats.events, stats.conversations
             );
+        }
+        Command::Verify { pinned } => {
+            let store = handoff_ledger::store::open(&config.store.url, 2).await?;
+            store.migrate().await?;
+            let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+            )?);
+            let verdict = handoff_ledger::verify::verify_log(store, pinned, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            match verdict {
+                handoff_ledger::verify::Verdict::Intact { events, head } => {
+                    println!("ok {events} events");
+                    if let Some(head) = head {
+                        eprintln!("chain head: seq {} hash {}", head.seq, head.hash);
+                    }
+                }
+                handoff_ledger::verify::Verdict::Broken(broken) => {
+                    println!("broken at seq {}: {broken}", broken.seq);
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Openapi => print!("{}", handoff_ledger::api::openapi::openapi_json()?),
         Command::Rollups {
@@ -189,4 +274,17 @@ async fn keys(config: &Config, action: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `SEQ:HASH` as given to `verify --pinned`.
+fn parse_pinned(text: &str) -> Result<handoff_ledger::chain::ChainHead, String> {
+    let (seq, hash) = text.split_once(':').ok_or("expected SEQ:HASH")?;
+    let seq: i64 = seq.parse().map_err(|e| format!("bad seq `{seq}`: {e}"))?;
+    if handoff_ledger::chain::from_hex(hash).is_none() {
+        return Err(format!("bad hash `{hash}`: expected 64 hex digits"));
+    }
+    Ok(handoff_ledger::chain::ChainHead {
+        seq,
+        hash: hash.to_ascii_lowercase(),
+    })
 }

@@ -152,9 +152,13 @@ pub struct StoredEvent {
     /// Delivery headers kept with the event.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The body exactly as received, as JSON.
+    /// The body exactly as received, as JSON (an erased event's: the erasure stub).
     #[schema(value_type = Object)]
     pub payload: Value,
+    /// The event's link in the tamper-evident chain: hex SHA-256 over the previous event's hash and
+    /// this event (see the README, "Verifying the log"). Null only for an event not read from the log.
+    #[serde(default)]
+    pub hash: Option<String>,
 }
 
 /// What the writer answers for one appended (or recognised duplicate) event.
@@ -519,6 +523,27 @@ pub struct QuarantineEntry {
     pub body: String,
     /// `utf8` or `base64`.
     pub body_encoding: String,
+}
+
+/// One run of a quarantined delivery through today's parsers, and what it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Redrive {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+    /// `appended`, `duplicate`, `unknown`, `rejected` or `unavailable`.
+    pub outcome: String,
+    /// The error code when it was refused again.
+    pub error_code: Option<String>,
+    /// Id of the (last) event it became.
+    pub event_id: Option<Uuid>,
+    /// Log position of that event.
+    pub seq: Option<i64>,
+    /// The conversation it was filed under.
+    pub conversation_id: Option<Uuid>,
+    /// Name of the API key that asked for it.
+    pub key: Option<String>,
 }
 
 /// A rejected delivery before it is stored.

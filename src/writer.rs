@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::SlaConfig;
+use crate::erasure::{ErasureCertificate, ErasureTarget};
 use crate::model::{AppendOutcome, NewEvent, NewQuarantine};
 use crate::store::Store;
 
@@ -31,6 +32,10 @@ enum Job {
     Quarantine {
         entry: Box<NewQuarantine>,
         reply: oneshot::Sender<Result<i64, WriteError>>,
+    },
+    Erase {
+        target: ErasureTarget,
+        reply: oneshot::Sender<Result<Option<ErasureCertificate>, WriteError>>,
     },
 }
 
@@ -77,9 +82,26 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Jobs waiting for the writer now (the batch being committed excluded).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether the writer task is still running (readiness: once it has ended nothing can be appended).
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// Erases the conversation `target` names (see `crate::erasure`); returns after it is committed,
+    /// with its certificate (None: no such conversation). Runs between append batches, so a long
+    /// conversation's erasure delays ingestion by one transaction at most.
+    pub async fn erase(&self, target: ErasureTarget) -> Result<Option<ErasureCertificate>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Erase { target, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.map_err(|_| WriteError::Stopped)?
     }
 
     /// Watches the highest committed `seq` (the outbox and the analytics sink wake on it).
@@ -98,6 +120,7 @@ async fn run(
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let mut appends = Vec::new();
+        let mut highest = 0;
         for job in jobs.drain(..) {
             match job {
                 Job::Append { events, reply } => appends.push((events, reply)),
@@ -111,15 +134,31 @@ async fn run(
                     }
                     let _ = reply.send(result);
                 }
+                Job::Erase { target, reply } => {
+                    let erasure_id = uuid::Uuid::new_v4();
+                    let at = crate::sources::truncate_to_micros(chrono::Utc::now());
+                    let result = store
+                        .erase(&target, erasure_id, at, &sla)
+                        .await
+                        .map_err(|e| WriteError::Unavailable(e.to_string()));
+                    match &result {
+                        Ok(Some(certificate)) => highest = highest.max(certificate.chain_head.seq),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, ?target, "erasure failed"),
+                    }
+                    let _ = reply.send(result);
+                }
             }
         }
         if appends.is_empty() {
+            publish(&committed, highest);
             continue;
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
-        let mut highest = 0;
+        let started = std::time::Instant::now();
         match append_guarded(store.as_ref(), &groups, &sla).await {
             Ok(outcomes) => {
+                crate::telemetry::batch_committed(groups.len(), started.elapsed());
                 for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
                     highest = outcome.iter().map(|o| o.seq).fold(highest, i64::max);
                     let _ = reply.send(Ok(outcome));
@@ -146,11 +185,7 @@ async fn run(
                 }
             }
         }
-        committed.send_if_modified(|v| {
-            let changed = highest > *v;
-            *v = (*v).max(highest);
-            changed
-        });
+        publish(&committed, highest);
     }
 }
 
@@ -211,6 +246,15 @@ fn panicked_delivery(group: &[NewEvent], message: &str) -> Option<NewQuarantine>
     })
 }
 
+/// Tells watchers (outbox, analytics sink) the highest committed seq when it moved.
+fn publish(committed: &watch::Sender<i64>, highest: i64) {
+    committed.send_if_modified(|v| {
+        let changed = highest > *v;
+        *v = (*v).max(highest);
+        changed
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +269,30 @@ mod tests {
         })
         .await;
         assert_eq!(boom, Err("projection bug on conversation 42".to_string()));
+    }
+
+    #[test]
+    fn a_delivery_that_panicked_is_kept_as_sent() {
+        use crate::model::{Platform, StreamKey};
+        let event = NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            stream: StreamKey {
+                platform: Platform::AivoLive,
+                external_id: "room-1".into(),
+            },
+            kind: "aivo_live.attended".into(),
+            occurred_at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+            payload: r#"{"name":"attended","roomId":"room-1"}"#.into(),
+            headers: [("user-agent".to_string(), "aivo".to_string())].into(),
+            links: vec![],
+        };
+        let entry = panicked_delivery(std::slice::from_ref(&event), "index out of bounds").unwrap();
+        assert_eq!(entry.body, event.payload.as_bytes());
+        assert_eq!(entry.platform, Some(Platform::AivoLive));
+        assert_eq!(entry.error_code, "projection_failed");
+        assert!(entry.error_message.contains("index out of bounds"));
+        assert_eq!(entry.headers, event.headers);
+        assert!(panicked_delivery(&[], "x").is_none());
     }
 }

@@ -15,13 +15,16 @@ use std::time::Duration;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::facts::{possibly_absorbed, tombstone_version, ConversationRow, EventRow, HandoffRow, MessageRow};
 use super::{rollups, schema, Analytics, AnalyticsResult};
 use crate::config::SlaConfig;
 use crate::model::Conversation;
+use crate::sources::ledger::{self, ErasedPayload};
 use crate::store::Store;
+use crate::telemetry;
 
 /// Name of the sink's checkpoint in the store.
 pub const CHECKPOINT: &str = "clickhouse_sink";
@@ -289,10 +292,27 @@ pub async fn ship_conversations(
     absorbed: &HashMap<String, i64>,
     sla: &SlaConfig,
 ) -> AnalyticsResult<()> {
+    ship_conversations_erasing(analytics, conversations, absorbed, &BTreeSet::new(), sla).await
+}
+
+/// [`ship_conversations`], with the rows of the `erased` conversations shipped without stream ids.
+pub async fn ship_conversations_erasing(
+    analytics: &Analytics,
+    conversations: &[(Conversation, Vec<MessageRow>)],
+    absorbed: &HashMap<String, i64>,
+    erased: &BTreeSet<Uuid>,
+    sla: &SlaConfig,
+) -> AnalyticsResult<()> {
     let mut ids: BTreeSet<String> = conversations.iter().map(|(c, _)| c.id.to_string()).collect();
     ids.extend(absorbed.keys().cloned());
     let live = live_state(analytics, &ids).await?.into_view();
-    let shipment = plan_shipment(conversations, absorbed, &live, sla);
+    let mut shipment = plan_shipment(conversations, absorbed, &live, sla);
+    let erased: BTreeSet<String> = erased.iter().map(Uuid::to_string).collect();
+    for row in &mut shipment.conversations {
+        if erased.contains(&row.conversation_id) {
+            row.external_ids.clear();
+        }
+    }
     rollups::mark_dirty(analytics, &shipment.dirty_hours).await?;
     insert_rows(analytics, "handoffs", &shipment.handoffs).await?;
     insert_rows(analytics, "messages", &shipment.messages).await?;
@@ -340,7 +360,18 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
         };
         with_messages.push((conversation, messages));
     }
-    ship_conversations(analytics, &with_messages, &absorbed, sla).await?;
+    let ids: Vec<Uuid> = with_messages.iter().map(|(c, _)| c.id).collect();
+    let erased = store.erased_among(&ids).await?;
+    ship_conversations_erasing(analytics, &with_messages, &absorbed, &erased, sla).await?;
+    // After every earlier event of an erased conversation was shipped (the log is shipped in order).
+    let erasures: Vec<ErasedPayload> = events
+        .iter()
+        .filter(|e| e.kind == ledger::ERASED)
+        .filter_map(|e| serde_json::from_value(e.payload.clone()).ok())
+        .collect();
+    if !erasures.is_empty() {
+        super::erasure::erase(analytics, &erasures).await?;
+    }
     store.set_checkpoint(CHECKPOINT, last).await?;
     Ok(events.len() as u64)
 }
@@ -384,6 +415,7 @@ pub async fn run_sink(
     analytics: Arc<Analytics>,
     mut wake: watch::Receiver<i64>,
     sla: SlaConfig,
+    stopping: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
@@ -392,19 +424,29 @@ pub async fn run_sink(
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse migrations failed");
-                tokio::time::sleep(delay).await;
+                if !pause(delay, &stopping).await {
+                    return;
+                }
             }
         }
     }
     backoff.reset();
-    loop {
-        match ship_once(store.as_ref(), &analytics, &sla).await {
+    // A pass in progress is never cut short: a shutdown waits for its batch and checkpoint.
+    while !stopping.is_cancelled() {
+        let result = ship_once(store.as_ref(), &analytics, &sla).await;
+        if let Ok(checkpoint) = store.checkpoint(CHECKPOINT).await {
+            telemetry::sink_lag(*wake.borrow() - checkpoint);
+        }
+        match result {
             Ok(0) => {
                 backoff.reset();
                 // A closed channel (no writer) leaves plain polling.
-                let _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()).await;
-                if wake.has_changed().is_err() {
-                    tokio::time::sleep(POLL_INTERVAL).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()) => {}
+                    _ = stopping.cancelled() => return,
+                }
+                if wake.has_changed().is_err() && !pause(POLL_INTERVAL, &stopping).await {
+                    return;
                 }
             }
             Ok(shipped) => {
@@ -414,9 +456,19 @@ pub async fn run_sink(
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse sink pass failed");
-                tokio::time::sleep(delay).await;
+                if !pause(delay, &stopping).await {
+                    return;
+                }
             }
         }
+    }
+}
+
+/// Sleeps `delay`; false when `stopping` was cancelled first.
+async fn pause(delay: Duration, stopping: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stopping.cancelled() => false,
     }
 }
 

@@ -6,6 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::chain::ChainHead;
 use crate::model::StoredEvent;
 use crate::quarantine::{QuarantineDetail, QuarantineSummary};
 
@@ -28,6 +29,9 @@ pub struct EventFeed {
     pub items: Vec<StoredEvent>,
     /// Pass as `after_seq` for the next page (equals the request's `after_seq` when nothing new).
     pub next_after_seq: i64,
+    /// The newest event of the whole log and its hash, read after the page: pin it to check later
+    /// (`handoff-ledger verify --pinned SEQ:HASH`) that nothing up to it was changed. Null while the log is empty.
+    pub chain_head: Option<ChainHead>,
 }
 
 /// Paging of the quarantine.
@@ -88,7 +92,12 @@ pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) ->
     let mut items = state.store.events_after(after, limit).await?;
     super::fit_bytes(&mut items, state.config.server.max_answer_bytes);
     let next_after_seq = items.last().map(|e| e.seq).unwrap_or(after);
-    Ok(HttpResponse::Ok().json(EventFeed { items, next_after_seq }))
+    let chain_head = state.store.chain_head().await?;
+    Ok(HttpResponse::Ok().json(EventFeed {
+        items,
+        next_after_seq,
+        chain_head,
+    }))
 }
 
 /// Deliveries answered 400/422 (and deliveries the writer could not project), newest first: when, where,
@@ -107,7 +116,8 @@ pub async fn quarantine(
     params: web::Query<QuarantineParams>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = check_limit(params.limit, 50, 500)?;
-    let items = state.store.quarantine_summaries(limit, params.before).await?;
+    let mut items = state.store.quarantine_summaries(limit, params.before).await?;
+    attach_redrives(&state, items.iter_mut()).await?;
     let next_before = if items.len() as u32 == limit {
         items.last().map(|q| q.id)
     } else {
@@ -130,12 +140,28 @@ pub async fn quarantine(
 )]
 pub async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let entry = state
+    let mut entry = state
         .store
         .quarantine_entry(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no quarantine entry {id}")))?;
+    attach_redrives(&state, std::iter::once(&mut entry.summary)).await?;
     Ok(HttpResponse::Ok().json(entry))
+}
+
+/// Fills each entry's `redrives` (one query for a page).
+pub async fn attach_redrives<'a>(
+    state: &AppState,
+    entries: impl Iterator<Item = &'a mut QuarantineSummary>,
+) -> Result<(), ApiError> {
+    let mut entries: Vec<&mut QuarantineSummary> = entries.collect();
+    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    for (id, redrive) in state.store.redrives_of(&ids).await? {
+        if let Some(entry) = entries.iter_mut().find(|e| e.id == id) {
+            entry.redrives.push(redrive);
+        }
+    }
+    Ok(())
 }
 
 /// Liveness: the process answers.

@@ -3,10 +3,14 @@
 pub mod auth;
 pub mod console;
 pub mod conversations;
+pub mod erasures;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod log;
+pub mod observe;
 pub mod openapi;
+pub mod operations;
 pub mod reports;
 pub mod webhooks;
 
@@ -77,10 +81,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/events", "GET").route(web::get().to(log::feed)))
         .service(resource("/v1/quarantine", "GET").route(web::get().to(log::quarantine)))
         .service(resource("/v1/quarantine/{id}", "GET").route(web::get().to(log::quarantine_entry)))
+        .service(resource("/v1/quarantine/{id}/redrive", "POST").route(web::post().to(operations::redrive)))
+        .service(
+            resource("/v1/conversations/{id}/commands/{command_id}/retry", "POST")
+                .route(web::post().to(operations::retry_command)),
+        )
+        .service(resource("/v1/erasures", "POST").route(web::post().to(erasures::create)))
+        .service(resource("/v1/erasures/{id}", "GET").route(web::get().to(erasures::get)))
         .service(resource("/healthz", "GET").route(web::get().to(log::healthz)))
         .service(resource("/readyz", "GET").route(web::get().to(log::readyz)))
         .configure(console::configure)
         .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", openapi::served_document()));
+}
+
+/// Registers `GET /metrics` (on the main listener, or alone on `server.metrics_bind`).
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics", "GET").route(web::get().to(observe::metrics)));
 }
 
 /// Hands a request's events to the writer and waits for their commit at most

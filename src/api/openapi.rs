@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use super::auth::SecurityAddon;
-use super::{conversations, error, keys, log, reports, webhooks};
+use super::{conversations, erasures, error, keys, log, observe, operations, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -39,20 +39,27 @@ use crate::model;
         log::quarantine_entry,
         log::healthz,
         log::readyz,
+        observe::metrics,
+        operations::redrive,
+        operations::retry_command,
+        erasures::create,
+        erasures::get,
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail,
         webhooks::Accepted, webhooks::TeamOnline, webhooks::ConverseAnswer, webhooks::ActionResult, webhooks::ActionResults,
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
-        log::EventFeed, log::QuarantineList, log::Health,
+        log::EventFeed, log::QuarantineList, log::Health, crate::chain::ChainHead,
         keys::NewKey, keys::KeyInfo, keys::CreatedKey, keys::KeyList, crate::auth::Scope,
+        erasures::ErasureRequest, crate::erasure::ErasureCertificate, crate::chain::ErasedEvent,
         crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
         crate::analytics::reports::GroupBy,
         model::Conversation, model::Handoff, model::Message, model::StoredEvent,
-        crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail,
+        crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail, model::Redrive,
+        crate::handoff::CommandRetry,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
         crate::transcript::TranscriptFormat,
@@ -64,7 +71,8 @@ use crate::model;
         (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
         (name = "keys", description = "API keys (`admin`): only a hash of each key is kept"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "health", description = "Liveness, readiness and Prometheus metrics"),
+        (name = "erasures", description = "Erasure of a person's conversation, with a certificate the hash chain backs"),
     ),
     modifiers(&SecurityAddon)
 )]

@@ -21,6 +21,7 @@ use super::AppState;
 use crate::config::Tokens;
 use crate::model::{AppendOutcome, NewQuarantine, Platform};
 use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::telemetry::{self, WebhookOutcome};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -110,7 +111,8 @@ pub struct Ingested {
     pub outcomes: Vec<AppendOutcome>,
 }
 
-type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
+/// A platform parser: raw text, its JSON, the delivery's facts.
+pub type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
 /// Checks a platform's webhook token: `Authorization: Bearer <token>` (scheme case-insensitive) or
 /// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
@@ -157,18 +159,14 @@ fn kept_headers(req: &HttpRequest) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Reads the body within `server.body_timeout_ms` (a slow client is answered 408 and let go),
-/// refusing more than `server.max_body_bytes` without buffering them.
-async fn read_body_within(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<Vec<u8>, ApiError> {
-    let server = &state.config.server;
-    let deadline = std::time::Duration::from_millis(server.body_timeout_ms);
-    tokio::time::timeout(deadline, read_body(req, payload, server.max_body_bytes))
-        .await
-        .map_err(|_| ApiError::RequestTimeout(server.body_timeout_ms))?
-}
-
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, refusing more than `limit` bytes without buffering them; a body still arriving at
+/// `server.body_timeout_ms` ([`super::limits::body_deadline`]) is a 408.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
@@ -179,7 +177,10 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            e if super::limits::is_body_timeout(&e) => ApiError::RequestTimeout(timeout_ms),
+            e => ApiError::InvalidJson(format!("the body could not be read: {e}")),
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -188,8 +189,38 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body.to_vec())
 }
 
-/// The common path of every webhook: token, body, parse, quarantine on refusal, append.
+/// What became of a delivery, for `ledger_webhooks_total`.
+pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
+    match result {
+        Ok(ingested) if ingested.parsed.unknown => WebhookOutcome::Unknown,
+        Ok(ingested) if !ingested.outcomes.is_empty() && ingested.outcomes.iter().all(|o| o.duplicate) => {
+            WebhookOutcome::Duplicate
+        }
+        Ok(_) => WebhookOutcome::Appended,
+        Err(ApiError::Unauthorized) => WebhookOutcome::Unauthorized,
+        Err(ApiError::InvalidJson(_) | ApiError::InvalidPayload { .. } | ApiError::PayloadTooLarge(_)) => {
+            WebhookOutcome::Rejected
+        }
+        Err(_) => WebhookOutcome::Unavailable,
+    }
+}
+
+/// The common path of every webhook: token, body, parse, quarantine on refusal, append; counted in
+/// `ledger_webhooks_total`.
 pub async fn ingest(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    platform: Platform,
+    token: (&Tokens, &[&str]),
+    parse: ParseFn,
+) -> Result<Ingested, ApiError> {
+    let result = ingest_delivery(state, req, payload, platform, token, parse).await;
+    telemetry::webhook(platform, webhook_outcome(&result));
+    result
+}
+
+async fn ingest_delivery(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
@@ -199,7 +230,13 @@ pub async fn ingest(
 ) -> Result<Ingested, ApiError> {
     check_token(req, token.0, token.1, state.keys.access().webhooks_open_without_token())?;
     let received_at = Utc::now();
-    let raw = read_body_within(state, req, payload).await?;
+    let raw = read_body(
+        req,
+        payload,
+        state.config.server.max_body_bytes,
+        state.config.server.body_timeout_ms,
+    )
+    .await?;
     let mut headers = kept_headers(req);
     // The quarantine keeps what was sent (an encrypted body stays encrypted there).
     let decrypted = match decrypt_body(state, req, platform, &raw, &mut headers) {
@@ -218,15 +255,9 @@ pub async fn ingest(
         idempotency_key: idempotency_key.as_deref(),
         path_id: path_id.as_deref(),
     };
-    let parsed = sources::parse_json(body).and_then(|value| {
-        // parse_json succeeded, so the body is UTF-8.
-        let text = String::from_utf8_lossy(body);
-        parse(&text, &value, &delivery).map(|parsed| (value, parsed))
-    });
-    let (value, parsed) = match parsed {
+    let (value, parsed) = match parse_delivery(body, &delivery, parse) {
         Ok(ok) => ok,
-        Err(e) => {
-            let error = ApiError::from(e);
+        Err(error) => {
             quarantine(state, req, platform, &error, headers, raw).await?;
             return Err(error);
         }
@@ -237,6 +268,64 @@ pub async fn ingest(
         parsed,
         outcomes,
     })
+}
+
+/// Parses a delivery's bytes with its endpoint's parser (pure).
+pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
+    let value = sources::parse_json(body)?;
+    // parse_json succeeded, so the body is UTF-8.
+    let raw = String::from_utf8_lossy(body);
+    let parsed = parse(&raw, &value, delivery)?;
+    Ok((value, parsed))
+}
+
+/// An endpoint a delivery can be kept from, with its parser.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// The platform it serves.
+    pub platform: Platform,
+    /// Its parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+    /// The path parameter (Bright Pattern `chat_id`).
+    pub path_id: Option<&'a str>,
+    /// The Ultimate actions webhook (answered with the action's results).
+    pub actions: bool,
+}
+
+/// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
+/// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
+pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
+    let endpoint = |platform, parse: ParseFn, multi| Endpoint {
+        platform,
+        parse,
+        multi,
+        path_id: None,
+        actions: false,
+    };
+    match path {
+        "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
+        "/webhooks/ultimate/actions" => Some(Endpoint {
+            actions: true,
+            ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
+        }),
+        "/webhooks/aivo-live" => Some(endpoint(Platform::AivoLive, sources::aivo_live::parse, false)),
+        "/webhooks/vcc/chat" => Some(endpoint(Platform::Vcc, sources::vcc::parse, true)),
+        _ => {
+            let chat_id = path
+                .strip_prefix("/webhooks/bright-pattern/")
+                .or_else(|| {
+                    path.strip_prefix("poll:/chats/")
+                        .and_then(|p| p.strip_suffix("/events"))
+                })
+                .filter(|id| !id.is_empty() && !id.contains('/'))?;
+            Some(Endpoint {
+                path_id: Some(chat_id),
+                ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
+            })
+        }
+    }
 }
 
 /// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
@@ -314,7 +403,8 @@ async fn receive(
     Ok(answer(&ingested, multi))
 }
 
-fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
+/// The answer to a stored delivery: 200, or 202 for an event type this version does not know.
+pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     let status = if ingested.parsed.unknown {
         StatusCode::ACCEPTED
     } else {

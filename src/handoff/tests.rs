@@ -379,6 +379,7 @@ fn stored(seq: i64, kind: &str, payload: Value) -> StoredEvent {
         conversation_id: None,
         headers: BTreeMap::new(),
         payload,
+        hash: None,
     }
 }
 

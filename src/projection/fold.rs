@@ -32,6 +32,7 @@ pub fn fold(
     let started_at = inputs.first().map_or(extent.first_at, |i| i.at.min(extent.first_at));
 
     let mut folder = Folder::new(sla, joined_parties(&inputs));
+    folder.erased = erased_seqs(&inputs);
     let echoes = relayed_echoes(&inputs);
     for input in inputs {
         if echoes.contains(&input.event_id) && matches!(&input.fact, Fact::Message(m) if m.party == Party::Visitor) {
@@ -51,6 +52,18 @@ fn relayed_echoes(inputs: &[Input]) -> BTreeSet<Uuid> {
             Fact::VisitorMessageRelayed { message_id } => Some(event_id_for(Platform::BrightPattern, Some(message_id))),
             _ => None,
         })
+        .collect()
+}
+
+/// The seqs of events an erasure covered: their transcript lines keep party, kind and time only.
+fn erased_seqs(inputs: &[Input]) -> BTreeSet<i64> {
+    inputs
+        .iter()
+        .filter_map(|input| match &input.fact {
+            Fact::Erased { events } => Some(events.iter().map(|e| e.seq)),
+            _ => None,
+        })
+        .flatten()
         .collect()
 }
 
@@ -266,6 +279,8 @@ struct Folder<'a> {
     counts: MessageCounts,
     attributes: BTreeMap<String, Value>,
     first_escalation: Option<DateTime<Utc>>,
+    /// Seqs of erased events (see [`erased_seqs`]).
+    erased: BTreeSet<i64>,
 }
 
 impl<'a> Folder<'a> {
@@ -279,6 +294,7 @@ impl<'a> Folder<'a> {
             counts: MessageCounts::default(),
             attributes: BTreeMap::new(),
             first_escalation: None,
+            erased: BTreeSet::new(),
         }
     }
 
@@ -417,7 +433,10 @@ impl<'a> Folder<'a> {
                     d.handoff.failure = Some(text);
                 }
             }
-            Fact::AgentLeft { .. } | Fact::ScenarioJoined { .. } | Fact::VisitorMessageRelayed { .. } => {}
+            Fact::AgentLeft { .. }
+            | Fact::ScenarioJoined { .. }
+            | Fact::VisitorMessageRelayed { .. }
+            | Fact::Erased { .. } => {}
         }
     }
 
@@ -448,7 +467,7 @@ impl<'a> Folder<'a> {
                 }
             }
         }
-        self.messages.push(Message {
+        let mut line = Message {
             seq: input.seq,
             at: input.at,
             party,
@@ -460,7 +479,16 @@ impl<'a> Folder<'a> {
             url: m.url.clone(),
             platform: input.platform,
             event_id: input.event_id,
-        });
+        };
+        if self.erased.contains(&input.seq) {
+            // An author resolved from a party that joined elsewhere is still a name: erased too.
+            line.author = None;
+            line.text = None;
+            line.url = None;
+            line.buttons.clear();
+            line.cards.clear();
+        }
+        self.messages.push(line);
     }
 
     fn finish(self, id: Uuid, streams: &[StreamKey], started_at: DateTime<Utc>, extent: LogExtent) -> Projection {

@@ -70,12 +70,14 @@ pub mod metrics;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::SlaConfig;
 use crate::model::{Conversation, Message, Platform, StoredEvent, StreamKey};
-use crate::sources::{self, Fact};
+use crate::sources::{self, Fact, KeptEvent};
 
 pub use fold::fold;
 
@@ -153,7 +155,38 @@ impl LogExtent {
 }
 
 /// Flattens stored events into fold inputs (unsorted): every fact of every event, with its position.
+/// An erased event's payload (a stub) gives no facts; the facts its `ledger.erased` event kept stand in
+/// for them, at their original times and positions.
 pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
+    let mut inputs = facts_of_events(events);
+    let kept: Vec<KeptEvent> = inputs
+        .iter()
+        .filter_map(|i| match &i.fact {
+            Fact::Erased { events } => Some(events.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if kept.is_empty() {
+        return inputs;
+    }
+    let present: BTreeSet<i64> = events.iter().map(|e| e.seq).collect();
+    let erased: BTreeSet<i64> = kept.iter().map(|k| k.seq).collect();
+    inputs.retain(|i| !erased.contains(&i.seq));
+    for k in kept.into_iter().filter(|k| present.contains(&k.seq)) {
+        inputs.extend(k.facts.into_iter().enumerate().map(|(index, (at, fact))| Input {
+            at,
+            seq: k.seq,
+            index,
+            platform: k.platform,
+            event_id: k.event_id,
+            fact,
+        }));
+    }
+    inputs
+}
+
+fn facts_of_events(events: &[StoredEvent]) -> Vec<Input> {
     events
         .iter()
         .flat_map(|e| {

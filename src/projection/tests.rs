@@ -368,6 +368,7 @@ fn stored(seq: i64, e: NewEvent) -> StoredEvent {
         conversation_id: Some(conv_id()),
         headers: e.headers,
         payload: serde_json::from_str::<Value>(&e.payload).unwrap(),
+        hash: None,
     }
 }
 
@@ -1017,6 +1018,7 @@ fn a_relayed_visitor_message_echoed_by_bright_pattern_is_one_line() {
             outcome: None,
             detail: None,
             body: None,
+            retry_of: None,
         },
         t(10),
     );

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::{Fact, MessageFact, TimedFact};
+use super::{Fact, KeptEvent, MessageFact, TimedFact};
+use crate::chain::ErasedEvent;
 use crate::model::{event_id_for, NewEvent, Party, Platform, StreamKey};
 
 /// `ledger.linked`: these streams belong to one conversation.
@@ -21,6 +22,10 @@ pub const QUEUE_FAILED: &str = "ledger.queue_failed";
 pub const COMMAND: &str = "ledger.command";
 /// `ledger.command_result`: the outcome of an outbound call.
 pub const COMMAND_RESULT: &str = "ledger.command_result";
+/// `ledger.redriven`: a quarantined delivery was run through the parsers again.
+pub const REDRIVEN: &str = "ledger.redriven";
+/// `ledger.erased`: an erasure replaced personal data by stubs (payload: [`ErasedPayload`]).
+pub const ERASED: &str = crate::chain::ERASED_KIND;
 /// `api.message`: a message posted through `POST /v1/conversations/{id}/messages`.
 pub const API_MESSAGE: &str = "api.message";
 /// `api.handoff_requested`: `POST /v1/conversations/{id}/handoff`.
@@ -55,6 +60,9 @@ pub struct CommandRecord {
     /// The request (commands) or response (results) body, when worth keeping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// For a command re-sent by an operator: the id of the command that gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 fn new_event(
@@ -146,6 +154,26 @@ pub fn command(conversation_id: Uuid, kind: &str, record: &CommandRecord, at: Da
     )
 }
 
+/// `ledger.redriven`: a quarantined delivery was run again and filed under this conversation. One event
+/// per entry and outcome, so that repeated redrives of one entry are recorded once.
+pub fn redriven(
+    conversation_id: Uuid,
+    quarantine_id: i64,
+    redrive: &Value,
+    outcome: &str,
+    at: DateTime<Utc>,
+) -> NewEvent {
+    new_event(
+        conversation_id,
+        Platform::Ledger,
+        REDRIVEN,
+        Some(format!("redriven:{quarantine_id}:{outcome}")),
+        redrive.clone(),
+        at,
+        Vec::new(),
+    )
+}
+
 /// `api.message`; `idempotency_key` makes a retried post one event.
 pub fn api_message(
     conversation_id: Uuid,
@@ -185,6 +213,39 @@ pub fn api_handoff(
         at,
         Vec::new(),
     )
+}
+
+/// Payload of `ledger.erased`: the erasure's record (read by `verify` as [`crate::chain::ErasureRecord`])
+/// plus the facts kept of each erased event, so that replay rebuilds the same metrics from the log alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErasedPayload {
+    /// The erasure's id.
+    pub erasure_id: Uuid,
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// The conversations erased.
+    pub conversation_ids: Vec<Uuid>,
+    /// The events whose payloads became stubs, with their original payloads' digests.
+    pub events: Vec<ErasedEvent>,
+    /// What the projection keeps of each of them.
+    pub kept: Vec<KeptEvent>,
+}
+
+/// The `ledger.erased` event recording an erasure, filed under the conversation's `ledger` stream.
+pub fn erased(conversation_id: Uuid, record: &ErasedPayload) -> NewEvent {
+    NewEvent {
+        event_id: event_id_for(
+            Platform::Ledger,
+            Some(&format!("erased:{}:{conversation_id}", record.erasure_id)),
+        ),
+        stream: StreamKey::new(Platform::Ledger, conversation_id.to_string()),
+        kind: ERASED.to_string(),
+        occurred_at: record.at,
+        received_at: record.at,
+        payload: serde_json::to_string(record).unwrap_or_else(|_| "{}".into()),
+        headers: BTreeMap::new(),
+        links: Vec::new(),
+    }
 }
 
 /// The facts of one stored `ledger.*` or `api.*` event.
@@ -227,6 +288,9 @@ pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
             text("text").map(|t| Fact::Message(MessageFact::text(party, None, t)))
         }
         API_HANDOFF => Some(Fact::EscalationRequested { team: text("team") }),
+        ERASED => serde_json::from_value::<ErasedPayload>(payload.clone())
+            .ok()
+            .map(|p| Fact::Erased { events: p.kept }),
         _ => None,
     };
     fact.into_iter().map(|f| (at, f)).collect()

@@ -16,7 +16,9 @@ pub mod vcc_crypto;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::model::{Agent, Button, Card, MessageKind, NewEvent, Party, Platform, StoredEvent, StreamKey};
 
@@ -69,7 +71,7 @@ pub struct Delivery<'a> {
 }
 
 /// How a handoff was closed, as the platform tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClosedBy {
     /// An agent closed it.
     Agent,
@@ -82,7 +84,7 @@ pub enum ClosedBy {
 }
 
 /// A transcript line as a platform states it, before the projection numbers and attributes it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageFact {
     /// Who sent it.
     pub party: Party,
@@ -122,7 +124,10 @@ impl MessageFact {
 }
 
 /// What one event means for a conversation. The projection is a fold over these.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialisable because an erasure keeps the facts of the events it erases (personal fields removed)
+/// in its `ledger.erased` event: change variants compatibly (new fields with defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Fact {
     /// A transcript line.
     Message(MessageFact),
@@ -198,6 +203,25 @@ pub enum Fact {
         /// Text of the notice.
         text: String,
     },
+    /// An erasure replaced these events' payloads by stubs (`ledger.erased`): their kept facts stand in
+    /// for the facts the payloads gave, and their transcript lines lose texts and authors.
+    Erased {
+        /// The erased events.
+        events: Vec<KeptEvent>,
+    },
+}
+
+/// What an erasure keeps of one event: its facts without personal data (see `erasure::kept_facts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptEvent {
+    /// The erased event's seq.
+    pub seq: i64,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its platform.
+    pub platform: Platform,
+    /// Its facts, personal fields removed, with their times.
+    pub facts: Vec<TimedFact>,
 }
 
 /// A fact with the time it happened. Most events give facts at their own `occurred_at`; a VCC body

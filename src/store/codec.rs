@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ConversationFilter, StoreError, StoreResult};
-use crate::model::{Conversation, Message, Platform, QuarantineEntry, StoredEvent, StreamKey};
+use crate::model::{Conversation, Message, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
 use crate::projection::Projection;
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
-/// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id)`.
+/// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id, hash)`.
 pub(crate) type EventRow = (
     i64,
     String,
@@ -24,11 +24,12 @@ pub(crate) type EventRow = (
     String,
     String,
     Option<String>,
+    Option<String>,
 );
 
 /// The select list matching [`EventRow`], for `events e` joined with `streams s`.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.platform, e.external_id, e.kind, e.occurred_at, \
-     e.received_at, e.payload, e.headers, s.conversation_id";
+     e.received_at, e.payload, e.headers, s.conversation_id, e.hash";
 
 /// Columns of a quarantine row:
 /// `(id, received_at, path, platform, error_code, error_message, status, headers, body)`.
@@ -132,7 +133,8 @@ pub(crate) fn pick_survivor(a: (Uuid, Option<i64>), b: (Uuid, Option<i64>)) -> (
 
 /// An event row as the domain type; the payload text is parsed back into JSON.
 pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
-    let (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation) = row;
+    let (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation, hash) =
+        row;
     Ok(StoredEvent {
         seq,
         event_id: parse_uuid(&event_id)?,
@@ -144,6 +146,7 @@ pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
         conversation_id: conversation.as_deref().map(parse_uuid).transpose()?,
         headers: from_json("headers", &headers)?,
         payload: from_json("payload", &payload)?,
+        hash,
     })
 }
 
@@ -166,6 +169,42 @@ pub(crate) fn decode_quarantine(row: QuarantineRow) -> StoreResult<QuarantineEnt
         body: body.to_string(),
         body_encoding: body_encoding.to_string(),
     })
+}
+
+/// Columns of a redrive row:
+/// `(quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name)`.
+pub(crate) type RedriveRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A redrive row as the domain type, with the entry it belongs to.
+pub(crate) fn decode_redrive(row: RedriveRow) -> StoreResult<(i64, Redrive)> {
+    let (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key) = row;
+    let uuid = |v: Option<String>| -> StoreResult<Option<Uuid>> {
+        v.map(|v| Uuid::parse_str(&v).map_err(|e| StoreError::Corrupt(format!("bad uuid {v}: {e}"))))
+            .transpose()
+    };
+    Ok((
+        quarantine_id,
+        Redrive {
+            at: from_micros(at)?,
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("bad HTTP status {status}")))?,
+            outcome,
+            error_code,
+            event_id: uuid(event_id)?,
+            seq,
+            conversation_id: uuid(conversation_id)?,
+            key,
+        },
+    ))
 }
 
 /// Standard base64 with padding (RFC 4648), for quarantined bodies that are not UTF-8.
@@ -497,8 +536,10 @@ mod tests {
             r#"{"b":1,"a":[true]}"#.into(),
             r#"{"content-type":"application/json"}"#.into(),
             Some(Uuid::from_u128(8).to_string()),
+            Some("ab".repeat(32)),
         );
         let e = decode_event(row).unwrap();
+        assert_eq!(e.hash, Some("ab".repeat(32)));
         assert_eq!(e.seq, 4);
         assert_eq!(e.event_id, id);
         assert_eq!(e.platform, Platform::AivoLive);

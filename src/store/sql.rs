@@ -10,11 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::chained::{self, chained_store};
 use super::codec::{self, Bind, EventRow, QuarantineRow, EVENT_COLUMNS};
+use super::erasing::{self, erasing_store};
 use super::{ConversationFilter, ConversationPage, ReplayStats, Store, StoreError, StoreResult};
+use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent, StreamKey,
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent, StreamKey,
 };
 use crate::projection;
 
@@ -23,8 +26,8 @@ const REPLAY_CHUNK: i64 = 1_000;
 
 const SQL_LAST_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
 const SQL_INSERT_EVENT: &str = "INSERT INTO events \
-     (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, links) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, links, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 const SQL_STREAM_CONVERSATION: &str = "SELECT conversation_id FROM streams WHERE platform = $1 AND external_id = $2";
 const SQL_INSERT_STREAM: &str =
     "INSERT INTO streams (platform, external_id, conversation_id, first_seq) VALUES ($1, $2, $3, $4)";
@@ -59,6 +62,18 @@ const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
      status, headers, body FROM quarantine WHERE id < $2 ORDER BY id DESC LIMIT $1";
+const SQL_GET_QUARANTINE_BODY: &str = "SELECT body FROM quarantine WHERE id = $1";
+const SQL_INSERT_REDRIVE: &str = "INSERT INTO quarantine_redrives \
+     (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+fn redrives_of_sql(n: usize) -> String {
+    format!(
+        "SELECT quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name \
+         FROM quarantine_redrives WHERE quarantine_id IN ({}) ORDER BY id",
+        placeholders(1, n)
+    )
+}
 const SQL_GET_CHECKPOINT: &str = "SELECT value FROM checkpoints WHERE name = $1";
 const SQL_SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, value) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -91,7 +106,7 @@ fn events_after_sql() -> String {
 const IN_CHUNK: usize = 500;
 
 /// `$first, $first+1, ...` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
+pub(super) fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
@@ -364,6 +379,7 @@ macro_rules! sql_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 seq: i64,
                 event: &NewEvent,
+                hash: &str,
             ) -> StoreResult<()> {
                 sqlx::query(SQL_INSERT_EVENT)
                     .bind(seq)
@@ -376,6 +392,7 @@ macro_rules! sql_store {
                     .bind(&event.payload)
                     .bind(codec::to_json("headers", &event.headers)?)
                     .bind(codec::to_json("links", &event.links)?)
+                    .bind(hash)
                     .execute(&mut *conn)
                     .await?;
                 Ok(())
@@ -496,6 +513,8 @@ macro_rules! sql_store {
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 let mut next = Self::last_seq_in(conn).await? + 1;
+                // Chained here, by the only writer, so each hash follows its predecessor's.
+                let mut prev = Self::prev_hash_in(conn).await?;
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
                 let mut known = Self::stored_events(conn, &ids).await?;
@@ -518,7 +537,20 @@ macro_rules! sql_store {
                         if let Some(conversation) = Self::file_event(conn, seq, &event.stream, &event.links).await? {
                             touched.insert(conversation);
                         }
-                        Self::insert_event(conn, seq, event).await?;
+                        prev = chain::event_hash(
+                            &prev,
+                            &ChainLink {
+                                seq,
+                                event_id: event.event_id,
+                                platform: event.stream.platform.as_str(),
+                                external_id: &event.stream.external_id,
+                                kind: &event.kind,
+                                occurred_at: codec::to_micros(event.occurred_at),
+                                received_at: codec::to_micros(event.received_at),
+                                payload_sha256: chain::payload_sha256(&event.payload),
+                            },
+                        );
+                        Self::insert_event(conn, seq, event, &chain::to_hex(&prev)).await?;
                         let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
                         known.insert(event.event_id, (seq, stream.clone()));
                         filed.push(Pending {
@@ -597,6 +629,10 @@ macro_rules! sql_store {
         impl Store for $name {
             async fn migrate(&self) -> StoreResult<()> {
                 $migrator.run(&self.pool).await?;
+                let hashed = self.backfill_chain().await?;
+                if hashed > 0 {
+                    tracing::info!(hashed, "event chain backfilled");
+                }
                 Ok(())
             }
 
@@ -644,6 +680,40 @@ macro_rules! sql_store {
                     None => sqlx::query_as(SQL_LIST_QUARANTINE).bind(limit).fetch_all(&self.pool).await?,
                 };
                 rows.into_iter().map(codec::decode_quarantine).collect()
+            }
+
+            async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as(SQL_GET_QUARANTINE_BODY).bind(id).fetch_optional(&self.pool).await?;
+                Ok(row.map(|(body,)| body))
+            }
+
+            async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = redrives_of_sql(ids.len());
+                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&self.pool).await?.into_iter().map(codec::decode_redrive).collect()
+            }
+
+            async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()> {
+                sqlx::query(SQL_INSERT_REDRIVE)
+                    .bind(quarantine_id)
+                    .bind(codec::to_micros(redrive.at))
+                    .bind(i64::from(redrive.status))
+                    .bind(&redrive.outcome)
+                    .bind(&redrive.error_code)
+                    .bind(redrive.event_id.map(|id| id.to_string()))
+                    .bind(redrive.seq)
+                    .bind(redrive.conversation_id.map(|id| id.to_string()))
+                    .bind(&redrive.key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>> {
@@ -715,6 +785,60 @@ macro_rules! sql_store {
                 Self::last_seq_in(&mut *conn).await
             }
 
+            async fn chain_head(&self) -> StoreResult<Option<ChainHead>> {
+                self.chain_head_of().await
+            }
+
+            async fn chain_rows(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<ChainRow>> {
+                self.chain_rows_of(after_seq, limit).await
+            }
+
+            async fn erase(
+                &self,
+                target: &crate::erasure::ErasureTarget,
+                erasure_id: Uuid,
+                at: chrono::DateTime<chrono::Utc>,
+                sla: &SlaConfig,
+            ) -> StoreResult<Option<crate::erasure::ErasureCertificate>> {
+                let mut tx = self.begin_write().await?;
+                let certificate = Self::erase_in(&mut *tx, target, erasure_id, at, sla).await?;
+                tx.commit().await?;
+                Ok(certificate)
+            }
+
+            async fn erasure(&self, id: Uuid) -> StoreResult<Option<crate::erasure::ErasureCertificate>> {
+                let mut conn = self.pool.acquire().await?;
+                Self::erasure_in(&mut *conn, id).await
+            }
+
+            async fn erased_among(&self, ids: &[Uuid]) -> StoreResult<BTreeSet<Uuid>> {
+                let mut found = BTreeSet::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = erasing::erased_among_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String,)>(&sql);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id,) in query.fetch_all(&self.pool).await? {
+                        found.insert(codec::parse_uuid(&id)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn conversations_to_erase(
+                &self,
+                closed_before: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> StoreResult<Vec<Uuid>> {
+                let ids: Vec<(String,)> = sqlx::query_as(erasing::SQL_TO_ERASE)
+                    .bind(codec::to_micros(closed_before))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                ids.iter().map(|(id,)| codec::parse_uuid(id)).collect()
+            }
+
             async fn replay(&self, sla: &SlaConfig, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> StoreResult<ReplayStats> {
                 // One transaction: readers keep the old projections until the rebuilt ones commit,
                 // and a failed replay leaves them untouched.
@@ -763,6 +887,11 @@ sql_store!(
     lock = Some("LOCK TABLE events IN EXCLUSIVE MODE"),
     migrator = sqlx::migrate!("./migrations/postgres")
 );
+
+chained_store!(SqliteStore, sqlx::Sqlite);
+chained_store!(PostgresStore, sqlx::Postgres);
+erasing_store!(SqliteStore, sqlx::Sqlite);
+erasing_store!(PostgresStore, sqlx::Postgres);
 
 impl SqliteStore {
     /// Opens (creating when missing, with its directory) the SQLite file a `sqlite://relative/path`

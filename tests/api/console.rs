@@ -5,8 +5,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use std::collections::BTreeMap;
+
 use handoff_ledger::auth::key::new_key;
 use handoff_ledger::auth::Scope;
+use handoff_ledger::model::{NewQuarantine, Platform};
 
 use crate::browser::Browser;
 use crate::helpers::{fixture, spawn_app_with, Backend, TestApp};
@@ -39,6 +42,8 @@ struct SupportDay {
     app: TestApp,
     handoff_id: String,
     vcc_id: String,
+    /// A quarantined delivery that today's parsers accept (refused by an earlier version).
+    redrivable: i64,
     _live: wiremock::MockServer,
 }
 
@@ -150,10 +155,26 @@ async fn support_day() -> SupportDay {
     let vcc_id = vcc["conversation_id"].as_str().expect("id").to_string();
     let (status, _) = app.post_raw("/webhooks/aivo-live", "{\"name\": \"attended\"").await;
     assert_eq!(status, 400);
+    let redrivable = app
+        .state
+        .writer
+        .quarantine(NewQuarantine {
+            received_at: Utc::now(),
+            path: "/webhooks/aivo-live".into(),
+            platform: Some(Platform::AivoLive),
+            error_code: "invalid_payload".into(),
+            error_message: "refused by an earlier version".into(),
+            status: 422,
+            headers: BTreeMap::from([("content-type".to_string(), "application/json".to_string())]),
+            body: fixture("aivo_attended.json").into_bytes(),
+        })
+        .await
+        .expect("quarantine");
     SupportDay {
         app,
         handoff_id,
         vcc_id,
+        redrivable,
         _live: live,
     }
 }
@@ -400,16 +421,54 @@ async fn console_in_a_real_browser() {
     assert!(events.len() >= 9, "raw events shown: {}", events.len());
     assert!(browser.text(&events[0]).await.contains("ultimate.send_message"));
 
-    // The quarantine holds the refused delivery with its error.
+    // The quarantine holds the refused deliveries with their errors, and redrives them.
     browser.goto(&app.url("/ui/quarantine")).await;
     let entries = browser.find_all("tr.quarantine-row").await;
-    assert_eq!(entries.len(), 1);
-    let entry = browser.text(&entries[0]).await;
+    assert_eq!(entries.len(), 2);
+    let refused = browser.text(&entries[1]).await;
     assert!(
-        entry.contains("/webhooks/aivo-live") && entry.contains("400 invalid_json"),
-        "{entry}"
+        refused.contains("/webhooks/aivo-live") && refused.contains("400 invalid_json"),
+        "{refused}"
     );
+    assert!(refused.contains("never"), "not redriven yet: {refused}");
     browser.save_screenshot("console-quarantine.png").await;
+    let button = browser
+        .find(&format!("tr.quarantine-row[data-id='{}'] button", day.redrivable))
+        .await;
+    browser.click(&button).await;
+    browser
+        .wait_for_url(&format!("/ui/quarantine/{}", day.redrivable))
+        .await;
+    let flash = browser.wait_for_text("div.flash", |t| t.contains("redriven")).await;
+    assert!(flash.contains("appended at log position"), "{flash}");
+    let redrives = browser.text_of("table.redrives").await;
+    assert!(
+        redrives.contains("200 appended") && redrives.contains("anonymous"),
+        "{redrives}"
+    );
+    browser.save_screenshot("console-redrive.png").await;
+    // A second redrive of the same delivery is a duplicate; the still-broken one is still refused.
+    let again = browser.find("form[action$='/redrive'] button").await;
+    browser.click(&again).await;
+    let flash = browser
+        .wait_for_text("div.flash", |t| t.contains("already stored"))
+        .await;
+    assert!(flash.contains("nothing appended"), "{flash}");
+    browser.goto(&app.url("/ui/quarantine")).await;
+    let rows = browser.find_all("tr.quarantine-row").await;
+    let broken_id = browser
+        .script("return document.querySelectorAll('tr.quarantine-row')[1].getAttribute('data-id')")
+        .await;
+    let broken_id = broken_id.as_str().unwrap_or_default().to_string();
+    assert_eq!(rows.len(), 2);
+    let button = browser
+        .find(&format!("tr.quarantine-row[data-id='{broken_id}'] button"))
+        .await;
+    browser.click(&button).await;
+    let flash = browser
+        .wait_for_text("div.flash", |t| t.contains("still refused"))
+        .await;
+    assert!(flash.contains("400 invalid_json"), "{flash}");
 }
 
 /// Creates a key in the store (as `handoff-ledger keys create` does) and makes the service see it now.
@@ -549,6 +608,22 @@ async fn console_forms_need_the_sessions_own_token() {
     assert_eq!(logout(cookie_a.clone(), None).await, 400);
     assert_eq!(logout(cookie_a.clone(), Some(token_b.clone())).await, 403);
     assert_eq!(logout(cookie_a.clone(), Some(String::new())).await, 403);
+    // A redrive posted with another session's token (what a forged form would carry) does nothing.
+    let redrive = |cookie: String, token: String| {
+        let req = no_redirects
+            .post(app.url(&format!("/ui/quarantine/{}/redrive", day.redrivable)))
+            .header("cookie", cookie)
+            .form(&[("csrf", token)]);
+        async move { req.send().await.expect("send").status().as_u16() }
+    };
+    assert_eq!(redrive(cookie_a.clone(), token_b.clone()).await, 403);
+    assert_eq!(redrive(cookie_a.clone(), String::new()).await, 403);
+    let (_, entry) = app.get_json(&format!("/v1/quarantine/{}", day.redrivable)).await;
+    assert_eq!(entry["redrives"], json!([]), "nothing was redriven: {entry}");
+    assert_eq!(redrive(cookie_a.clone(), token_a.clone()).await, 303);
+    let (_, entry) = app.get_json(&format!("/v1/quarantine/{}", day.redrivable)).await;
+    assert_eq!(entry["redrives"].as_array().map(Vec::len), Some(1), "{entry}");
+
     // Its own token: signed out (303 to the sign-in page).
     assert_eq!(logout(cookie_a.clone(), Some(token_a.clone())).await, 303);
     // The ended session's token is worth nothing now.

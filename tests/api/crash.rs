@@ -165,8 +165,47 @@ async fn acknowledged_webhooks_survive_sigkill(backend: Backend) {
             "room {room}: acknowledged lines missing from the transcript"
         );
     }
+    // The feed's chain head is the newest event's hash, and the whole chain verifies after the crash.
+    let (head, newest) = {
+        let page: Value = client
+            .get(format!(
+                "{base}/v1/events?after_seq={}&limit=1000",
+                seqs.len().saturating_sub(1)
+            ))
+            .send()
+            .await
+            .expect("feed")
+            .json()
+            .await
+            .expect("json");
+        let last = page["items"]
+            .as_array()
+            .and_then(|i| i.last())
+            .cloned()
+            .unwrap_or_default();
+        (page["chain_head"].clone(), last)
+    };
+    assert_eq!(head["hash"], newest["hash"], "{head} {newest}");
     let _ = child.kill();
     let _ = child.wait();
+    let out = Command::new(env!("CARGO_BIN_EXE_handoff-ledger"))
+        .arg("verify")
+        .env("LEDGER__STORE__URL", &store_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "verify after SIGKILL: {stdout}");
+    assert!(
+        stdout.starts_with("ok ") && stdout.trim_end().ends_with(" events"),
+        "{stdout}"
+    );
+    let verified: usize = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(verified >= seqs.len(), "{stdout}");
     drop(pg);
 }
 

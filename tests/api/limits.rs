@@ -53,6 +53,8 @@ async fn slow_clients_are_cut_off_while_others_are_served(backend: Backend) {
     let body_head =
         "POST /webhooks/aivo-live HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n";
     let slow_body = slow_client(&app, body_head, &trickle);
+    let json_head = "POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n";
+    let slow_json = slow_client(&app, json_head, &trickle);
     let others = async {
         let mut served = 0;
         for _ in 0..5 {
@@ -65,7 +67,8 @@ async fn slow_clients_are_cut_off_while_others_are_served(backend: Backend) {
         }
         served
     };
-    let ((head_answer, head_sent, _), (body_answer, body_sent, _), served) = tokio::join!(slow_head, slow_body, others);
+    let ((head_answer, head_sent, _), (body_answer, body_sent, _), (json_answer, json_sent, _), served) =
+        tokio::join!(slow_head, slow_body, slow_json, others);
     assert_eq!(served, 5);
     // Cut off long before they were done (40 bytes at one a second).
     assert!(head_sent < 20, "the slow head was read for {head_sent} s");
@@ -76,9 +79,52 @@ async fn slow_clients_are_cut_off_while_others_are_served(backend: Backend) {
     );
     assert!(body_answer.starts_with("HTTP/1.1 408"), "{body_answer}");
     assert!(body_answer.contains("\"request_timeout\""), "{body_answer}");
+    // The API's own JSON bodies have the same deadline.
+    assert!(json_sent < 20, "the slow JSON body was read for {json_sent} s");
+    assert!(json_answer.starts_with("HTTP/1.1 408"), "{json_answer}");
+    assert!(app.state.store.list_keys().await.unwrap().is_empty());
     // Nothing of the slow delivery was stored or quarantined.
     let (_, quarantine) = app.get_json("/v1/quarantine").await;
     assert_eq!(quarantine["items"], json!([]));
+}
+
+async fn idle_keep_alive_connections_are_closed(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.keep_alive_seconds = 1).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // The server answers, then closes the idle connection after the keep-alive (the client never does).
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the idle connection was kept open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the keep-alive ran out"
+    );
+}
+
+/// The readers' pool connects with a statement timeout on PostgreSQL; the writer's does not.
+#[tokio::test]
+async fn postgres_readers_have_a_statement_timeout() {
+    let db = crate::common::PgDatabase::create().await;
+    let store = handoff_ledger::config::StoreConfig {
+        url: db.url.clone(),
+        read_timeout_ms: 200,
+        ..Default::default()
+    };
+    let mut reader = sqlx::PgConnection::connect(&store.reader_url()).await.unwrap();
+    let err = sqlx::query("SELECT pg_sleep(3)")
+        .execute(&mut reader)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    let mut writer = sqlx::PgConnection::connect(&store.url).await.unwrap();
+    sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
 }
 
 /// Holds the store's write lock from another connection until dropped (rolled back).
@@ -390,6 +436,7 @@ async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Back
 }
 
 on_both_stores!(
+    idle_keep_alive_connections_are_closed,
     the_conversations_csv_is_streamed_in_order_across_windows,
     a_clickhouse_that_never_answers_falls_back_to_the_store,
     report_ranges_are_capped,

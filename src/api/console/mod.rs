@@ -62,7 +62,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ui/conversations/{id}/events", web::get().to(events))
         .route("/ui/conversations/{id}/events.json", web::get().to(events_json))
         .route("/ui/quarantine", web::get().to(quarantine))
-        .route("/ui/quarantine/{id}", web::get().to(quarantine_entry));
+        .route("/ui/quarantine/{id}", web::get().to(quarantine_entry))
+        .route("/ui/quarantine/{id}/redrive", web::post().to(redrive));
 }
 
 async fn to_console() -> HttpResponse {
@@ -175,7 +176,7 @@ fn visit(
     let viewer = Viewer {
         name: principal.name.clone(),
         can_read_events: principal.allows(Scope::EventsRead),
-        can_redrive: false,
+        can_redrive: principal.allows(Scope::Admin),
         csrf: Some(session.csrf.clone()),
     };
     if !principal.allows(Scope::ConversationsRead) {
@@ -665,7 +666,12 @@ async fn quarantine(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
     let before = web::Query::<QuarantinePage>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.before);
-    let res = match state.store.quarantine_summaries(QUARANTINE_PAGE, before).await {
+    let listed = async {
+        let mut items = state.store.quarantine_summaries(QUARANTINE_PAGE, before).await?;
+        super::log::attach_redrives(&state, items.iter_mut()).await?;
+        Ok::<_, ApiError>(items)
+    };
+    let res = match listed.await {
         Ok(items) => {
             let next = (items.len() as u32 == QUARANTINE_PAGE)
                 .then(|| items.last().map(|q| format!("/ui/quarantine?before={}", q.id)))
@@ -680,7 +686,7 @@ async fn quarantine(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
                 ),
             )
         }
-        Err(e) => failure_page(&visit.viewer, e.into()),
+        Err(e) => failure_page(&visit.viewer, e),
     };
     visit.respond(res)
 }
@@ -696,26 +702,124 @@ async fn quarantine_entry(state: web::Data<AppState>, req: HttpRequest, path: we
     let Ok(id) = path.parse::<i64>() else {
         return visit.respond(not_found_page(&visit.viewer, "There is no such quarantine entry."));
     };
-    let res = match state.store.quarantine_entry(id).await {
+    let found = async {
+        let mut entry = state.store.quarantine_entry(id).await?;
+        if let Some(entry) = entry.as_mut() {
+            super::log::attach_redrives(&state, std::iter::once(&mut entry.summary)).await?;
+        }
+        Ok::<_, ApiError>(entry)
+    };
+    let res = match found.await {
         Ok(Some(entry)) => {
             let title = format!("Refused delivery {id}");
+            let flash = state.sessions.take_flash(&visit.session_id);
             page(
                 StatusCode::OK,
-                pages::quarantine_entry(&frame(&title, Section::Quarantine, &visit.viewer, None), &entry),
+                pages::quarantine_entry(
+                    &frame(&title, Section::Quarantine, &visit.viewer, flash.as_deref()),
+                    &entry,
+                ),
             )
         }
         Ok(None) => not_found_page(
             &visit.viewer,
             &format!("There is no quarantine entry {id} (redriven entries stay; old ones expire)."),
         ),
-        Err(e) => failure_page(&visit.viewer, e.into()),
+        Err(e) => failure_page(&visit.viewer, e),
     };
     visit.respond(res)
+}
+
+/// The redrive button: the same redrive as `POST /v1/quarantine/{id}/redrive` (recorded on the entry with the
+/// signed-in key's name), its outcome shown on the entry's page.
+async fn redrive(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> HttpResponse {
+    let visit = match admit(&state, &req).await {
+        Ok(v) => v,
+        Err(res) => return *res,
+    };
+    if posted_session(&state, &req, &form.csrf).is_none() {
+        return forbidden_form();
+    }
+    if !visit.viewer.can_redrive {
+        return visit.respond(page(
+            StatusCode::FORBIDDEN,
+            pages::error(
+                &frame("Forbidden", Section::Quarantine, &visit.viewer, None),
+                "Not allowed",
+                "Redriving a delivery needs a key with the admin scope.",
+            ),
+        ));
+    }
+    let Ok(id) = path.parse::<i64>() else {
+        return visit.respond(not_found_page(&visit.viewer, "There is no such quarantine entry."));
+    };
+    let answer = super::operations::redrive(state.clone(), req.clone(), web::Path::from(id)).await;
+    let message = match answer {
+        Ok(res) => {
+            let status = res.status();
+            let body = actix_web::body::to_bytes(res.into_body()).await.unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            redrive_message(id, status, &body)
+        }
+        Err(e) => format!("Delivery {id} was not redriven: {}", e.body().error.message),
+    };
+    state.sessions.set_flash(&visit.session_id, message);
+    visit.respond(redirect(&format!("/ui/quarantine/{id}")))
+}
+
+/// A sentence for a redrive's answer (the webhook's answer now).
+fn redrive_message(id: i64, status: StatusCode, body: &serde_json::Value) -> String {
+    if status.is_success() {
+        let conversation = body["conversation_id"]
+            .as_str()
+            .map(|c| format!(" in conversation {c}"))
+            .unwrap_or_default();
+        if body["duplicate"] == serde_json::Value::Bool(true) {
+            format!("Delivery {id} redriven: it was already stored{conversation}; nothing appended.")
+        } else if let Some(seq) = body["seq"].as_i64() {
+            let unknown = if status == StatusCode::ACCEPTED {
+                " (as an event type this version does not know)"
+            } else {
+                ""
+            };
+            format!("Delivery {id} redriven: appended at log position {seq}{conversation}{unknown}.")
+        } else {
+            format!("Delivery {id} redriven: accepted ({status}).")
+        }
+    } else {
+        let code = body["error"]["code"].as_str().unwrap_or("refused");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        format!("Delivery {id} is still refused: {} {code}: {message}", status.as_u16())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redrive_outcomes_read_as_sentences() {
+        let appended = serde_json::json!({"event_id": "e", "seq": 42, "duplicate": false, "conversation_id": "c-1"});
+        assert_eq!(
+            redrive_message(7, StatusCode::OK, &appended),
+            "Delivery 7 redriven: appended at log position 42 in conversation c-1."
+        );
+        let duplicate = serde_json::json!({"seq": 42, "duplicate": true, "conversation_id": "c-1"});
+        assert_eq!(
+            redrive_message(7, StatusCode::OK, &duplicate),
+            "Delivery 7 redriven: it was already stored in conversation c-1; nothing appended."
+        );
+        let refused = serde_json::json!({"error": {"code": "invalid_payload", "message": "`roomId` is required"}});
+        assert_eq!(
+            redrive_message(7, StatusCode::UNPROCESSABLE_ENTITY, &refused),
+            "Delivery 7 is still refused: 422 invalid_payload: `roomId` is required"
+        );
+    }
 
     #[test]
     fn only_console_paths_are_followed_after_sign_in() {

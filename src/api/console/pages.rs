@@ -374,7 +374,7 @@ pub fn quarantine(frame: &Frame, items: &[QuarantineSummary], next: Option<Strin
                 p.muted.no-results { "The quarantine is empty." }
             } @else {
                 table.results {
-                    thead { tr { th { "#" } th { "Received" } th { "Endpoint" } th { "Refused with" } th { "Body" } @if can_redrive { th {} } } }
+                    thead { tr { th { "#" } th { "Received" } th { "Endpoint" } th { "Refused with" } th { "Body" } th { "Redriven" } @if can_redrive { th {} } } }
                     tbody {
                         @for q in items {
                             tr.quarantine-row data-id=(q.id) {
@@ -386,6 +386,7 @@ pub fn quarantine(frame: &Frame, items: &[QuarantineSummary], next: Option<Strin
                                     a href={ "/ui/quarantine/" (q.id) } { (q.body_size) " bytes" }
                                     @if q.body_truncated { br; span.muted { "kept truncated" } }
                                 }
+                                td.redrives { (last_redrive(q)) }
                                 @if can_redrive { td { (redrive_form(frame, q)) } }
                             }
                         }
@@ -398,6 +399,20 @@ pub fn quarantine(frame: &Frame, items: &[QuarantineSummary], next: Option<Strin
         }
     };
     layout(frame, content)
+}
+
+fn last_redrive(q: &QuarantineSummary) -> Markup {
+    html! {
+        @match q.redrives.last() {
+            None => span.muted { "never" },
+            Some(r) => {
+                span class=[(r.status < 300).then_some("sla-met")] { (r.status) " " (r.outcome) }
+                br;
+                span.muted { (time(r.at)) @if let Some(key) = &r.key { " by " (key) } }
+                @if q.redrives.len() > 1 { br; span.muted { (q.redrives.len()) " times" } }
+            }
+        }
+    }
 }
 
 /// The redrive button of one entry (a form with the session's CSRF token).
@@ -427,6 +442,29 @@ pub fn quarantine_entry(frame: &Frame, q: &QuarantineDetail) -> String {
             h2 { "Why it was refused" }
             p.error-message { (s.error_message) }
             @if can_redrive { (redrive_form(frame, s)) }
+        }
+        @if !s.redrives.is_empty() {
+            div.panel {
+                h2 { "Redrives" }
+                table.grid.redrives {
+                    thead { tr { th { "When" } th { "By" } th { "Answer" } th { "Event" } th { "Conversation" } } }
+                    tbody {
+                        @for r in &s.redrives {
+                            tr {
+                                td { (time(r.at)) }
+                                td { (r.key.clone().unwrap_or_default()) }
+                                td { (r.status) " " (r.outcome) @if let Some(code) = &r.error_code { " (" (code) ")" } }
+                                td { @if let Some(seq) = r.seq { "position " (seq) } }
+                                td {
+                                    @if let Some(c) = r.conversation_id {
+                                        a.mono href={ "/ui/conversations/" (c) } { (c) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         div.panel {
             h2 { "Headers" }
