@@ -105,6 +105,7 @@ impl Application {
             writer,
             config,
             handoff,
+            sessions: api::console::Sessions::default(),
             keys,
         };
         let data = web::Data::new(state.clone());

@@ -1,10 +1,64 @@
-//! Transcript renderings for support tooling: plain text, CSV and JSON lines. What a visitor typed
-//! cannot become a formula in a spreadsheet (CSV cells are neutralised) nor a forged line of the text
-//! transcript (line breaks inside a field are escaped).
+//! Transcript renderings for support tooling: plain text, CSV, JSON lines and a printable HTML page. What a
+//! visitor typed cannot become a formula in a spreadsheet (CSV cells are neutralised) nor a forged line of the
+//! text transcript (line breaks inside a field are escaped); the HTML page escapes everything.
+
+pub mod html;
 
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 use crate::model::{Message, MessageKind};
+
+/// The renderings of a transcript (`?format=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscriptFormat {
+    /// `{"conversation_id", "messages": [Message]}`.
+    #[default]
+    Json,
+    /// One line per message: `[time] party (author): text`.
+    Text,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON Message per line.
+    Jsonl,
+    /// A self-contained printable HTML page with the conversation's header.
+    Html,
+}
+
+impl TranscriptFormat {
+    /// Every format, in the documented order.
+    pub const ALL: [TranscriptFormat; 5] = [
+        TranscriptFormat::Json,
+        TranscriptFormat::Text,
+        TranscriptFormat::Csv,
+        TranscriptFormat::Jsonl,
+        TranscriptFormat::Html,
+    ];
+
+    /// The `?format=` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TranscriptFormat::Json => "json",
+            TranscriptFormat::Text => "text",
+            TranscriptFormat::Csv => "csv",
+            TranscriptFormat::Jsonl => "jsonl",
+            TranscriptFormat::Html => "html",
+        }
+    }
+}
+
+impl std::str::FromStr for TranscriptFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TranscriptFormat::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unknown transcript format `{s}`"))
+    }
+}
 
 /// Buttons and cards flattened to one line of text.
 fn extras(m: &Message) -> String {

@@ -9,6 +9,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoParams, ToSchema};
 
 use super::facts::{epoch, from_epoch, ConversationRow, Credit, HandoffRow};
@@ -118,16 +120,55 @@ impl fmt::Display for ReportSource {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReportParams {
-    /// Start (RFC 3339); buckets from the one holding it. Default: `until` minus 7 days.
+    /// Start (RFC 3339, from 1970); buckets from the one holding it; before `until`. Default (also when empty):
+    /// `until` minus 7 days.
+    #[param(schema_with = time_or_empty)]
     pub since: Option<String>,
-    /// End (RFC 3339, exclusive): buckets starting before it. Default: now.
+    /// End (RFC 3339, exclusive, before 2106): buckets starting before it. Default (also when empty): now.
+    #[param(schema_with = time_or_empty)]
     pub until: Option<String>,
-    /// `hour` (default) or `day`.
+    /// Bucket size (default, also when empty: `hour`).
+    #[param(schema_with = interval_or_empty)]
     pub interval: Option<String>,
     /// Comma-separated subset of `platform,queue,agent`.
+    #[param(pattern = r"^\s*(platform|queue|agent)?\s*(,\s*(platform|queue|agent)?\s*)*$")]
     pub group_by: Option<String>,
-    /// Force `clickhouse` or `store` (default: ClickHouse when configured).
+    /// Force `clickhouse` or `store` (default, also when empty: ClickHouse when configured; `clickhouse` is
+    /// refused when it is not).
+    #[param(schema_with = source_or_empty)]
     pub source: Option<String>,
+}
+
+/// A report parameter's schema: `schema`, or the empty string (which reads as "not given").
+fn or_empty(schema: impl Into<RefOr<Schema>>, description: &str) -> Schema {
+    AnyOfBuilder::new()
+        .description(Some(description))
+        .item(schema)
+        .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+        .into()
+}
+
+fn time_or_empty() -> Schema {
+    or_empty(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        "An RFC 3339 time; empty reads as not given",
+    )
+}
+
+fn interval_or_empty() -> Schema {
+    or_empty(
+        Ref::from_schema_name("Interval"),
+        "`hour` or `day`; empty reads as not given",
+    )
+}
+
+fn source_or_empty() -> Schema {
+    or_empty(
+        Ref::from_schema_name("ReportSource"),
+        "`clickhouse` or `store`; empty reads as not given",
+    )
 }
 
 /// A parameter that could not be used.

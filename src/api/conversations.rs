@@ -3,6 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -10,35 +11,44 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody};
 use super::webhooks::Accepted;
 use super::AppState;
-use crate::model::{Conversation, Message, Party, StoredEvent};
+use crate::model::{Conversation, Disposition, HandoffState, Message, Party, Platform, SlaStatus, StoredEvent};
 use crate::sources::ledger;
 use crate::store::{ConversationFilter, MessageCursor};
+use crate::transcript::TranscriptFormat;
 
 /// Filters and paging of `GET /v1/conversations`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Conversations with a stream of this platform (`ultimate`, `aivo_live`, `vcc`, `bright_pattern`, `api`, `ledger`).
+    /// Conversations with a stream of this platform.
+    #[param(value_type = Option<Platform>)]
     pub platform: Option<String>,
     /// Conversations with a stream of this external id.
     pub external_id: Option<String>,
-    /// Handoff state: `bot`, `escalation_requested`, `queued`, `attended`, `closed`, `failed`.
+    /// Handoff state.
+    #[param(value_type = Option<HandoffState>)]
     pub state: Option<String>,
-    /// Disposition: `completed`, `abandoned`, `missed`, `failed`.
+    /// Disposition.
+    #[param(value_type = Option<Disposition>)]
     pub disposition: Option<String>,
-    /// SLA status: `met`, `breached`, `pending`, `not_applicable`.
+    /// SLA status (`pending` and `breached` are judged at the time of the request).
+    #[param(value_type = Option<SlaStatus>)]
     pub sla_status: Option<String>,
     /// Queue of the latest handoff.
     pub queue: Option<String>,
     /// Name of an agent who handled it.
     pub agent: Option<String>,
     /// RFC 3339; `started_at >= since`.
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub since: Option<String>,
     /// RFC 3339; `started_at < until`.
+    #[param(value_type = Option<DateTime<Utc>>)]
     pub until: Option<String>,
-    /// Page size, default 50, max 500.
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^-?[0-9]{1,18}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -66,7 +76,8 @@ pub struct Transcript {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TranscriptParams {
-    /// `json` (default), `text`, `csv` or `jsonl`.
+    /// `json` (default), `text`, `csv`, `jsonl` or `html` (a printable page).
+    #[param(value_type = Option<TranscriptFormat>)]
     pub format: Option<String>,
     /// At most this many lines (1 to 10000); default: every line.
     pub limit: Option<u32>,
@@ -136,7 +147,8 @@ fn decode_line_cursor(cursor: &str) -> Result<MessageCursor, ApiError> {
 pub struct PostMessage {
     /// Who speaks: `visitor` (relayed to the live agent), or `agent`/`system` for notes.
     pub party: Party,
-    /// The text.
+    /// The text (not blank).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub text: String,
 }
 
@@ -157,17 +169,18 @@ fn parse_time(name: &str, value: Option<&String>) -> Result<Option<DateTime<Utc>
         .transpose()
 }
 
-fn check_enum(name: &str, value: &Option<String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match value {
-        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::parameter(
-            name,
-            format!("`{name}` must be one of {}", allowed.join(", ")),
-        )),
-        _ => Ok(()),
-    }
+/// Reads an enumerated query parameter into its type, naming the parameter and the allowed values on error.
+pub fn enum_param<T: DeserializeOwned>(name: &str, value: Option<&str>) -> Result<Option<T>, ApiError> {
+    value
+        .map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.to_string()))
+                .map_err(|e| ApiError::parameter(name, format!("`{name}`: {e}")))
+        })
+        .transpose()
 }
 
-fn encode_cursor((micros, id): (i64, Uuid)) -> String {
+/// A page position as the `cursor` parameter reads it.
+pub fn encode_cursor((micros, id): (i64, Uuid)) -> String {
     format!("{micros}_{id}")
 }
 
@@ -183,27 +196,12 @@ fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
 }
 
 impl ListParams {
-    fn into_filter(self) -> Result<ConversationFilter, ApiError> {
-        check_enum(
-            "platform",
-            &self.platform,
-            &["ultimate", "aivo_live", "vcc", "bright_pattern", "api", "ledger"],
-        )?;
-        check_enum(
-            "state",
-            &self.state,
-            &["bot", "escalation_requested", "queued", "attended", "closed", "failed"],
-        )?;
-        check_enum(
-            "disposition",
-            &self.disposition,
-            &["completed", "abandoned", "missed", "failed"],
-        )?;
-        check_enum(
-            "sla_status",
-            &self.sla_status,
-            &["met", "breached", "pending", "not_applicable"],
-        )?;
+    /// Validates the parameters into the store's filter (`400 invalid_parameter` naming the bad one).
+    pub fn into_filter(self) -> Result<ConversationFilter, ApiError> {
+        let platform = enum_param::<Platform>("platform", self.platform.as_deref())?;
+        let state = enum_param::<HandoffState>("state", self.state.as_deref())?;
+        let disposition = enum_param::<Disposition>("disposition", self.disposition.as_deref())?;
+        let sla_status = enum_param::<SlaStatus>("sla_status", self.sla_status.as_deref())?;
         let limit = self.limit.unwrap_or(50);
         if !(1..=500).contains(&limit) {
             return Err(ApiError::parameter("limit", "`limit` must be between 1 and 500"));
@@ -212,11 +210,11 @@ impl ListParams {
             since: parse_time("since", self.since.as_ref())?,
             until: parse_time("until", self.until.as_ref())?,
             after: self.cursor.as_deref().map(decode_cursor).transpose()?,
-            platform: self.platform,
+            platform: platform.map(|p| p.as_str().to_string()),
             external_id: self.external_id,
-            state: self.state,
-            disposition: self.disposition,
-            sla_status: self.sla_status,
+            state: state.map(|s| s.as_str().to_string()),
+            disposition: disposition.map(|d| d.as_str().to_string()),
+            sla_status: sla_status.map(|s| s.as_str().to_string()),
             now: Some(Utc::now()),
             queue: self.queue,
             agent: self.agent,
@@ -262,8 +260,9 @@ pub async fn list(state: web::Data<AppState>, params: web::Query<ListParams>) ->
     params(("id" = Uuid, Path, description = "Conversation id")),
     responses(
         (status = 200, description = "The conversation", body = Conversation),
-        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 400, description = "Not a UUID (`invalid_parameter`)", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn get(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {
@@ -277,15 +276,17 @@ pub async fn get(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<Http
     get, path = "/v1/conversations/{id}/transcript", tag = "conversations",
     params(("id" = Uuid, Path, description = "Conversation id"), TranscriptParams),
     responses(
-        (status = 200, description = "The transcript: JSON by default; `format=text` (text/plain), `csv` (text/csv), `jsonl` (application/x-ndjson, one Message per line)",
+        (status = 200, description = "The transcript: JSON by default; `format=text` (text/plain), `csv` (text/csv), `jsonl` (application/x-ndjson, one Message per line), `html` (a self-contained printable page: the conversation's platforms, queue, agents, timers, SLA status and disposition, then every line with time, party and author)",
             content(
                 (Transcript = "application/json"),
                 (String = "text/plain"),
                 (String = "text/csv"),
                 (Message = "application/x-ndjson"),
+                (String = "text/html"),
             )),
-        (status = 400, description = "Bad `format`, `limit`, `cursor` or id", body = ErrorBody),
+        (status = 400, description = "Bad `format`, `limit`, `cursor` or id (`invalid_parameter`)", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn transcript(
@@ -293,40 +294,66 @@ pub async fn transcript(
     id: web::Path<Uuid>,
     params: web::Query<TranscriptParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
-    let params = params.into_inner();
-    let format = params.format.unwrap_or_else(|| "json".into());
-    check_enum("format", &Some(format.clone()), &["json", "text", "csv", "jsonl"])?;
+    let format = enum_param::<TranscriptFormat>("format", params.format.as_deref())?.unwrap_or_default();
     let limit = page_limit(params.limit)?;
     let after = params.cursor.as_deref().map(decode_line_cursor).transpose()?;
+    render_transcript(&state, id.into_inner(), format, after, limit).await
+}
+
+/// A conversation's transcript in one of its renderings (the API and the console's exports): the lines
+/// after `after`, at most `limit` (None: every line). The next page's cursor is `next_cursor` in JSON
+/// and the `x-next-cursor` answer header in every format.
+pub async fn render_transcript(
+    state: &AppState,
+    id: Uuid,
+    format: TranscriptFormat,
+    after: Option<MessageCursor>,
+    limit: Option<u32>,
+) -> Result<HttpResponse, ApiError> {
     let page = state
         .store
         .transcript_page(id, after, limit)
         .await?
         .ok_or_else(|| not_found(id))?;
+    let (conversation_id, messages) = (page.conversation_id, page.messages);
     let next_cursor = page.next.map(encode_line_cursor);
     let mut answer = HttpResponse::Ok();
     if let Some(next) = &next_cursor {
         answer.insert_header(("x-next-cursor", next.as_str()));
     }
-    let transcript = Transcript {
-        conversation_id: page.conversation_id,
-        messages: page.messages,
-        next_cursor,
-    };
-    Ok(match format.as_str() {
-        "text" => answer
+    Ok(match format {
+        TranscriptFormat::Text => answer
             .content_type("text/plain; charset=utf-8")
-            .body(crate::transcript::to_text(&transcript.messages)),
-        "csv" => answer
+            .body(crate::transcript::to_text(&messages)),
+        TranscriptFormat::Csv => answer
             .content_type("text/csv; charset=utf-8")
-            .body(crate::transcript::to_csv(&transcript.messages).map_err(ApiError::Unexpected)?),
-        "jsonl" => answer
+            .body(crate::transcript::to_csv(&messages).map_err(ApiError::Unexpected)?),
+        TranscriptFormat::Jsonl => answer
             .content_type("application/x-ndjson")
-            .body(crate::transcript::to_jsonl(&transcript.messages).map_err(ApiError::Unexpected)?),
-        _ => answer.json(transcript),
+            .body(crate::transcript::to_jsonl(&messages).map_err(ApiError::Unexpected)?),
+        TranscriptFormat::Html => {
+            let conversation = state
+                .store
+                .get_conversation(conversation_id)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            let now = Utc::now();
+            answer
+                .content_type("text/html; charset=utf-8")
+                .insert_header(("content-security-policy", SELF_CONTAINED_PAGE_CSP))
+                .body(crate::transcript::html::page(&conversation.as_of(now), &messages, now))
+        }
+        TranscriptFormat::Json => answer.json(Transcript {
+            conversation_id,
+            messages,
+            next_cursor,
+        }),
     })
 }
+
+/// The printable page may use its own inline styles and nothing else: no script, no request anywhere.
+pub const SELF_CONTAINED_PAGE_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
 /// The raw events of a conversation in `seq` order, payloads as received.
 #[utoipa::path(
@@ -334,8 +361,9 @@ pub async fn transcript(
     params(("id" = Uuid, Path, description = "Conversation id"), EventsParams),
     responses(
         (status = 200, description = "Its events", body = EventList),
-        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
+        (status = 400, description = "Bad `limit`, `cursor` or id (`invalid_parameter`)", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn events(
@@ -391,9 +419,11 @@ fn idempotency_key(req: &HttpRequest) -> Option<String> {
     request_body = PostMessage,
     responses(
         (status = 200, description = "Recorded", body = Accepted),
-        (status = 400, description = "Not JSON", body = ErrorBody),
+        (status = 400, description = "Not JSON, not `application/json`, or the id is not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
-        (status = 422, description = "Wrong shape", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 422, description = "Wrong shape, or an empty `text`", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn post_message(
@@ -425,7 +455,9 @@ pub async fn post_message(
     request_body = PostHandoff,
     responses(
         (status = 200, description = "Handed over", body = Accepted),
+        (status = 400, description = "Not JSON, not `application/json`, or the id is not a UUID", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Wrong shape", body = ErrorBody),
         (status = 502, description = "The live backend refused", body = ErrorBody),
         (status = 503, description = "No route, or backend unavailable", body = ErrorBody),

@@ -82,7 +82,9 @@ pub async fn create(state: web::Data<AppState>, body: web::Json<ErasureRequest>)
     params(("id" = Uuid, Path, description = "Erasure id")),
     responses(
         (status = 200, description = "The certificate", body = ErasureCertificate),
+        (status = 400, description = "Not a UUID (`invalid_parameter`)", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn get(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<HttpResponse, ApiError> {

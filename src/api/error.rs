@@ -23,8 +23,9 @@ pub struct ErrorBody {
 /// Code, sentence and optional details of an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `forbidden`, `conflict`, `payload_too_large`, `request_timeout`,
-    /// `unavailable`, `not_found`, `invalid_parameter`, `bad_gateway`, `gateway_timeout`, `internal`.
+    /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `forbidden`, `conflict`,
+    /// `payload_too_large`, `request_timeout`, `unavailable`, `not_found`, `method_not_allowed`,
+    /// `invalid_parameter`, `bad_gateway`, `gateway_timeout`, `internal`.
     pub code: String,
     /// A human sentence.
     pub message: String,
@@ -80,6 +81,12 @@ pub enum ApiError {
         /// Parameter name.
         parameter: String,
     },
+    /// The path exists but does not serve this method.
+    #[error("this path does not serve this method; it serves {allow}")]
+    MethodNotAllowed {
+        /// The methods it serves (the `Allow` header).
+        allow: &'static str,
+    },
     /// A live backend answered with an error.
     #[error("{0}")]
     BadGateway(String),
@@ -105,6 +112,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidParameter { .. } => "invalid_parameter",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::GatewayTimeout(_) => "gateway_timeout",
             ApiError::Unexpected(_) => "internal",
@@ -154,6 +162,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,8 +174,14 @@ impl ResponseError for ApiError {
             tracing::error!(error = ?e, "unexpected error");
         }
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable(_)) {
-            res.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::Unavailable(_) => {
+                res.insert_header(("Retry-After", "1"));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                res.insert_header(("Allow", *allow));
+            }
+            _ => {}
         }
         if matches!(self, ApiError::Unauthenticated(_)) {
             res.insert_header(("WWW-Authenticate", "Bearer"));

@@ -16,8 +16,10 @@ use crate::auth::{self, Scope};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewKey {
     /// Unique name: who uses the key (it shows in request logs). 1 to 64 letters, digits, `.`, `_`, `-`, `@`.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// What the key may do (at least one).
+    #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
 }
 
@@ -71,8 +73,11 @@ pub struct KeyList {
     request_body = NewKey,
     responses(
         (status = 201, description = "Created", body = CreatedKey),
+        (status = 400, description = "Not JSON, or not `application/json`", body = ErrorBody),
         (status = 409, description = "A key of that name exists (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 422, description = "Bad name, no scope, or an unknown scope", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -101,7 +106,10 @@ pub async fn create(
 /// Lists the API keys: name, scopes, created, last used.
 #[utoipa::path(
     get, path = "/v1/keys", tag = "keys",
-    responses((status = 200, description = "The keys", body = KeyList))
+    responses(
+        (status = 200, description = "The keys", body = KeyList),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    )
 )]
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let items = state.store.list_keys().await?.into_iter().map(KeyInfo::from).collect();
@@ -115,6 +123,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
     responses(
         (status = 204, description = "Revoked"),
         (status = 404, description = "No key of that name", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn revoke(

@@ -15,8 +15,10 @@ use crate::quarantine::{QuarantineDetail, QuarantineSummary};
 #[into_params(parameter_in = Query)]
 pub struct FeedParams {
     /// Events with `seq > after_seq` (default 0).
+    #[param(minimum = 0)]
     pub after_seq: Option<i64>,
-    /// At most this many (default 100, max 1000); fewer when the page would pass `server.max_answer_bytes`.
+    /// At most this many (default 100); fewer when the page would pass `server.max_answer_bytes`.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -38,7 +40,8 @@ pub struct EventFeed {
 pub struct QuarantineParams {
     /// Entries with `id < before` (for the next page).
     pub before: Option<i64>,
-    /// At most this many (default 50, max 500).
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -76,7 +79,8 @@ fn check_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiErr
     params(FeedParams),
     responses(
         (status = 200, description = "Events after `after_seq`", body = EventFeed),
-        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) -> Result<HttpResponse, ApiError> {
@@ -103,7 +107,8 @@ pub async fn feed(state: web::Data<AppState>, params: web::Query<FeedParams>) ->
     params(QuarantineParams),
     responses(
         (status = 200, description = "Refused deliveries", body = QuarantineList),
-        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 400, description = "Bad parameter (`invalid_parameter`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn quarantine(
@@ -128,7 +133,9 @@ pub async fn quarantine(
     params(("id" = i64, Path, description = "Quarantine entry id")),
     responses(
         (status = 200, description = "The entry with its body", body = QuarantineDetail),
+        (status = 400, description = "The id is not an integer (`invalid_parameter`)", body = ErrorBody),
         (status = 404, description = "No such entry (or deleted by retention)", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
 pub async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
@@ -143,7 +150,7 @@ pub async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) ->
 }
 
 /// Fills each entry's `redrives` (one query for a page).
-async fn attach_redrives<'a>(
+pub async fn attach_redrives<'a>(
     state: &AppState,
     entries: impl Iterator<Item = &'a mut QuarantineSummary>,
 ) -> Result<(), ApiError> {

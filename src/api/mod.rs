@@ -1,6 +1,7 @@
 //! The HTTP API: thin actix-web handlers (extract, call, map errors), documented with utoipa.
 
 pub mod auth;
+pub mod console;
 pub mod conversations;
 pub mod erasures;
 pub mod error;
@@ -16,7 +17,6 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use actix_web::web;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
@@ -34,8 +34,17 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Drives the handoff: synchronous escalations, relays, the outbox and Bright Pattern polls.
     pub handoff: crate::handoff::Handoff,
+    /// The support console's signed-in browsers.
+    pub sessions: console::Sessions,
     /// The API keys the service accepts (the access check of [`auth::require_key`]).
     pub keys: Arc<crate::auth::KeyRing>,
+}
+
+/// A path and the methods it serves; any other method is answered `405 method_not_allowed` (JSON, with `Allow`).
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<actix_web::HttpResponse, _>(error::ApiError::MethodNotAllowed { allow })
+    }))
 }
 
 /// Registers every route.
@@ -47,56 +56,47 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .limit(65_536)
                 .error_handler(error::json_error_handler),
         )
-        .route(
-            "/webhooks/ultimate/converse",
-            web::post().to(webhooks::ultimate_converse),
+        .service(resource("/webhooks/ultimate/converse", "POST").route(web::post().to(webhooks::ultimate_converse)))
+        .service(resource("/webhooks/ultimate/actions", "POST").route(web::post().to(webhooks::ultimate_actions)))
+        .service(resource("/webhooks/aivo-live", "POST").route(web::post().to(webhooks::aivo_live)))
+        .service(resource("/webhooks/vcc/chat", "POST").route(web::post().to(webhooks::vcc_chat)))
+        .service(resource("/webhooks/bright-pattern/{chat_id}", "POST").route(web::post().to(webhooks::bright_pattern)))
+        .service(resource("/v1/conversations", "GET").route(web::get().to(conversations::list)))
+        .service(resource("/v1/conversations/{id}", "GET").route(web::get().to(conversations::get)))
+        .service(resource("/v1/conversations/{id}/transcript", "GET").route(web::get().to(conversations::transcript)))
+        .service(resource("/v1/conversations/{id}/events", "GET").route(web::get().to(conversations::events)))
+        .service(resource("/v1/conversations/{id}/messages", "POST").route(web::post().to(conversations::post_message)))
+        .service(resource("/v1/conversations/{id}/handoff", "POST").route(web::post().to(conversations::post_handoff)))
+        .service(resource("/v1/reports/sla", "GET").route(web::get().to(reports::sla_report)))
+        .service(resource("/v1/reports/dispositions", "GET").route(web::get().to(reports::dispositions_report)))
+        .service(
+            resource("/v1/reports/conversations.csv", "GET").route(web::get().to(reports::conversations_csv_report)),
         )
-        .route("/webhooks/ultimate/actions", web::post().to(webhooks::ultimate_actions))
-        .route("/webhooks/aivo-live", web::post().to(webhooks::aivo_live))
-        .route("/webhooks/vcc/chat", web::post().to(webhooks::vcc_chat))
-        .route(
-            "/webhooks/bright-pattern/{chat_id}",
-            web::post().to(webhooks::bright_pattern),
+        .service(
+            resource("/v1/keys", "GET, POST")
+                .route(web::post().to(keys::create))
+                .route(web::get().to(keys::list)),
         )
-        .route("/v1/conversations", web::get().to(conversations::list))
-        .route("/v1/conversations/{id}", web::get().to(conversations::get))
-        .route(
-            "/v1/conversations/{id}/transcript",
-            web::get().to(conversations::transcript),
+        .service(resource("/v1/keys/{name}", "DELETE").route(web::delete().to(keys::revoke)))
+        .service(resource("/v1/events", "GET").route(web::get().to(log::feed)))
+        .service(resource("/v1/quarantine", "GET").route(web::get().to(log::quarantine)))
+        .service(resource("/v1/quarantine/{id}", "GET").route(web::get().to(log::quarantine_entry)))
+        .service(resource("/v1/quarantine/{id}/redrive", "POST").route(web::post().to(operations::redrive)))
+        .service(
+            resource("/v1/conversations/{id}/commands/{command_id}/retry", "POST")
+                .route(web::post().to(operations::retry_command)),
         )
-        .route("/v1/conversations/{id}/events", web::get().to(conversations::events))
-        .route(
-            "/v1/conversations/{id}/messages",
-            web::post().to(conversations::post_message),
-        )
-        .route(
-            "/v1/conversations/{id}/handoff",
-            web::post().to(conversations::post_handoff),
-        )
-        .service(reports::sla_report)
-        .service(reports::dispositions_report)
-        .service(reports::conversations_csv_report)
-        .route("/v1/keys", web::post().to(keys::create))
-        .route("/v1/keys", web::get().to(keys::list))
-        .route("/v1/keys/{name}", web::delete().to(keys::revoke))
-        .route("/v1/events", web::get().to(log::feed))
-        .route("/v1/quarantine", web::get().to(log::quarantine))
-        .route("/v1/quarantine/{id}", web::get().to(log::quarantine_entry))
-        .route("/v1/quarantine/{id}/redrive", web::post().to(operations::redrive))
-        .route(
-            "/v1/conversations/{id}/commands/{command_id}/retry",
-            web::post().to(operations::retry_command),
-        )
-        .route("/v1/erasures", web::post().to(erasures::create))
-        .route("/v1/erasures/{id}", web::get().to(erasures::get))
-        .route("/healthz", web::get().to(log::healthz))
-        .route("/readyz", web::get().to(log::readyz))
-        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));
+        .service(resource("/v1/erasures", "POST").route(web::post().to(erasures::create)))
+        .service(resource("/v1/erasures/{id}", "GET").route(web::get().to(erasures::get)))
+        .service(resource("/healthz", "GET").route(web::get().to(log::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(log::readyz)))
+        .configure(console::configure)
+        .service(SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", openapi::served_document()));
 }
 
 /// Registers `GET /metrics` (on the main listener, or alone on `server.metrics_bind`).
 pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(observe::metrics));
+    cfg.service(resource("/metrics", "GET").route(web::get().to(observe::metrics)));
 }
 
 /// Hands a request's events to the writer and waits for their commit at most

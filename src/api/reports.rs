@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use actix_web::{get, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 
 use super::error::{ApiError, ErrorBody};
@@ -106,7 +106,6 @@ where
         (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
-#[get("/v1/reports/sla")]
 pub async fn sla_report(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -140,7 +139,6 @@ pub async fn sla_report(
         (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
-#[get("/v1/reports/dispositions")]
 pub async fn dispositions_report(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -175,7 +173,6 @@ pub async fn dispositions_report(
         (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
-#[get("/v1/reports/conversations.csv")]
 pub async fn conversations_csv_report(
     req: HttpRequest,
     state: web::Data<AppState>,

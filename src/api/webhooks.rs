@@ -72,13 +72,22 @@ pub struct TeamOnline {
     pub is_online: bool,
 }
 
+/// What the converse webhook answers with 200: the append outcome, or for `isTeamOnline` the team's availability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ConverseAnswer {
+    /// Every event type but `isTeamOnline`.
+    Accepted(Accepted),
+    /// `isTeamOnline`.
+    TeamOnline(TeamOnline),
+}
+
 /// One result of the actions webhook: becomes a bot session variable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ActionResult {
     /// Variable name.
     pub key: String,
-    /// Value (string, number or boolean).
-    #[schema(value_type = Object)]
+    /// Value: any JSON value (the bot stores strings, numbers and booleans; an unset value is null).
     pub value: Value,
     /// Whether the bot should sanitise it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,7 +440,7 @@ pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     request_body(content = Object, description = "Ultimate custom CRM converse event `{botId, channel?, data: {eventType, platformConversationId, ...}}`"),
     params(("token" = Option<String>, Query, description = "Webhook token, when not sent as `Authorization: Bearer`")),
     responses(
-        (status = 200, description = "Stored (or a redelivery: `duplicate: true`); `isTeamOnline` answers `{\"isOnline\": bool}`", body = Accepted),
+        (status = 200, description = "Stored (or a redelivery: `duplicate: true`); `isTeamOnline` answers `{\"isOnline\": bool}`", body = ConverseAnswer),
         (status = 202, description = "Unknown event type, stored as `ultimate.unknown`", body = Accepted),
         (status = 400, description = "Not JSON or not UTF-8 (kept in quarantine)", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{
-    delivered_event, epoch_to_utc, number_or_string, opt_str, opt_text, required_str, ClosedBy, Delivery, Fact,
-    MessageFact, Parsed, PayloadError, TimedFact,
+    delivered_event, epoch_to_utc, opt_str, opt_text, required_str, ClosedBy, Delivery, Fact, MessageFact, Parsed,
+    PayloadError, TimedFact,
 };
 use crate::model::{Agent, MessageKind, Party, Platform};
 
@@ -257,14 +257,11 @@ pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
     fact.into_iter().map(|f| (at, f)).collect()
 }
 
-/// An integer that may come as a JSON number or a numeric string. Large nanosecond values must not pass
-/// through `f64` (they would lose digits), so only exact integers are accepted from numbers.
+/// An integer that may come as a JSON number or a numeric string. Integer literals are read exactly (large
+/// nanosecond values never pass through `f64`); a number written with a zero fraction (`1.7e18`, `72.0`) is
+/// an integer too, as JSON Schema counts them.
 fn integer(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(_) => number_or_string(v),
-        _ => None,
-    }
+    super::json_integer(v)
 }
 
 fn agent(value: Option<&Value>) -> AivoAgent {

@@ -283,6 +283,23 @@ pub fn number_or_string(v: &Value) -> Option<i64> {
     }
 }
 
+/// An integer as JSON Schema counts one: a number without fraction within `i64` (`72` and `72.0` alike), or a
+/// string of decimal digits (platforms are inconsistent about ids and times). `None` for anything else.
+pub fn json_integer(v: &Value) -> Option<i64> {
+    // 2^63 as f64: every integral f64 strictly between -2^63 and 2^63 converts to i64 exactly. (-2^63 itself
+    // is refused as a float: it is also what -2^63 - 1 rounds to; written as an integer it is read exactly.)
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f > -LIMIT && *f < LIMIT)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+}
+
 /// A scalar rendered as text (ids come as numbers on some platforms and strings on others).
 pub fn scalar_text(v: &Value) -> Option<String> {
     match v {
@@ -356,6 +373,24 @@ mod tests {
 
     fn is_invalid_json(r: Result<Value, PayloadError>) -> bool {
         matches!(r, Err(PayloadError::InvalidJson(_)))
+    }
+
+    #[test]
+    fn json_integers_are_whole_numbers_in_range_or_digit_strings() {
+        assert_eq!(json_integer(&json!(72)), Some(72));
+        assert_eq!(json_integer(&json!(72.0)), Some(72));
+        assert_eq!(json_integer(&json!(-4)), Some(-4));
+        assert_eq!(json_integer(&json!(" 42 ")), Some(42));
+        assert_eq!(json_integer(&json!(1.5)), None);
+        assert_eq!(json_integer(&json!(u64::MAX)), None);
+        assert_eq!(json_integer(&json!(1e19)), None);
+        assert_eq!(json_integer(&json!(i64::MIN)), Some(i64::MIN));
+        assert_eq!(
+            json_integer(&serde_json::from_str::<Value>("-9223372036854775809").unwrap_or_default()),
+            None
+        );
+        assert_eq!(json_integer(&json!("12a")), None);
+        assert_eq!(json_integer(&json!(true)), None);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{
-    delivered_event, number_or_string, opt_str, truncate_to_micros, ClosedBy, Delivery, Fact, MessageFact, Parsed,
-    PayloadError, TimedFact,
+    delivered_event, opt_str, truncate_to_micros, ClosedBy, Delivery, Fact, MessageFact, Parsed, PayloadError,
+    TimedFact,
 };
 use crate::model::{Agent, Party, Platform};
 
@@ -233,13 +233,9 @@ fn attended(name: &str, group: Option<String>) -> Fact {
 fn required_integer(value: &Value, key: &str) -> Result<i64, PayloadError> {
     match value.get(key) {
         None | Some(Value::Null) => Err(PayloadError::field(key, format!("`{key}` is required"))),
-        Some(v @ Value::Number(n)) if n.is_i64() => {
-            number_or_string(v).ok_or_else(|| PayloadError::field(key, format!("`{key}` must be an integer")))
+        Some(v) => {
+            super::json_integer(v).ok_or_else(|| PayloadError::field(key, format!("`{key}` must be an integer")))
         }
-        Some(v @ Value::String(_)) => {
-            number_or_string(v).ok_or_else(|| PayloadError::field(key, format!("`{key}` must be an integer")))
-        }
-        Some(_) => Err(PayloadError::field(key, format!("`{key}` must be an integer"))),
     }
 }
 

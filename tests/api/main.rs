@@ -1,8 +1,10 @@
 //! Integration tests: the real service on port 0, over HTTP, on SQLite and PostgreSQL.
 
 mod auth;
+mod browser;
 #[path = "../common/mod.rs"]
 mod common;
+mod console;
 mod crash;
 mod erasure;
 mod exports;
