@@ -8,6 +8,113 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// A credential: its `Debug` and `Display` print `***`, so it cannot reach a log line by accident.
+/// Read it with [`Secret::expose`] where it is sent.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The credential itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether none is set (empty or blank).
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+/// A platform's webhook tokens: one string, or a list (rotation: any listed token is accepted).
+/// Empty strings are no token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Tokens(Vec<Secret>);
+
+impl Tokens {
+    /// The tokens that are set.
+    pub fn iter(&self) -> impl Iterator<Item = &Secret> {
+        self.0.iter().filter(|t| !t.is_empty())
+    }
+
+    /// Whether no token is set (the endpoint is open, or closed on a non-loopback bind).
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(Secret),
+            Many(Vec<Secret>),
+        }
+        Ok(match OneOrMany::deserialize(deserializer)? {
+            OneOrMany::One(t) => Tokens(vec![t]),
+            OneOrMany::Many(ts) => Tokens(ts),
+        })
+    }
+}
+
+impl From<&str> for Tokens {
+    fn from(s: &str) -> Self {
+        Tokens(vec![Secret::from(s)])
+    }
+}
+
+impl From<Vec<&str>> for Tokens {
+    fn from(v: Vec<&str>) -> Self {
+        Tokens(v.into_iter().map(Secret::from).collect())
+    }
+}
+
+/// A URL with its password (and any `password=` query value) replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            if let Some((user, _password)) = userinfo.split_once(':') {
+                out = format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..]);
+            }
+        }
+    }
+    if let Some(start) = out.find("password=") {
+        let value_start = start + "password=".len();
+        let value_end = out[value_start..].find('&').map_or(out.len(), |i| value_start + i);
+        out.replace_range(value_start..value_end, "***");
+    }
+    out
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -32,8 +139,45 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Outbound command delivery.
     pub outbox: OutboxConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Access control.
+    pub auth: AuthConfig,
     /// How long personal data and refused deliveries are kept.
     pub retention: RetentionConfig,
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Quarantine entries older than this are deleted (checked hourly); 0 = kept.
+    pub quarantine_days: u64,
+    /// At most this many quarantine entries are kept (the oldest go first); 0 = no cap.
+    pub quarantine_max_entries: u64,
+    /// Conversations closed (and untouched) longer ago than this many days are erased by a background
+    /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
+    pub erase_closed_after_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            quarantine_days: 30,
+            quarantine_max_entries: 10_000,
+            erase_closed_after_days: 0,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Open the API (`/v1/*`, docs, console) to requests without a key, even when keys exist.
+    pub allow_anonymous: bool,
+    /// On a non-loopback bind, accept deliveries on a platform endpoint that has no token configured.
+    pub open_webhooks: bool,
 }
 
 /// `[server]`
@@ -46,6 +190,30 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most deliveries the writer commits in one transaction.
     pub max_batch: usize,
+    /// Serve `GET /metrics` on this address instead of `bind` (empty = on `bind`).
+    pub metrics_bind: String,
+    /// On SIGTERM: longest wait, seconds, for in-flight requests, the outbox's calls in flight and the
+    /// sink's batch before the process exits.
+    pub shutdown_grace_seconds: u64,
+    /// A request whose head (request line and headers) has not arrived within this is answered 408
+    /// and closed, milliseconds.
+    pub head_timeout_ms: u64,
+    /// A webhook body that has not fully arrived within this is answered 408, milliseconds.
+    pub body_timeout_ms: u64,
+    /// An idle kept-alive connection is closed after this, seconds (0 = no keep-alive).
+    pub keep_alive_seconds: u64,
+    /// Most open connections per worker thread; more wait in the accept queue.
+    pub max_connections: usize,
+    /// HTTP worker threads; 0 = one per physical CPU core.
+    pub workers: usize,
+    /// Longest wait for the writer to commit a request's events; past it the answer is 503 with
+    /// `Retry-After` (milliseconds).
+    pub commit_deadline_ms: u64,
+    /// Largest list answer (`/v1/events`, `/v1/conversations`, a conversation's events), bytes: a page
+    /// ends early (with its cursor) rather than grow past it.
+    pub max_answer_bytes: usize,
+    /// Longest `[since, until)` range of one report call, days.
+    pub max_report_days: u32,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +222,16 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             max_body_bytes: 1_048_576,
             max_batch: 512,
+            metrics_bind: String::new(),
+            shutdown_grace_seconds: 30,
+            head_timeout_ms: 5_000,
+            body_timeout_ms: 10_000,
+            keep_alive_seconds: 5,
+            max_connections: 1_024,
+            workers: 0,
+            commit_deadline_ms: 10_000,
+            max_answer_bytes: 8 * 1024 * 1024,
+            max_report_days: 93,
         }
     }
 }
@@ -64,8 +242,11 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// `sqlite://path` or `postgres://...`.
     pub url: String,
-    /// Connection pool size.
+    /// Connection pool size of the readers (the writer has a pool of its own).
     pub max_connections: u32,
+    /// PostgreSQL: a reader's statement running longer than this is cancelled, milliseconds (0 = none).
+    /// The writer's own connections have no such limit.
+    pub read_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -73,7 +254,23 @@ impl Default for StoreConfig {
         Self {
             url: "sqlite://data/ledger.db".into(),
             max_connections: 8,
+            read_timeout_ms: 30_000,
         }
+    }
+}
+
+impl StoreConfig {
+    /// The URL the readers' pool connects with: on PostgreSQL it sets `statement_timeout`.
+    pub fn reader_url(&self) -> String {
+        let postgres = self.url.starts_with("postgres:") || self.url.starts_with("postgresql:");
+        if !postgres || self.read_timeout_ms == 0 || self.url.contains("options=") {
+            return self.url.clone();
+        }
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{separator}options=-c%20statement_timeout%3D{}",
+            self.url, self.read_timeout_ms
+        )
     }
 }
 
@@ -117,9 +314,9 @@ pub struct AivoLiveConfig {
     /// Bot id given by Aivo.
     pub bot_id: i64,
     /// Bot token given by Aivo.
-    pub bot_token: String,
-    /// When set, webhooks must carry it.
-    pub webhook_token: String,
+    pub bot_token: Secret,
+    /// When set, webhooks must carry it (one token or a list).
+    pub webhook_token: Tokens,
     /// Path (relative to base_url) of the undocumented close call, `{conversationId}` substituted; empty = none.
     pub close_path: String,
     /// Request timeout, seconds.
@@ -131,8 +328,8 @@ impl Default for AivoLiveConfig {
         Self {
             base_url: "https://gateway.aivo.co/api/v1/live-handler".into(),
             bot_id: 1000,
-            bot_token: String::new(),
-            webhook_token: String::new(),
+            bot_token: Secret::default(),
+            webhook_token: Tokens::default(),
             close_path: String::new(),
             timeout_seconds: 10,
         }
@@ -146,11 +343,11 @@ pub struct UltimateConfig {
     /// Ultimate API base.
     pub api_url: String,
     /// API key (sent raw in `Authorization`).
-    pub api_key: String,
+    pub api_key: Secret,
     /// Bot id (sent as `botid`).
     pub bot_id: String,
-    /// When set, webhooks must carry it.
-    pub webhook_token: String,
+    /// When set, webhooks must carry it (one token or a list).
+    pub webhook_token: Tokens,
     /// Deadline of a synchronous `escalate`, seconds.
     pub escalate_deadline_seconds: u64,
     /// Request timeout, seconds.
@@ -161,9 +358,9 @@ impl Default for UltimateConfig {
     fn default() -> Self {
         Self {
             api_url: "https://api.ultimate.ai".into(),
-            api_key: String::new(),
+            api_key: Secret::default(),
             bot_id: String::new(),
-            webhook_token: String::new(),
+            webhook_token: Tokens::default(),
             escalate_deadline_seconds: 10,
             timeout_seconds: 10,
         }
@@ -182,8 +379,8 @@ pub struct BrightPatternConfig {
     pub app_id: String,
     /// Client id.
     pub client_id: String,
-    /// When set, webhooks must carry it.
-    pub webhook_token: String,
+    /// When set, webhooks must carry it (one token or a list).
+    pub webhook_token: Tokens,
     /// Request timeout, seconds (the long poll adds its own hold time).
     pub timeout_seconds: u64,
     /// Long-poll request timeout, seconds.
@@ -197,7 +394,7 @@ impl Default for BrightPatternConfig {
             tenant_url: String::new(),
             app_id: String::new(),
             client_id: String::new(),
-            webhook_token: String::new(),
+            webhook_token: Tokens::default(),
             timeout_seconds: 10,
             poll_timeout_seconds: 30,
         }
@@ -208,8 +405,10 @@ impl Default for BrightPatternConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct VccConfig {
-    /// VCC sends it as `?secret-key=...`; empty = open.
-    pub secret_key: String,
+    /// VCC sends it as `?secret-key=...` (one or a list); empty = none.
+    pub secret_key: Tokens,
+    /// Hex of a 32-byte key: a delivery with `?iv=<hex>` is base64 AES-256-CTR, decrypted before parsing.
+    pub encryption_key: Secret,
 }
 
 /// `[clickhouse]`
@@ -223,7 +422,12 @@ pub struct ClickHouseConfig {
     /// User.
     pub user: String,
     /// Password.
-    pub password: String,
+    pub password: Secret,
+    /// Connecting to ClickHouse gives up after this, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A report query gives up after this, milliseconds, and the report is read from the store instead
+    /// (unless `source=clickhouse` was asked for: then 503).
+    pub query_timeout_ms: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -232,7 +436,9 @@ impl Default for ClickHouseConfig {
             url: String::new(),
             database: "handoff".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
+            connect_timeout_ms: 2_000,
+            query_timeout_ms: 10_000,
         }
     }
 }
@@ -299,18 +505,44 @@ impl Default for OutboxConfig {
     }
 }
 
-/// `[retention]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct RetentionConfig {
-    /// Conversations closed (and untouched) longer ago than this many days are erased by a background
-    /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
-    pub erase_closed_after_days: u64,
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `info,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
 }
 
 impl Config {
     /// Loads defaults, then `file` when given, then `LEDGER__*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Ok(Config::figment(file)?.extract()?)
+    }
+
+    /// The layered sources `load` reads (`config check` reads the same to name unknown keys).
+    pub fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -318,14 +550,79 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("LEDGER__").split("__"));
-        Ok(figment.extract()?)
+        Ok(figment.merge(Env::prefixed("LEDGER__").split("__")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::from("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "*** ***");
+        let mut c = Config::default();
+        c.aivo_live.webhook_token = vec!["tok-a", "tok-b"].into();
+        assert!(!format!("{c:?}").contains("tok-a"));
+    }
+
+    #[test]
+    fn readers_get_a_statement_timeout_on_postgres() {
+        let mut store = StoreConfig {
+            url: "postgres://u@h/db".into(),
+            ..StoreConfig::default()
+        };
+        assert_eq!(
+            store.reader_url(),
+            "postgres://u@h/db?options=-c%20statement_timeout%3D30000"
+        );
+        store.url = "postgres://u@h/db?sslmode=disable".into();
+        assert_eq!(
+            store.reader_url(),
+            "postgres://u@h/db?sslmode=disable&options=-c%20statement_timeout%3D30000"
+        );
+        store.url = "sqlite://data/x.db".into();
+        assert_eq!(store.reader_url(), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn store_url_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://ledger:s3cr@t@db.internal:5432/ledger?sslmode=require"),
+            "postgres://ledger:***@db.internal:5432/ledger?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?user=u&password=pw&x=1"),
+            "postgres://db/x?user=u&password=***&x=1"
+        );
+        assert_eq!(redact_url("postgres://ledger@db/x"), "postgres://ledger@db/x");
+        assert_eq!(redact_url("sqlite://data/ledger.db"), "sqlite://data/ledger.db");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn webhook_tokens_are_one_string_or_a_list() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ledger.toml",
+                r#"
+                [aivo_live]
+                webhook_token = ["old", "new"]
+                [ultimate]
+                webhook_token = "one"
+                "#,
+            )?;
+            let c = Config::load(Some(Path::new("ledger.toml"))).map_err(|e| e.to_string())?;
+            let aivo: Vec<&str> = c.aivo_live.webhook_token.iter().map(Secret::expose).collect();
+            assert_eq!(aivo, ["old", "new"]);
+            let ultimate: Vec<&str> = c.ultimate.webhook_token.iter().map(Secret::expose).collect();
+            assert_eq!(ultimate, ["one"]);
+            assert!(c.bright_pattern.webhook_token.is_empty());
+            assert!(!c.auth.allow_anonymous && !c.auth.open_webhooks);
+            Ok(())
+        });
+    }
 
     #[test]
     fn defaults_match_the_contract() {

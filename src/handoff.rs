@@ -48,6 +48,7 @@ use crate::sources::ledger::{self, CommandRecord, QueueAccepted};
 use crate::sources::ultimate::ActionRequest;
 use crate::sources::{self, Delivery};
 use crate::store::{ConversationFilter, Store, StoreResult};
+use crate::telemetry;
 use crate::writer::{WriteError, Writer};
 
 /// Checkpoint below which every command in the log has a result (the start-up scan begins there).
@@ -56,6 +57,24 @@ pub const SCAN_CHECKPOINT: &str = "outbox.scan_from";
 const SCAN_PAGE: u32 = 1000;
 /// Times a result is offered to a failing writer before it is left to the next start's scan.
 const RECORD_ATTEMPTS: u32 = 10;
+
+/// The answer to an operator's retry of a command.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct CommandRetry {
+    /// The command now on its way (the new attempt, or the one still pending).
+    pub command_id: String,
+    /// The first command of the chain (the one that originally gave up).
+    pub retry_of: String,
+    /// What it does, e.g. `aivo_live_queue`, `widget_message`.
+    pub action: String,
+    /// True when nothing new was recorded: an attempt of this chain is still pending.
+    pub duplicate: bool,
+}
+
+/// The id of the `n`th retry of command `root` (stable, so that concurrent retries record one command).
+pub fn command_id_for_retry(root: &str, n: usize) -> String {
+    command_id(root, &format!("retry-{n}"))
+}
 
 /// What a command's execution gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -683,6 +702,107 @@ impl Handoff {
         Ok(())
     }
 
+    /// Re-sends a command of `conversation_id` that ended `failed` or `gave_up` (an operator's retry): a new
+    /// `ledger.command` with `retry_of` naming the first command of the chain, then the outbox as usual.
+    /// Idempotent: while the latest attempt of the chain has no result, asking again answers that attempt
+    /// (`duplicate: true`), and concurrent retries of one attempt record one command. A chain whose latest
+    /// attempt succeeded is a conflict.
+    pub async fn retry(&self, conversation_id: Uuid, command_id: &str) -> Result<CommandRetry, ApiError> {
+        let events = self
+            .inner
+            .store
+            .conversation_events(conversation_id)
+            .await?
+            .unwrap_or_default();
+        let records = |kind: &'static str| {
+            events
+                .iter()
+                .filter(move |e| e.kind == kind)
+                .filter_map(|e| serde_json::from_value::<CommandRecord>(e.payload.clone()).ok())
+        };
+        let commands: Vec<CommandRecord> = records(ledger::COMMAND).collect();
+        let named = commands
+            .iter()
+            .find(|c| c.command_id == command_id)
+            .ok_or_else(|| ApiError::NotFound(format!("no command {command_id} in conversation {conversation_id}")))?;
+        let root = named.retry_of.clone().unwrap_or_else(|| named.command_id.clone());
+        let chain: Vec<&CommandRecord> = commands
+            .iter()
+            .filter(|c| c.command_id == root || c.retry_of.as_deref() == Some(root.as_str()))
+            .collect();
+        let latest = chain.last().copied().unwrap_or(named);
+        let outcome = records(ledger::COMMAND_RESULT)
+            .rfind(|r| r.command_id == latest.command_id)
+            .and_then(|r| r.outcome);
+        let pending = |duplicate| CommandRetry {
+            command_id: latest.command_id.clone(),
+            retry_of: root.clone(),
+            action: latest.action.clone(),
+            duplicate,
+        };
+        match outcome.as_deref() {
+            None => return Ok(pending(true)),
+            Some(OUTCOME_OK) => {
+                return Err(ApiError::Conflict(format!(
+                    "command {} succeeded; there is nothing to retry",
+                    latest.command_id
+                )))
+            }
+            Some(_) => {}
+        }
+        let command = match Command::from_record(latest) {
+            // Nobody waits for a retried escalation: it gets the outbox's retries like any other call.
+            Some(Command::Queue {
+                backend,
+                team,
+                groups,
+                visitor_id,
+                attributes,
+                notify_widget,
+                ..
+            }) => Command::Queue {
+                backend,
+                team,
+                groups,
+                visitor_id,
+                attributes,
+                notify_widget,
+                synchronous: false,
+            },
+            Some(other) => other,
+            None => {
+                return Err(ApiError::Conflict(format!(
+                    "command {} cannot be read by this version",
+                    latest.command_id
+                )))
+            }
+        };
+        let retry_id = command_id_for_retry(&root, chain.len());
+        let mut record = command.record(&retry_id);
+        record.retry_of = Some(root.clone());
+        let event = ledger::command(conversation_id, ledger::COMMAND, &record, Utc::now());
+        let outcomes = self.inner.writer.append(vec![event]).await?;
+        let duplicate = outcomes.first().is_none_or(|o| o.duplicate);
+        if !duplicate {
+            let conversation_id = outcomes
+                .first()
+                .and_then(|o| o.conversation_id)
+                .unwrap_or(conversation_id);
+            self.dispatch(Job {
+                conversation_id,
+                command_id: retry_id.clone(),
+                command,
+                reply: None,
+            });
+        }
+        Ok(CommandRetry {
+            command_id: retry_id,
+            retry_of: root,
+            action: record.action,
+            duplicate,
+        })
+    }
+
     /// Records commands (one `ledger.command` each, in one append) and dispatches those newly recorded;
     /// returns how many were.
     pub async fn submit(&self, conversation_id: Uuid, commands: Vec<(String, Command)>) -> Result<usize, WriteError> {
@@ -722,27 +842,52 @@ impl Handoff {
 
     fn dispatch(&self, job: Job) {
         let this = self.clone();
+        telemetry::outbox_command_started();
         self.inner.outbox.dispatch(job.conversation_id, job, move |job| {
             let this = this.clone();
-            async move { this.run(job).await }
+            async move {
+                this.run(job).await;
+                telemetry::outbox_command_finished();
+            }
         });
+    }
+
+    /// Stops the background work for a shutdown: every command in flight finishes its call and records
+    /// its result, none starts (commands left are recorded and re-sent at the next start); Bright Pattern
+    /// polls stop waiting, storing what a poll already brought. Returns when all of it is done.
+    pub async fn stop(&self) {
+        tracing::info!(
+            outbox_workers = self.inner.outbox.running(),
+            "stopping the outbox and the Bright Pattern polls"
+        );
+        tokio::join!(self.inner.outbox.stop(), self.inner.pollers.stop());
     }
 
     /// Runs one command: attempts with backoff, records the result with its consequences, answers the waiter.
     async fn run(&self, job: Job) {
         let single = matches!(job.command, Command::Queue { synchronous: true, .. });
         let policy = self.inner.policy;
+        let stopping = self.inner.outbox.stopping().clone();
         let mut attempt: u32 = 1;
         let result = loop {
             match self.execute(&job).await {
                 Err(e) if e.is_transient() && !single && attempt < policy.max_attempts => {
                     tracing::warn!(command_id = %job.command_id, attempt, error = %e, "command failed; retrying");
-                    tokio::time::sleep(policy.delay(attempt, rand::random())).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(policy.delay(attempt, rand::random())) => {}
+                        _ = stopping.cancelled() => {
+                            tracing::info!(command_id = %job.command_id, "stopping: the command is re-sent at the next start");
+                            return;
+                        }
+                    }
                     attempt += 1;
                 }
                 other => break other,
             }
         };
+        if result.is_err() {
+            telemetry::outbox_command_failed(job.command.backend());
+        }
         let record = job.command.record(&job.command_id);
         let now = Utc::now();
         let mut follow_ups: Vec<(String, Command)> = Vec::new();
@@ -1005,6 +1150,7 @@ impl Handoff {
             outcome: Some(outcome.to_string()),
             detail: (!detail.is_empty()).then(|| detail.to_string()),
             body,
+            retry_of: command.retry_of.clone(),
         };
         let mut events = vec![ledger::command(
             conversation_id,

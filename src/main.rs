@@ -1,11 +1,24 @@
-//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `verify`, `openapi`.
+//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `verify`, `openapi`, `config check`, `rollups`,
+//! `keys`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use handoff_ledger::auth::key::{new_key, scopes_to_text};
+use handoff_ledger::auth::Scope;
+use handoff_ledger::config::redact_url;
+use handoff_ledger::store::Store;
+
 use handoff_ledger::config::Config;
+use handoff_ledger::config_check;
+use handoff_ledger::redact::{mask_url_passwords, Scrubber};
 use handoff_ledger::startup::Application;
+use handoff_ledger::telemetry::{self, logs::LogStream};
 
 #[derive(Parser)]
 #[command(name = "handoff-ledger", version, about = "System of record for chat handoffs")]
@@ -35,11 +48,48 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// ClickHouse rollups.
     Rollups {
         #[command(subcommand)]
         action: RollupsCommand,
     },
+    /// API keys: create, list, revoke (works on a fresh store and while the service runs).
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; the key is printed alone on the last line of stdout (it cannot be shown again).
+    Create {
+        /// Unique name (shows in request logs).
+        #[arg(long)]
+        name: String,
+        /// Scopes: conversations:read, events:read, reports:read, commands:write, admin.
+        #[arg(long = "scope", required = true, num_args = 1..)]
+        scopes: Vec<Scope>,
+    },
+    /// List keys: name, scopes, created, last used.
+    List,
+    /// Revoke (delete) a key by name.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `serve` would, refuse unknown keys and impossible values (naming each
+    /// key), and print the effective configuration with secrets masked.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -53,35 +103,68 @@ enum RollupsCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Every subcommand loads and checks the configuration as `serve` does, before anything else.
+    let config = match config_check::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `serve` logs to standard output; the other subcommands keep it for their result.
+    let stream = match command {
+        Command::Serve => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    };
+    let scrubber = Scrubber::new(config_check::secrets(&config));
+    if let Err(e) = telemetry::logs::init(&config.log, stream, scrubber.clone()) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match run(command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", scrubber.scrub(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve => {
             let app = Application::build(config).await?;
-            tracing::info!(port = app.port(), "handoff-ledger listening");
+            tracing::info!(
+                port = app.port(),
+                metrics_port = app.metrics_port(),
+                "handoff-ledger listening"
+            );
             app.run_until_stopped().await?;
         }
+        Command::Config {
+            action: ConfigCommand::Check,
+        } => {
+            println!("# handoff-ledger: the configuration is valid; effective values (secrets masked):");
+            print!("{}", config_check::effective_toml(&config)?);
+        }
         Command::Migrate => {
-            let store = handoff_ledger::store::open(&config.store.url, 1).await?;
-            store.migrate().await?;
+            let store = open_store(&config, 1).await?;
             store.rebuild_stale(&config.sla).await?;
-            println!("migrations applied to {}", config.store.url);
+            println!("migrations applied to {}", redact_url(&config.store.url));
             if !config.clickhouse.url.is_empty() {
                 handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;
                 println!(
                     "ClickHouse migrations applied to {} (database {})",
-                    config.clickhouse.url, config.clickhouse.database
+                    mask_url_passwords(&config.clickhouse.url),
+                    config.clickhouse.database
                 );
             }
         }
         Command::Replay => {
-            let store = handoff_ledger::store::open(&config.store.url, 2).await?;
-            store.migrate().await?;
+            let store = open_store(&config, 2).await?;
             let bar = indicatif::ProgressBar::new(0);
             let stats = store
                 .replay(&config.sla, &|done, total| {
@@ -134,6 +217,61 @@ async fn main() -> anyhow::Result<()> {
                 "rebuilt rollups of {hours} hours (and their days) in {:.1}s",
                 started.elapsed().as_secs_f64()
             );
+        }
+        Command::Keys { action } => keys(&config, action).await?,
+    }
+    Ok(())
+}
+
+/// Opens the store and applies its migrations (the password of its URL never printed).
+async fn open_store(config: &Config, connections: u32) -> anyhow::Result<Arc<dyn Store>> {
+    let url = redact_url(&config.store.url);
+    let store = handoff_ledger::store::open(&config.store.url, connections)
+        .await
+        .with_context(|| format!("opening the store at {url}"))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating the store at {url}"))?;
+    Ok(store)
+}
+
+async fn keys(config: &Config, action: KeysCommand) -> anyhow::Result<()> {
+    let store = open_store(config, 1).await?;
+    match action {
+        KeysCommand::Create { name, scopes } => {
+            let (stored, key) = new_key(&name, &scopes).map_err(anyhow::Error::msg)?;
+            if !store.create_key(&stored).await? {
+                anyhow::bail!("a key named `{name}` exists (revoke it first, or choose another name)");
+            }
+            println!(
+                "created key `{}` with scopes {}",
+                stored.name,
+                scopes_to_text(&stored.scopes)
+            );
+            println!("send it as `Authorization: Bearer <key>`; it is shown only this once:");
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            let keys = store.list_keys().await?;
+            let width = keys.iter().map(|k| k.name.len()).max().unwrap_or(0).max(4);
+            println!("{:width$}  {:40}  {:20}  LAST USED", "NAME", "SCOPES", "CREATED");
+            for k in keys {
+                let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                println!(
+                    "{:width$}  {:40}  {:20}  {}",
+                    k.name,
+                    scopes_to_text(&k.scopes).replace(' ', ","),
+                    time(k.created_at),
+                    k.last_used_at.map(time).unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            if !store.revoke_key(&name).await? {
+                anyhow::bail!("no key named `{name}`");
+            }
+            println!("revoked key `{name}`");
         }
     }
     Ok(())

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::backends::WidgetUpdate;
@@ -171,6 +174,17 @@ impl Command {
         }
     }
 
+    /// The outbound backend it calls (the `backend` label of the outbox metrics).
+    pub fn backend(&self) -> &str {
+        match self {
+            Command::Queue { backend, .. } => backend,
+            Command::Widget { .. } => "ultimate",
+            Command::VisitorMessage { target, .. } | Command::EndChat { target } => {
+                target.as_ref().map(|t| t.backend.as_str()).unwrap_or("unresolved")
+            }
+        }
+    }
+
     /// The `ledger.command` payload for this command.
     pub fn record(&self, command_id: &str) -> CommandRecord {
         CommandRecord {
@@ -179,6 +193,7 @@ impl Command {
             outcome: None,
             detail: None,
             body: serde_json::to_value(self).ok(),
+            retry_of: None,
         }
     }
 
@@ -298,15 +313,25 @@ impl PendingScan {
 }
 
 /// Runs jobs one at a time per key, in submission order, on a task that lives only while its key has
-/// jobs. Keys run concurrently with each other.
+/// jobs. Keys run concurrently with each other. [`SerialExecutor::stop`] lets each worker finish the job
+/// it is running and start no other (what is left is recorded in the log and re-sent at the next start).
 pub struct SerialExecutor<J> {
     workers: Mutex<HashMap<Uuid, mpsc::UnboundedSender<J>>>,
+    tasks: TaskTracker,
+    stopping: CancellationToken,
+    runtime: Option<Handle>,
 }
 
 impl<J: Send + 'static> Default for SerialExecutor<J> {
+    /// Workers run on the runtime current at construction (the service's main runtime), not on the
+    /// runtime of whoever dispatches: an HTTP worker's runtime ends with the server, and a worker
+    /// spawned there would die with it mid-call.
     fn default() -> Self {
         SerialExecutor {
             workers: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            runtime: Handle::try_current().ok(),
         }
     }
 }
@@ -318,6 +343,9 @@ impl<J: Send + 'static> SerialExecutor<J> {
         F: Fn(J) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        if self.stopping.is_cancelled() {
+            return;
+        }
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         // Sends happen under the lock, and a worker only leaves under it after finding its queue empty,
         // so no job can land in a queue nobody reads.
@@ -332,7 +360,11 @@ impl<J: Send + 'static> SerialExecutor<J> {
         let _ = tx.send(job);
         workers.insert(key, tx);
         drop(workers);
-        tokio::spawn(Arc::clone(self).work(key, rx, run));
+        let work = Arc::clone(self).work(key, rx, run);
+        match &self.runtime {
+            Some(runtime) => self.tasks.spawn_on(work, runtime),
+            None => self.tasks.spawn(work),
+        };
     }
 
     async fn work<F, Fut>(self: Arc<Self>, key: Uuid, mut rx: mpsc::UnboundedReceiver<J>, run: F)
@@ -341,6 +373,11 @@ impl<J: Send + 'static> SerialExecutor<J> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         loop {
+            if self.stopping.is_cancelled() {
+                let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+                workers.remove(&key);
+                return;
+            }
             let job = match rx.try_recv() {
                 Ok(job) => job,
                 Err(_) => {
@@ -361,6 +398,23 @@ impl<J: Send + 'static> SerialExecutor<J> {
     /// How many keys have a worker now.
     pub fn active(&self) -> usize {
         self.workers.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// The token cancelled by [`SerialExecutor::stop`] (jobs watch it to cut their waits short).
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Workers running now (each runs one job at a time).
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Starts no further job; returns when every running job has finished.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -538,5 +592,38 @@ mod tests {
         executor.dispatch(a, (3, 0), run);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(*log.lock().unwrap(), vec![10, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn stop_lets_the_running_job_finish_and_starts_no_other() {
+        let executor: Arc<SerialExecutor<(u32, u64)>> = Arc::new(SerialExecutor::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let run = {
+            let log = log.clone();
+            move |(n, wait_ms): (u32, u64)| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(format!("start {n}"));
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    log.lock().unwrap().push(format!("end {n}"));
+                }
+            }
+        };
+        let key = Uuid::new_v4();
+        executor.dispatch(key, (1, 200), run.clone());
+        executor.dispatch(key, (2, 0), run.clone());
+        while log.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        executor.stop().await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec!["start 1", "end 1"],
+            "job 1 finished, job 2 never started"
+        );
+        executor.dispatch(key, (3, 0), run);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(log.lock().unwrap().len(), 2, "nothing starts after stop");
+        assert_eq!(executor.running(), 0);
     }
 }

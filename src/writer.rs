@@ -82,6 +82,16 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Jobs waiting for the writer now (the batch being committed excluded).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Whether the writer task is still running (readiness: once it has ended nothing can be appended).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Erases the conversation `target` names (see `crate::erasure`); returns after it is committed,
     /// with its certificate (None: no such conversation). Runs between append batches, so a long
     /// conversation's erasure delays ingestion by one transaction at most.
@@ -145,8 +155,10 @@ async fn run(
             continue;
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
-        match store.append_batch(&groups, &sla).await {
+        let started = std::time::Instant::now();
+        match append_guarded(store.as_ref(), &groups, &sla).await {
             Ok(outcomes) => {
+                crate::telemetry::batch_committed(groups.len(), started.elapsed());
                 for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
                     highest = outcome.iter().map(|o| o.seq).fold(highest, i64::max);
                     let _ = reply.send(Ok(outcome));
@@ -156,8 +168,7 @@ async fn run(
                 // One bad delivery must not fail its batch-mates: retry each on its own.
                 tracing::warn!(error = %e, size = groups.len(), "batch failed; retrying deliveries one by one");
                 for (group, (_, reply)) in groups.into_iter().zip(appends) {
-                    let result = store
-                        .append_batch(std::slice::from_ref(&group), &sla)
+                    let result = append_guarded(store.as_ref(), std::slice::from_ref(&group), &sla)
                         .await
                         .map(|mut v| v.pop().unwrap_or_default())
                         .map_err(|e| WriteError::Unavailable(e.to_string()));
@@ -178,6 +189,63 @@ async fn run(
     }
 }
 
+/// Runs a future, turning a panic inside it into `Err` with the panic's message.
+pub async fn catch_panic<T>(future: impl std::future::Future<Output = T>) -> Result<T, String> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into())
+        })
+}
+
+/// One `append_batch`, guarded: a panic while appending or projecting (a bug on one conversation)
+/// rolls the transaction back and becomes an error instead of ending the writer. A single delivery
+/// that panics is kept in the quarantine (`projection_failed`), so nothing sent is lost; a batch that
+/// panics is retried delivery by delivery by the caller, which finds the one.
+async fn append_guarded(
+    store: &dyn Store,
+    groups: &[Vec<NewEvent>],
+    sla: &SlaConfig,
+) -> Result<Vec<Vec<AppendOutcome>>, crate::store::StoreError> {
+    let message = match catch_panic(store.append_batch(groups, sla)).await {
+        Ok(result) => return result,
+        Err(message) => message,
+    };
+    tracing::error!(panic = %message, deliveries = groups.len(), "appending panicked; the batch was rolled back");
+    if let [group] = groups {
+        if let Some(entry) = panicked_delivery(group, &message) {
+            if let Err(e) = store.quarantine(&entry).await {
+                tracing::error!(error = %e, "could not quarantine the delivery that panicked");
+            }
+        }
+    }
+    Err(crate::store::StoreError::Corrupt(format!(
+        "appending this delivery failed: {message}"
+    )))
+}
+
+/// The quarantine entry of a delivery whose append panicked: its body (every event of a delivery
+/// carries the body as received) and its headers.
+fn panicked_delivery(group: &[NewEvent], message: &str) -> Option<NewQuarantine> {
+    let first = group.first()?;
+    Some(NewQuarantine {
+        received_at: first.received_at,
+        path: format!("(writer) {}", first.kind),
+        platform: Some(first.stream.platform),
+        error_code: "projection_failed".into(),
+        error_message: format!("the delivery could not be projected: {message}"),
+        status: 503,
+        headers: first.headers.clone(),
+        body: first.payload.clone().into_bytes(),
+    })
+}
+
 /// Tells watchers (outbox, analytics sink) the highest committed seq when it moved.
 fn publish(committed: &watch::Sender<i64>, highest: i64) {
     committed.send_if_modified(|v| {
@@ -185,4 +253,46 @@ fn publish(committed: &watch::Sender<i64>, highest: i64) {
         *v = (*v).max(highest);
         changed
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_an_error_with_its_message() {
+        assert_eq!(catch_panic(async { 7 }).await, Ok(7));
+        let boom = catch_panic(async {
+            if true {
+                panic!("projection bug on conversation {}", 42);
+            }
+        })
+        .await;
+        assert_eq!(boom, Err("projection bug on conversation 42".to_string()));
+    }
+
+    #[test]
+    fn a_delivery_that_panicked_is_kept_as_sent() {
+        use crate::model::{Platform, StreamKey};
+        let event = NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            stream: StreamKey {
+                platform: Platform::AivoLive,
+                external_id: "room-1".into(),
+            },
+            kind: "aivo_live.attended".into(),
+            occurred_at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+            payload: r#"{"name":"attended","roomId":"room-1"}"#.into(),
+            headers: [("user-agent".to_string(), "aivo".to_string())].into(),
+            links: vec![],
+        };
+        let entry = panicked_delivery(std::slice::from_ref(&event), "index out of bounds").unwrap();
+        assert_eq!(entry.body, event.payload.as_bytes());
+        assert_eq!(entry.platform, Some(Platform::AivoLive));
+        assert_eq!(entry.error_code, "projection_failed");
+        assert!(entry.error_message.contains("index out of bounds"));
+        assert_eq!(entry.headers, event.headers);
+        assert!(panicked_delivery(&[], "x").is_none());
+    }
 }

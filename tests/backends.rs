@@ -76,7 +76,7 @@ fn aivo_config(server: &MockServer) -> AivoLiveConfig {
         base_url: format!("{}{AIVO_BASE}", server.uri()),
         bot_id: 1000,
         bot_token: "7114636682f3c091557758286be4a94c".into(),
-        webhook_token: String::new(),
+        webhook_token: Default::default(),
         close_path: String::new(),
         timeout_seconds: 1,
     }
@@ -211,6 +211,29 @@ async fn aivo_queue_failures_are_classified() {
 }
 
 #[tokio::test]
+async fn an_answer_larger_than_the_cap_is_not_read() {
+    let huge = "x".repeat(handoff_ledger::backends::MAX_RESPONSE_BYTES + 1);
+    let e = aivo_queue_against(ResponseTemplate::new(200).set_body_string(huge))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, BackendError::Invalid(m) if m.contains("larger than")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_from_a_peer_never_reach_the_platform() {
+    let server = MockServer::start().await;
+    let client = AivoLiveClient::new(&aivo_config(&server)).unwrap();
+    for bad in ["..", ".", ""] {
+        let e = client.send_visitor_message(bad, "m-1", "hi").await.unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn aivo_slow_answer_is_a_timeout() {
     let started = Instant::now();
     let e = aivo_queue_against(
@@ -327,7 +350,7 @@ fn bp_config(server: &MockServer) -> BrightPatternConfig {
         tenant_url: "tenant.example.com".into(),
         app_id: "app-1".into(),
         client_id: "client-1".into(),
-        webhook_token: String::new(),
+        webhook_token: Default::default(),
         timeout_seconds: 1,
         poll_timeout_seconds: 2,
     }

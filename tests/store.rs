@@ -1255,6 +1255,7 @@ mod random_logs {
                             outcome: None,
                             detail: None,
                             body: None,
+                            retry_of: None,
                         };
                         deliveries.push((s, vec![ledger::command(cid, ledger::COMMAND, &record, t(s))]));
                     }
@@ -1320,6 +1321,7 @@ mod random_logs {
                         outcome: None,
                         detail: None,
                         body: None,
+                        retry_of: None,
                     };
                     let relay = ledger::command(cid, ledger::COMMAND, &record, t(relayed_at));
                     deliveries.push((relayed_at, vec![relay]));

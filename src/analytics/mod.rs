@@ -84,14 +84,22 @@ impl Analytics {
 pub(crate) fn client_for(config: &ClickHouseConfig) -> Client {
     // LZ4 framing over HTTP (`compress=1`) is understood by 18.16 and current servers alike, but plain bodies
     // keep error messages readable and the volumes here are small.
-    let mut client = Client::default()
+    // The crate's default HTTP client (TCP keep-alive, a pool idle time under ClickHouse's own 3 s),
+    // plus a connect timeout (`clickhouse.connect_timeout_ms`).
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    connector.set_connect_timeout(Some(std::time::Duration::from_millis(config.connect_timeout_ms.max(1))));
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build(connector);
+    let mut client = Client::with_http_client(http)
         .with_url(config.url.clone())
         .with_compression(clickhouse::Compression::None);
     if !config.user.is_empty() {
         client = client.with_user(config.user.clone());
     }
     if !config.password.is_empty() {
-        client = client.with_password(config.password.clone());
+        client = client.with_password(config.password.expose());
     }
     client
 }
@@ -99,15 +107,23 @@ pub(crate) fn client_for(config: &ClickHouseConfig) -> Client {
 /// Starts analytics when `[clickhouse] url` is set: spawns the sink, which applies the migrations (retrying
 /// while ClickHouse is down, so the service starts and keeps ingesting regardless) and then tails `store`,
 /// woken by `wake` (the writer's committed seq). Returns None when analytics is off.
+/// Cancelling `stopping` ends the sink after the pass in progress (its batch shipped and checkpointed).
 pub fn start(
     config: &Config,
     store: Arc<dyn Store>,
     wake: tokio::sync::watch::Receiver<i64>,
+    stopping: tokio_util::sync::CancellationToken,
 ) -> Option<(Arc<Analytics>, tokio::task::JoinHandle<()>)> {
     if config.clickhouse.url.is_empty() {
         return None;
     }
     let analytics = Arc::new(Analytics::new(&config.clickhouse));
-    let task = tokio::spawn(sink::run_sink(store, analytics.clone(), wake, config.sla.clone()));
+    let task = tokio::spawn(sink::run_sink(
+        store,
+        analytics.clone(),
+        wake,
+        config.sla.clone(),
+        stopping,
+    ));
     Some((analytics, task))
 }

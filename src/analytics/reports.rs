@@ -776,13 +776,14 @@ pub fn csv_record(r: &ConversationRow) -> Vec<String> {
     ]
 }
 
-/// Renders `conversations.csv`: rows ordered by `started_at`, then id.
+/// Renders `conversations.csv`: rows ordered by `started_at`, then id; cells neutralised like transcripts'.
 pub fn conversations_csv(rows: &mut [ConversationRow]) -> Result<String, csv::Error> {
     rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_HEADER)?;
     for r in rows.iter() {
-        writer.write_record(csv_record(r))?;
+        // Queue, agent names, close reasons come from the platforms: never a formula in a spreadsheet.
+        writer.write_record(csv_record(r).into_iter().map(crate::transcript::neutralise_csv_cell))?;
     }
     let bytes = writer.into_inner().map_err(|e| e.into_error())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -799,6 +800,127 @@ pub async fn csv_rows_from_store(
         .iter()
         .map(ConversationRow::from_conversation)
         .collect())
+}
+
+/// The CSV's header line.
+pub fn csv_header_bytes() -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_HEADER)?;
+    writer.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// CSV lines of some rows (in the order given), cells neutralised like [`conversations_csv`]'s.
+pub fn csv_rows_bytes(rows: &[ConversationRow]) -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        writer.write_record(csv_record(r).into_iter().map(crate::transcript::neutralise_csv_cell))?;
+    }
+    writer.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// Most conversations the streamed CSV holds in memory at once when reading the store (a whole second
+/// holding more is read anyway: rows are ordered by whole seconds).
+pub const CSV_STORE_MAX_ROWS: usize = 5_000;
+
+/// The store's CSV rows of `[since, until)` in the CSV's order (`started_at`, then id), a window at a time:
+/// the range is read whole when it holds at most [`CSV_STORE_MAX_ROWS`] conversations, else split in
+/// halves on whole seconds, so memory stays bounded however long or dense the range is, and an empty
+/// stretch costs one query.
+pub struct StoreCsvRows {
+    store: std::sync::Arc<dyn Store>,
+    pending: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    max_rows: usize,
+}
+
+impl StoreCsvRows {
+    /// Rows of conversations started in `[since, until)`.
+    pub fn new(store: std::sync::Arc<dyn Store>, since: DateTime<Utc>, until: DateTime<Utc>) -> Self {
+        StoreCsvRows {
+            store,
+            pending: vec![(since, until)],
+            max_rows: CSV_STORE_MAX_ROWS,
+        }
+    }
+
+    /// Windows of at most `max_rows` conversations instead of [`CSV_STORE_MAX_ROWS`].
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows.max(1);
+        self
+    }
+
+    /// The next window's rows, in order; None at the end.
+    pub async fn next_rows(&mut self) -> StoreResult<Option<Vec<ConversationRow>>> {
+        while let Some((from, to)) = self.pending.pop() {
+            let mid = DateTime::from_timestamp(from.timestamp() + (to.timestamp() - from.timestamp()) / 2, 0)
+                .filter(|mid| *mid > from && *mid < to);
+            let conversations = match mid {
+                Some(mid) => match conversations_started_at_most(self.store.as_ref(), from, to, self.max_rows).await? {
+                    Some(all) => all,
+                    None => {
+                        // Later half first on the stack: the earlier half is read next.
+                        self.pending.push((mid, to));
+                        self.pending.push((from, mid));
+                        continue;
+                    }
+                },
+                None => conversations_started(self.store.as_ref(), from, to).await?,
+            };
+            if conversations.is_empty() {
+                continue;
+            }
+            let mut rows: Vec<ConversationRow> = conversations.iter().map(ConversationRow::from_conversation).collect();
+            rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
+            return Ok(Some(rows));
+        }
+        Ok(None)
+    }
+}
+
+/// Conversations started in `[since, until)`, or None when there are more than `max`.
+async fn conversations_started_at_most(
+    store: &dyn Store,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    max: usize,
+) -> StoreResult<Option<Vec<Conversation>>> {
+    let mut filter = ConversationFilter {
+        since: Some(since),
+        until: Some(until),
+        limit: u32::try_from(max + 1).unwrap_or(500).min(500),
+        ..ConversationFilter::default()
+    };
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    loop {
+        let page = store.list_conversations(&filter).await?;
+        let last_page = page.next.is_none() || page.items.is_empty();
+        out.extend(page.items.into_iter().filter(|c| seen.insert(c.id)));
+        if out.len() > max {
+            return Ok(None);
+        }
+        if last_page {
+            return Ok(Some(out));
+        }
+        filter.after = page.next;
+    }
+}
+
+/// A cursor over ClickHouse's CSV rows (`started_at` in `[since, until)`), in the CSV's order.
+pub fn csv_cursor_from_clickhouse(
+    analytics: &Analytics,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> AnalyticsResult<clickhouse::query::RowCursor<ConversationRow>> {
+    Ok(analytics
+        .client()
+        .query(
+            "SELECT ?fields FROM conversations FINAL \
+             WHERE deleted = 0 AND started_at >= toDateTime(?, 'UTC') AND started_at < toDateTime(?, 'UTC') \
+             ORDER BY started_at, conversation_id",
+        )
+        .bind(epoch(Some(since)))
+        .bind(u32::try_from(until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0)).unwrap_or(u32::MAX))
+        .fetch::<ConversationRow>()?)
 }
 
 /// Conversation rows for the CSV from ClickHouse (`started_at` in `[since, until)`, whole seconds).

@@ -78,6 +78,8 @@ pub struct TranscriptParams {
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsParams {
+    /// Only events with `seq > after_seq` (the `next_after_seq` of a previous answer).
+    pub after_seq: Option<i64>,
     /// At most this many events (1 to 10000); default: every event.
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -89,8 +91,12 @@ pub struct EventsParams {
 pub struct EventList {
     /// Events in `seq` order, raw payloads included.
     pub items: Vec<StoredEvent>,
-    /// Pass as `cursor` for the events that follow; null when there are none (always null without `limit`).
+    /// Pass as `cursor` for the events that follow; null when there are none (always null without `limit`,
+    /// unless the answer stopped at `server.max_answer_bytes`).
     pub next_cursor: Option<String>,
+    /// Set when the answer stopped at `server.max_answer_bytes`: pass it as `after_seq` for the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after_seq: Option<i64>,
 }
 
 /// The largest page of transcript lines or events one request may ask for.
@@ -237,9 +243,16 @@ pub async fn list(state: web::Data<AppState>, params: web::Query<ListParams>) ->
     let filter = params.into_inner().into_filter()?;
     let now = filter.now.unwrap_or_else(Utc::now);
     let page = state.store.list_conversations(&filter).await?;
+    let mut items: Vec<Conversation> = page.items.into_iter().map(|c| c.as_of(now)).collect();
+    let next = if super::fit_bytes(&mut items, state.config.server.max_answer_bytes) {
+        // Cut short by size: continue after the last conversation given.
+        items.last().map(|c| (c.started_at.timestamp_micros(), c.id))
+    } else {
+        page.next
+    };
     Ok(HttpResponse::Ok().json(ConversationList {
-        items: page.items.into_iter().map(|c| c.as_of(now)).collect(),
-        next_cursor: page.next.map(encode_cursor),
+        items,
+        next_cursor: next.map(encode_cursor),
     }))
 }
 
@@ -335,7 +348,7 @@ pub async fn events(
     let limit = page_limit(params.limit)?;
     let after = match params.cursor.as_deref() {
         Some(c) => c.parse::<i64>().map_err(|_| bad_cursor())?,
-        None => 0,
+        None => params.after_seq.unwrap_or(0),
     };
     // One more than asked: tells whether another page follows.
     let mut items = state
@@ -343,14 +356,23 @@ pub async fn events(
         .conversation_events_page(id, after, limit.map(|l| l + 1))
         .await?
         .ok_or_else(|| not_found(id))?;
-    let next_cursor = match limit {
+    let mut next_cursor = match limit {
         Some(l) if items.len() > l as usize => {
             items.truncate(l as usize);
             items.last().map(|e| e.seq.to_string())
         }
         _ => None,
     };
-    Ok(HttpResponse::Ok().json(EventList { items, next_cursor }))
+    let cut = super::fit_bytes(&mut items, state.config.server.max_answer_bytes);
+    let next_after_seq = if cut { items.last().map(|e| e.seq) } else { None };
+    if cut {
+        next_cursor = next_after_seq.map(|seq| seq.to_string());
+    }
+    Ok(HttpResponse::Ok().json(EventList {
+        items,
+        next_cursor,
+        next_after_seq,
+    }))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Option<String> {
@@ -390,7 +412,7 @@ pub async fn post_message(
     }
     let key = idempotency_key(&req);
     let event = ledger::api_message(conversation.id, body.party, &body.text, key.as_deref(), Utc::now());
-    let outcomes = state.writer.append(vec![event]).await?;
+    let outcomes = super::append(&state, vec![event]).await?;
     crate::handoff::after_api_message(&state, &conversation, body.party, &body.text, &outcomes).await;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }
@@ -420,7 +442,7 @@ pub async fn post_handoff(
     let conversation = state.store.get_conversation(id).await?.ok_or_else(|| not_found(id))?;
     let key = idempotency_key(&req);
     let event = ledger::api_handoff(conversation.id, body.team.as_deref(), key.as_deref(), Utc::now());
-    let outcomes = state.writer.append(vec![event]).await?;
+    let outcomes = super::append(&state, vec![event]).await?;
     crate::handoff::handoff_command(&state, &conversation, body.team.as_deref(), &outcomes).await?;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }

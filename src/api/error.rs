@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::AuthError;
 use crate::sources::PayloadError;
 use crate::store::StoreError;
 use crate::writer::WriteError;
@@ -22,7 +23,7 @@ pub struct ErrorBody {
 /// Code, sentence and optional details of an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `payload_too_large`,
+    /// Stable snake_case code: `invalid_json`, `invalid_payload`, `unauthorized`, `forbidden`, `conflict`, `payload_too_large`, `request_timeout`,
     /// `unavailable`, `not_found`, `invalid_parameter`, `bad_gateway`, `gateway_timeout`, `internal`.
     pub code: String,
     /// A human sentence.
@@ -50,6 +51,18 @@ pub enum ApiError {
     /// Missing or wrong webhook token.
     #[error("missing or wrong webhook token")]
     Unauthorized,
+    /// Missing, unknown or revoked API key.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The API key lacks the scope.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource exists already (e.g. a key name).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body did not arrive within `server.body_timeout_ms`.
+    #[error("the body did not arrive within {0} ms")]
+    RequestTimeout(u64),
     /// Body larger than `server.max_body_bytes`.
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -84,8 +97,11 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::InvalidPayload { .. } => "invalid_payload",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidParameter { .. } => "invalid_parameter",
@@ -130,8 +146,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidPayload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
@@ -148,6 +167,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unavailable(_)) {
             res.insert_header(("Retry-After", "1"));
+        }
+        if matches!(self, ApiError::Unauthenticated(_)) {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
         }
         res.json(self.body())
     }
@@ -166,6 +188,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
         ApiError::Unavailable("the event log is unavailable; retry later".into())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Unknown => ApiError::Unauthenticated(e.to_string()),
+            AuthError::Forbidden { .. } => ApiError::Forbidden(e.to_string()),
+            AuthError::Store(e) => ApiError::from(e),
+        }
     }
 }
 
@@ -190,10 +222,16 @@ pub fn path_error_handler(err: actix_web::error::PathError, _req: &actix_web::Ht
 }
 
 /// The JSON error for bad JSON bodies of the API's own commands.
-pub fn json_error_handler(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error_handler(err: actix_web::error::JsonPayloadError, req: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     match err {
         J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(limit).into(),
+        J::Payload(e) if super::limits::is_body_timeout(&e) => {
+            let millis = req
+                .app_data::<actix_web::web::Data<super::AppState>>()
+                .map_or(0, |s| s.config.server.body_timeout_ms);
+            ApiError::RequestTimeout(millis).into()
+        }
         J::Deserialize(e) if e.is_data() => ApiError::InvalidPayload {
             message: e.to_string(),
             field: String::new(),

@@ -1,10 +1,15 @@
 //! The HTTP API: thin actix-web handlers (extract, call, map errors), documented with utoipa.
 
+pub mod auth;
 pub mod conversations;
 pub mod erasures;
 pub mod error;
+pub mod keys;
+pub mod limits;
 pub mod log;
+pub mod observe;
 pub mod openapi;
+pub mod operations;
 pub mod reports;
 pub mod webhooks;
 
@@ -29,6 +34,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Drives the handoff: synchronous escalations, relays, the outbox and Bright Pattern polls.
     pub handoff: crate::handoff::Handoff,
+    /// The API keys the service accepts (the access check of [`auth::require_key`]).
+    pub keys: Arc<crate::auth::KeyRing>,
 }
 
 /// Registers every route.
@@ -69,13 +76,85 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(reports::sla_report)
         .service(reports::dispositions_report)
         .service(reports::conversations_csv_report)
+        .route("/v1/keys", web::post().to(keys::create))
+        .route("/v1/keys", web::get().to(keys::list))
+        .route("/v1/keys/{name}", web::delete().to(keys::revoke))
         .route("/v1/events", web::get().to(log::feed))
         .route("/v1/quarantine", web::get().to(log::quarantine))
+        .route("/v1/quarantine/{id}", web::get().to(log::quarantine_entry))
+        .route("/v1/quarantine/{id}/redrive", web::post().to(operations::redrive))
+        .route(
+            "/v1/conversations/{id}/commands/{command_id}/retry",
+            web::post().to(operations::retry_command),
+        )
         .route("/v1/erasures", web::post().to(erasures::create))
         .route("/v1/erasures/{id}", web::get().to(erasures::get))
         .route("/healthz", web::get().to(log::healthz))
         .route("/readyz", web::get().to(log::readyz))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));
+}
+
+/// Registers `GET /metrics` (on the main listener, or alone on `server.metrics_bind`).
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(observe::metrics));
+}
+
+/// Hands a request's events to the writer and waits for their commit at most
+/// `server.commit_deadline_ms`; past it the answer is `503` with `Retry-After`, never a hang. (The
+/// events may still commit afterwards: the sender's retry is then recognised as a redelivery.)
+pub async fn append(
+    state: &AppState,
+    events: Vec<crate::model::NewEvent>,
+) -> Result<Vec<crate::model::AppendOutcome>, error::ApiError> {
+    let deadline = std::time::Duration::from_millis(state.config.server.commit_deadline_ms);
+    match tokio::time::timeout(deadline, state.writer.append(events)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                deadline_ms = state.config.server.commit_deadline_ms,
+                "the writer did not commit in time"
+            );
+            Err(error::ApiError::Unavailable(
+                "the event log did not commit in time; retry later".into(),
+            ))
+        }
+    }
+}
+
+/// Keeps a refused delivery, waiting at most `server.commit_deadline_ms` like [`append`], then trims
+/// the quarantine to `retention.quarantine_max_entries`.
+pub async fn quarantine(state: &AppState, entry: crate::model::NewQuarantine) -> Result<i64, error::ApiError> {
+    let deadline = std::time::Duration::from_millis(state.config.server.commit_deadline_ms);
+    let id = match tokio::time::timeout(deadline, state.writer.quarantine(entry)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(error::ApiError::Unavailable(
+                "the quarantine did not commit in time; retry later".into(),
+            ))
+        }
+    };
+    // Never more than `retention.quarantine_max_entries`: a flood of junk pushes out the oldest.
+    let max = state.config.retention.quarantine_max_entries;
+    if max > 0 {
+        state.store.trim_quarantine(max).await?;
+    }
+    Ok(id)
+}
+
+/// Keeps the leading items whose JSON fits in `max_bytes` (always at least the first, so a page
+/// moves on); true when some were cut. List answers stay bounded in bytes as well as rows.
+pub fn fit_bytes<T: serde::Serialize>(items: &mut Vec<T>, max_bytes: usize) -> bool {
+    let mut total = 0usize;
+    let keep = items
+        .iter()
+        .position(|item| {
+            total += serde_json::to_vec(item).map_or(0, |v| v.len() + 1);
+            total > max_bytes
+        })
+        .map_or(items.len(), |cut| cut.max(1));
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
 }
 
 /// Answers unknown routes with the JSON error shape.

@@ -3,7 +3,8 @@
 
 use utoipa::OpenApi;
 
-use super::{conversations, erasures, error, log, reports, webhooks};
+use super::auth::SecurityAddon;
+use super::{conversations, erasures, error, keys, log, observe, operations, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -29,10 +30,17 @@ use crate::model;
         reports::sla_report,
         reports::dispositions_report,
         reports::conversations_csv_report,
+        keys::create,
+        keys::list,
+        keys::revoke,
         log::feed,
         log::quarantine,
+        log::quarantine_entry,
         log::healthz,
         log::readyz,
+        observe::metrics,
+        operations::redrive,
+        operations::retry_command,
         erasures::create,
         erasures::get,
     ),
@@ -42,12 +50,15 @@ use crate::model;
         conversations::ConversationList, conversations::Transcript, conversations::EventList,
         conversations::PostMessage, conversations::PostHandoff,
         log::EventFeed, log::QuarantineList, log::Health, crate::chain::ChainHead,
+        keys::NewKey, keys::KeyInfo, keys::CreatedKey, keys::KeyList, crate::auth::Scope,
         erasures::ErasureRequest, crate::erasure::ErasureCertificate, crate::chain::ErasedEvent,
         crate::analytics::reports::SlaReport, crate::analytics::reports::SlaRow,
         crate::analytics::reports::DispositionReport, crate::analytics::reports::DispositionRow,
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
         crate::analytics::reports::GroupBy,
-        model::Conversation, model::Handoff, model::Message, model::StoredEvent, model::QuarantineEntry,
+        model::Conversation, model::Handoff, model::Message, model::StoredEvent,
+        crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail, model::Redrive,
+        crate::handoff::CommandRetry,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
     )),
@@ -57,9 +68,11 @@ use crate::model;
         (name = "commands", description = "Commands from support tooling"),
         (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "keys", description = "API keys (`admin`): only a hash of each key is kept"),
+        (name = "health", description = "Liveness, readiness and Prometheus metrics"),
         (name = "erasures", description = "Erasure of a person's conversation, with a certificate the hash chain backs"),
-    )
+    ),
+    modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
 

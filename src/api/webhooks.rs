@@ -18,8 +18,10 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::config::Tokens;
 use crate::model::{AppendOutcome, NewQuarantine, Platform};
 use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::telemetry::{self, WebhookOutcome};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -100,20 +102,23 @@ pub struct Ingested {
     pub outcomes: Vec<AppendOutcome>,
 }
 
-type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
+/// A platform parser: raw text, its JSON, the delivery's facts.
+pub type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
-/// Checks a platform's webhook token: `Authorization: Bearer <token>` or `?<query_name>=<token>`.
-/// Compared in constant time (over digests, so lengths do not leak either).
-pub fn check_token(req: &HttpRequest, expected: &str, query_names: &[&str]) -> Result<(), ApiError> {
+/// Checks a platform's webhook token: `Authorization: Bearer <token>` (scheme case-insensitive) or
+/// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
+/// time (over digests, so lengths do not leak either). With no token configured the endpoint is open
+/// only when `open` says so (loopback bind, or `auth.open_webhooks`).
+pub fn check_token(req: &HttpRequest, expected: &Tokens, query_names: &[&str], open: bool) -> Result<(), ApiError> {
     if expected.is_empty() {
-        return Ok(());
+        return if open { Ok(()) } else { Err(ApiError::Unauthorized) };
     }
     let from_header = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|v| v.trim().to_string());
+        .and_then(crate::auth::bearer_token)
+        .map(str::to_string);
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
@@ -121,9 +126,12 @@ pub fn check_token(req: &HttpRequest, expected: &str, query_names: &[&str]) -> R
     let Some(given) = given else {
         return Err(ApiError::Unauthorized);
     };
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    if bool::from(a.ct_eq(&b)) {
+    let given = Sha256::digest(given.as_bytes());
+    // Every token is compared, so the time does not tell which one matched.
+    let matched = expected.iter().fold(subtle::Choice::from(0), |acc, token| {
+        acc | given.ct_eq(&Sha256::digest(token.expose().as_bytes()))
+    });
+    if bool::from(matched) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -142,8 +150,14 @@ fn kept_headers(req: &HttpRequest) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, refusing more than `limit` bytes without buffering them; a body still arriving at
+/// `server.body_timeout_ms` ([`super::limits::body_deadline`]) is a 408.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
@@ -154,7 +168,10 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            e if super::limits::is_body_timeout(&e) => ApiError::RequestTimeout(timeout_ms),
+            e => ApiError::InvalidJson(format!("the body could not be read: {e}")),
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -163,19 +180,64 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body.to_vec())
 }
 
-/// The common path of every webhook: token, body, parse, quarantine on refusal, append.
+/// What became of a delivery, for `ledger_webhooks_total`.
+pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
+    match result {
+        Ok(ingested) if ingested.parsed.unknown => WebhookOutcome::Unknown,
+        Ok(ingested) if !ingested.outcomes.is_empty() && ingested.outcomes.iter().all(|o| o.duplicate) => {
+            WebhookOutcome::Duplicate
+        }
+        Ok(_) => WebhookOutcome::Appended,
+        Err(ApiError::Unauthorized) => WebhookOutcome::Unauthorized,
+        Err(ApiError::InvalidJson(_) | ApiError::InvalidPayload { .. } | ApiError::PayloadTooLarge(_)) => {
+            WebhookOutcome::Rejected
+        }
+        Err(_) => WebhookOutcome::Unavailable,
+    }
+}
+
+/// The common path of every webhook: token, body, parse, quarantine on refusal, append; counted in
+/// `ledger_webhooks_total`.
 pub async fn ingest(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
     platform: Platform,
-    token: (&str, &[&str]),
+    token: (&Tokens, &[&str]),
     parse: ParseFn,
 ) -> Result<Ingested, ApiError> {
-    check_token(req, token.0, token.1)?;
+    let result = ingest_delivery(state, req, payload, platform, token, parse).await;
+    telemetry::webhook(platform, webhook_outcome(&result));
+    result
+}
+
+async fn ingest_delivery(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    platform: Platform,
+    token: (&Tokens, &[&str]),
+    parse: ParseFn,
+) -> Result<Ingested, ApiError> {
+    check_token(req, token.0, token.1, state.keys.access().webhooks_open_without_token())?;
     let received_at = Utc::now();
-    let body = read_body(req, payload, state.config.server.max_body_bytes).await?;
-    let headers = kept_headers(req);
+    let raw = read_body(
+        req,
+        payload,
+        state.config.server.max_body_bytes,
+        state.config.server.body_timeout_ms,
+    )
+    .await?;
+    let mut headers = kept_headers(req);
+    // The quarantine keeps what was sent (an encrypted body stays encrypted there).
+    let decrypted = match decrypt_body(state, req, platform, &raw, &mut headers) {
+        Ok(decrypted) => decrypted,
+        Err(error) => {
+            quarantine(state, req, platform, &error, headers, raw).await?;
+            return Err(error);
+        }
+    };
+    let body: &[u8] = decrypted.as_deref().unwrap_or(&raw);
     let idempotency_key = headers.get("idempotency-key").cloned();
     let path_id = req.match_info().get("chat_id").map(str::to_string);
     let delivery = Delivery {
@@ -184,25 +246,131 @@ pub async fn ingest(
         idempotency_key: idempotency_key.as_deref(),
         path_id: path_id.as_deref(),
     };
-    let parsed = sources::parse_json(&body).and_then(|value| {
-        // parse_json succeeded, so the body is UTF-8.
-        let raw = String::from_utf8_lossy(&body);
-        parse(&raw, &value, &delivery).map(|parsed| (value, parsed))
-    });
-    let (value, parsed) = match parsed {
+    let (value, parsed) = match parse_delivery(body, &delivery, parse) {
         Ok(ok) => ok,
-        Err(e) => {
-            let error = ApiError::from(e);
-            quarantine(state, req, platform, &error, headers, body).await?;
+        Err(error) => {
+            quarantine(state, req, platform, &error, headers, raw).await?;
             return Err(error);
         }
     };
-    let outcomes = state.writer.append(parsed.events.clone()).await?;
+    let outcomes = super::append(state, parsed.events.clone()).await?;
     Ok(Ingested {
         value,
         parsed,
         outcomes,
     })
+}
+
+/// Parses a delivery's bytes with its endpoint's parser (pure).
+pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
+    let value = sources::parse_json(body)?;
+    // parse_json succeeded, so the body is UTF-8.
+    let raw = String::from_utf8_lossy(body);
+    let parsed = parse(&raw, &value, delivery)?;
+    Ok((value, parsed))
+}
+
+/// An endpoint a delivery can be kept from, with its parser.
+#[derive(Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// The platform it serves.
+    pub platform: Platform,
+    /// Its parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+    /// The path parameter (Bright Pattern `chat_id`).
+    pub path_id: Option<&'a str>,
+    /// The Ultimate actions webhook (answered with the action's results).
+    pub actions: bool,
+}
+
+/// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
+/// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
+pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
+    let endpoint = |platform, parse: ParseFn, multi| Endpoint {
+        platform,
+        parse,
+        multi,
+        path_id: None,
+        actions: false,
+    };
+    match path {
+        "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
+        "/webhooks/ultimate/actions" => Some(Endpoint {
+            actions: true,
+            ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
+        }),
+        "/webhooks/aivo-live" => Some(endpoint(Platform::AivoLive, sources::aivo_live::parse, false)),
+        "/webhooks/vcc/chat" => Some(endpoint(Platform::Vcc, sources::vcc::parse, true)),
+        _ => {
+            let chat_id = path
+                .strip_prefix("/webhooks/bright-pattern/")
+                .or_else(|| {
+                    path.strip_prefix("poll:/chats/")
+                        .and_then(|p| p.strip_suffix("/events"))
+                })
+                .filter(|id| !id.is_empty() && !id.contains('/'))?;
+            Some(Endpoint {
+                path_id: Some(chat_id),
+                ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
+            })
+        }
+    }
+}
+
+/// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
+pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
+
+/// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
+/// body can be decrypted again when it is redriven.
+pub const IV_HEADER: &str = "x-ledger-iv";
+
+/// VCC Live's encrypted bodies: with `?iv=<hex>` the body is base64 AES-256-CTR under
+/// `vcc.encryption_key`; the decrypted body is returned and the fact (and the IV) kept in the stored
+/// headers. None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
+fn decrypt_body(
+    state: &AppState,
+    req: &HttpRequest,
+    platform: Platform,
+    body: &[u8],
+    headers: &mut BTreeMap<String, String>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if platform != Platform::Vcc {
+        return Ok(None);
+    }
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    let Some(iv) = query.get("iv") else {
+        return Ok(None);
+    };
+    headers.insert(IV_HEADER.into(), iv.clone());
+    let plain = decrypt_with_config(state, iv, body)?;
+    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
+    Ok(Some(plain))
+}
+
+/// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept in
+/// the stored headers), else as kept.
+pub fn kept_body(state: &AppState, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    match headers.get(IV_HEADER) {
+        Some(iv) => decrypt_with_config(state, iv, &raw),
+        None => Ok(raw),
+    }
+}
+
+fn decrypt_with_config(state: &AppState, iv: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let key = &state.config.vcc.encryption_key;
+    if key.is_empty() {
+        return Err(ApiError::InvalidJson(
+            "the body is encrypted (`iv` given) but vcc.encryption_key is not set".into(),
+        ));
+    }
+    // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
+    let key =
+        sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(|m| ApiError::Unexpected(anyhow::anyhow!(m)))?;
+    Ok(sources::vcc_crypto::decrypt(&key, iv, body)?)
 }
 
 async fn quarantine(
@@ -225,7 +393,7 @@ async fn quarantine(
         headers,
         body,
     };
-    state.writer.quarantine(entry).await?;
+    super::quarantine(state, entry).await?;
     Ok(())
 }
 
@@ -235,7 +403,7 @@ async fn receive(
     req: &HttpRequest,
     payload: web::Payload,
     platform: Platform,
-    token: (&str, &[&str]),
+    token: (&Tokens, &[&str]),
     parse: ParseFn,
     multi: bool,
 ) -> Result<HttpResponse, ApiError> {
@@ -244,7 +412,8 @@ async fn receive(
     Ok(answer(&ingested, multi))
 }
 
-fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
+/// The answer to a stored delivery: 200, or 202 for an event type this version does not know.
+pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     let status = if ingested.parsed.unknown {
         StatusCode::ACCEPTED
     } else {
@@ -403,7 +572,7 @@ pub async fn vcc_chat(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.vcc.secret_key.clone();
-    let token = (token.as_str(), &["secret-key", "token"][..]);
+    let token = (&token, &["secret-key", "token"][..]);
     receive(&state, &req, payload, Platform::Vcc, token, sources::vcc::parse, true).await
 }
 
@@ -431,7 +600,7 @@ pub async fn bright_pattern(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = state.config.bright_pattern.webhook_token.clone();
-    let token = (token.as_str(), &["token"][..]);
+    let token = (&token, &["token"][..]);
     receive(
         &state,
         &req,

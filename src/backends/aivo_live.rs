@@ -29,7 +29,7 @@ pub fn queue_body(config: &AivoLiveConfig, req: &QueueRequest) -> Value {
     json!({
         "botId": config.bot_id,
         "groupsId": req.groups,
-        "botToken": config.bot_token,
+        "botToken": config.bot_token.expose(),
         "protocolId": PROTOCOL_ID,
         "user": {
             "hash": user_hash(&req.visitor_id),
@@ -109,7 +109,7 @@ impl LiveBackend for AivoLiveClient {
 
     async fn send_visitor_message(&self, live_id: &str, _message_id: &str, text: &str) -> Result<(), BackendError> {
         // Aivo takes no client message id; the outbox's own id keeps the call idempotent on our side.
-        let path = format!("{}/client/message", encode_segment(live_id));
+        let path = format!("{}/client/message", encode_segment(live_id)?);
         self.post_json(&path, &message_body(text)).await.map(|_| ())
     }
 
@@ -120,7 +120,7 @@ impl LiveBackend for AivoLiveClient {
         let path = self
             .config
             .close_path
-            .replace("{conversationId}", &encode_segment(live_id));
+            .replace("{conversationId}", &encode_segment(live_id)?);
         self.post_json(&path, &json!({})).await.map(|_| ())
     }
 

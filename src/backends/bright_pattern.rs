@@ -192,7 +192,7 @@ impl BrightPatternClient {
 
     /// `POST /chats/{chat_id}/events`; returns the raw answer when it carries new server events.
     pub async fn send_events(&self, chat_id: &str, events: &[Value]) -> Result<Option<String>, BackendError> {
-        let path = format!("chats/{}/events", encode_segment(chat_id));
+        let path = format!("chats/{}/events", encode_segment(chat_id)?);
         let request = Self::with_body(
             self.request(Method::POST, &path, self.timeout),
             &json!({ "events": events }),
@@ -214,7 +214,7 @@ impl BrightPatternClient {
 
     /// One long poll on `GET /chats/{chat_id}/events`, under `poll_timeout_seconds`.
     pub async fn poll_events(&self, chat_id: &str) -> Result<PollOutcome, BackendError> {
-        let path = format!("chats/{}/events", encode_segment(chat_id));
+        let path = format!("chats/{}/events", encode_segment(chat_id)?);
         let (status, body) = send_and_read(self.request(Method::GET, &path, self.poll_timeout)).await?;
         classify_poll(status, body)
     }

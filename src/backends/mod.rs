@@ -65,8 +65,10 @@ impl BackendError {
     }
 }
 
-/// Maps a reqwest failure; its `Display` hides the cause, so the source chain is appended.
+/// Maps a reqwest failure; its `Display` hides the cause, so the source chain is appended. The URL is
+/// left out: it may carry credentials in its query.
 pub(crate) fn from_reqwest(e: reqwest::Error) -> BackendError {
+    let e = e.without_url();
     if e.is_timeout() {
         return BackendError::Timeout;
     }
@@ -91,19 +93,37 @@ pub fn classify_status(status: u16, body: String) -> Result<String, BackendError
 
 /// Sends a request and reads the whole answer (status and body) under the request's own timeout.
 pub(crate) async fn send_and_read(request: reqwest::RequestBuilder) -> Result<(u16, String), BackendError> {
-    let response = request.send().await.map_err(from_reqwest)?;
+    let mut response = request.send().await.map_err(from_reqwest)?;
     let status = response.status().as_u16();
-    let body = response.text().await.map_err(from_reqwest)?;
-    Ok((status, body))
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(from_reqwest)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(BackendError::Invalid(format!(
+                "the answer (HTTP {status}) is larger than {MAX_RESPONSE_BYTES} bytes; not read further"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// Most bytes of a platform's answer that are read: a peer cannot make the service buffer more.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Joins a base URL and a relative path with exactly one slash between them.
 pub(crate) fn join_url(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
 }
 
-/// Percent-encodes one path segment, so an id from a peer can never add path levels or a query.
-pub(crate) fn encode_segment(segment: &str) -> String {
+/// Percent-encodes one path segment, so an id from a peer can never add path levels or a query. `.`,
+/// `..` and empty segments are refused (URL parsers resolve them, even percent-encoded).
+pub(crate) fn encode_segment(segment: &str) -> Result<String, BackendError> {
+    if matches!(segment, "" | "." | "..") {
+        return Err(BackendError::Permanent {
+            status: 0,
+            body: format!("refusing `{segment}` as a path segment of an outbound call"),
+        });
+    }
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
@@ -112,7 +132,7 @@ pub(crate) fn encode_segment(segment: &str) -> String {
             out.push_str(&format!("%{byte:02X}"));
         }
     }
-    out
+    Ok(out)
 }
 
 /// An attribute value as text for platforms that only take strings; `null` means absent.
@@ -257,7 +277,7 @@ impl Backends {
         // A backend is on only when it has its credentials: with the shipped defaults (public base URLs,
         // empty credentials) the service makes no outbound call at all.
         let aivo: Option<Arc<dyn LiveBackend>> =
-            if config.aivo_live.base_url.trim().is_empty() || config.aivo_live.bot_token.trim().is_empty() {
+            if config.aivo_live.base_url.trim().is_empty() || config.aivo_live.bot_token.is_empty() {
                 None
             } else {
                 Some(Arc::new(AivoLiveClient::new(&config.aivo_live)?))
@@ -267,7 +287,7 @@ impl Backends {
         } else {
             Some(Arc::new(BrightPatternClient::new(&config.bright_pattern)?))
         };
-        let widget = if config.ultimate.api_url.trim().is_empty() || config.ultimate.api_key.trim().is_empty() {
+        let widget = if config.ultimate.api_url.trim().is_empty() || config.ultimate.api_key.is_empty() {
             None
         } else {
             Some(UltimateWidgetClient::new(&config.ultimate)?)
@@ -383,8 +403,12 @@ mod tests {
 
     #[test]
     fn path_segments_are_percent_encoded_and_urls_joined() {
-        assert_eq!(encode_segment("e169f21f-6f7e_x.y~z"), "e169f21f-6f7e_x.y~z");
-        assert_eq!(encode_segment("a/b?c d"), "a%2Fb%3Fc%20d");
+        assert_eq!(encode_segment("e169f21f-6f7e_x.y~z").unwrap(), "e169f21f-6f7e_x.y~z");
+        assert_eq!(encode_segment("a/b?c d").unwrap(), "a%2Fb%3Fc%20d");
+        assert_eq!(encode_segment("...").unwrap(), "...");
+        for bad in ["", ".", ".."] {
+            assert!(encode_segment(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(join_url("http://h/api/", "/x/y"), "http://h/api/x/y");
         assert_eq!(join_url("http://h/api", "x"), "http://h/api/x");
     }

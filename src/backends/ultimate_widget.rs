@@ -123,7 +123,7 @@ impl UltimateWidgetClient {
         let request = self
             .http
             .post(join_url(&self.config.api_url, path))
-            .header(reqwest::header::AUTHORIZATION, &self.config.api_key)
+            .header(reqwest::header::AUTHORIZATION, self.config.api_key.expose())
             .header("botid", &self.config.bot_id)
             .timeout(self.timeout)
             .json(body);

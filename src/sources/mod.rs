@@ -11,6 +11,7 @@ pub mod bright_pattern;
 pub mod ledger;
 pub mod ultimate;
 pub mod vcc;
+pub mod vcc_crypto;
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
-use crate::model::{Conversation, Message, NewEvent, Platform, QuarantineEntry, StoredEvent, StreamKey};
+use crate::model::{Conversation, Message, NewEvent, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
 /// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id, hash)`.
@@ -103,8 +103,7 @@ pub(crate) const EVENT_INSERT_COLUMNS: &[&str] = &[
     "hash",
 ];
 
-/// The row an event is appended as, at `seq`, with its link in the chain (hex). Every column the log
-/// keeps is built here.
+/// The row an event is appended as, at `seq`, with its chain `hash`. Every column the log keeps is built here.
 pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<Row> {
     Ok(vec![
         Bind::Int(seq),
@@ -122,7 +121,12 @@ pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<R
 }
 
 /// An event appended in this transaction as a reader will see it.
-pub(crate) fn stored_event(seq: i64, event: &NewEvent, conversation_id: Option<Uuid>) -> StoreResult<StoredEvent> {
+pub(crate) fn stored_event(
+    seq: i64,
+    event: &NewEvent,
+    conversation_id: Option<Uuid>,
+    hash: Option<String>,
+) -> StoreResult<StoredEvent> {
     Ok(StoredEvent {
         seq,
         event_id: event.event_id,
@@ -134,8 +138,7 @@ pub(crate) fn stored_event(seq: i64, event: &NewEvent, conversation_id: Option<U
         conversation_id,
         headers: event.headers.clone(),
         payload: from_json("payload", &event.payload)?,
-        // Read by the projection only; readers of the log get the stored hash.
-        hash: None,
+        hash,
     })
 }
 
@@ -458,6 +461,42 @@ pub(crate) fn decode_quarantine(row: QuarantineRow) -> StoreResult<QuarantineEnt
         body: body.to_string(),
         body_encoding: body_encoding.to_string(),
     })
+}
+
+/// Columns of a redrive row:
+/// `(quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name)`.
+pub(crate) type RedriveRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A redrive row as the domain type, with the entry it belongs to.
+pub(crate) fn decode_redrive(row: RedriveRow) -> StoreResult<(i64, Redrive)> {
+    let (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key) = row;
+    let uuid = |v: Option<String>| -> StoreResult<Option<Uuid>> {
+        v.map(|v| Uuid::parse_str(&v).map_err(|e| StoreError::Corrupt(format!("bad uuid {v}: {e}"))))
+            .transpose()
+    };
+    Ok((
+        quarantine_id,
+        Redrive {
+            at: from_micros(at)?,
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("bad HTTP status {status}")))?,
+            outcome,
+            error_code,
+            event_id: uuid(event_id)?,
+            seq,
+            conversation_id: uuid(conversation_id)?,
+            key,
+        },
+    ))
 }
 
 /// Standard base64 with padding (RFC 4648), for quarantined bodies that are not UTF-8.

@@ -6,6 +6,8 @@
 mod chained;
 mod codec;
 mod erasing;
+mod keys;
+mod quarantine;
 mod sql;
 
 use std::collections::BTreeSet;
@@ -19,8 +21,12 @@ use uuid::Uuid;
 use crate::chain::{ChainHead, ChainRow};
 use crate::config::SlaConfig;
 use crate::erasure::{ErasureCertificate, ErasureTarget};
-use crate::model::{AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent};
+use crate::model::{
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent,
+};
 
+pub use keys::KeyStore;
+pub use quarantine::QuarantineStore;
 pub use sql::{PostgresStore, SqliteStore};
 
 /// Store failures. Every one of them means "unavailable, retry" to a webhook sender.
@@ -105,10 +111,10 @@ pub struct ReplayStats {
     pub conversations: u64,
 }
 
-/// The event log and projections.
+/// The event log and projections (and the API keys, [`KeyStore`], and the quarantine's limits, [`QuarantineStore`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Applies this backend's migrations, then gives events stored before the hash chain their hashes.
+pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
+    /// Applies this backend's migrations.
     async fn migrate(&self) -> StoreResult<()>;
 
     /// Rebuilds the projections of conversations an earlier version projected (they keep no fold
@@ -129,6 +135,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Refused deliveries, newest first, ids below `before` when given.
     async fn list_quarantine(&self, limit: u32, before: Option<i64>) -> StoreResult<Vec<QuarantineEntry>>;
+
+    /// The kept bytes of a refused delivery (for a redrive; see `QuarantineSummary::body_truncated`).
+    async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>>;
+
+    /// The redrives of these quarantine entries, oldest first, each with its entry's id.
+    async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>>;
+
+    async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()>;
 
     /// The conversation an id (or an id absorbed by a merge) resolves to.
     async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>>;

@@ -34,7 +34,7 @@ use super::{
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent, StreamKey,
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent, StreamKey,
 };
 use crate::projection::{self, FoldState, LogExtent};
 
@@ -67,12 +67,24 @@ const SQL_GET_CONVERSATION: &str = "SELECT doc FROM conversations WHERE id = \
 const SQL_RESOLVE_CONVERSATION: &str = "SELECT id FROM conversations WHERE id = \
      COALESCE((SELECT a.survivor_id FROM aliases a WHERE a.absorbed_id = $1), $1)";
 const SQL_INSERT_QUARANTINE: &str = "INSERT INTO quarantine \
-     (received_at, path, platform, error_code, error_message, status, headers, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+     (received_at, path, platform, error_code, error_message, status, headers, body, body_size, body_sha256) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
 const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error_code, error_message, status, \
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
      status, headers, body FROM quarantine WHERE id < $2 ORDER BY id DESC LIMIT $1";
+const SQL_GET_QUARANTINE_BODY: &str = "SELECT body FROM quarantine WHERE id = $1";
+const SQL_INSERT_REDRIVE: &str = "INSERT INTO quarantine_redrives \
+     (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+fn redrives_of_sql(n: usize) -> String {
+    format!(
+        "SELECT quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name \
+         FROM quarantine_redrives WHERE quarantine_id IN ({}) ORDER BY id",
+        placeholders(1, n)
+    )
+}
 const SQL_GET_CHECKPOINT: &str = "SELECT value FROM checkpoints WHERE name = $1";
 const SQL_SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, value) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -195,7 +207,7 @@ struct Pending {
 /// map of every stream it names, read once and kept current as it files, links and merges, and
 /// the rows waiting to be inserted. The database is only asked about what the map lacks.
 #[derive(Default)]
-struct Filing {
+pub(super) struct Filing {
     /// `None`: known not to be filed yet.
     streams: HashMap<StreamKey, Option<Uuid>>,
     /// Absorbed id -> survivor for the service's own stream ids (`None`: not absorbed).
@@ -791,7 +803,7 @@ macro_rules! sql_store {
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
                 let mut filing = Self::load_filing(conn, &keys).await?;
-                let mut appended: Vec<(i64, &NewEvent)> = Vec::new();
+                let mut appended: Vec<(i64, &NewEvent, String)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
                     let mut filed = Vec::with_capacity(group.len());
@@ -821,10 +833,11 @@ macro_rules! sql_store {
                                 payload_sha256: chain::payload_sha256(&event.payload),
                             },
                         );
-                        filing.events.push(codec::event_row(seq, event, &chain::to_hex(&prev))?);
+                        let hash = chain::to_hex(&prev);
+                        filing.events.push(codec::event_row(seq, event, &hash)?);
                         let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
                         known.insert(event.event_id, (seq, stream.clone()));
-                        appended.push((seq, event));
+                        appended.push((seq, event, hash));
                         filed.push(Pending {
                             event_id: event.event_id,
                             seq,
@@ -837,14 +850,14 @@ macro_rules! sql_store {
                 Self::flush(conn, &mut filing).await?;
                 // Each new event joins the increment of the conversation its stream ends up in.
                 let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
-                for (seq, event) in appended {
+                for (seq, event, hash) in appended {
                     let Some(Some(conversation)) = filing.streams.get(&event.stream).copied() else {
                         continue;
                     };
                     increments
                         .entry(conversation)
                         .or_default()
-                        .push(codec::stored_event(seq, event, Some(conversation))?);
+                        .push(codec::stored_event(seq, event, Some(conversation), Some(hash))?);
                 }
                 for survivor in &filing.merged {
                     increments.entry(*survivor).or_default();
@@ -974,6 +987,8 @@ macro_rules! sql_store {
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
+                // At most the first 64 KiB are kept, with the whole body's size and SHA-256.
+                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body);
                 let (id,): (i64,) = sqlx::query_as(SQL_INSERT_QUARANTINE)
                     .bind(codec::to_micros(entry.received_at))
                     .bind(&entry.path)
@@ -982,7 +997,9 @@ macro_rules! sql_store {
                     .bind(&entry.error_message)
                     .bind(i64::from(entry.status))
                     .bind(codec::to_json("headers", &entry.headers)?)
-                    .bind(&entry.body)
+                    .bind(kept)
+                    .bind(size)
+                    .bind(sha)
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(id)
@@ -1001,6 +1018,40 @@ macro_rules! sql_store {
                     None => sqlx::query_as(SQL_LIST_QUARANTINE).bind(limit).fetch_all(&self.pool).await?,
                 };
                 rows.into_iter().map(codec::decode_quarantine).collect()
+            }
+
+            async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as(SQL_GET_QUARANTINE_BODY).bind(id).fetch_optional(&self.pool).await?;
+                Ok(row.map(|(body,)| body))
+            }
+
+            async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = redrives_of_sql(ids.len());
+                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&self.pool).await?.into_iter().map(codec::decode_redrive).collect()
+            }
+
+            async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()> {
+                sqlx::query(SQL_INSERT_REDRIVE)
+                    .bind(quarantine_id)
+                    .bind(codec::to_micros(redrive.at))
+                    .bind(i64::from(redrive.status))
+                    .bind(&redrive.outcome)
+                    .bind(&redrive.error_code)
+                    .bind(redrive.event_id.map(|id| id.to_string()))
+                    .bind(redrive.seq)
+                    .bind(redrive.conversation_id.map(|id| id.to_string()))
+                    .bind(&redrive.key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>> {

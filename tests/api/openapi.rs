@@ -37,6 +37,9 @@ fn every_route_is_documented() {
         "/v1/conversations/{id}/handoff",
         "/v1/events",
         "/v1/quarantine",
+        "/v1/quarantine/{id}",
+        "/v1/keys",
+        "/v1/keys/{name}",
         "/healthz",
         "/readyz",
     ] {
@@ -49,7 +52,11 @@ fn every_route_is_documented() {
         "StoredEvent",
         "ErrorBody",
         "Accepted",
-        "QuarantineEntry",
+        "QuarantineSummary",
+        "QuarantineDetail",
+        "KeyInfo",
+        "CreatedKey",
+        "Scope",
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing");
     }

@@ -5,10 +5,18 @@ use serde_json::{json, Value};
 use crate::helpers::{fixture, spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_both_stores;
 
+/// The quarantine, newest first, each entry with its body (lists carry metadata only).
 async fn quarantine(app: &TestApp) -> Vec<Value> {
     let (status, body) = app.get_json("/v1/quarantine").await;
     assert_eq!(status, 200);
-    body["items"].as_array().cloned().unwrap_or_default()
+    let mut entries = Vec::new();
+    for item in body["items"].as_array().cloned().unwrap_or_default() {
+        assert!(item.get("body").is_none(), "a list carries no body: {item}");
+        let (status, entry) = app.get_json(&format!("/v1/quarantine/{}", item["id"])).await;
+        assert_eq!(status, 200);
+        entries.push(entry);
+    }
+    entries
 }
 
 async fn event_count(app: &TestApp) -> usize {
