@@ -294,7 +294,13 @@ mod tests {
             ),
             stored(
                 3,
-                crate::sources::ledger::api_message(id, Party::Visitor, "call +1 555 0100", None, at() + chrono::Duration::seconds(7)),
+                crate::sources::ledger::api_message(
+                    id,
+                    Party::Visitor,
+                    "call +1 555 0100",
+                    None,
+                    at() + chrono::Duration::seconds(7),
+                ),
             ),
             aivo_event(
                 4,
@@ -336,14 +342,24 @@ mod tests {
         let after = crate::projection::project(id, &streams, &erased, &sla).unwrap();
 
         let metrics = |c: &crate::model::Conversation| {
-            (c.state, c.disposition, c.sla_status, c.handoffs.clone(), c.message_counts.clone(), c.agents.clone())
+            (
+                c.state,
+                c.disposition,
+                c.sla_status,
+                c.handoffs.clone(),
+                c.message_counts.clone(),
+                c.agents.clone(),
+            )
         };
         assert_eq!(metrics(&after.conversation), metrics(&original.conversation));
         assert_eq!(after.conversation.first_response_seconds, Some(4.0));
         assert_eq!(after.messages.len(), original.messages.len());
         for (a, o) in after.messages.iter().zip(&original.messages) {
             assert_eq!((a.seq, a.at, a.party, a.kind), (o.seq, o.at, o.party, o.kind));
-            assert_eq!((a.text.as_deref(), a.author.as_deref(), a.url.as_deref()), (None, None, None));
+            assert_eq!(
+                (a.text.as_deref(), a.author.as_deref(), a.url.as_deref()),
+                (None, None, None)
+            );
         }
         assert!(original.messages.iter().any(|m| m.author.as_deref() == Some("Tomas")));
 
