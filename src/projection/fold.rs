@@ -42,7 +42,7 @@ pub enum Refold {
     PartyJoinedLate,
     /// A relay names an echo already folded as a transcript line.
     EchoAlreadyFolded,
-    /// An erasure (`ledger.erased`): earlier facts and lines are replaced by the facts it kept.
+    /// An erasure: its kept facts replace those of events already folded, their lines lose their texts.
     Erased,
 }
 
@@ -107,7 +107,7 @@ pub struct FoldState {
     /// Span of every event folded, facts or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     extent: Option<LogExtent>,
-    /// Seqs of events an erasure covered: their lines keep party, kind and time only.
+    /// Seqs of erased events: their transcript lines keep party, kind and time only.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     erased: BTreeSet<i64>,
 }

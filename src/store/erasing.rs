@@ -157,13 +157,17 @@ macro_rules! erasing_store {
                 let conversation = match target {
                     ErasureTarget::Conversation(id) => {
                         let id = Self::resolve(conn, *id).await?;
-                        if !Self::conversation_exists(conn, &Filing::default(), id).await? {
+                        if !Self::conversation_exists(conn, &super::sql::Filing::default(), id).await? {
                             return Ok(None);
                         }
                         id
                     }
-                    ErasureTarget::Stream(stream) => match Self::stream_conversation(conn, &mut Filing::default(), stream)
-                        .await?
+                    ErasureTarget::Stream(stream) => match Self::stream_conversation(
+                        conn,
+                        &mut super::sql::Filing::default(),
+                        stream,
+                    )
+                    .await?
                     {
                         Some(id) => id,
                         None => return Ok(None),
