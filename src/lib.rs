@@ -8,14 +8,12 @@
 pub mod analytics;
 pub mod api;
 pub mod auth;
-pub mod backends;
 pub mod chain;
 pub mod config;
 pub mod erasure;
-pub mod handoff;
+pub mod ingest;
 pub mod model;
-pub mod outbox;
-pub mod poller;
+pub mod outbound;
 pub mod projection;
 pub mod quarantine;
 pub mod retention;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::api::{self, AppState};
 use crate::auth::{KeyRing, OpenAccess};
 use crate::config::Config;
-use crate::handoff::Handoff;
+use crate::outbound::Outbound;
 use crate::store;
 use crate::writer::Writer;
 
@@ -61,21 +61,23 @@ impl Application {
         }
         warn_open_webhooks(&config, access);
         let config = Arc::new(config);
-        let handoff =
-            Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
+        let outbound =
+            Outbound::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
         // Before the server accepts anything: the outbox re-sends what was pending at this point only.
-        handoff.start().await.context("starting the outbox")?;
+        outbound.start().await.context("starting the outbox")?;
         crate::retention::spawn(store.clone(), writer.clone(), config.retention.clone());
         // The ClickHouse sink tails the log in the background (it applies its own migrations and
         // backs off while ClickHouse is down; ingestion never waits for it).
         let analytics = crate::analytics::start(&config, store.clone(), writer.committed()).map(|(a, _task)| a);
         let keys = Arc::new(KeyRing::new(store.clone(), access));
         crate::quarantine::spawn_retention(store.clone(), config.retention.clone());
+        let ingest = crate::ingest::Pipeline::new(store.clone(), writer.clone(), config.clone());
         let state = AppState {
             store,
             writer,
             config,
-            handoff,
+            ingest,
+            outbound,
             keys,
         };
         let data = web::Data::new(state.clone());

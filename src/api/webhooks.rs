@@ -1,12 +1,17 @@
-//! Inbound webhooks. Each handler is a short script: check the token, read the body within the
-//! limit, parse (pure), hand the events to the writer, answer after commit. Refused deliveries
-//! (400/422) are kept in the quarantine before the answer goes out.
+//! Inbound webhooks. Each endpoint is a row of [`Webhook`] (platform, token, query-parameter names,
+//! parser); its token is checked by the [`Verified`] extractor before the handler runs, and the handler
+//! hands the body to the inbound pipeline ([`crate::ingest`]: parse, quarantine a refusal, append,
+//! relay) and answers after commit. Refused deliveries (400/422) are kept in the quarantine before the
+//! answer goes out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::{ready, Ready};
+use std::marker::PhantomData;
 
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::web::{self, BytesMut};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,9 +23,11 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::config::Tokens;
-use crate::model::{AppendOutcome, NewQuarantine, Platform};
-use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::config::{Config, Tokens};
+use crate::ingest::{Inbound, Ingested, ParseFn};
+use crate::model::{AppendOutcome, Platform};
+use crate::outbound::actions::SessionVariable;
+use crate::sources::{self, PayloadError};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -84,24 +91,22 @@ pub struct ActionResult {
     pub sanitize: Option<bool>,
 }
 
+impl From<SessionVariable> for ActionResult {
+    fn from(v: SessionVariable) -> Self {
+        ActionResult {
+            key: v.key,
+            value: v.value,
+            sanitize: None,
+        }
+    }
+}
+
 /// The actions webhook answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ActionResults {
     /// Session variables for the bot.
     pub results: Vec<ActionResult>,
 }
-
-/// What a delivery became.
-pub struct Ingested {
-    /// The parsed body.
-    pub value: Value,
-    /// The parsed events.
-    pub parsed: Parsed,
-    /// What the writer answered.
-    pub outcomes: Vec<AppendOutcome>,
-}
-
-type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
 /// Checks a platform's webhook token: `Authorization: Bearer <token>` (scheme case-insensitive) or
 /// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
@@ -179,130 +184,160 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body.to_vec())
 }
 
-/// The common path of every webhook: token, body, parse, quarantine on refusal, append.
-pub async fn ingest(
+/// One webhook endpoint: who sends it, how its token is configured and passed, how its body is parsed.
+pub struct Endpoint {
+    /// The sending platform.
+    pub platform: Platform,
+    /// The accepted tokens.
+    pub tokens: fn(&Config) -> &Tokens,
+    /// Query parameters that may carry the token when no `Authorization: Bearer` is sent.
+    pub query_names: &'static [&'static str],
+    /// The platform's parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+}
+
+/// A webhook endpoint, named by a type so that its token check is an extractor ([`Verified`]).
+pub trait Webhook: 'static {
+    /// Its row of the table.
+    const ENDPOINT: Endpoint;
+}
+
+/// `POST /webhooks/ultimate/converse`.
+pub struct UltimateConverse;
+/// `POST /webhooks/ultimate/actions`.
+pub struct UltimateActions;
+/// `POST /webhooks/aivo-live`.
+pub struct AivoLive;
+/// `POST /webhooks/vcc/chat`.
+pub struct VccChat;
+/// `POST /webhooks/bright-pattern/{chat_id}`.
+pub struct BrightPattern;
+
+fn ultimate_tokens(c: &Config) -> &Tokens {
+    &c.ultimate.webhook_token
+}
+fn aivo_live_tokens(c: &Config) -> &Tokens {
+    &c.aivo_live.webhook_token
+}
+fn vcc_tokens(c: &Config) -> &Tokens {
+    &c.vcc.secret_key
+}
+fn bright_pattern_tokens(c: &Config) -> &Tokens {
+    &c.bright_pattern.webhook_token
+}
+
+// The table: platform, token, query-parameter names, parser, several events per body.
+impl Webhook for UltimateConverse {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::Ultimate,
+        tokens: ultimate_tokens,
+        query_names: &["token"],
+        parse: sources::ultimate::parse,
+        multi: false,
+    };
+}
+impl Webhook for UltimateActions {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::Ultimate,
+        tokens: ultimate_tokens,
+        query_names: &["token"],
+        parse: sources::ultimate::parse_action,
+        multi: false,
+    };
+}
+impl Webhook for AivoLive {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::AivoLive,
+        tokens: aivo_live_tokens,
+        query_names: &["token"],
+        parse: sources::aivo_live::parse,
+        multi: false,
+    };
+}
+impl Webhook for VccChat {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::Vcc,
+        tokens: vcc_tokens,
+        query_names: &["secret-key", "token"],
+        parse: sources::vcc::parse,
+        multi: true,
+    };
+}
+impl Webhook for BrightPattern {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::BrightPattern,
+        tokens: bright_pattern_tokens,
+        query_names: &["token"],
+        parse: sources::bright_pattern::parse,
+        multi: true,
+    };
+}
+
+/// Proof that a request carries a valid token for webhook `W`: a handler taking it cannot run otherwise.
+pub struct Verified<W: Webhook>(PhantomData<W>);
+
+impl<W: Webhook> FromRequest for Verified<W> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let checked = match req.app_data::<web::Data<AppState>>() {
+            Some(state) => check_token(
+                req,
+                (W::ENDPOINT.tokens)(&state.config),
+                W::ENDPOINT.query_names,
+                state.keys.access().webhooks_open_without_token(),
+            ),
+            None => Err(ApiError::Unexpected(anyhow::anyhow!(
+                "the application state is missing"
+            ))),
+        };
+        ready(checked.map(|()| Verified(PhantomData)))
+    }
+}
+
+/// The status a webhook answers a refused body with (kept with it in the quarantine).
+fn refusal_status(error: &PayloadError) -> u16 {
+    ApiError::from(error.clone()).status_code().as_u16()
+}
+
+/// Reads a verified webhook's body and runs it through the inbound pipeline.
+async fn ingest<W: Webhook>(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    platform: Platform,
-    token: (&Tokens, &[&str]),
-    parse: ParseFn,
+    _: Verified<W>,
 ) -> Result<Ingested, ApiError> {
-    check_token(req, token.0, token.1, state.keys.access().webhooks_open_without_token())?;
     let received_at = Utc::now();
-    let raw = read_body_within(state, req, payload).await?;
-    let mut headers = kept_headers(req);
-    // The quarantine keeps what was sent (an encrypted body stays encrypted there).
-    let decrypted = match decrypt_body(state, req, platform, &raw, &mut headers) {
-        Ok(decrypted) => decrypted,
-        Err(error) => {
-            quarantine(state, req, platform, &error, headers, raw).await?;
-            return Err(error);
-        }
-    };
-    let body: &[u8] = decrypted.as_deref().unwrap_or(&raw);
-    let idempotency_key = headers.get("idempotency-key").cloned();
-    let path_id = req.match_info().get("chat_id").map(str::to_string);
-    let delivery = Delivery {
-        received_at: sources::truncate_to_micros(received_at),
-        headers: headers.clone(),
-        idempotency_key: idempotency_key.as_deref(),
-        path_id: path_id.as_deref(),
-    };
-    let parsed = sources::parse_json(body).and_then(|value| {
-        // parse_json succeeded, so the body is UTF-8.
-        let text = String::from_utf8_lossy(body);
-        parse(&text, &value, &delivery).map(|parsed| (value, parsed))
-    });
-    let (value, parsed) = match parsed {
-        Ok(ok) => ok,
-        Err(e) => {
-            let error = ApiError::from(e);
-            quarantine(state, req, platform, &error, headers, raw).await?;
-            return Err(error);
-        }
-    };
-    let outcomes = super::append(state, parsed.events.clone()).await?;
-    Ok(Ingested {
-        value,
-        parsed,
-        outcomes,
-    })
-}
-
-/// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
-pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
-
-/// VCC Live's encrypted bodies: with `?iv=<hex>` the body is base64 AES-256-CTR under
-/// `vcc.encryption_key`; the decrypted body is returned and the fact kept in the stored headers.
-/// None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
-fn decrypt_body(
-    state: &AppState,
-    req: &HttpRequest,
-    platform: Platform,
-    body: &[u8],
-    headers: &mut BTreeMap<String, String>,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    if platform != Platform::Vcc {
-        return Ok(None);
-    }
+    let body = read_body_within(state, req, payload).await?;
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
-    let Some(iv) = query.get("iv") else {
-        return Ok(None);
-    };
-    let key = &state.config.vcc.encryption_key;
-    if key.is_empty() {
-        return Err(ApiError::InvalidJson(
-            "the body is encrypted (`iv` given) but vcc.encryption_key is not set".into(),
-        ));
-    }
-    // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
-    let key =
-        sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(|m| ApiError::Unexpected(anyhow::anyhow!(m)))?;
-    let plain = sources::vcc_crypto::decrypt(&key, iv, body)?;
-    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
-    Ok(Some(plain))
-}
-
-async fn quarantine(
-    state: &AppState,
-    req: &HttpRequest,
-    platform: Platform,
-    error: &ApiError,
-    headers: BTreeMap<String, String>,
-    body: Vec<u8>,
-) -> Result<(), ApiError> {
-    use actix_web::ResponseError;
-    let detail = error.body().error;
-    let entry = NewQuarantine {
-        received_at: Utc::now(),
-        path: req.path().to_string(),
-        platform: Some(platform),
-        error_code: detail.code,
-        error_message: detail.message,
-        status: error.status_code().as_u16(),
-        headers,
+    let inbound = Inbound {
+        platform: W::ENDPOINT.platform,
+        origin: req.path().to_string(),
+        received_at,
+        headers: kept_headers(req),
         body,
+        path_id: req.match_info().get("chat_id").map(str::to_string),
+        encryption_iv: query.get("iv").cloned(),
+        parse: W::ENDPOINT.parse,
+        answered: Some(refusal_status),
     };
-    super::quarantine(state, entry).await?;
-    Ok(())
+    Ok(state.ingest.receive(inbound, &state.outbound).await?)
 }
 
-/// The whole script of a webhook answered with its append outcome: ingest, relay, answer.
-async fn receive(
+/// The whole script of a webhook answered with its append outcome: ingest (and relay), answer.
+async fn receive<W: Webhook>(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    platform: Platform,
-    token: (&Tokens, &[&str]),
-    parse: ParseFn,
-    multi: bool,
+    verified: Verified<W>,
 ) -> Result<HttpResponse, ApiError> {
-    let ingested = ingest(state, req, payload, platform, token, parse).await?;
-    crate::handoff::after_append(state, &ingested).await;
-    Ok(answer(&ingested, multi))
+    let ingested = ingest(state, req, payload, verified).await?;
+    Ok(answer(&ingested, W::ENDPOINT.multi))
 }
 
 fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
@@ -336,19 +371,11 @@ fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
 )]
 pub async fn ultimate_converse(
     state: web::Data<AppState>,
+    verified: Verified<UltimateConverse>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.ultimate.webhook_token.clone();
-    let ingested = ingest(
-        &state,
-        &req,
-        payload,
-        Platform::Ultimate,
-        (&token, &["token"]),
-        sources::ultimate::parse,
-    )
-    .await?;
+    let ingested = ingest(&state, &req, payload, verified).await?;
     let kind = ingested
         .parsed
         .events
@@ -358,18 +385,18 @@ pub async fn ultimate_converse(
     match kind {
         "ultimate.is_team_online" => {
             let team = sources::ultimate::team_of(&ingested.value);
-            let is_online = crate::handoff::team_online(&state, team.as_deref()).await;
+            let is_online = state.outbound.team_online(team.as_deref()).await;
             Ok(HttpResponse::Ok().json(TeamOnline { is_online }))
         }
         "ultimate.escalate" => {
             let team = sources::ultimate::team_of(&ingested.value);
-            crate::handoff::escalate_sync(&state, &ingested, team.as_deref()).await?;
+            state
+                .outbound
+                .escalate_appended(&ingested.outcomes, team.as_deref())
+                .await?;
             Ok(answer(&ingested, false))
         }
-        _ => {
-            crate::handoff::after_append(&state, &ingested).await;
-            Ok(answer(&ingested, false))
-        }
+        _ => Ok(answer(&ingested, false)),
     }
 }
 
@@ -392,22 +419,15 @@ pub async fn ultimate_converse(
 )]
 pub async fn ultimate_actions(
     state: web::Data<AppState>,
+    verified: Verified<UltimateActions>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.ultimate.webhook_token.clone();
-    let ingested = ingest(
-        &state,
-        &req,
-        payload,
-        Platform::Ultimate,
-        (&token, &["token"]),
-        sources::ultimate::parse_action,
-    )
-    .await?;
+    let ingested = ingest(&state, &req, payload, verified).await?;
     let action = sources::ultimate::action_request(&ingested.value)?;
     let conversation_id = ingested.outcomes.last().and_then(|o| o.conversation_id);
-    let results = crate::handoff::run_action(&state, &action, conversation_id).await?;
+    let results = state.outbound.run_action(&action, conversation_id).await?;
+    let results = results.into_iter().map(ActionResult::from).collect();
     Ok(HttpResponse::Ok().json(ActionResults { results }))
 }
 
@@ -428,20 +448,11 @@ pub async fn ultimate_actions(
 )]
 pub async fn aivo_live(
     state: web::Data<AppState>,
+    verified: Verified<AivoLive>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.aivo_live.webhook_token.clone();
-    receive(
-        &state,
-        &req,
-        payload,
-        Platform::AivoLive,
-        (&token, &["token"]),
-        sources::aivo_live::parse,
-        false,
-    )
-    .await
+    receive(&state, &req, payload, verified).await
 }
 
 /// VCC Live chat webhook: one closed chat with its whole transcript.
@@ -460,12 +471,11 @@ pub async fn aivo_live(
 )]
 pub async fn vcc_chat(
     state: web::Data<AppState>,
+    verified: Verified<VccChat>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.vcc.secret_key.clone();
-    let token = (&token, &["secret-key", "token"][..]);
-    receive(&state, &req, payload, Platform::Vcc, token, sources::vcc::parse, true).await
+    receive(&state, &req, payload, verified).await
 }
 
 /// Bright Pattern chat events for one chat: `{"events": [...]}` or one event object.
@@ -488,19 +498,9 @@ pub async fn vcc_chat(
 )]
 pub async fn bright_pattern(
     state: web::Data<AppState>,
+    verified: Verified<BrightPattern>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.bright_pattern.webhook_token.clone();
-    let token = (&token, &["token"][..]);
-    receive(
-        &state,
-        &req,
-        payload,
-        Platform::BrightPattern,
-        token,
-        sources::bright_pattern::parse,
-        true,
-    )
-    .await
+    receive(&state, &req, payload, verified).await
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::backends::{BackendError, BrightPatternClient, PollOutcome};
-use crate::outbox::RetryPolicy;
+use super::clients::{BackendError, BrightPatternClient, PollOutcome};
+use super::runner::RetryPolicy;
 
 /// Where polled events go.
 #[async_trait]
