@@ -411,6 +411,11 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Password.
     pub password: Secret,
+    /// Connecting to ClickHouse gives up after this, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// A report query gives up after this, milliseconds, and the report is read from the store instead
+    /// (unless `source=clickhouse` was asked for: then 503).
+    pub query_timeout_ms: u64,
 }
 
 impl Default for ClickHouseConfig {
@@ -420,6 +425,8 @@ impl Default for ClickHouseConfig {
             database: "handoff".into(),
             user: "default".into(),
             password: Secret::default(),
+            connect_timeout_ms: 2_000,
+            query_timeout_ms: 10_000,
         }
     }
 }

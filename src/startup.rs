@@ -86,6 +86,7 @@ impl Application {
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(actix_web::middleware::from_fn(api::auth::require_key))
+                .wrap(actix_web::middleware::from_fn(api::limits::body_deadline))
                 .app_data(data.clone());
             if let Some(analytics) = &analytics {
                 app = app.app_data(analytics.clone());

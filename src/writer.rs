@@ -263,4 +263,29 @@ mod tests {
         .await;
         assert_eq!(boom, Err("projection bug on conversation 42".to_string()));
     }
+
+    #[test]
+    fn a_delivery_that_panicked_is_kept_as_sent() {
+        use crate::model::{Platform, StreamKey};
+        let event = NewEvent {
+            event_id: uuid::Uuid::new_v4(),
+            stream: StreamKey {
+                platform: Platform::AivoLive,
+                external_id: "room-1".into(),
+            },
+            kind: "aivo_live.attended".into(),
+            occurred_at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+            payload: r#"{"name":"attended","roomId":"room-1"}"#.into(),
+            headers: [("user-agent".to_string(), "aivo".to_string())].into(),
+            links: vec![],
+        };
+        let entry = panicked_delivery(std::slice::from_ref(&event), "index out of bounds").unwrap();
+        assert_eq!(entry.body, event.payload.as_bytes());
+        assert_eq!(entry.platform, Some(Platform::AivoLive));
+        assert_eq!(entry.error_code, "projection_failed");
+        assert!(entry.error_message.contains("index out of bounds"));
+        assert_eq!(entry.headers, event.headers);
+        assert!(panicked_delivery(&[], "x").is_none());
+    }
 }

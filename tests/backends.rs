@@ -213,6 +213,29 @@ async fn aivo_queue_failures_are_classified() {
 }
 
 #[tokio::test]
+async fn an_answer_larger_than_the_cap_is_not_read() {
+    let huge = "x".repeat(handoff_ledger::outbound::clients::MAX_RESPONSE_BYTES + 1);
+    let e = aivo_queue_against(ResponseTemplate::new(200).set_body_string(huge))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, BackendError::Invalid(m) if m.contains("larger than")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_from_a_peer_never_reach_the_platform() {
+    let server = MockServer::start().await;
+    let client = AivoLiveClient::new(&aivo_config(&server)).unwrap();
+    for bad in ["..", ".", ""] {
+        let e = client.send_visitor_message(bad, "m-1", "hi").await.unwrap_err();
+        assert!(!e.is_transient(), "{e:?}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn aivo_slow_answer_is_a_timeout() {
     let started = Instant::now();
     let e = aivo_queue_against(

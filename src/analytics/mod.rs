@@ -84,7 +84,15 @@ impl Analytics {
 pub(crate) fn client_for(config: &ClickHouseConfig) -> Client {
     // LZ4 framing over HTTP (`compress=1`) is understood by 18.16 and current servers alike, but plain bodies
     // keep error messages readable and the volumes here are small.
-    let mut client = Client::default()
+    // The crate's default HTTP client (TCP keep-alive, a pool idle time under ClickHouse's own 3 s),
+    // plus a connect timeout (`clickhouse.connect_timeout_ms`).
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    connector.set_connect_timeout(Some(std::time::Duration::from_millis(config.connect_timeout_ms.max(1))));
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build(connector);
+    let mut client = Client::with_http_client(http)
         .with_url(config.url.clone())
         .with_compression(clickhouse::Compression::None);
     if !config.user.is_empty() {

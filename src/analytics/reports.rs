@@ -802,6 +802,55 @@ pub async fn csv_rows_from_store(
         .collect())
 }
 
+/// The CSV's header line.
+pub fn csv_header_bytes() -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(CSV_HEADER)?;
+    writer.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// CSV lines of some rows (in the order given), cells neutralised like [`conversations_csv`]'s.
+pub fn csv_rows_bytes(rows: &[ConversationRow]) -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        writer.write_record(csv_record(r).into_iter().map(crate::transcript::neutralise_csv_cell))?;
+    }
+    writer.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// How much of `started_at` the streamed CSV reads from the store at once: memory holds one window's
+/// conversations, never the whole range.
+pub const CSV_STORE_WINDOW: Duration = Duration::hours(1);
+
+/// The store's CSV rows of one window `[from, to)`, in the CSV's order (`started_at`, then id).
+pub async fn csv_window_from_store(
+    store: &dyn Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> StoreResult<Vec<ConversationRow>> {
+    let mut rows = csv_rows_from_store(store, from, to).await?;
+    rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
+    Ok(rows)
+}
+
+/// A cursor over ClickHouse's CSV rows (`started_at` in `[since, until)`), in the CSV's order.
+pub fn csv_cursor_from_clickhouse(
+    analytics: &Analytics,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> AnalyticsResult<clickhouse::query::RowCursor<ConversationRow>> {
+    Ok(analytics
+        .client()
+        .query(
+            "SELECT ?fields FROM conversations FINAL \
+             WHERE deleted = 0 AND started_at >= toDateTime(?, 'UTC') AND started_at < toDateTime(?, 'UTC') \
+             ORDER BY started_at, conversation_id",
+        )
+        .bind(epoch(Some(since)))
+        .bind(u32::try_from(until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0)).unwrap_or(u32::MAX))
+        .fetch::<ConversationRow>()?)
+}
+
 /// Conversation rows for the CSV from ClickHouse (`started_at` in `[since, until)`, whole seconds).
 pub async fn csv_rows_from_clickhouse(
     analytics: &Analytics,

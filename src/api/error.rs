@@ -243,10 +243,16 @@ pub fn path_error_handler(err: actix_web::error::PathError, _req: &actix_web::Ht
 }
 
 /// The JSON error for bad JSON bodies of the API's own commands.
-pub fn json_error_handler(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error_handler(err: actix_web::error::JsonPayloadError, req: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     match err {
         J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(limit).into(),
+        J::Payload(e) if super::limits::is_body_timeout(&e) => {
+            let millis = req
+                .app_data::<actix_web::web::Data<super::AppState>>()
+                .map_or(0, |s| s.config.server.body_timeout_ms);
+            ApiError::RequestTimeout(millis).into()
+        }
         J::Deserialize(e) if e.is_data() => ApiError::InvalidPayload {
             message: e.to_string(),
             field: String::new(),

@@ -5,6 +5,7 @@ pub mod conversations;
 pub mod erasures;
 pub mod error;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod openapi;
 pub mod reports;

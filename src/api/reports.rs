@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use super::error::{ApiError, ErrorBody};
 use crate::analytics::reports::{
-    self, conversations_csv, DispositionReport, ParamError, ReportParams, ReportQuery, ReportSource, SlaReport,
+    self, DispositionReport, ParamError, ReportParams, ReportQuery, ReportSource, SlaReport,
 };
 use crate::analytics::{Analytics, AnalyticsResult};
 use crate::api::AppState;
@@ -60,7 +60,7 @@ fn parse(req: &HttpRequest, analytics: &Option<web::Data<Analytics>>) -> Result<
 }
 
 /// Reads a report from ClickHouse when that is the source (falling back to the store when ClickHouse fails
-/// and the caller did not force it), else from the store.
+/// or does not answer within `clickhouse.query_timeout_ms`, unless the caller forced it), else from the store.
 async fn read<T, C, CF, S, SF>(
     request: &Request,
     analytics: &Option<web::Data<Analytics>>,
@@ -74,11 +74,20 @@ where
     SF: Future<Output = Result<T, crate::store::StoreError>>,
 {
     if let (ReportSource::Clickhouse, Some(a)) = (request.source, analytics.clone()) {
-        match from_clickhouse(a).await {
-            Ok(rows) => return Ok((ReportSource::Clickhouse, rows)),
-            Err(e) if request.forced => return Err(unavailable("ClickHouse", e)),
-            Err(e) => tracing::warn!(error = %e, "ClickHouse report failed; reading the store"),
+        // A query that takes too long counts as a failure: the report is read from the store instead.
+        let limit = std::time::Duration::from_millis(a.config().query_timeout_ms.max(1));
+        let failure = match tokio::time::timeout(limit, from_clickhouse(a)).await {
+            Ok(Ok(rows)) => return Ok((ReportSource::Clickhouse, rows)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within {} ms (clickhouse.query_timeout_ms)",
+                limit.as_millis()
+            ),
+        };
+        if request.forced {
+            return Err(unavailable("ClickHouse", failure));
         }
+        tracing::warn!(error = %failure, "ClickHouse report failed; reading the store");
     }
     let rows = from_store().await.map_err(|e| unavailable("the store", e))?;
     Ok((ReportSource::Store, rows))
@@ -153,7 +162,8 @@ pub async fn dispositions_report(
 }
 
 /// One CSV row per conversation started in `[since, until)` with every metric column; the `X-Report-Source`
-/// header says where it was read.
+/// header says where it was read. The body is streamed: from ClickHouse row by row, from the store one hour
+/// of `started_at` at a time, so no answer is ever held in memory whole.
 #[utoipa::path(
     get,
     path = "/v1/reports/conversations.csv",
@@ -173,16 +183,131 @@ pub async fn conversations_csv_report(
 ) -> Result<HttpResponse, ApiError> {
     let request = parse(&req, &analytics)?;
     let (since, until) = (request.query.since, request.query.until);
-    let (source, mut rows) = read(
-        &request,
-        &analytics,
-        |a| async move { reports::csv_rows_from_clickhouse(&a, since, until).await },
-        || reports::csv_rows_from_store(state.store.as_ref(), since, until),
-    )
-    .await?;
-    let body = conversations_csv(&mut rows).map_err(|e| ApiError::Unexpected(e.into()))?;
-    Ok(HttpResponse::Ok()
+    let header = reports::csv_header_bytes().map_err(|e| ApiError::Unexpected(e.into()))?;
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
+    if let (ReportSource::Clickhouse, Some(a)) = (request.source, analytics.clone()) {
+        let limit = std::time::Duration::from_millis(a.config().query_timeout_ms.max(1));
+        // The first row (or the end) must come within the query timeout, else the store answers.
+        let opened = async {
+            let mut cursor = reports::csv_cursor_from_clickhouse(&a, since, until)?;
+            let first = cursor.next().await?;
+            Ok::<_, crate::analytics::AnalyticsError>((cursor, first))
+        };
+        let failure = match tokio::time::timeout(limit, opened).await {
+            Ok(Ok((cursor, first))) => {
+                tokio::spawn(stream_clickhouse_csv(header, cursor, first, tx));
+                return Ok(csv_response(ReportSource::Clickhouse, rx));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within {} ms (clickhouse.query_timeout_ms)",
+                limit.as_millis()
+            ),
+        };
+        if request.forced {
+            return Err(unavailable("ClickHouse", failure));
+        }
+        tracing::warn!(error = %failure, "ClickHouse CSV failed; reading the store");
+    }
+    // The first window is read before answering, so a store outage is a 503, not a cut-off 200.
+    let store = state.store.clone();
+    let first_end = (since + reports::CSV_STORE_WINDOW).min(until);
+    let first = reports::csv_window_from_store(store.as_ref(), since, first_end)
+        .await
+        .map_err(|e| unavailable("the store", e))?;
+    tokio::spawn(stream_store_csv(header, store, first, first_end, until, tx));
+    Ok(csv_response(ReportSource::Store, rx))
+}
+
+type CsvSender = futures::channel::mpsc::Sender<Result<web::Bytes, std::io::Error>>;
+
+fn csv_response(
+    source: ReportSource,
+    rx: futures::channel::mpsc::Receiver<Result<web::Bytes, std::io::Error>>,
+) -> HttpResponse {
+    HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header(("X-Report-Source", source.to_string()))
-        .body(body))
+        .streaming(rx)
+}
+
+/// Sends a chunk; false when the client went away (or the chunk could not be rendered).
+async fn send_chunk(tx: &mut CsvSender, chunk: Result<Vec<u8>, csv::Error>) -> bool {
+    use futures::SinkExt;
+    let item = chunk.map(web::Bytes::from).map_err(std::io::Error::other);
+    let failed = item.is_err();
+    tx.send(item).await.is_ok() && !failed
+}
+
+/// Rows sent per chunk when streaming from ClickHouse.
+const CSV_CHUNK_ROWS: usize = 500;
+
+async fn stream_clickhouse_csv(
+    header: Vec<u8>,
+    mut cursor: clickhouse::query::RowCursor<crate::analytics::facts::ConversationRow>,
+    first: Option<crate::analytics::facts::ConversationRow>,
+    mut tx: CsvSender,
+) {
+    if !send_chunk(&mut tx, Ok(header)).await {
+        return;
+    }
+    let mut rows: Vec<_> = first.into_iter().collect();
+    loop {
+        let next = cursor.next().await;
+        let done = !matches!(next, Ok(Some(_)));
+        match next {
+            Ok(Some(row)) => rows.push(row),
+            Ok(None) => {}
+            Err(e) => {
+                // Mid-stream there is no status to change: the body ends with an error (a cut-off answer).
+                tracing::error!(error = %e, "ClickHouse CSV failed mid-stream");
+                let _ = send_chunk(&mut tx, reports::csv_rows_bytes(&rows)).await;
+                use futures::SinkExt;
+                let _ = tx
+                    .send(Err(std::io::Error::other("ClickHouse failed mid-stream")))
+                    .await;
+                return;
+            }
+        }
+        if (done || rows.len() >= CSV_CHUNK_ROWS) && !rows.is_empty() {
+            if !send_chunk(&mut tx, reports::csv_rows_bytes(&rows)).await {
+                return;
+            }
+            rows.clear();
+        }
+        if done {
+            return;
+        }
+    }
+}
+
+async fn stream_store_csv(
+    header: Vec<u8>,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    first: Vec<crate::analytics::facts::ConversationRow>,
+    mut from: chrono::DateTime<Utc>,
+    until: chrono::DateTime<Utc>,
+    mut tx: CsvSender,
+) {
+    if !send_chunk(&mut tx, Ok(header)).await || !send_chunk(&mut tx, reports::csv_rows_bytes(&first)).await {
+        return;
+    }
+    while from < until {
+        let to = (from + reports::CSV_STORE_WINDOW).min(until);
+        match reports::csv_window_from_store(store.as_ref(), from, to).await {
+            Ok(rows) if rows.is_empty() => {}
+            Ok(rows) => {
+                if !send_chunk(&mut tx, reports::csv_rows_bytes(&rows)).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store failed mid-stream of a CSV report");
+                use futures::SinkExt;
+                let _ = tx.send(Err(std::io::Error::other("the store failed mid-stream"))).await;
+                return;
+            }
+        }
+        from = to;
+    }
 }

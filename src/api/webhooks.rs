@@ -153,18 +153,14 @@ fn kept_headers(req: &HttpRequest) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Reads the body within `server.body_timeout_ms` (a slow client is answered 408 and let go),
-/// refusing more than `server.max_body_bytes` without buffering them.
-async fn read_body_within(state: &AppState, req: &HttpRequest, payload: web::Payload) -> Result<Vec<u8>, ApiError> {
-    let server = &state.config.server;
-    let deadline = std::time::Duration::from_millis(server.body_timeout_ms);
-    tokio::time::timeout(deadline, read_body(req, payload, server.max_body_bytes))
-        .await
-        .map_err(|_| ApiError::RequestTimeout(server.body_timeout_ms))?
-}
-
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, refusing more than `limit` bytes without buffering them; a body still arriving at
+/// `server.body_timeout_ms` ([`super::limits::body_deadline`]) is a 408.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get("content-length")
@@ -175,7 +171,10 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("the body could not be read: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            e if super::limits::is_body_timeout(&e) => ApiError::RequestTimeout(timeout_ms),
+            e => ApiError::InvalidJson(format!("the body could not be read: {e}")),
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -311,7 +310,8 @@ async fn ingest<W: Webhook>(
     _: Verified<W>,
 ) -> Result<Ingested, ApiError> {
     let received_at = Utc::now();
-    let body = read_body_within(state, req, payload).await?;
+    let server = &state.config.server;
+    let body = read_body(req, payload, server.max_body_bytes, server.body_timeout_ms).await?;
     let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();

@@ -212,6 +212,17 @@ async fn handed_off(backend: Backend) -> Handoff {
 }
 
 /// Everything the API answers about the conversation and the log, as one text per place.
+/// A report range around now (the test's events happen now) within `server.max_report_days`.
+fn report_range() -> String {
+    let now = Utc::now();
+    let fmt = |t: DateTime<Utc>| t.format("%Y-%m-%dT00:00:00Z").to_string();
+    format!(
+        "since={}&until={}",
+        fmt(now - chrono::Duration::days(30)),
+        fmt(now + chrono::Duration::days(30))
+    )
+}
+
 async fn answers(app: &TestApp, id: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for path in [
@@ -224,7 +235,7 @@ async fn answers(app: &TestApp, id: &str) -> BTreeMap<String, String> {
         "/v1/conversations?limit=500".to_string(),
         "/v1/events?limit=1000".to_string(),
         "/v1/quarantine?limit=500".to_string(),
-        "/v1/reports/conversations.csv?since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z".to_string(),
+        format!("/v1/reports/conversations.csv?{}", report_range()),
     ] {
         let (status, _, body) = app.get_text(&path).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -304,7 +315,7 @@ fn metrics(c: &Value) -> Value {
 }
 
 async fn reports(app: &TestApp) -> (Value, Value) {
-    let q = "since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z&interval=day&group_by=platform,queue,agent";
+    let q = format!("{}&interval=day&group_by=platform,queue,agent", report_range());
     let (s1, sla) = app.get_json(&format!("/v1/reports/sla?{q}")).await;
     let (s2, dispositions) = app.get_json(&format!("/v1/reports/dispositions?{q}")).await;
     assert_eq!((s1, s2), (200, 200), "{sla} {dispositions}");

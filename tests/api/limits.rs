@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{fixture, spawn_app_with, Backend, TestApp};
+use crate::helpers::{fixture, spawn_app, spawn_app_with, Backend, TestApp};
 use crate::on_both_stores;
 
 /// Opens a connection, sends `head` then `trickle` one byte a second; returns what the server
@@ -53,6 +53,8 @@ async fn slow_clients_are_cut_off_while_others_are_served(backend: Backend) {
     let body_head =
         "POST /webhooks/aivo-live HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n";
     let slow_body = slow_client(&app, body_head, &trickle);
+    let json_head = "POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n";
+    let slow_json = slow_client(&app, json_head, &trickle);
     let others = async {
         let mut served = 0;
         for _ in 0..5 {
@@ -65,7 +67,8 @@ async fn slow_clients_are_cut_off_while_others_are_served(backend: Backend) {
         }
         served
     };
-    let ((head_answer, head_sent, _), (body_answer, body_sent, _), served) = tokio::join!(slow_head, slow_body, others);
+    let ((head_answer, head_sent, _), (body_answer, body_sent, _), (json_answer, json_sent, _), served) =
+        tokio::join!(slow_head, slow_body, slow_json, others);
     assert_eq!(served, 5);
     // Cut off long before they were done (40 bytes at one a second).
     assert!(head_sent < 20, "the slow head was read for {head_sent} s");
@@ -76,9 +79,52 @@ async fn slow_clients_are_cut_off_while_others_are_served(backend: Backend) {
     );
     assert!(body_answer.starts_with("HTTP/1.1 408"), "{body_answer}");
     assert!(body_answer.contains("\"request_timeout\""), "{body_answer}");
+    // The API's own JSON bodies have the same deadline.
+    assert!(json_sent < 20, "the slow JSON body was read for {json_sent} s");
+    assert!(json_answer.starts_with("HTTP/1.1 408"), "{json_answer}");
+    assert!(app.state.store.list_keys().await.unwrap().is_empty());
     // Nothing of the slow delivery was stored or quarantined.
     let (_, quarantine) = app.get_json("/v1/quarantine").await;
     assert_eq!(quarantine["items"], json!([]));
+}
+
+async fn idle_keep_alive_connections_are_closed(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.keep_alive_seconds = 1).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // The server answers, then closes the idle connection after the keep-alive (the client never does).
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the idle connection was kept open");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the keep-alive ran out"
+    );
+}
+
+/// The readers' pool connects with a statement timeout on PostgreSQL; the writer's does not.
+#[tokio::test]
+async fn postgres_readers_have_a_statement_timeout() {
+    let db = crate::common::PgDatabase::create().await;
+    let store = handoff_ledger::config::StoreConfig {
+        url: db.url.clone(),
+        read_timeout_ms: 200,
+        ..Default::default()
+    };
+    let mut reader = sqlx::PgConnection::connect(&store.reader_url()).await.unwrap();
+    let err = sqlx::query("SELECT pg_sleep(3)")
+        .execute(&mut reader)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    let mut writer = sqlx::PgConnection::connect(&store.url).await.unwrap();
+    sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
 }
 
 /// Holds the store's write lock from another connection until dropped (rolled back).
@@ -196,6 +242,165 @@ async fn quarantine_entries_older_than_retention_are_deleted(backend: Backend) {
     assert_eq!(list["items"], json!([]));
 }
 
+/// A "ClickHouse" that accepts connections and never answers.
+async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    url
+}
+
+async fn a_clickhouse_that_never_answers_falls_back_to_the_store(backend: Backend) {
+    let url = black_hole().await;
+    let app = spawn_app_with(backend, |c| {
+        c.clickhouse.url = url;
+        c.clickhouse.query_timeout_ms = 300;
+    })
+    .await;
+    let res = app
+        .client
+        .get(app.url("/v1/reports/sla"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["source"], "store");
+    // Asked for ClickHouse explicitly: 503, not a hang.
+    let res = app
+        .client
+        .get(app.url("/v1/reports/dispositions?source=clickhouse"))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(res.status().as_u16(), 503);
+}
+
+async fn report_ranges_are_capped(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.max_report_days = 31).await;
+    let (status, body) = app
+        .get_json("/v1/reports/sla?since=2024-01-01T00:00:00Z&until=2024-02-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .get_json("/v1/reports/conversations.csv?since=2024-01-01T00:00:00Z&until=2024-02-02T00:00:00Z")
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("invalid_parameter")),
+        "{body}"
+    );
+}
+
+async fn list_answers_stop_at_their_byte_cap(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.max_answer_bytes = 4096).await;
+    // Ten conversations whose raw events are ~1 KiB each.
+    for i in 0..10 {
+        let body = json!({
+            "botId": "b",
+            "data": {"eventType": "sendMessage", "platformConversationId": format!("pc-{i}"),
+                     "messageId": format!("m-{i}"), "text": "x".repeat(1000)}
+        });
+        let (status, answer) = app.post_json("/webhooks/ultimate/converse", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The global log: pages of a few events, each under the cap, that still reach the end.
+    let (mut after, mut seen) = (0, 0);
+    loop {
+        let res = app
+            .client
+            .get(app.url(&format!("/v1/events?after_seq={after}&limit=1000")))
+            .send()
+            .await
+            .unwrap();
+        let text = res.text().await.unwrap();
+        let page: Value = serde_json::from_str(&text).unwrap();
+        let n = page["items"].as_array().unwrap().len();
+        if n == 0 {
+            break;
+        }
+        assert!(n < 10 && text.len() < 4096 + 2048, "{n} items, {} bytes", text.len());
+        seen += n;
+        after = page["next_after_seq"].as_i64().unwrap();
+    }
+    assert_eq!(seen, 10);
+    // Conversations: the cursor continues where the byte cap stopped.
+    let (mut cursor, mut ids) = (None::<String>, std::collections::BTreeSet::new());
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/conversations?limit=500&cursor={c}"),
+            None => "/v1/conversations?limit=500".into(),
+        };
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, 200);
+        for c in page["items"].as_array().unwrap() {
+            assert!(
+                ids.insert(c["id"].as_str().unwrap().to_string()),
+                "repeated {}",
+                c["id"]
+            );
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 10);
+}
+
+async fn the_conversations_csv_is_streamed_in_order_across_windows(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Rooms attended at 10:05, 12:30 and 15:59 on 2024-01-26 (UTC), posted out of order.
+    let base = 1_706_263_200i64; // 2024-01-26T10:00:00Z
+    for (room, offset) in [
+        ("room-c", 5 * 3600 + 59 * 60),
+        ("room-a", 5 * 60),
+        ("room-b", 2 * 3600 + 30 * 60),
+    ] {
+        let secs = base + offset;
+        let body = json!({
+            "name": "attended", "roomId": room, "timestamp": secs as i128 * 1_000_000_000, "botId": 1000,
+            "eventTime": secs, "data": {"agent": {"name": "=HYPERLINK(\"http://x\")", "groupId": 2179}}
+        });
+        let (status, answer) = app.post_json("/webhooks/aivo-live", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let res = app
+        .client
+        .get(app.url("/v1/reports/conversations.csv?since=2024-01-26T09:00:00Z&until=2024-01-26T17:00:00Z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers()["x-report-source"], "store");
+    // Streamed (chunked), not one buffered body.
+    assert!(res.headers().get("content-length").is_none());
+    let text = res.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let started = headers.iter().position(|h| h == "started_at").unwrap();
+    let agents = headers.iter().position(|h| h == "agents").unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let times: Vec<&str> = rows.iter().map(|r| &r[started]).collect();
+    assert_eq!(times.len(), 3, "{text}");
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "rows in started_at order");
+    assert!(
+        times[0].starts_with("2024-01-26T10:05") && times[2].starts_with("2024-01-26T15:59"),
+        "{times:?}"
+    );
+    // An agent name from a platform is text in a spreadsheet, not a formula.
+    assert!(rows.iter().all(|r| r[agents].starts_with("'=HYPERLINK")), "{text}");
+}
+
 async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = handoff_ledger::config::Config::default();
@@ -231,6 +436,11 @@ async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Back
 }
 
 on_both_stores!(
+    idle_keep_alive_connections_are_closed,
+    the_conversations_csv_is_streamed_in_order_across_windows,
+    a_clickhouse_that_never_answers_falls_back_to_the_store,
+    report_ranges_are_capped,
+    list_answers_stop_at_their_byte_cap,
     killing_the_writer_makes_readyz_fail_and_the_service_exit,
     slow_clients_are_cut_off_while_others_are_served,
     a_stuck_commit_is_503_with_retry_after,

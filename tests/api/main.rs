@@ -10,5 +10,6 @@ mod flow;
 mod helpers;
 mod limits;
 mod openapi;
+mod secrets;
 mod vcc_encrypted;
 mod webhooks;
