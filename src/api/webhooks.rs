@@ -383,12 +383,12 @@ pub async fn ultimate_converse(
         .map(|e| e.kind.as_str())
         .unwrap_or_default();
     match kind {
-        "ultimate.is_team_online" => {
+        sources::ultimate::IS_TEAM_ONLINE => {
             let team = sources::ultimate::team_of(&ingested.value);
             let is_online = state.outbound.team_online(team.as_deref()).await;
             Ok(HttpResponse::Ok().json(TeamOnline { is_online }))
         }
-        "ultimate.escalate" => {
+        sources::ultimate::ESCALATE => {
             let team = sources::ultimate::team_of(&ingested.value);
             state
                 .outbound

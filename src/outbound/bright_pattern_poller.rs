@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::clients::{BackendError, BrightPatternClient, PollOutcome};
 use super::runner::RetryPolicy;
+use crate::sources::bright_pattern::BpEventName;
 
 /// Where polled events go.
 #[async_trait]
@@ -35,11 +36,10 @@ impl EventSource for BrightPatternClient {
 
 /// Whether one Bright Pattern server event means the chat no longer exists.
 pub fn ends_chat(event: &Value) -> bool {
-    match event.get("event").and_then(Value::as_str) {
-        Some("chat_session_ended" | "chat_session_inactivity_timeout" | "chat_session_inactvity_timeout") => true,
-        Some("chat_session_status") => {
-            matches!(event.get("state").and_then(Value::as_str), Some("failed" | "completed"))
-        }
+    let name = event.get("event").and_then(Value::as_str).unwrap_or_default();
+    match BpEventName::from_name(name) {
+        BpEventName::Ended | BpEventName::InactivityTimeout => true,
+        BpEventName::Status => matches!(event.get("state").and_then(Value::as_str), Some("failed" | "completed")),
         _ => false,
     }
 }

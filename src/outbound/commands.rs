@@ -12,12 +12,33 @@ use super::clients::WidgetUpdate;
 use crate::model::LEDGER_NAMESPACE;
 use crate::sources::ledger::CommandRecord;
 
-/// `ledger.command_result` outcome: the call succeeded.
-pub const OUTCOME_OK: &str = "ok";
-/// `ledger.command_result` outcome: the backend refused (4xx, unreadable answer); not retried.
-pub const OUTCOME_FAILED: &str = "failed";
-/// `ledger.command_result` outcome: transient failures until `outbox.max_attempts` ran out.
-pub const OUTCOME_GAVE_UP: &str = "gave_up";
+/// How a command ended, as recorded in its `ledger.command_result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call succeeded.
+    Ok,
+    /// The backend refused (4xx, unreadable answer), or the command cannot be sent; not retried.
+    Failed,
+    /// Transient failures until `outbox.max_attempts` ran out.
+    GaveUp,
+}
+
+impl Outcome {
+    /// The recorded word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::GaveUp => "gave_up",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The live chat a command goes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

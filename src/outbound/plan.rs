@@ -21,8 +21,8 @@ use serde_json::Value;
 use super::clients::WidgetUpdate;
 use super::commands::{Command, LiveTarget, WidgetCommand};
 use crate::model::{Conversation, HandoffState, Message, Party, Platform, StoredEvent, StreamKey};
-use crate::sources;
 use crate::sources::ledger::{self, QueueAccepted};
+use crate::sources::{self, aivo_live, bright_pattern, ultimate};
 
 /// The Ultimate `platformConversationId` of a conversation, when it has one.
 pub fn ultimate_id(conversation: &Conversation) -> Option<String> {
@@ -106,21 +106,20 @@ pub struct RelayContext<'a> {
 /// Kinds of events that can call for an outbound command: every other event skips the relay's reads
 /// (keeps the webhook path free of work for the events that never relay).
 pub const RELAYED_KINDS: &[&str] = &[
-    "ultimate.widget_escalate",
-    "ultimate.widget_message",
-    "ultimate.widget_end_session",
+    ultimate::WIDGET_ESCALATE,
+    ultimate::WIDGET_MESSAGE,
+    ultimate::WIDGET_END_SESSION,
     ledger::API_MESSAGE,
-    "aivo_live.attended",
-    "aivo_live.message_to_client",
-    "aivo_live.transfer",
-    "aivo_live.close",
-    "bright_pattern.chat_session_party_joined",
-    "bright_pattern.chat_session_message",
-    "bright_pattern.chat_session_file",
-    "bright_pattern.chat_session_status",
-    "bright_pattern.chat_session_ended",
-    "bright_pattern.chat_session_inactivity_timeout",
-    "bright_pattern.chat_session_inactvity_timeout",
+    aivo_live::ATTENDED,
+    aivo_live::MESSAGE_TO_CLIENT,
+    aivo_live::TRANSFER,
+    aivo_live::CLOSE,
+    bright_pattern::PARTY_JOINED,
+    bright_pattern::MESSAGE,
+    bright_pattern::FILE,
+    bright_pattern::STATUS,
+    bright_pattern::ENDED,
+    bright_pattern::INACTIVITY_TIMEOUT,
 ];
 
 /// The commands a newly appended event calls for (escalations excepted: they need routing and I/O).
@@ -135,7 +134,7 @@ pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Com
     };
     let last_agent = || c.agents.last().map(|a| a.name.clone());
     let command = match kind {
-        "ultimate.widget_message" | ledger::API_MESSAGE if is_open(c.state) => {
+        ultimate::WIDGET_MESSAGE | ledger::API_MESSAGE if is_open(c.state) => {
             let visitor =
                 kind != ledger::API_MESSAGE || payload.get("party").and_then(Value::as_str) == Some("visitor");
             let text = if kind == ledger::API_MESSAGE {
@@ -151,7 +150,7 @@ pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Com
                 _ => None,
             }
         }
-        "ultimate.widget_end_session" => {
+        ultimate::WIDGET_END_SESSION => {
             // The visitor's leaving closed the latest handoff just now: the live chat is still open.
             let closed_by_visitor = c
                 .handoffs
@@ -162,22 +161,23 @@ pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Com
                 target: ctx.target.cloned(),
             })
         }
-        "aivo_live.attended" if c.state == HandoffState::Attended => widget(WidgetUpdate::Success {
+        aivo_live::ATTENDED if c.state == HandoffState::Attended => widget(WidgetUpdate::Success {
             agent: agent_name(payload).or_else(last_agent).unwrap_or_default(),
         }),
-        "bright_pattern.chat_session_party_joined"
+        bright_pattern::PARTY_JOINED
             if c.state == HandoffState::Attended && payload.get("type").and_then(Value::as_str) != Some("scenario") =>
         {
             widget(WidgetUpdate::Success {
                 agent: agent_name(payload).or_else(last_agent).unwrap_or_default(),
             })
         }
-        "aivo_live.message_to_client" | "bright_pattern.chat_session_message" | "bright_pattern.chat_session_file"
+        aivo_live::MESSAGE_TO_CLIENT | bright_pattern::MESSAGE | bright_pattern::FILE
             if c.state == HandoffState::Attended =>
         {
             match ctx.line {
                 Some(line)
-                    if line.party == Party::Agent || (line.party == Party::System && kind.starts_with("aivo")) =>
+                    if line.party == Party::Agent
+                        || (line.party == Party::System && kind == aivo_live::MESSAGE_TO_CLIENT) =>
                 {
                     let text = line.text.clone().filter(|t| !t.is_empty()).or_else(|| line.url.clone());
                     text.and_then(|text| {
@@ -194,11 +194,11 @@ pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Com
                 _ => None,
             }
         }
-        "aivo_live.transfer" => widget(WidgetUpdate::QueueUpdate {
+        aivo_live::TRANSFER => widget(WidgetUpdate::QueueUpdate {
             queue_position: None,
             waiting_minutes: None,
         }),
-        "bright_pattern.chat_session_status" => match payload.get("state").and_then(Value::as_str) {
+        bright_pattern::STATUS => match payload.get("state").and_then(Value::as_str) {
             Some("queued") => widget(WidgetUpdate::QueueUpdate {
                 queue_position: None,
                 waiting_minutes: ewt_minutes(payload.get("ewt")),
@@ -206,10 +206,7 @@ pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Com
             Some("failed") => widget(WidgetUpdate::Failed { text: None }),
             _ => None,
         },
-        "aivo_live.close"
-        | "bright_pattern.chat_session_ended"
-        | "bright_pattern.chat_session_inactivity_timeout"
-        | "bright_pattern.chat_session_inactvity_timeout" => {
+        aivo_live::CLOSE | bright_pattern::ENDED | bright_pattern::INACTIVITY_TIMEOUT => {
             widget(WidgetUpdate::AgentDisconnect { agent: last_agent() })
         }
         _ => None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::bright_pattern_poller::{EventSource, PollSink};
-use super::commands::{Command, OUTCOME_FAILED};
+use super::commands::{Command, Outcome};
 use super::runner::Job;
 use super::Outbound;
 use crate::model::{Platform, StoredEvent};
@@ -129,7 +129,7 @@ impl Outbound {
                     // now would open a live chat nobody waits in.
                     let detail = "interrupted by a restart before its outcome was known; not re-sent: the \
                                   synchronous escalate was already answered with an error";
-                    self.record_outcome(p.conversation_id, &p.record, OUTCOME_FAILED, detail, None, Vec::new())
+                    self.record_outcome(p.conversation_id, &p.record, Outcome::Failed, detail, None, Vec::new())
                         .await;
                 }
                 Some(command) => self.dispatch(Job {
@@ -140,7 +140,7 @@ impl Outbound {
                 }),
                 None => {
                     let detail = "the recorded command cannot be read by this version";
-                    self.record_outcome(p.conversation_id, &p.record, OUTCOME_FAILED, detail, None, Vec::new())
+                    self.record_outcome(p.conversation_id, &p.record, Outcome::Failed, detail, None, Vec::new())
                         .await;
                 }
             }
@@ -195,7 +195,7 @@ mod tests {
     use chrono::Utc;
     use serde_json::json;
 
-    use crate::outbound::commands::OUTCOME_OK;
+    use crate::outbound::commands::Outcome;
 
     fn stored(seq: i64, conversation: Uuid, kind: &str, record: &CommandRecord) -> StoredEvent {
         StoredEvent {
@@ -218,13 +218,13 @@ mod tests {
         let conv = Uuid::new_v4();
         let command = |id: &str| Command::EndChat { target: None }.record(id);
         let mut result = command("a");
-        result.outcome = Some(OUTCOME_OK.into());
+        result.outcome = Some(Outcome::Ok.to_string());
         let mut scan = PendingScan::default();
         scan.feed(&stored(1, conv, ledger::COMMAND, &command("b")));
         scan.feed(&stored(2, conv, ledger::COMMAND, &command("a")));
         scan.feed(&stored(3, conv, ledger::COMMAND, &command("c")));
         scan.feed(&stored(4, conv, ledger::COMMAND_RESULT, &result));
-        let mut other = stored(5, conv, "aivo_live.attended", &command("z"));
+        let mut other = stored(5, conv, crate::sources::aivo_live::ATTENDED, &command("z"));
         other.payload = json!({"name": "attended"});
         scan.feed(&other);
         assert_eq!(scan.last_seq(), 5);

@@ -11,7 +11,7 @@ use super::escalation::{escalation_command, NoRoute};
 use super::plan::{live_target, plan_relay, ultimate_id, RelayContext, RELAYED_KINDS};
 use super::Outbound;
 use crate::model::{AppendOutcome, Conversation, HandoffState, NewEvent, Party};
-use crate::sources::{self, ledger};
+use crate::sources::{self, aivo_live, bright_pattern, ledger, ultimate};
 
 impl Outbound {
     /// Turns newly appended events into commands (duplicates are skipped: they were relayed when first
@@ -46,7 +46,7 @@ impl Outbound {
             return Ok(());
         };
         let trigger = event_id.to_string();
-        if kind == "ultimate.widget_escalate" {
+        if kind == ultimate::WIDGET_ESCALATE {
             if conversation.state != HandoffState::EscalationRequested {
                 return Ok(());
             }
@@ -78,11 +78,11 @@ impl Outbound {
         }
         let needs_line = matches!(
             kind,
-            "aivo_live.message_to_client" | "bright_pattern.chat_session_message" | "bright_pattern.chat_session_file"
+            aivo_live::MESSAGE_TO_CLIENT | bright_pattern::MESSAGE | bright_pattern::FILE
         );
         let needs_target = matches!(
             kind,
-            "ultimate.widget_message" | "ultimate.widget_end_session" | ledger::API_MESSAGE
+            ultimate::WIDGET_MESSAGE | ultimate::WIDGET_END_SESSION | ledger::API_MESSAGE
         );
         let line = if needs_line && conversation.state == HandoffState::Attended {
             store
@@ -128,8 +128,8 @@ impl Outbound {
         let attend = events
             .iter()
             .filter(|e| {
-                e.kind == "aivo_live.attended"
-                    || (e.kind == "bright_pattern.chat_session_party_joined"
+                e.kind == aivo_live::ATTENDED
+                    || (e.kind == bright_pattern::PARTY_JOINED
                         && e.payload.get("type").and_then(Value::as_str) != Some("scenario"))
             })
             .max_by_key(|e| e.seq);

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::clients::{BackendError, LiveBackend, QueueRequest, QueueResult, WidgetUpdate};
-use super::commands::{command_id, Command, LiveTarget, WidgetCommand, OUTCOME_FAILED, OUTCOME_GAVE_UP, OUTCOME_OK};
+use super::commands::{command_id, Command, LiveTarget, Outcome, WidgetCommand};
 use super::plan::{ewt_minutes, live_target};
 use super::Outbound;
 use crate::config::OutboxConfig;
@@ -212,10 +212,10 @@ impl Outbound {
         let mut follow_ups: Vec<(String, Command)> = Vec::new();
         let mut effects: Vec<NewEvent> = Vec::new();
         let (outcome, detail, body) = match &result {
-            Ok(Executed::Queued(q)) => (OUTCOME_OK, format!("live id {}", q.live_id), Some(q.raw.clone())),
-            Ok(Executed::Done { .. }) => (OUTCOME_OK, String::new(), None),
-            Err(e) if e.is_transient() => (OUTCOME_GAVE_UP, format!("after {attempt} attempts: {e}"), None),
-            Err(e) => (OUTCOME_FAILED, e.to_string(), None),
+            Ok(Executed::Queued(q)) => (Outcome::Ok, format!("live id {}", q.live_id), Some(q.raw.clone())),
+            Ok(Executed::Done { .. }) => (Outcome::Ok, String::new(), None),
+            Err(e) if e.is_transient() => (Outcome::GaveUp, format!("after {attempt} attempts: {e}"), None),
+            Err(e) => (Outcome::Failed, e.to_string(), None),
         };
         if let Command::Queue {
             backend,
@@ -422,7 +422,7 @@ impl Outbound {
         &self,
         conversation_id: Uuid,
         command: &CommandRecord,
-        outcome: &str,
+        outcome: Outcome,
         detail: &str,
         body: Option<Value>,
         extra: Vec<NewEvent>,

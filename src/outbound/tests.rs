@@ -543,3 +543,17 @@ fn kinds_outside_the_relayed_list_never_plan_a_command() {
         assert!(!plan("aivo_live.close", payload.clone(), &c, None, Some(&target)).is_empty());
     }
 }
+
+#[test]
+fn every_relayed_kind_is_one_a_parser_produces() {
+    let produced: Vec<&str> = [
+        crate::sources::ultimate::KINDS,
+        crate::sources::aivo_live::KINDS,
+        crate::sources::bright_pattern::KINDS,
+        &[ledger::API_MESSAGE],
+    ]
+    .concat();
+    for kind in RELAYED_KINDS {
+        assert!(produced.contains(kind), "{kind} is relayed but no parser produces it");
+    }
+}
