@@ -18,7 +18,8 @@
 //! - [`analytics`]: the ClickHouse sink tailing the log, and the reports read from it.
 //!
 //! [`config`] and [`startup`] build the service. Dependencies point one way: `api` -> `ingest`, `outbound` ->
-//! `writer`, `store`, `sources`, `projection`; nothing outside `api` imports it.
+//! `writer`, `store`, `sources`, `projection`; nothing outside `api` imports it. The design documents (API contract,
+//! architecture, metrics) are in `docs/design/`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
