@@ -139,6 +139,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// Outbound command delivery.
     pub outbox: OutboxConfig,
+    /// Logging.
+    pub log: LogConfig,
     /// Access control.
     pub auth: AuthConfig,
     /// How long personal data and refused deliveries are kept.
@@ -188,6 +190,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most deliveries the writer commits in one transaction.
     pub max_batch: usize,
+    /// Serve `GET /metrics` on this address instead of `bind` (empty = on `bind`).
+    pub metrics_bind: String,
+    /// On SIGTERM: longest wait, seconds, for in-flight requests, the outbox's calls in flight and the
+    /// sink's batch before the process exits.
+    pub shutdown_grace_seconds: u64,
     /// A request whose head (request line and headers) has not arrived within this is answered 408
     /// and closed, milliseconds.
     pub head_timeout_ms: u64,
@@ -197,6 +204,8 @@ pub struct ServerConfig {
     pub keep_alive_seconds: u64,
     /// Most open connections per worker thread; more wait in the accept queue.
     pub max_connections: usize,
+    /// HTTP worker threads; 0 = one per physical CPU core.
+    pub workers: usize,
     /// Longest wait for the writer to commit a request's events; past it the answer is 503 with
     /// `Retry-After` (milliseconds).
     pub commit_deadline_ms: u64,
@@ -213,10 +222,13 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             max_body_bytes: 1_048_576,
             max_batch: 512,
+            metrics_bind: String::new(),
+            shutdown_grace_seconds: 30,
             head_timeout_ms: 5_000,
             body_timeout_ms: 10_000,
             keep_alive_seconds: 5,
             max_connections: 1_024,
+            workers: 0,
             commit_deadline_ms: 10_000,
             max_answer_bytes: 8 * 1024 * 1024,
             max_report_days: 93,
@@ -493,9 +505,44 @@ impl Default for OutboxConfig {
     }
 }
 
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `info,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
 impl Config {
     /// Loads defaults, then `file` when given, then `LEDGER__*` environment variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Ok(Config::figment(file)?.extract()?)
+    }
+
+    /// The layered sources `load` reads (`config check` reads the same to name unknown keys).
+    pub fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -503,8 +550,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("LEDGER__").split("__"));
-        Ok(figment.extract()?)
+        Ok(figment.merge(Env::prefixed("LEDGER__").split("__")))
     }
 }
 

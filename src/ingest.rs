@@ -23,6 +23,10 @@ pub type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 /// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
 pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
 
+/// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
+/// body can be decrypted again when it is redriven.
+pub const IV_HEADER: &str = "x-ledger-iv";
+
 /// One body as it arrived, with what the pipeline needs to know about it.
 pub struct Inbound {
     /// The platform that sent it (its quarantine entries are filed under it).
@@ -205,6 +209,22 @@ impl Pipeline {
         let (Platform::Vcc, Some(iv)) = (inbound.platform, inbound.encryption_iv.as_deref()) else {
             return Ok(None);
         };
+        headers.insert(IV_HEADER.into(), iv.to_string());
+        let plain = self.decrypt_with_key(iv, &inbound.body)?;
+        headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
+        Ok(Some(plain))
+    }
+
+    /// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept
+    /// in the stored headers), else as kept.
+    pub fn kept_body(&self, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, PayloadError> {
+        match headers.get(IV_HEADER) {
+            Some(iv) => self.decrypt_with_key(iv, &raw),
+            None => Ok(raw),
+        }
+    }
+
+    fn decrypt_with_key(&self, iv: &str, body: &[u8]) -> Result<Vec<u8>, PayloadError> {
         let key = &self.config.vcc.encryption_key;
         if key.is_empty() {
             return Err(PayloadError::InvalidJson(
@@ -213,8 +233,6 @@ impl Pipeline {
         }
         // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
         let key = sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(PayloadError::InvalidJson)?;
-        let plain = sources::vcc_crypto::decrypt(&key, iv, &inbound.body)?;
-        headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
-        Ok(Some(plain))
+        sources::vcc_crypto::decrypt(&key, iv, body)
     }
 }

@@ -1,6 +1,8 @@
-//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `verify`, `openapi`, `rollups`, `keys`.
+//! The `handoff-ledger` binary: `serve`, `migrate`, `replay`, `verify`, `openapi`, `config check`, `rollups`,
+//! `keys`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use std::sync::Arc;
 
@@ -13,7 +15,10 @@ use handoff_ledger::config::redact_url;
 use handoff_ledger::store::Store;
 
 use handoff_ledger::config::Config;
+use handoff_ledger::config_check;
+use handoff_ledger::redact::{mask_url_passwords, Scrubber};
 use handoff_ledger::startup::Application;
+use handoff_ledger::telemetry::{self, logs::LogStream};
 
 #[derive(Parser)]
 #[command(name = "handoff-ledger", version, about = "System of record for chat handoffs")]
@@ -43,6 +48,11 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// ClickHouse rollups.
     Rollups {
         #[command(subcommand)]
@@ -76,6 +86,13 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration as `serve` would, refuse unknown keys and impossible values (naming each
+    /// key), and print the effective configuration with secrets masked.
+    Check,
+}
+
+#[derive(Subcommand)]
 enum RollupsCommand {
     /// Rebuild the hourly and daily rollups from the ClickHouse facts (all buckets, or from --since).
     Rebuild {
@@ -86,18 +103,52 @@ enum RollupsCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Every subcommand loads and checks the configuration as `serve` does, before anything else.
+    let config = match config_check::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // `serve` logs to standard output; the other subcommands keep it for their result.
+    let stream = match command {
+        Command::Serve => LogStream::Stdout,
+        _ => LogStream::Stderr,
+    };
+    let scrubber = Scrubber::new(config_check::secrets(&config));
+    if let Err(e) = telemetry::logs::init(&config.log, stream, scrubber.clone()) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match run(command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", scrubber.scrub(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve => {
             let app = Application::build(config).await?;
-            tracing::info!(port = app.port(), "handoff-ledger listening");
+            tracing::info!(
+                port = app.port(),
+                metrics_port = app.metrics_port(),
+                "handoff-ledger listening"
+            );
             app.run_until_stopped().await?;
+        }
+        Command::Config {
+            action: ConfigCommand::Check,
+        } => {
+            println!("# handoff-ledger: the configuration is valid; effective values (secrets masked):");
+            print!("{}", config_check::effective_toml(&config)?);
         }
         Command::Migrate => {
             open_store(&config, 1).await?;
@@ -106,7 +157,8 @@ async fn main() -> anyhow::Result<()> {
                 handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;
                 println!(
                     "ClickHouse migrations applied to {} (database {})",
-                    config.clickhouse.url, config.clickhouse.database
+                    mask_url_passwords(&config.clickhouse.url),
+                    config.clickhouse.database
                 );
             }
         }

@@ -525,6 +525,27 @@ pub struct QuarantineEntry {
     pub body_encoding: String,
 }
 
+/// One run of a quarantined delivery through today's parsers, and what it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Redrive {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The HTTP status it was answered with.
+    pub status: u16,
+    /// `appended`, `duplicate`, `unknown`, `rejected` or `unavailable`.
+    pub outcome: String,
+    /// The error code when it was refused again.
+    pub error_code: Option<String>,
+    /// Id of the (last) event it became.
+    pub event_id: Option<Uuid>,
+    /// Log position of that event.
+    pub seq: Option<i64>,
+    /// The conversation it was filed under.
+    pub conversation_id: Option<Uuid>,
+    /// Name of the API key that asked for it.
+    pub key: Option<String>,
+}
+
 /// A rejected delivery before it is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewQuarantine {

@@ -64,6 +64,9 @@ pub struct QuarantineSummary {
     pub body_sha256: String,
     /// True when only the first 64 KiB of the body were kept.
     pub body_truncated: bool,
+    /// Every time it was run through the parsers again (`POST /v1/quarantine/{id}/redrive`), oldest first.
+    #[serde(default)]
+    pub redrives: Vec<crate::model::Redrive>,
 }
 
 /// One refused delivery with its kept body.

@@ -82,6 +82,11 @@ impl Writer {
         rx.await.map_err(|_| WriteError::Stopped)?
     }
 
+    /// Jobs waiting for the writer now (the batch being committed excluded).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether the writer task is still running (readiness: once it has ended nothing can be appended).
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
@@ -150,8 +155,10 @@ async fn run(
             continue;
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
+        let started = std::time::Instant::now();
         match append_guarded(store.as_ref(), &groups, &sla).await {
             Ok(outcomes) => {
+                crate::telemetry::batch_committed(groups.len(), started.elapsed());
                 for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
                     highest = outcome.iter().map(|o| o.seq).fold(highest, i64::max);
                     let _ = reply.send(Ok(outcome));

@@ -1362,3 +1362,105 @@ async fn polling_resumes_after_a_restart_for_chats_still_open() {
     assert_eq!(t["messages"][0]["text"], json!("Still there?"));
     wait_until("the loop to end", || async { !app.state.outbound.is_polling("chat-9") }).await;
 }
+
+/// An operator re-sends a queue call that was refused: the retry is a new command naming the first, it
+/// is idempotent while pending, the hand-over happens, and a chain that succeeded cannot be retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_is_retried_once_by_an_operator() {
+    let mock = MockServer::start().await;
+    let room = format!("room-{}", Uuid::new_v4());
+    Mock::given(method("POST"))
+        .and(path("/aivo/queue/external"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("unknown group"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&mock)
+        .await;
+    // The retry's call is slow, so that a second retry finds it pending.
+    mount_aivo_queue(&mock, &room, Duration::from_millis(2000)).await;
+    mount_ok(&mock, "/ultimate/").await;
+    let app = spawn(Store::Sqlite, &mock, |_| {}).await;
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let first = app
+        .post_ok(
+            "/webhooks/ultimate/converse",
+            &ultimate("sendMessage", &pcid, json!({"type": "text", "text": "hi"})),
+        )
+        .await;
+    let id = conv(&first);
+    let (status, answer) = app.post(&format!("/v1/conversations/{id}/handoff"), &json!({})).await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(
+        app.results(&id).await,
+        vec![("aivo_live_queue".to_string(), "failed".to_string())]
+    );
+    let original = app
+        .events(&id)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == json!("ledger.command"))
+        .map(|e| e["payload"]["command_id"].as_str().unwrap().to_string())
+        .expect("the queue command");
+
+    let retry_path = format!("/v1/conversations/{id}/commands/{original}/retry");
+    let (status, retry) = app.post(&retry_path, &json!({})).await;
+    assert_eq!(status, 202, "{retry}");
+    assert_eq!(retry["retry_of"], json!(original));
+    assert_eq!(retry["action"], json!("aivo_live_queue"));
+    assert_eq!(retry["duplicate"], json!(false));
+    let retry_id = retry["command_id"].as_str().unwrap().to_string();
+    assert_ne!(retry_id, original);
+    // Asked again while the call is in flight: the same attempt, nothing new recorded.
+    let (status, again) = app.post(&retry_path, &json!({})).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["command_id"], json!(retry_id));
+    assert_eq!(again["duplicate"], json!(true));
+
+    wait_until("the retried hand-over", || async {
+        app.conversation(&id).await["state"] == json!("queued")
+    })
+    .await;
+    assert_eq!(
+        app.results(&id).await,
+        vec![
+            ("aivo_live_queue".to_string(), "failed".to_string()),
+            ("aivo_live_queue".to_string(), "ok".to_string()),
+        ]
+    );
+    let recorded: Vec<Value> = app
+        .events(&id)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == json!("ledger.command"))
+        .map(|e| e["payload"].clone())
+        .collect();
+    assert_eq!(recorded.len(), 2, "one retry recorded: {recorded:?}");
+    assert_eq!(recorded[1]["retry_of"], json!(original));
+    assert_eq!(recorded[1]["command_id"], json!(retry_id));
+    let queue_calls = received(&mock, "/aivo/queue/external").await;
+    assert_eq!(queue_calls.len(), 2, "the refused call and its one retry");
+    assert_eq!(body(&queue_calls[1]), body(&queue_calls[0]), "the same call re-sent");
+
+    // Succeeded: nothing to retry, by either id of the chain.
+    for command in [&original, &retry_id] {
+        let (status, answer) = app
+            .post(&format!("/v1/conversations/{id}/commands/{command}/retry"), &json!({}))
+            .await;
+        assert_eq!(status, 409, "{answer}");
+        assert_eq!(answer["error"]["code"], json!("conflict"));
+    }
+    let (status, answer) = app
+        .post(
+            &format!("/v1/conversations/{id}/commands/no-such-command/retry"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    let (status, _) = app
+        .post(
+            &format!("/v1/conversations/{}/commands/{original}/retry", Uuid::new_v4()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

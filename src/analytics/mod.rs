@@ -107,15 +107,23 @@ pub(crate) fn client_for(config: &ClickHouseConfig) -> Client {
 /// Starts analytics when `[clickhouse] url` is set: spawns the sink, which applies the migrations (retrying
 /// while ClickHouse is down, so the service starts and keeps ingesting regardless) and then tails `store`,
 /// woken by `wake` (the writer's committed seq). Returns None when analytics is off.
+/// Cancelling `stopping` ends the sink after the pass in progress (its batch shipped and checkpointed).
 pub fn start(
     config: &Config,
     store: Arc<dyn Store>,
     wake: tokio::sync::watch::Receiver<i64>,
+    stopping: tokio_util::sync::CancellationToken,
 ) -> Option<(Arc<Analytics>, tokio::task::JoinHandle<()>)> {
     if config.clickhouse.url.is_empty() {
         return None;
     }
     let analytics = Arc::new(Analytics::new(&config.clickhouse));
-    let task = tokio::spawn(sink::run_sink(store, analytics.clone(), wake, config.sla.clone()));
+    let task = tokio::spawn(sink::run_sink(
+        store,
+        analytics.clone(),
+        wake,
+        config.sla.clone(),
+        stopping,
+    ));
     Some((analytics, task))
 }

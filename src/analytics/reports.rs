@@ -818,19 +818,91 @@ pub fn csv_rows_bytes(rows: &[ConversationRow]) -> Result<Vec<u8>, csv::Error> {
     writer.into_inner().map_err(|e| e.into_error().into())
 }
 
-/// How much of `started_at` the streamed CSV reads from the store at once: memory holds one window's
-/// conversations, never the whole range.
-pub const CSV_STORE_WINDOW: Duration = Duration::hours(1);
+/// Most conversations the streamed CSV holds in memory at once when reading the store (a whole second
+/// holding more is read anyway: rows are ordered by whole seconds).
+pub const CSV_STORE_MAX_ROWS: usize = 5_000;
 
-/// The store's CSV rows of one window `[from, to)`, in the CSV's order (`started_at`, then id).
-pub async fn csv_window_from_store(
+/// The store's CSV rows of `[since, until)` in the CSV's order (`started_at`, then id), a window at a time:
+/// the range is read whole when it holds at most [`CSV_STORE_MAX_ROWS`] conversations, else split in
+/// halves on whole seconds, so memory stays bounded however long or dense the range is, and an empty
+/// stretch costs one query.
+pub struct StoreCsvRows {
+    store: std::sync::Arc<dyn Store>,
+    pending: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    max_rows: usize,
+}
+
+impl StoreCsvRows {
+    /// Rows of conversations started in `[since, until)`.
+    pub fn new(store: std::sync::Arc<dyn Store>, since: DateTime<Utc>, until: DateTime<Utc>) -> Self {
+        StoreCsvRows {
+            store,
+            pending: vec![(since, until)],
+            max_rows: CSV_STORE_MAX_ROWS,
+        }
+    }
+
+    /// Windows of at most `max_rows` conversations instead of [`CSV_STORE_MAX_ROWS`].
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows.max(1);
+        self
+    }
+
+    /// The next window's rows, in order; None at the end.
+    pub async fn next_rows(&mut self) -> StoreResult<Option<Vec<ConversationRow>>> {
+        while let Some((from, to)) = self.pending.pop() {
+            let mid = DateTime::from_timestamp(from.timestamp() + (to.timestamp() - from.timestamp()) / 2, 0)
+                .filter(|mid| *mid > from && *mid < to);
+            let conversations = match mid {
+                Some(mid) => match conversations_started_at_most(self.store.as_ref(), from, to, self.max_rows).await? {
+                    Some(all) => all,
+                    None => {
+                        // Later half first on the stack: the earlier half is read next.
+                        self.pending.push((mid, to));
+                        self.pending.push((from, mid));
+                        continue;
+                    }
+                },
+                None => conversations_started(self.store.as_ref(), from, to).await?,
+            };
+            if conversations.is_empty() {
+                continue;
+            }
+            let mut rows: Vec<ConversationRow> = conversations.iter().map(ConversationRow::from_conversation).collect();
+            rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
+            return Ok(Some(rows));
+        }
+        Ok(None)
+    }
+}
+
+/// Conversations started in `[since, until)`, or None when there are more than `max`.
+async fn conversations_started_at_most(
     store: &dyn Store,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> StoreResult<Vec<ConversationRow>> {
-    let mut rows = csv_rows_from_store(store, from, to).await?;
-    rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
-    Ok(rows)
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    max: usize,
+) -> StoreResult<Option<Vec<Conversation>>> {
+    let mut filter = ConversationFilter {
+        since: Some(since),
+        until: Some(until),
+        limit: u32::try_from(max + 1).unwrap_or(500).min(500),
+        ..ConversationFilter::default()
+    };
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    loop {
+        let page = store.list_conversations(&filter).await?;
+        let last_page = page.next.is_none() || page.items.is_empty();
+        out.extend(page.items.into_iter().filter(|c| seen.insert(c.id)));
+        if out.len() > max {
+            return Ok(None);
+        }
+        if last_page {
+            return Ok(Some(out));
+        }
+        filter.after = page.next;
+    }
 }
 
 /// A cursor over ClickHouse's CSV rows (`started_at` in `[since, until)`), in the CSV's order.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::facts::{possibly_absorbed, tombstone_version, ConversationRow, EventRow, HandoffRow, MessageRow};
@@ -23,6 +24,7 @@ use crate::config::SlaConfig;
 use crate::model::Conversation;
 use crate::sources::ledger::{self, ErasedPayload};
 use crate::store::Store;
+use crate::telemetry;
 
 /// Name of the sink's checkpoint in the store.
 pub const CHECKPOINT: &str = "clickhouse_sink";
@@ -413,6 +415,7 @@ pub async fn run_sink(
     analytics: Arc<Analytics>,
     mut wake: watch::Receiver<i64>,
     sla: SlaConfig,
+    stopping: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
@@ -421,19 +424,29 @@ pub async fn run_sink(
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse migrations failed");
-                tokio::time::sleep(delay).await;
+                if !pause(delay, &stopping).await {
+                    return;
+                }
             }
         }
     }
     backoff.reset();
-    loop {
-        match ship_once(store.as_ref(), &analytics, &sla).await {
+    // A pass in progress is never cut short: a shutdown waits for its batch and checkpoint.
+    while !stopping.is_cancelled() {
+        let result = ship_once(store.as_ref(), &analytics, &sla).await;
+        if let Ok(checkpoint) = store.checkpoint(CHECKPOINT).await {
+            telemetry::sink_lag(*wake.borrow() - checkpoint);
+        }
+        match result {
             Ok(0) => {
                 backoff.reset();
                 // A closed channel (no writer) leaves plain polling.
-                let _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()).await;
-                if wake.has_changed().is_err() {
-                    tokio::time::sleep(POLL_INTERVAL).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()) => {}
+                    _ = stopping.cancelled() => return,
+                }
+                if wake.has_changed().is_err() && !pause(POLL_INTERVAL, &stopping).await {
+                    return;
                 }
             }
             Ok(shipped) => {
@@ -443,9 +456,19 @@ pub async fn run_sink(
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse sink pass failed");
-                tokio::time::sleep(delay).await;
+                if !pause(delay, &stopping).await {
+                    return;
+                }
             }
         }
+    }
+}
+
+/// Sleeps `delay`; false when `stopping` was cancelled first.
+async fn pause(delay: Duration, stopping: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stopping.cancelled() => false,
     }
 }
 

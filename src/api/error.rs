@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::auth::AuthError;
 use crate::ingest::IngestError;
-use crate::outbound::EscalationError;
+use crate::outbound::{EscalationError, RetryError};
 use crate::sources::PayloadError;
 use crate::store::StoreError;
 use crate::writer::WriteError;
@@ -209,6 +209,17 @@ impl From<IngestError> for ApiError {
             IngestError::Write(e) => ApiError::from(e),
             IngestError::Store(e) => ApiError::from(e),
             IngestError::Unexpected(e) => ApiError::Unexpected(e),
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(e: RetryError) -> Self {
+        match e {
+            RetryError::NoCommand(m) => ApiError::NotFound(m),
+            RetryError::Conflict(m) => ApiError::Conflict(m),
+            RetryError::Store(e) => ApiError::from(e),
+            RetryError::Write(e) => ApiError::from(e),
         }
     }
 }

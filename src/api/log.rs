@@ -111,7 +111,8 @@ pub async fn quarantine(
     params: web::Query<QuarantineParams>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = check_limit(params.limit, 50, 500)?;
-    let items = state.store.quarantine_summaries(limit, params.before).await?;
+    let mut items = state.store.quarantine_summaries(limit, params.before).await?;
+    attach_redrives(&state, items.iter_mut()).await?;
     let next_before = if items.len() as u32 == limit {
         items.last().map(|q| q.id)
     } else {
@@ -132,12 +133,28 @@ pub async fn quarantine(
 )]
 pub async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let entry = state
+    let mut entry = state
         .store
         .quarantine_entry(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no quarantine entry {id}")))?;
+    attach_redrives(&state, std::iter::once(&mut entry.summary)).await?;
     Ok(HttpResponse::Ok().json(entry))
+}
+
+/// Fills each entry's `redrives` (one query for a page).
+async fn attach_redrives<'a>(
+    state: &AppState,
+    entries: impl Iterator<Item = &'a mut QuarantineSummary>,
+) -> Result<(), ApiError> {
+    let mut entries: Vec<&mut QuarantineSummary> = entries.collect();
+    let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+    for (id, redrive) in state.store.redrives_of(&ids).await? {
+        if let Some(entry) = entries.iter_mut().find(|e| e.id == id) {
+            entry.redrives.push(redrive);
+        }
+    }
+    Ok(())
 }
 
 /// Liveness: the process answers.

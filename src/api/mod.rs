@@ -7,7 +7,9 @@ pub mod error;
 pub mod keys;
 pub mod limits;
 pub mod log;
+pub mod observe;
 pub mod openapi;
+pub mod operations;
 pub mod reports;
 pub mod webhooks;
 
@@ -82,11 +84,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/events", web::get().to(log::feed))
         .route("/v1/quarantine", web::get().to(log::quarantine))
         .route("/v1/quarantine/{id}", web::get().to(log::quarantine_entry))
+        .route("/v1/quarantine/{id}/redrive", web::post().to(operations::redrive))
+        .route(
+            "/v1/conversations/{id}/commands/{command_id}/retry",
+            web::post().to(operations::retry_command),
+        )
         .route("/v1/erasures", web::post().to(erasures::create))
         .route("/v1/erasures/{id}", web::get().to(erasures::get))
         .route("/healthz", web::get().to(log::healthz))
         .route("/readyz", web::get().to(log::readyz))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi::ApiDoc::openapi()));
+}
+
+/// Registers `GET /metrics` (on the main listener, or alone on `server.metrics_bind`).
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(observe::metrics));
 }
 
 /// Hands a request's events to the writer and waits for their commit at most

@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 
 use super::auth::SecurityAddon;
-use super::{conversations, erasures, error, keys, log, reports, webhooks};
+use super::{conversations, erasures, error, keys, log, observe, operations, reports, webhooks};
 use crate::model;
 
 /// The whole API.
@@ -38,6 +38,9 @@ use crate::model;
         log::quarantine_entry,
         log::healthz,
         log::readyz,
+        observe::metrics,
+        operations::redrive,
+        operations::retry_command,
         erasures::create,
         erasures::get,
     ),
@@ -54,7 +57,8 @@ use crate::model;
         crate::analytics::reports::ReportSource, crate::analytics::reports::Interval,
         crate::analytics::reports::GroupBy,
         model::Conversation, model::Handoff, model::Message, model::StoredEvent,
-        crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail,
+        crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail, model::Redrive,
+        crate::outbound::CommandRetry,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
     )),
@@ -65,7 +69,7 @@ use crate::model;
         (name = "reports", description = "SLA and disposition reports, from ClickHouse when configured, else from the store"),
         (name = "log", description = "The immutable event log and the quarantine"),
         (name = "keys", description = "API keys (`admin`): only a hash of each key is kept"),
-        (name = "health", description = "Liveness and readiness"),
+        (name = "health", description = "Liveness, readiness and Prometheus metrics"),
         (name = "erasures", description = "Erasure of a person's conversation, with a certificate the hash chain backs"),
     ),
     modifiers(&SecurityAddon)

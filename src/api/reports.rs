@@ -162,8 +162,8 @@ pub async fn dispositions_report(
 }
 
 /// One CSV row per conversation started in `[since, until)` with every metric column; the `X-Report-Source`
-/// header says where it was read. The body is streamed: from ClickHouse row by row, from the store one hour
-/// of `started_at` at a time, so no answer is ever held in memory whole.
+/// header says where it was read. The body is streamed: from ClickHouse row by row, from the store a window of at
+/// most 5,000 conversations at a time, so no answer is ever held in memory whole.
 #[utoipa::path(
     get,
     path = "/v1/reports/conversations.csv",
@@ -210,12 +210,9 @@ pub async fn conversations_csv_report(
         tracing::warn!(error = %failure, "ClickHouse CSV failed; reading the store");
     }
     // The first window is read before answering, so a store outage is a 503, not a cut-off 200.
-    let store = state.store.clone();
-    let first_end = (since + reports::CSV_STORE_WINDOW).min(until);
-    let first = reports::csv_window_from_store(store.as_ref(), since, first_end)
-        .await
-        .map_err(|e| unavailable("the store", e))?;
-    tokio::spawn(stream_store_csv(header, store, first, first_end, until, tx));
+    let mut rows = reports::StoreCsvRows::new(state.store.clone(), since, until);
+    let first = rows.next_rows().await.map_err(|e| unavailable("the store", e))?;
+    tokio::spawn(stream_store_csv(header, rows, first, tx));
     Ok(csv_response(ReportSource::Store, rx))
 }
 
@@ -283,21 +280,19 @@ async fn stream_clickhouse_csv(
 
 async fn stream_store_csv(
     header: Vec<u8>,
-    store: std::sync::Arc<dyn crate::store::Store>,
-    first: Vec<crate::analytics::facts::ConversationRow>,
-    mut from: chrono::DateTime<Utc>,
-    until: chrono::DateTime<Utc>,
+    mut rows: reports::StoreCsvRows,
+    first: Option<Vec<crate::analytics::facts::ConversationRow>>,
     mut tx: CsvSender,
 ) {
-    if !send_chunk(&mut tx, Ok(header)).await || !send_chunk(&mut tx, reports::csv_rows_bytes(&first)).await {
+    if !send_chunk(&mut tx, Ok(header)).await {
         return;
     }
-    while from < until {
-        let to = (from + reports::CSV_STORE_WINDOW).min(until);
-        match reports::csv_window_from_store(store.as_ref(), from, to).await {
-            Ok(rows) if rows.is_empty() => {}
-            Ok(rows) => {
-                if !send_chunk(&mut tx, reports::csv_rows_bytes(&rows)).await {
+    let mut next = Ok(first);
+    loop {
+        match next {
+            Ok(None) => return,
+            Ok(Some(window)) => {
+                if !send_chunk(&mut tx, reports::csv_rows_bytes(&window)).await {
                     return;
                 }
             }
@@ -308,6 +303,6 @@ async fn stream_store_csv(
                 return;
             }
         }
-        from = to;
+        next = rows.next_rows().await;
     }
 }

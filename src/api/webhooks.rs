@@ -27,7 +27,8 @@ use crate::config::{Config, Tokens};
 use crate::ingest::{Inbound, Ingested, ParseFn};
 use crate::model::{AppendOutcome, Platform};
 use crate::outbound::actions::SessionVariable;
-use crate::sources::{self, PayloadError};
+use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::telemetry::{self, WebhookOutcome};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
 const KEPT_HEADERS: &[&str] = &[
@@ -297,6 +298,90 @@ impl<W: Webhook> FromRequest for Verified<W> {
     }
 }
 
+/// What became of a delivery, for `ledger_webhooks_total`.
+pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
+    match result {
+        Ok(ingested) if ingested.parsed.unknown => WebhookOutcome::Unknown,
+        Ok(ingested) if !ingested.outcomes.is_empty() && ingested.outcomes.iter().all(|o| o.duplicate) => {
+            WebhookOutcome::Duplicate
+        }
+        Ok(_) => WebhookOutcome::Appended,
+        Err(ApiError::Unauthorized) => WebhookOutcome::Unauthorized,
+        Err(ApiError::InvalidJson(_) | ApiError::InvalidPayload { .. } | ApiError::PayloadTooLarge(_)) => {
+            WebhookOutcome::Rejected
+        }
+        Err(_) => WebhookOutcome::Unavailable,
+    }
+}
+
+/// Parses a delivery's bytes with its endpoint's parser (pure).
+pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
+    let value = sources::parse_json(body)?;
+    // parse_json succeeded, so the body is UTF-8.
+    let raw = String::from_utf8_lossy(body);
+    let parsed = parse(&raw, &value, delivery)?;
+    Ok((value, parsed))
+}
+
+/// An endpoint a delivery can be kept from, with its parser.
+#[derive(Clone, Copy)]
+pub struct KeptEndpoint<'a> {
+    /// The platform it serves.
+    pub platform: Platform,
+    /// Its parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+    /// The path parameter (Bright Pattern `chat_id`).
+    pub path_id: Option<&'a str>,
+    /// The Ultimate actions webhook (answered with the action's results).
+    pub actions: bool,
+}
+
+/// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
+/// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
+pub fn endpoint_of(path: &str) -> Option<KeptEndpoint<'_>> {
+    let endpoint = |platform, parse: ParseFn, multi| KeptEndpoint {
+        platform,
+        parse,
+        multi,
+        path_id: None,
+        actions: false,
+    };
+    match path {
+        "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
+        "/webhooks/ultimate/actions" => Some(KeptEndpoint {
+            actions: true,
+            ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
+        }),
+        "/webhooks/aivo-live" => Some(endpoint(Platform::AivoLive, sources::aivo_live::parse, false)),
+        "/webhooks/vcc/chat" => Some(endpoint(Platform::Vcc, sources::vcc::parse, true)),
+        _ => {
+            let chat_id = path
+                .strip_prefix("/webhooks/bright-pattern/")
+                .or_else(|| {
+                    path.strip_prefix("poll:/chats/")
+                        .and_then(|p| p.strip_suffix("/events"))
+                })
+                .filter(|id| !id.is_empty() && !id.contains('/'))?;
+            Some(KeptEndpoint {
+                path_id: Some(chat_id),
+                ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
+            })
+        }
+    }
+}
+
+/// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
+/// body can be decrypted again when it is redriven.
+pub use crate::ingest::IV_HEADER;
+
+/// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept in
+/// the stored headers), else as kept.
+pub fn kept_body(state: &AppState, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    Ok(state.ingest.kept_body(headers, raw)?)
+}
+
 /// The status a webhook answers a refused body with (kept with it in the quarantine).
 fn refusal_status(error: &PayloadError) -> u16 {
     ApiError::from(error.clone()).status_code().as_u16()
@@ -326,7 +411,13 @@ async fn ingest<W: Webhook>(
         parse: W::ENDPOINT.parse,
         answered: Some(refusal_status),
     };
-    Ok(state.ingest.receive(inbound, &state.outbound).await?)
+    let result = state
+        .ingest
+        .receive(inbound, &state.outbound)
+        .await
+        .map_err(ApiError::from);
+    telemetry::webhook(W::ENDPOINT.platform, webhook_outcome(&result));
+    result
 }
 
 /// The whole script of a webhook answered with its append outcome: ingest (and relay), answer.
@@ -340,7 +431,8 @@ async fn receive<W: Webhook>(
     Ok(answer(&ingested, W::ENDPOINT.multi))
 }
 
-fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
+/// The answer to a stored delivery: 200, or 202 for an event type this version does not know.
+pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
     let status = if ingested.parsed.unknown {
         StatusCode::ACCEPTED
     } else {

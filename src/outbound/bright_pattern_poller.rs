@@ -12,6 +12,10 @@ use serde_json::Value;
 use super::clients::{BackendError, BrightPatternClient, PollOutcome};
 use super::runner::RetryPolicy;
 use crate::sources::bright_pattern::BpEventName;
+use crate::telemetry;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where polled events go.
 #[async_trait]
@@ -61,12 +65,28 @@ pub enum PollStop {
     Gone,
     /// Refused polls (4xx) `max_attempts` times in a row.
     Refused(String),
+    /// The service is stopping (polling resumes at the next start).
+    Stopped,
 }
 
-/// The chats being polled: at most one loop per chat.
-#[derive(Default)]
+/// The chats being polled: at most one loop per chat. Loops run on the runtime current when this was
+/// built (the service's main one), whoever starts them (see `runner::SerialExecutor`).
 pub struct Pollers {
     running: Mutex<HashSet<String>>,
+    tasks: TaskTracker,
+    stopping: CancellationToken,
+    runtime: Option<Handle>,
+}
+
+impl Default for Pollers {
+    fn default() -> Self {
+        Pollers {
+            running: Mutex::default(),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            runtime: Handle::try_current().ok(),
+        }
+    }
 }
 
 /// Takes a chat out of the running set when its loop ends, however it ends.
@@ -79,6 +99,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         let mut running = self.pollers.running.lock().unwrap_or_else(|e| e.into_inner());
         running.remove(&self.chat_id);
+        telemetry::poller_stopped();
     }
 }
 
@@ -91,27 +112,52 @@ impl Pollers {
         chat_id: &str,
         policy: RetryPolicy,
     ) -> bool {
+        if self.stopping.is_cancelled() {
+            return false;
+        }
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             if !running.insert(chat_id.to_string()) {
                 return false;
             }
         }
+        telemetry::poller_started();
         let guard = Running {
             pollers: Arc::clone(self),
             chat_id: chat_id.to_string(),
         };
-        tokio::spawn(async move {
-            let stop = poll_until_done(source.as_ref(), sink.as_ref(), &guard.chat_id, policy).await;
+        let stopping = self.stopping.clone();
+        let work = async move {
+            let stop = poll_until_done(source.as_ref(), sink.as_ref(), &guard.chat_id, policy, &stopping).await;
             tracing::info!(chat_id = %guard.chat_id, stop = ?stop, "stopped polling Bright Pattern chat");
             drop(guard);
-        });
+        };
+        match &self.runtime {
+            Some(runtime) => self.tasks.spawn_on(work, runtime),
+            None => self.tasks.spawn(work),
+        };
         true
     }
 
     /// Whether a loop polls `chat_id` now.
     pub fn is_polling(&self, chat_id: &str) -> bool {
         self.running.lock().map(|r| r.contains(chat_id)).unwrap_or(false)
+    }
+
+    /// Stops every loop (a poll in flight is abandoned; events a poll already brought are stored first)
+    /// and returns when they have all left.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Sleeps `delay`; false when `stopping` was cancelled first.
+async fn pause(delay: std::time::Duration, stopping: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = stopping.cancelled() => false,
     }
 }
 
@@ -121,11 +167,16 @@ pub async fn poll_until_done(
     sink: &dyn PollSink,
     chat_id: &str,
     policy: RetryPolicy,
+    stopping: &CancellationToken,
 ) -> PollStop {
     let mut failures: u32 = 0;
     let mut refusals: u32 = 0;
     loop {
-        match source.poll(chat_id).await {
+        let polled = tokio::select! {
+            polled = source.poll(chat_id) => polled,
+            _ = stopping.cancelled() => return PollStop::Stopped,
+        };
+        match polled {
             Ok(PollOutcome::Events(body)) => {
                 failures = 0;
                 refusals = 0;
@@ -141,12 +192,16 @@ pub async fn poll_until_done(
             Ok(PollOutcome::Busy) => {
                 // Another poll holds the chat (a previous instance's, still open): wait for it to end.
                 failures = failures.saturating_add(1);
-                tokio::time::sleep(policy.delay(failures, rand::random())).await;
+                if !pause(policy.delay(failures, rand::random()), stopping).await {
+                    return PollStop::Stopped;
+                }
             }
             Err(e) if e.is_transient() => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(chat_id, error = %e, "Bright Pattern poll failed; backing off");
-                tokio::time::sleep(policy.delay(failures, rand::random())).await;
+                if !pause(policy.delay(failures, rand::random()), stopping).await {
+                    return PollStop::Stopped;
+                }
             }
             Err(e) => {
                 refusals = refusals.saturating_add(1);
@@ -154,7 +209,9 @@ pub async fn poll_until_done(
                 if refusals >= policy.max_attempts {
                     return PollStop::Refused(e.to_string());
                 }
-                tokio::time::sleep(policy.delay(refusals, rand::random())).await;
+                if !pause(policy.delay(refusals, rand::random()), stopping).await {
+                    return PollStop::Stopped;
+                }
             }
         }
     }
@@ -252,7 +309,10 @@ mod tests {
             fail_first: Mutex::new(2),
             ..Default::default()
         };
-        assert_eq!(poll_until_done(&source, &sink, "c", fast()).await, PollStop::Ended);
+        assert_eq!(
+            poll_until_done(&source, &sink, "c", fast(), &CancellationToken::new()).await,
+            PollStop::Ended
+        );
         assert_eq!(*sink.bodies.lock().unwrap(), vec![first, last]);
         assert_eq!(source.0.lock().unwrap().len(), 1, "no poll after the end");
     }
@@ -261,7 +321,7 @@ mod tests {
     async fn stops_when_the_chat_is_gone_or_polls_keep_being_refused() {
         let source = Script(Mutex::new(VecDeque::from([Ok(PollOutcome::ChatGone)])));
         assert_eq!(
-            poll_until_done(&source, &Collect::default(), "c", fast()).await,
+            poll_until_done(&source, &Collect::default(), "c", fast(), &CancellationToken::new()).await,
             PollStop::Gone
         );
         let refused = || {
@@ -272,7 +332,7 @@ mod tests {
         };
         let source = Script(Mutex::new(VecDeque::from([refused(), refused(), refused()])));
         assert!(matches!(
-            poll_until_done(&source, &Collect::default(), "c", fast()).await,
+            poll_until_done(&source, &Collect::default(), "c", fast(), &CancellationToken::new()).await,
             PollStop::Refused(_)
         ));
     }
@@ -297,6 +357,28 @@ mod tests {
         async fn poll(&self, _chat_id: &str) -> Result<PollOutcome, BackendError> {
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(PollOutcome::ChatGone)
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_abandons_a_poll_in_flight() {
+        let pollers = Arc::new(Pollers::default());
+        let hanging: Arc<dyn EventSource> = Arc::new(Hanging);
+        let sink: Arc<dyn PollSink> = Arc::new(Collect::default());
+        assert!(pollers.start(hanging.clone(), sink.clone(), "c", fast()));
+        assert!(pollers.is_polling("c"));
+        pollers.stop().await;
+        assert!(!pollers.is_polling("c"), "the loop left");
+        assert!(!pollers.start(hanging, sink, "d", fast()), "no loop starts after stop");
+    }
+
+    struct Hanging;
+
+    #[async_trait]
+    impl EventSource for Hanging {
+        async fn poll(&self, _chat_id: &str) -> Result<PollOutcome, BackendError> {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(PollOutcome::NoEvents)
         }
     }
 }

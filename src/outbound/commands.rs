@@ -182,6 +182,17 @@ impl Command {
         }
     }
 
+    /// The outbound backend it calls (the `backend` label of the outbox metrics).
+    pub fn backend(&self) -> &str {
+        match self {
+            Command::Queue { backend, .. } => backend,
+            Command::Widget { .. } => "ultimate",
+            Command::VisitorMessage { target, .. } | Command::EndChat { target } => {
+                target.as_ref().map(|t| t.backend.as_str()).unwrap_or("unresolved")
+            }
+        }
+    }
+
     /// The `ledger.command` payload for this command.
     pub fn record(&self, command_id: &str) -> CommandRecord {
         CommandRecord {
@@ -190,6 +201,7 @@ impl Command {
             outcome: None,
             detail: None,
             body: serde_json::to_value(self).ok(),
+            retry_of: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`commands`]: the command vocabulary as recorded in the log.
 //! - [`runner`]: the outbox: per-conversation serial execution, retries, recorded results.
 //! - [`recovery`]: start-up re-send of pending commands and resumed polls.
+//! - [`retry`]: an operator's retry of a command that failed or gave up.
 //! - [`actions`]: the actions webhook's built-in actions.
 //! - [`clients`]: one client per platform (Aivo Live, Bright Pattern, Ultimate widget) and opening hours.
 //! - [`bright_pattern_poller`]: the long-poll loop per open Bright Pattern chat.
@@ -21,6 +22,7 @@ pub mod escalation;
 pub mod plan;
 pub mod recovery;
 pub mod relay;
+pub mod retry;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -40,6 +42,7 @@ use runner::{Job, RetryPolicy, SerialExecutor};
 
 pub use commands::{Command, LiveTarget};
 pub use escalation::EscalationError;
+pub use retry::{CommandRetry, RetryError};
 
 /// The outbound driver: relays, the outbox, synchronous escalations and Bright Pattern polls. Cheap to clone.
 #[derive(Clone)]

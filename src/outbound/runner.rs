@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::clients::{BackendError, LiveBackend, QueueRequest, QueueResult, WidgetUpdate};
@@ -22,6 +25,7 @@ use super::Outbound;
 use crate::config::OutboxConfig;
 use crate::model::{AppendOutcome, NewEvent, Platform, StreamKey};
 use crate::sources::ledger::{self, CommandRecord, QueueAccepted};
+use crate::telemetry;
 use crate::writer::WriteError;
 
 /// Times a result is offered to a failing writer before it is left to the next start's scan.
@@ -80,15 +84,25 @@ impl RetryPolicy {
 }
 
 /// Runs jobs one at a time per key, in submission order, on a task that lives only while its key has
-/// jobs. Keys run concurrently with each other.
+/// jobs. Keys run concurrently with each other. [`SerialExecutor::stop`] lets each worker finish the job
+/// it is running and start no other (what is left is recorded in the log and re-sent at the next start).
 pub struct SerialExecutor<J> {
     workers: Mutex<HashMap<Uuid, mpsc::UnboundedSender<J>>>,
+    tasks: TaskTracker,
+    stopping: CancellationToken,
+    runtime: Option<Handle>,
 }
 
 impl<J: Send + 'static> Default for SerialExecutor<J> {
+    /// Workers run on the runtime current at construction (the service's main runtime), not on the
+    /// runtime of whoever dispatches: an HTTP worker's runtime ends with the server, and a worker
+    /// spawned there would die with it mid-call.
     fn default() -> Self {
         SerialExecutor {
             workers: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            runtime: Handle::try_current().ok(),
         }
     }
 }
@@ -100,6 +114,9 @@ impl<J: Send + 'static> SerialExecutor<J> {
         F: Fn(J) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        if self.stopping.is_cancelled() {
+            return;
+        }
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         // Sends happen under the lock, and a worker only leaves under it after finding its queue empty,
         // so no job can land in a queue nobody reads.
@@ -114,7 +131,11 @@ impl<J: Send + 'static> SerialExecutor<J> {
         let _ = tx.send(job);
         workers.insert(key, tx);
         drop(workers);
-        tokio::spawn(Arc::clone(self).work(key, rx, run));
+        let work = Arc::clone(self).work(key, rx, run);
+        match &self.runtime {
+            Some(runtime) => self.tasks.spawn_on(work, runtime),
+            None => self.tasks.spawn(work),
+        };
     }
 
     async fn work<F, Fut>(self: Arc<Self>, key: Uuid, mut rx: mpsc::UnboundedReceiver<J>, run: F)
@@ -123,6 +144,11 @@ impl<J: Send + 'static> SerialExecutor<J> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         loop {
+            if self.stopping.is_cancelled() {
+                let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+                workers.remove(&key);
+                return;
+            }
             let job = match rx.try_recv() {
                 Ok(job) => job,
                 Err(_) => {
@@ -143,6 +169,23 @@ impl<J: Send + 'static> SerialExecutor<J> {
     /// How many keys have a worker now.
     pub fn active(&self) -> usize {
         self.workers.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// The token cancelled by [`SerialExecutor::stop`] (jobs watch it to cut their waits short).
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Workers running now (each runs one job at a time).
+    pub fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Starts no further job; returns when every running job has finished.
+    pub async fn stop(&self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -186,27 +229,52 @@ impl Outbound {
 
     pub(super) fn dispatch(&self, job: Job) {
         let this = self.clone();
+        telemetry::outbox_command_started();
         self.inner.outbox.dispatch(job.conversation_id, job, move |job| {
             let this = this.clone();
-            async move { this.run(job).await }
+            async move {
+                this.run(job).await;
+                telemetry::outbox_command_finished();
+            }
         });
+    }
+
+    /// Stops the background work for a shutdown: every command in flight finishes its call and records
+    /// its result, none starts (commands left are recorded and re-sent at the next start); Bright Pattern
+    /// polls stop waiting, storing what a poll already brought. Returns when all of it is done.
+    pub async fn stop(&self) {
+        tracing::info!(
+            outbox_workers = self.inner.outbox.running(),
+            "stopping the outbox and the Bright Pattern polls"
+        );
+        tokio::join!(self.inner.outbox.stop(), self.inner.pollers.stop());
     }
 
     /// Runs one command: attempts with backoff, records the result with its consequences, answers the waiter.
     async fn run(&self, job: Job) {
         let single = matches!(job.command, Command::Queue { synchronous: true, .. });
         let policy = self.inner.policy;
+        let stopping = self.inner.outbox.stopping().clone();
         let mut attempt: u32 = 1;
         let result = loop {
             match self.execute(&job).await {
                 Err(e) if e.is_transient() && !single && attempt < policy.max_attempts => {
                     tracing::warn!(command_id = %job.command_id, attempt, error = %e, "command failed; retrying");
-                    tokio::time::sleep(policy.delay(attempt, rand::random())).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(policy.delay(attempt, rand::random())) => {}
+                        _ = stopping.cancelled() => {
+                            tracing::info!(command_id = %job.command_id, "stopping: the command is re-sent at the next start");
+                            return;
+                        }
+                    }
                     attempt += 1;
                 }
                 other => break other,
             }
         };
+        if result.is_err() {
+            telemetry::outbox_command_failed(job.command.backend());
+        }
         let record = job.command.record(&job.command_id);
         let now = Utc::now();
         let mut follow_ups: Vec<(String, Command)> = Vec::new();
@@ -433,6 +501,7 @@ impl Outbound {
             outcome: Some(outcome.to_string()),
             detail: (!detail.is_empty()).then(|| detail.to_string()),
             body,
+            retry_of: command.retry_of.clone(),
         };
         let mut events = vec![ledger::command(
             conversation_id,
@@ -534,5 +603,38 @@ mod tests {
         executor.dispatch(a, (3, 0), run);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(*log.lock().unwrap(), vec![10, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn stop_lets_the_running_job_finish_and_starts_no_other() {
+        let executor: Arc<SerialExecutor<(u32, u64)>> = Arc::new(SerialExecutor::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let run = {
+            let log = log.clone();
+            move |(n, wait_ms): (u32, u64)| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push(format!("start {n}"));
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    log.lock().unwrap().push(format!("end {n}"));
+                }
+            }
+        };
+        let key = Uuid::new_v4();
+        executor.dispatch(key, (1, 200), run.clone());
+        executor.dispatch(key, (2, 0), run.clone());
+        while log.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        executor.stop().await;
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec!["start 1", "end 1"],
+            "job 1 finished, job 2 never started"
+        );
+        executor.dispatch(key, (3, 0), run);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(log.lock().unwrap().len(), 2, "nothing starts after stop");
+        assert_eq!(executor.running(), 0);
     }
 }

@@ -1018,6 +1018,7 @@ fn a_relayed_visitor_message_echoed_by_bright_pattern_is_one_line() {
             outcome: None,
             detail: None,
             body: None,
+            retry_of: None,
         },
         t(10),
     );

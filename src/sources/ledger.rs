@@ -22,6 +22,8 @@ pub const QUEUE_FAILED: &str = "ledger.queue_failed";
 pub const COMMAND: &str = "ledger.command";
 /// `ledger.command_result`: the outcome of an outbound call.
 pub const COMMAND_RESULT: &str = "ledger.command_result";
+/// `ledger.redriven`: a quarantined delivery was run through the parsers again.
+pub const REDRIVEN: &str = "ledger.redriven";
 /// `ledger.erased`: an erasure replaced personal data by stubs (payload: [`ErasedPayload`]).
 pub const ERASED: &str = crate::chain::ERASED_KIND;
 /// `api.message`: a message posted through `POST /v1/conversations/{id}/messages`.
@@ -58,6 +60,9 @@ pub struct CommandRecord {
     /// The request (commands) or response (results) body, when worth keeping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// For a command re-sent by an operator: the id of the command that gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 fn new_event(
@@ -144,6 +149,26 @@ pub fn command(conversation_id: Uuid, kind: &str, record: &CommandRecord, at: Da
         kind,
         Some(key),
         payload,
+        at,
+        Vec::new(),
+    )
+}
+
+/// `ledger.redriven`: a quarantined delivery was run again and filed under this conversation. One event
+/// per entry and outcome, so that repeated redrives of one entry are recorded once.
+pub fn redriven(
+    conversation_id: Uuid,
+    quarantine_id: i64,
+    redrive: &Value,
+    outcome: &str,
+    at: DateTime<Utc>,
+) -> NewEvent {
+    new_event(
+        conversation_id,
+        Platform::Ledger,
+        REDRIVEN,
+        Some(format!("redriven:{quarantine_id}:{outcome}")),
+        redrive.clone(),
         at,
         Vec::new(),
     )

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ConversationFilter, StoreError, StoreResult};
-use crate::model::{Conversation, Message, Platform, QuarantineEntry, StoredEvent, StreamKey};
+use crate::model::{Conversation, Message, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
 use crate::projection::Projection;
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
@@ -169,6 +169,42 @@ pub(crate) fn decode_quarantine(row: QuarantineRow) -> StoreResult<QuarantineEnt
         body: body.to_string(),
         body_encoding: body_encoding.to_string(),
     })
+}
+
+/// Columns of a redrive row:
+/// `(quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name)`.
+pub(crate) type RedriveRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A redrive row as the domain type, with the entry it belongs to.
+pub(crate) fn decode_redrive(row: RedriveRow) -> StoreResult<(i64, Redrive)> {
+    let (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key) = row;
+    let uuid = |v: Option<String>| -> StoreResult<Option<Uuid>> {
+        v.map(|v| Uuid::parse_str(&v).map_err(|e| StoreError::Corrupt(format!("bad uuid {v}: {e}"))))
+            .transpose()
+    };
+    Ok((
+        quarantine_id,
+        Redrive {
+            at: from_micros(at)?,
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("bad HTTP status {status}")))?,
+            outcome,
+            error_code,
+            event_id: uuid(event_id)?,
+            seq,
+            conversation_id: uuid(conversation_id)?,
+            key,
+        },
+    ))
 }
 
 /// Standard base64 with padding (RFC 4648), for quarantined bodies that are not UTF-8.

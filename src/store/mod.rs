@@ -21,7 +21,9 @@ use uuid::Uuid;
 use crate::chain::{ChainHead, ChainRow};
 use crate::config::SlaConfig;
 use crate::erasure::{ErasureCertificate, ErasureTarget};
-use crate::model::{AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent};
+use crate::model::{
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent,
+};
 
 pub use keys::KeyStore;
 pub use quarantine::QuarantineStore;
@@ -114,6 +116,14 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
 
     /// Refused deliveries, newest first, ids below `before` when given.
     async fn list_quarantine(&self, limit: u32, before: Option<i64>) -> StoreResult<Vec<QuarantineEntry>>;
+
+    /// The kept bytes of a refused delivery (for a redrive; see `QuarantineSummary::body_truncated`).
+    async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>>;
+
+    /// The redrives of these quarantine entries, oldest first, each with its entry's id.
+    async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>>;
+
+    async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()>;
 
     /// The conversation an id (or an id absorbed by a merge) resolves to.
     async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>>;

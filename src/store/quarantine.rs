@@ -52,6 +52,7 @@ fn decode_summary(row: SummaryRow, body: Option<&[u8]>) -> StoreResult<Quarantin
         body_size: size,
         body_sha256,
         body_truncated: kept < size,
+        redrives: Vec::new(),
     })
 }
 

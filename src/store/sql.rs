@@ -17,7 +17,7 @@ use super::{ConversationFilter, ConversationPage, ReplayStats, Store, StoreError
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, StoredEvent, StreamKey,
+    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent, StreamKey,
 };
 use crate::projection;
 
@@ -62,6 +62,18 @@ const SQL_LIST_QUARANTINE: &str = "SELECT id, received_at, path, platform, error
      headers, body FROM quarantine ORDER BY id DESC LIMIT $1";
 const SQL_LIST_QUARANTINE_BEFORE: &str = "SELECT id, received_at, path, platform, error_code, error_message, \
      status, headers, body FROM quarantine WHERE id < $2 ORDER BY id DESC LIMIT $1";
+const SQL_GET_QUARANTINE_BODY: &str = "SELECT body FROM quarantine WHERE id = $1";
+const SQL_INSERT_REDRIVE: &str = "INSERT INTO quarantine_redrives \
+     (quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+fn redrives_of_sql(n: usize) -> String {
+    format!(
+        "SELECT quarantine_id, at, status, outcome, error_code, event_id, seq, conversation_id, key_name \
+         FROM quarantine_redrives WHERE quarantine_id IN ({}) ORDER BY id",
+        placeholders(1, n)
+    )
+}
 const SQL_GET_CHECKPOINT: &str = "SELECT value FROM checkpoints WHERE name = $1";
 const SQL_SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, value) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -668,6 +680,40 @@ macro_rules! sql_store {
                     None => sqlx::query_as(SQL_LIST_QUARANTINE).bind(limit).fetch_all(&self.pool).await?,
                 };
                 rows.into_iter().map(codec::decode_quarantine).collect()
+            }
+
+            async fn quarantined_body(&self, id: i64) -> StoreResult<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as(SQL_GET_QUARANTINE_BODY).bind(id).fetch_optional(&self.pool).await?;
+                Ok(row.map(|(body,)| body))
+            }
+
+            async fn redrives_of(&self, ids: &[i64]) -> StoreResult<Vec<(i64, Redrive)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = redrives_of_sql(ids.len());
+                let mut query = sqlx::query_as::<_, codec::RedriveRow>(&sql);
+                for id in ids {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&self.pool).await?.into_iter().map(codec::decode_redrive).collect()
+            }
+
+            async fn record_redrive(&self, quarantine_id: i64, redrive: &Redrive) -> StoreResult<()> {
+                sqlx::query(SQL_INSERT_REDRIVE)
+                    .bind(quarantine_id)
+                    .bind(codec::to_micros(redrive.at))
+                    .bind(i64::from(redrive.status))
+                    .bind(&redrive.outcome)
+                    .bind(&redrive.error_code)
+                    .bind(redrive.event_id.map(|id| id.to_string()))
+                    .bind(redrive.seq)
+                    .bind(redrive.conversation_id.map(|id| id.to_string()))
+                    .bind(&redrive.key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn get_conversation(&self, id: Uuid) -> StoreResult<Option<Conversation>> {

@@ -130,7 +130,9 @@ async fn wrong_revoked_and_malformed_keys_are_401(backend: Backend) {
     let app = spawn_app(backend).await;
     let admin = add_key(&app, "admin", &[Scope::Admin]).await;
     let reader = add_key(&app, "reader", &[Scope::ConversationsRead]).await;
-    let wrong = format!("{}0", &reader[..reader.len() - 1]);
+    // The real key with its last digit changed (to 1 when it already ends in 0).
+    let last = if reader.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &reader[..reader.len() - 1]);
     for key in [wrong.as_str(), "", "hlk_"] {
         let (status, body) = call(&app, Method::GET, "/v1/conversations", Some(key), None).await;
         assert_eq!(status, 401, "key {key:?}: {body}");

@@ -127,6 +127,35 @@ async fn postgres_readers_have_a_statement_timeout() {
     sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
 }
 
+async fn connections_past_the_cap_wait_for_a_free_slot(backend: Backend) {
+    let app = spawn_app_with(backend, |c| {
+        c.server.workers = 1;
+        c.server.max_connections = 1;
+        c.server.keep_alive_seconds = 60;
+    })
+    .await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // A takes the only slot: answered, then kept alive.
+    let mut a = tokio::net::TcpStream::connect(&address).await.unwrap();
+    a.write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // B waits while A holds the slot...
+    let mut b = tokio::net::TcpStream::connect(&address).await.unwrap();
+    b.write_all(request).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), b.read(&mut buf)).await;
+    assert!(early.is_err(), "a second connection was served past the cap");
+    // ...and is served once A goes.
+    drop(a);
+    let n = tokio::time::timeout(Duration::from_secs(30), b.read(&mut buf))
+        .await
+        .expect("served once the slot is free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 /// Holds the store's write lock from another connection until dropped (rolled back).
 enum WriteLock {
     Sqlite(sqlx::SqliteConnection),
@@ -399,6 +428,23 @@ async fn the_conversations_csv_is_streamed_in_order_across_windows(backend: Back
     );
     // An agent name from a platform is text in a spreadsheet, not a formula.
     assert!(rows.iter().all(|r| r[agents].starts_with("'=HYPERLINK")), "{text}");
+
+    // Windows of one conversation each: the range is split until each fits, and the rows still come in order.
+    let since = chrono::DateTime::parse_from_rfc3339("1990-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let until = chrono::DateTime::parse_from_rfc3339("2090-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    let mut windows =
+        handoff_ledger::analytics::reports::StoreCsvRows::new(app.state.store.clone(), since, until).with_max_rows(1);
+    let mut streamed = Vec::new();
+    while let Some(window) = windows.next_rows().await.unwrap() {
+        assert_eq!(window.len(), 1);
+        streamed.extend(window.into_iter().map(|r| r.started_at));
+    }
+    assert_eq!(streamed.len(), 3);
+    assert!(streamed.windows(2).all(|w| w[0] <= w[1]), "{streamed:?}");
 }
 
 async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Backend) {
@@ -436,6 +482,7 @@ async fn killing_the_writer_makes_readyz_fail_and_the_service_exit(backend: Back
 }
 
 on_both_stores!(
+    connections_past_the_cap_wait_for_a_free_slot,
     idle_keep_alive_connections_are_closed,
     the_conversations_csv_is_streamed_in_order_across_windows,
     a_clickhouse_that_never_answers_falls_back_to_the_store,

@@ -10,6 +10,7 @@ mod flow;
 mod helpers;
 mod limits;
 mod openapi;
+mod operations;
 mod secrets;
 mod vcc_encrypted;
 mod webhooks;

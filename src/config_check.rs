@@ -1,0 +1,541 @@
+//! `handoff-ledger config check`, and the same checks `serve` runs before it binds: load the layered
+//! configuration exactly as `serve` does, refuse keys nobody reads and values the service cannot run with
+//! (each problem names the key's path), and print the effective configuration with its secrets masked.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use chrono::Utc;
+
+use crate::config::{Config, OpeningHours, Route};
+use crate::model::Platform;
+use crate::outbound::clients::schedule;
+use crate::redact::{self, MASK};
+
+/// Longest answer target: a day.
+pub const MAX_SLA_SECONDS: u64 = 86_400;
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `routing.teams.sales.backend`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in key order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration is not valid:")?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the configuration as `serve` does (defaults, `file`, `LEDGER__*` variables) and checks it.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let figment = Config::figment(file).map_err(|e| ConfigError {
+        problems: vec![Problem::new("--config", e.to_string())],
+    })?;
+    let mut problems = Vec::new();
+    // Keys no field reads: deserialize the merged tree once more, noting what serde skips.
+    if let Ok(tree) = figment.extract::<figment::value::Value>() {
+        let mut unknown = BTreeSet::new();
+        let _ = serde_ignored::deserialize(&tree, |path| {
+            unknown.insert(path.to_string());
+        }) as Result<Config, _>;
+        for key in unknown {
+            let source = figment
+                .find_metadata(&key)
+                .map(|m| format!(" (set in {})", m.name))
+                .unwrap_or_default();
+            problems.push(Problem::new(key, format!("unknown key{source}")));
+        }
+    }
+    let config = match figment.extract::<Config>() {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for e in errors {
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" (set in {})", m.name))
+                    .unwrap_or_default();
+                let key = if e.path.is_empty() {
+                    "(root)".to_string()
+                } else {
+                    e.path.join(".")
+                };
+                // Unknown keys are reported above with their full path.
+                if !matches!(e.kind, figment::error::Kind::UnknownField(..)) {
+                    problems.push(Problem::new(key, format!("{}{source}", e.kind)));
+                }
+            }
+            None
+        }
+    };
+    if let Some(config) = &config {
+        problems.extend(check(config));
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => {
+            problems.sort_by(|a, b| a.key.cmp(&b.key));
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+fn is_backend(name: &str) -> bool {
+    [Platform::AivoLive, Platform::BrightPattern]
+        .iter()
+        .any(|p| p.as_str() == name)
+}
+
+fn check_url(problems: &mut Vec<Problem>, key: &str, value: &str, required: bool) {
+    let value = value.trim();
+    if value.is_empty() {
+        if required {
+            problems.push(Problem::new(key, "must be set"));
+        }
+        return;
+    }
+    let Some((scheme, rest)) = value.split_once("://") else {
+        problems.push(Problem::new(key, "is not a URL (expected http://... or https://...)"));
+        return;
+    };
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.starts_with('/') {
+        problems.push(Problem::new(
+            key,
+            format!(
+                "`{}` is not an http(s) URL with a host",
+                redact::mask_url_passwords(value)
+            ),
+        ));
+    }
+}
+
+fn check_bind(problems: &mut Vec<Problem>, key: &str, value: &str) {
+    let ok = value.parse::<std::net::SocketAddr>().is_ok()
+        || value
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        problems.push(Problem::new(
+            key,
+            format!("`{value}` is not an address to listen on (HOST:PORT, e.g. 127.0.0.1:8080)"),
+        ));
+    }
+}
+
+fn check_range(problems: &mut Vec<Problem>, key: &str, value: u64, min: u64, max: u64) {
+    if !(min..=max).contains(&value) {
+        problems.push(Problem::new(key, format!("{value} is out of range ({min} to {max})")));
+    }
+}
+
+fn check_hours(problems: &mut Vec<Problem>, key: &str, hours: &OpeningHours) {
+    // Every day and range is validated whatever the time, so any instant will do.
+    if let Err(e) = schedule::is_open(hours, Utc::now()) {
+        problems.push(Problem::new(key, e));
+    }
+}
+
+fn check_route(problems: &mut Vec<Problem>, key: &str, route: &Route, config: &Config) {
+    let backend = route.backend.trim();
+    if !is_backend(backend) {
+        problems.push(Problem::new(
+            format!("{key}.backend"),
+            format!(
+                "unknown backend `{backend}` (expected {} or {})",
+                Platform::AivoLive,
+                Platform::BrightPattern
+            ),
+        ));
+    } else if backend == Platform::AivoLive.as_str() {
+        if config.aivo_live.bot_token.is_empty() || config.aivo_live.base_url.trim().is_empty() {
+            problems.push(Problem::new(
+                format!("{key}.backend"),
+                "routes to aivo_live, which has no credentials: set aivo_live.base_url and aivo_live.bot_token",
+            ));
+        }
+    } else if config.bright_pattern.base_url.trim().is_empty() {
+        problems.push(Problem::new(
+            format!("{key}.backend"),
+            "routes to bright_pattern, which has no credentials: set bright_pattern.base_url (and tenant_url, \
+             app_id, client_id)",
+        ));
+    }
+    if let Some(hours) = &route.hours {
+        check_hours(problems, &format!("{key}.hours"), hours);
+    }
+}
+
+/// The values the service cannot run with, each with its key's path.
+pub fn check(config: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let server = &config.server;
+    check_bind(&mut p, "server.bind", &server.bind);
+    if !server.metrics_bind.trim().is_empty() {
+        check_bind(&mut p, "server.metrics_bind", &server.metrics_bind);
+        if server.metrics_bind.trim() == server.bind.trim() {
+            p.push(Problem::new("server.metrics_bind", "must differ from server.bind"));
+        }
+    }
+    check_range(
+        &mut p,
+        "server.max_body_bytes",
+        server.max_body_bytes as u64,
+        1,
+        1 << 30,
+    );
+    check_range(&mut p, "server.max_batch", server.max_batch as u64, 1, 100_000);
+    check_range(
+        &mut p,
+        "server.shutdown_grace_seconds",
+        server.shutdown_grace_seconds,
+        1,
+        3600,
+    );
+
+    let url = config.store.url.trim();
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        p.push(Problem::new(
+            "store.url",
+            format!(
+                "`{}` names no supported store (use sqlite://PATH or postgres://...)",
+                redact::mask_url_passwords(url)
+            ),
+        ));
+    }
+    check_range(
+        &mut p,
+        "store.max_connections",
+        config.store.max_connections.into(),
+        1,
+        1000,
+    );
+
+    check_range(
+        &mut p,
+        "sla.answer_seconds",
+        config.sla.answer_seconds,
+        1,
+        MAX_SLA_SECONDS,
+    );
+    check_range(
+        &mut p,
+        "sla.short_abandon_seconds",
+        config.sla.short_abandon_seconds,
+        0,
+        MAX_SLA_SECONDS,
+    );
+    for (queue, target) in &config.sla.queues {
+        check_range(&mut p, &format!("sla.queues.\"{queue}\""), *target, 1, MAX_SLA_SECONDS);
+    }
+
+    check_url(&mut p, "aivo_live.base_url", &config.aivo_live.base_url, false);
+    check_range(
+        &mut p,
+        "aivo_live.timeout_seconds",
+        config.aivo_live.timeout_seconds,
+        1,
+        600,
+    );
+    check_url(&mut p, "ultimate.api_url", &config.ultimate.api_url, false);
+    check_range(
+        &mut p,
+        "ultimate.timeout_seconds",
+        config.ultimate.timeout_seconds,
+        1,
+        600,
+    );
+    check_range(
+        &mut p,
+        "ultimate.escalate_deadline_seconds",
+        config.ultimate.escalate_deadline_seconds,
+        1,
+        600,
+    );
+    check_url(
+        &mut p,
+        "bright_pattern.base_url",
+        &config.bright_pattern.base_url,
+        false,
+    );
+    check_range(
+        &mut p,
+        "bright_pattern.timeout_seconds",
+        config.bright_pattern.timeout_seconds,
+        1,
+        600,
+    );
+    check_range(
+        &mut p,
+        "bright_pattern.poll_timeout_seconds",
+        config.bright_pattern.poll_timeout_seconds,
+        1,
+        600,
+    );
+    if !config.vcc.encryption_key.is_empty() {
+        if let Err(e) = crate::sources::vcc_crypto::VccKey::from_hex(config.vcc.encryption_key.expose()) {
+            p.push(Problem::new("vcc.encryption_key", e));
+        }
+    }
+    check_url(&mut p, "clickhouse.url", &config.clickhouse.url, false);
+    if !config.clickhouse.url.trim().is_empty() && config.clickhouse.database.trim().is_empty() {
+        p.push(Problem::new(
+            "clickhouse.database",
+            "must be set when clickhouse.url is",
+        ));
+    }
+
+    if let Some(route) = &config.routing.default {
+        check_route(&mut p, "routing.default", route, config);
+    }
+    for (team, route) in &config.routing.teams {
+        check_route(&mut p, &format!("routing.teams.{team}"), route, config);
+    }
+
+    check_range(&mut p, "outbox.max_attempts", config.outbox.max_attempts.into(), 1, 100);
+    if config.outbox.initial_backoff_ms > config.outbox.max_backoff_ms {
+        p.push(Problem::new(
+            "outbox.initial_backoff_ms",
+            format!(
+                "{} is more than outbox.max_backoff_ms ({})",
+                config.outbox.initial_backoff_ms, config.outbox.max_backoff_ms
+            ),
+        ));
+    }
+
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        p.push(Problem::new(
+            "log.level",
+            format!(
+                "`{}` is not a log filter (e.g. info, debug, info,sqlx=warn): {e}",
+                config.log.level
+            ),
+        ));
+    }
+    p
+}
+
+/// Whether a key holds a secret (its values are masked when printed and scrubbed from logs).
+fn is_secret_key(key: &str) -> bool {
+    key.ends_with("token")
+        || key.ends_with("_key")
+        || key.ends_with("password")
+        || key.ends_with("secret")
+        || key == "tokens"
+}
+
+fn walk_secrets(value: &toml::Value, secret: bool, out: &mut Vec<String>) {
+    match value {
+        toml::Value::String(s) if secret => out.push(s.clone()),
+        toml::Value::Array(items) => items.iter().for_each(|v| walk_secrets(v, secret, out)),
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                walk_secrets(v, secret || is_secret_key(k), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn mask(value: &mut toml::Value, secret: bool) {
+    match value {
+        toml::Value::String(s) if secret && !s.is_empty() => *s = MASK.to_string(),
+        toml::Value::String(s) if secret => {}
+        toml::Value::String(s) => {
+            let masked = redact::mask_url_passwords(s).into_owned();
+            *s = masked;
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| mask(v, secret)),
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let secret = secret || is_secret_key(k);
+                mask(v, secret);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = &authority[..authority.rfind('@')?];
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+/// Every secret value the configuration holds (tokens, keys, passwords, passwords inside URLs), for the
+/// log scrubber.
+pub fn secrets(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(tree) = toml::Value::try_from(config) {
+        walk_secrets(&tree, false, &mut out);
+    }
+    for url in [&config.store.url, &config.clickhouse.url] {
+        out.extend(url_password(url));
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// The effective configuration as TOML, secrets masked (`***`; an unset secret stays `""`, so that the
+/// output also says which ones are set).
+pub fn effective_toml(config: &Config) -> anyhow::Result<String> {
+    let mut tree = toml::Value::try_from(config)?;
+    mask(&mut tree, false);
+    Ok(toml::to_string_pretty(&tree)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Route;
+    use std::collections::BTreeMap;
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        assert_eq!(check(&Config::default()), Vec::new());
+    }
+
+    #[test]
+    fn impossible_values_are_named_by_their_key() {
+        let mut c = Config::default();
+        c.server.bind = "nowhere".into();
+        c.store.url = "mysql://u:hunter22@h/db".into();
+        c.sla.answer_seconds = 0;
+        c.sla.queues.insert("2179".into(), 90_000);
+        c.outbox.initial_backoff_ms = 5000;
+        c.outbox.max_backoff_ms = 100;
+        c.log.level = "info,sqlx=loud".into();
+        c.routing.teams.insert(
+            "sales".into(),
+            Route {
+                backend: "aivo".into(),
+                groups: vec![1],
+                hours: None,
+            },
+        );
+        c.routing.teams.insert(
+            "support".into(),
+            Route {
+                backend: "bright_pattern".into(),
+                groups: vec![],
+                hours: Some(OpeningHours {
+                    timezone: "Mars/Olympus".into(),
+                    days: BTreeMap::new(),
+                }),
+            },
+        );
+        let problems = check(&c);
+        assert_eq!(
+            keys(&problems),
+            vec![
+                "server.bind",
+                "store.url",
+                "sla.answer_seconds",
+                "sla.queues.\"2179\"",
+                "routing.teams.sales.backend",
+                "routing.teams.support.backend",
+                "routing.teams.support.hours",
+                "outbox.initial_backoff_ms",
+                "log.level",
+            ]
+        );
+        let text: Vec<String> = problems.iter().map(Problem::to_string).collect();
+        assert!(text[1].contains("mysql://u:***@h/db"), "{}", text[1]);
+        assert!(!text.join("\n").contains("hunter22"));
+        assert!(text[4].contains("unknown backend `aivo`"), "{}", text[4]);
+        assert!(text[5].contains("no credentials"), "{}", text[5]);
+        assert!(text[6].contains("Mars/Olympus"), "{}", text[6]);
+    }
+
+    #[test]
+    fn bad_opening_hours_are_refused() {
+        let mut c = Config::default();
+        c.aivo_live.bot_token = "t0ken-value".into();
+        c.routing.default = Some(Route {
+            backend: "aivo_live".into(),
+            groups: vec![2179],
+            hours: Some(OpeningHours {
+                timezone: "Europe/Madrid".into(),
+                days: BTreeMap::from([("mon".to_string(), vec!["18:00-09:00".to_string()])]),
+            }),
+        });
+        let problems = check(&c);
+        assert_eq!(keys(&problems), vec!["routing.default.hours"]);
+        assert!(problems[0].message.contains("ends before it starts"));
+    }
+
+    #[test]
+    fn secrets_are_masked_and_listed() {
+        let mut c = Config::default();
+        c.aivo_live.bot_token = "aivo-bot-token".into();
+        c.ultimate.api_key = "ultimate-api-key".into();
+        c.vcc.secret_key = "vcc-secret".into();
+        c.clickhouse.password = "ch-password".into();
+        c.store.url = "postgres://ledger:pg-password@db/ledger".into();
+        let printed = effective_toml(&c).unwrap();
+        for secret in [
+            "aivo-bot-token",
+            "ultimate-api-key",
+            "vcc-secret",
+            "ch-password",
+            "pg-password",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(printed.contains("bot_token = \"***\""), "{printed}");
+        assert!(
+            printed.contains("webhook_token = []"),
+            "unset secrets stay empty: {printed}"
+        );
+        assert!(printed.contains("api_key = \"***\""), "{printed}");
+        assert!(printed.contains("secret_key = [\"***\"]"), "{printed}");
+        assert!(printed.contains("postgres://ledger:***@db/ledger"), "{printed}");
+        assert!(printed.contains("bind = \"127.0.0.1:8080\""), "{printed}");
+        let listed = secrets(&c);
+        for secret in [
+            "aivo-bot-token",
+            "ultimate-api-key",
+            "vcc-secret",
+            "ch-password",
+            "pg-password",
+        ] {
+            assert!(listed.iter().any(|s| s == secret), "{secret} not listed: {listed:?}");
+        }
+    }
+}
