@@ -294,6 +294,9 @@ impl<W: Webhook> FromRequest for Verified<W> {
                 "the application state is missing"
             ))),
         };
+        if let Err(ApiError::Unauthorized) = &checked {
+            telemetry::webhook(W::ENDPOINT.platform, WebhookOutcome::Unauthorized);
+        }
         ready(checked.map(|()| Verified(PhantomData)))
     }
 }
@@ -387,8 +390,20 @@ fn refusal_status(error: &PayloadError) -> u16 {
     ApiError::from(error.clone()).status_code().as_u16()
 }
 
-/// Reads a verified webhook's body and runs it through the inbound pipeline.
+/// Reads a verified webhook's body and runs it through the inbound pipeline; counted in
+/// `ledger_webhooks_total` (a refused token is counted by [`Verified`]).
 async fn ingest<W: Webhook>(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    verified: Verified<W>,
+) -> Result<Ingested, ApiError> {
+    let result = ingest_delivery(state, req, payload, verified).await;
+    telemetry::webhook(W::ENDPOINT.platform, webhook_outcome(&result));
+    result
+}
+
+async fn ingest_delivery<W: Webhook>(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
@@ -411,13 +426,7 @@ async fn ingest<W: Webhook>(
         parse: W::ENDPOINT.parse,
         answered: Some(refusal_status),
     };
-    let result = state
-        .ingest
-        .receive(inbound, &state.outbound)
-        .await
-        .map_err(ApiError::from);
-    telemetry::webhook(W::ENDPOINT.platform, webhook_outcome(&result));
-    result
+    Ok(state.ingest.receive(inbound, &state.outbound).await?)
 }
 
 /// The whole script of a webhook answered with its append outcome: ingest (and relay), answer.
