@@ -245,6 +245,136 @@ mod tests {
         assert_eq!(serde_json::from_str::<Vec<TimedFact>>(&text).unwrap(), facts);
     }
 
+    /// A stored event from a webhook body, parsed by its platform's parser.
+    fn aivo_event(seq: i64, body: Value) -> crate::model::StoredEvent {
+        let raw = body.to_string();
+        let delivery = crate::sources::Delivery {
+            received_at: at() + chrono::Duration::seconds(seq),
+            ..Default::default()
+        };
+        let parsed = crate::sources::aivo_live::parse(&raw, &body, &delivery).unwrap();
+        let e = parsed.events.into_iter().next().unwrap();
+        stored(seq, e)
+    }
+
+    fn stored(seq: i64, e: crate::model::NewEvent) -> crate::model::StoredEvent {
+        crate::model::StoredEvent {
+            seq,
+            event_id: e.event_id,
+            platform: e.stream.platform,
+            external_id: e.stream.external_id,
+            kind: e.kind,
+            occurred_at: e.occurred_at,
+            received_at: e.received_at,
+            conversation_id: None,
+            headers: e.headers,
+            payload: serde_json::from_str(&e.payload).unwrap(),
+            hash: None,
+        }
+    }
+
+    /// What the pure fold does with an erasure: the same metrics from the kept facts, lines without content,
+    /// and a kept fold state that cannot take the erasure as an increment.
+    #[test]
+    fn a_fold_of_erased_events_keeps_the_metrics_and_drops_the_content() {
+        let id = Uuid::from_u128(42);
+        let room = StreamKey::new(Platform::AivoLive, "room-1");
+        let ns = |s: i64| (at() + chrono::Duration::seconds(s)).timestamp_nanos_opt().unwrap();
+        let events = vec![
+            aivo_event(
+                1,
+                serde_json::json!({"name": "attended", "roomId": "room-1", "timestamp": ns(1), "botId": 1,
+                    "eventTime": 0, "data": {"agent": {"name": "Tomas", "groupId": 2179}}}),
+            ),
+            aivo_event(
+                2,
+                serde_json::json!({"name": "messageToClient", "roomId": "room-1", "timestamp": ns(5), "botId": 1,
+                    "eventTime": 0, "data": {"action": "text", "value": "Hello Jane Roe", "source": "agent",
+                    "agent": {"name": "Tomas"}}}),
+            ),
+            stored(
+                3,
+                crate::sources::ledger::api_message(
+                    id,
+                    Party::Visitor,
+                    "call +1 555 0100",
+                    None,
+                    at() + chrono::Duration::seconds(7),
+                ),
+            ),
+            aivo_event(
+                4,
+                serde_json::json!({"name": "close", "roomId": "room-1", "timestamp": ns(30), "botId": 1,
+                    "eventTime": 0, "data": {"reason": "agent", "agent": {}}}),
+            ),
+        ];
+        let streams = [room, StreamKey::new(Platform::Api, id.to_string())];
+        let sla = crate::config::SlaConfig::default();
+        let original = crate::projection::project(id, &streams, &events, &sla).unwrap();
+
+        let erasure_id = Uuid::from_u128(7);
+        let mut erased: Vec<crate::model::StoredEvent> = events
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                let stub = crate::chain::ErasureStub::new(erasure_id, &[0; 32]);
+                e.payload = serde_json::from_str(&stub.to_payload()).unwrap();
+                e
+            })
+            .collect();
+        let record = crate::sources::ledger::ErasedPayload {
+            erasure_id,
+            at: at() + chrono::Duration::seconds(100),
+            conversation_ids: vec![id],
+            events: Vec::new(),
+            kept: events
+                .iter()
+                .map(|e| crate::sources::KeptEvent {
+                    seq: e.seq,
+                    event_id: e.event_id,
+                    platform: e.platform,
+                    facts: kept_facts(crate::sources::facts_of(e)),
+                })
+                .collect(),
+        };
+        let recorded = stored(5, crate::sources::ledger::erased(id, &record));
+        erased.push(recorded.clone());
+        let after = crate::projection::project(id, &streams, &erased, &sla).unwrap();
+
+        let metrics = |c: &crate::model::Conversation| {
+            (
+                c.state,
+                c.disposition,
+                c.sla_status,
+                c.handoffs.clone(),
+                c.message_counts.clone(),
+                c.agents.clone(),
+            )
+        };
+        assert_eq!(metrics(&after.conversation), metrics(&original.conversation));
+        assert_eq!(after.conversation.first_response_seconds, Some(4.0));
+        assert_eq!(after.messages.len(), original.messages.len());
+        for (a, o) in after.messages.iter().zip(&original.messages) {
+            assert_eq!((a.seq, a.at, a.party, a.kind), (o.seq, o.at, o.party, o.kind));
+            assert_eq!(
+                (a.text.as_deref(), a.author.as_deref(), a.url.as_deref()),
+                (None, None, None)
+            );
+        }
+        assert!(original.messages.iter().any(|m| m.author.as_deref() == Some("Tomas")));
+
+        // The kept fold state of the original cannot take the erasure as an increment: it refolds.
+        let extent = crate::projection::LogExtent::of_events(&events).unwrap();
+        let (mut state, _) = crate::projection::FoldState::build(extent, crate::projection::inputs_of(&events));
+        let increment = [recorded];
+        let result = state.extend(
+            crate::projection::LogExtent::of_events(&increment).unwrap(),
+            crate::projection::inputs_of(&increment),
+            &|_| false,
+        );
+        assert_eq!(result.unwrap_err(), crate::projection::Refold::Erased);
+    }
+
     #[test]
     fn quarantined_bodies_are_matched_by_their_stream_ids() {
         let room = StreamKey::new(Platform::AivoLive, "room-4711");

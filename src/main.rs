@@ -151,7 +151,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             print!("{}", config_check::effective_toml(&config)?);
         }
         Command::Migrate => {
-            open_store(&config, 1).await?;
+            let store = open_store(&config, 1).await?;
+            store.rebuild_stale(&config.sla).await?;
             println!("migrations applied to {}", redact_url(&config.store.url));
             if !config.clickhouse.url.is_empty() {
                 handoff_ledger::analytics::schema::migrate(&config.clickhouse).await?;

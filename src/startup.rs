@@ -48,6 +48,10 @@ impl Application {
             .await
             .with_context(|| format!("opening the store at {shown}"))?;
         writer_store.migrate().await.context("applying store migrations")?;
+        writer_store
+            .rebuild_stale(&config.sla)
+            .await
+            .context("rebuilding projections kept by an earlier version")?;
         let store = store::open(&config.store.reader_url(), config.store.max_connections)
             .await
             .with_context(|| format!("opening the store at {shown}"))?;

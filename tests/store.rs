@@ -176,11 +176,14 @@ on_both_backends!(
         list_filters_and_cursor_pagination,
         events_after_pages_through_the_log,
         replay_rebuilds_exactly_what_appends_built,
+        incremental_projection_equals_replay_on_random_logs,
+        event_lines_are_the_lines_one_event_made,
     ],
     db: [
         the_event_log_refuses_update_and_delete,
         migrating_twice_is_a_no_op,
         replay_repairs_projections_from_the_log_alone,
+        projections_of_an_earlier_version_are_rebuilt,
     ]
 );
 
@@ -1003,7 +1006,8 @@ async fn replay_repairs_projections_from_the_log_alone(store: Arc<dyn Store>, db
     for sql in [
         "DELETE FROM aliases",
         "UPDATE streams SET conversation_id = 'bogus'",
-        "UPDATE conversations SET doc = '{}', transcript = 'not json'",
+        "UPDATE conversations SET doc = '{}', fold = 'not json'",
+        "UPDATE messages SET party = 'nobody'",
     ] {
         db.raw.execute(sql).await.unwrap();
     }
@@ -1022,6 +1026,67 @@ async fn replay_repairs_projections_from_the_log_alone(store: Arc<dyn Store>, db
     assert_eq!(stats.events, 4);
     assert_eq!(stats.conversations, 1);
     assert_eq!(snapshot(&store, &ids).await, before);
+}
+
+async fn event_lines_are_the_lines_one_event_made(store: Arc<dyn Store>) {
+    let cu = ultimate("u1").conversation_id();
+    let outcomes = append(
+        &store,
+        vec![vec![
+            bot("u1", "hi", 0),
+            visitor_says(cu, "first", 1),
+            visitor_says(cu, "second", 2),
+        ]],
+    )
+    .await;
+    let second = &outcomes[0][2];
+    let lines = store.event_lines(cu, second.seq).await.unwrap();
+    let texts: Vec<_> = lines.iter().map(|m| m.text.as_deref()).collect();
+    assert_eq!(texts, vec![Some("second")]);
+    assert_eq!(lines[0].event_id, second.event_id);
+    // An event that made no line (the bot's unknown kind) has none.
+    assert!(store.event_lines(cu, outcomes[0][0].seq).await.unwrap().is_empty());
+}
+
+/// A database projected by an earlier version keeps no fold state (`fold = ''`) and no line rows:
+/// `rebuild_stale` rebuilds exactly those conversations, and appends carry on from them.
+async fn projections_of_an_earlier_version_are_rebuilt(store: Arc<dyn Store>, db: &TestDb) {
+    let cu = ultimate("u1").conversation_id();
+    append(
+        &store,
+        vec![
+            vec![bot("u1", "hi", 0), visitor_says(cu, "help", 1)],
+            vec![queue_accepted(cu, "room-1", "2179", 19)],
+            vec![attended("room-1", "Tomas", 20)],
+        ],
+    )
+    .await;
+    let ids = BTreeSet::from([cu]);
+    let before = snapshot(&store, &ids).await;
+    assert_eq!(before.0[0].1.len(), 1, "one transcript line");
+    assert_eq!(store.rebuild_stale(&sla()).await.unwrap(), 0, "nothing stale");
+    for sql in [
+        "UPDATE conversations SET fold = ''",
+        "DELETE FROM messages",
+        "DELETE FROM handoffs",
+        "DELETE FROM conversation_agents",
+    ] {
+        db.raw.execute(sql).await.unwrap();
+    }
+    assert_eq!(store.transcript(cu).await.unwrap().unwrap().1, vec![]);
+    assert_eq!(store.rebuild_stale(&sla()).await.unwrap(), 1);
+    assert_eq!(snapshot(&store, &ids).await, before);
+    let by_agent = store
+        .list_conversations(&ConversationFilter {
+            agent: Some("tomas".into()),
+            limit: 10,
+            ..ConversationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_agent.items.len(), 1);
+    append(&store, vec![vec![visitor_says(cu, "thanks", 30)]]).await;
+    assert_eq!(store.transcript(cu).await.unwrap().unwrap().1.len(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1074,3 +1139,335 @@ async fn unsupported_urls_are_refused() {
     let err = store::open("mysql://localhost/x", 1).await.err().unwrap();
     assert!(err.to_string().contains("unsupported store url"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Incremental projection == replay, on random logs
+// ---------------------------------------------------------------------------------------------
+
+mod random_logs {
+    use super::*;
+    use handoff_ledger::projection;
+    use handoff_ledger::sources::ledger::CommandRecord;
+    use handoff_ledger::sources::{self, Delivery};
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    /// Parses a webhook body with the platform's real parser, as if it arrived at `received`.
+    fn parsed(platform: Platform, body: Value, path_id: Option<&str>, received: DateTime<Utc>) -> Vec<NewEvent> {
+        let raw = body.to_string();
+        let d = Delivery {
+            received_at: received,
+            headers: BTreeMap::new(),
+            idempotency_key: None,
+            path_id,
+        };
+        let result = match platform {
+            Platform::Ultimate => sources::ultimate::parse(&raw, &body, &d),
+            Platform::AivoLive => sources::aivo_live::parse(&raw, &body, &d),
+            Platform::Vcc => sources::vcc::parse(&raw, &body, &d),
+            Platform::BrightPattern => sources::bright_pattern::parse(&raw, &body, &d),
+            Platform::Api | Platform::Ledger => unreachable!("built with sources::ledger"),
+        };
+        result.unwrap().events
+    }
+
+    fn ns(secs: i64) -> i64 {
+        (1_706_000_000 + secs) * 1_000_000_000
+    }
+
+    fn aivo(name: &str, room: &str, secs: i64, data: Value) -> Vec<NewEvent> {
+        let body = json!({"name": name, "roomId": room, "timestamp": ns(secs), "botId": 1000,
+            "eventTime": 1_706_000_000 + secs, "data": data});
+        parsed(Platform::AivoLive, body, None, t(secs + 1))
+    }
+
+    fn bot_says(pcid: &str, data: Value, secs: i64) -> Vec<NewEvent> {
+        let mut data = data;
+        data["platformConversationId"] = json!(pcid);
+        parsed(Platform::Ultimate, json!({"botId": "B", "data": data}), None, t(secs))
+    }
+
+    /// One random conversation: the deliveries that make it, each stamped with when it is "sent".
+    fn conversation(rng: &mut StdRng, n: usize, deliveries: &mut Vec<(i64, Vec<NewEvent>)>) {
+        let base = (n as i64) * 1_000 + rng.gen_range(0..50);
+        let agents = ["Tomas", "Ana", "bea"];
+        let pcid = format!("u{n}");
+        let cid = ultimate(&pcid).conversation_id();
+        let mut at = base;
+        let mut step = |rng: &mut StdRng| {
+            at += rng.gen_range(1..20);
+            at
+        };
+        let flavour = rng.gen_range(0..4);
+        // The bot part, for every flavour but a live room on its own.
+        if flavour != 3 {
+            for k in 0..rng.gen_range(1..4) {
+                let s = step(rng);
+                let data = json!({"eventType": "sendMessage", "type": "text", "text": format!("bot {k}"),
+                    "messageId": format!("{pcid}-m{k}")});
+                deliveries.push((s, bot_says(&pcid, data, s)));
+                let s = step(rng);
+                deliveries.push((s, vec![visitor_says(cid, &format!("visitor {k}"), s)]));
+            }
+            let s = step(rng);
+            deliveries.push((
+                s,
+                bot_says(&pcid, json!({"eventType": "escalate", "escalateTo": "sales"}), s),
+            ));
+        }
+        match flavour {
+            // Aivo Live: queued, attended (maybe transferred and attended again), messages, closed.
+            0 | 3 => {
+                let room_id = format!("r{n}");
+                if flavour == 0 {
+                    let s = step(rng);
+                    deliveries.push((s, vec![queue_accepted(cid, &room_id, "2179", s)]));
+                }
+                let s = step(rng);
+                let agent = agents[rng.gen_range(0..3)];
+                deliveries.push((
+                    s,
+                    aivo(
+                        "attended",
+                        &room_id,
+                        s,
+                        json!({"agent": {"name": agent, "groupId": 2179}}),
+                    ),
+                ));
+                for k in 0..rng.gen_range(0..4) {
+                    let s = step(rng);
+                    deliveries.push((
+                        s,
+                        aivo(
+                            "messageToClient",
+                            &room_id,
+                            s,
+                            json!({"action": "text", "value": format!("agent {k}"),
+                            "agent": {"name": agent}}),
+                        ),
+                    ));
+                    if flavour == 0 {
+                        let s = step(rng);
+                        let record = CommandRecord {
+                            command_id: format!("{room_id}-c{k}"),
+                            action: "visitor_message".into(),
+                            outcome: None,
+                            detail: None,
+                            body: None,
+                            retry_of: None,
+                        };
+                        deliveries.push((s, vec![ledger::command(cid, ledger::COMMAND, &record, t(s))]));
+                    }
+                }
+                if rng.gen_bool(0.5) {
+                    let s = step(rng);
+                    deliveries.push((s, aivo("transfer", &room_id, s, json!({"target": 5, "agent": {}}))));
+                    let s = step(rng);
+                    let agent = agents[rng.gen_range(0..3)];
+                    deliveries.push((
+                        s,
+                        aivo("attended", &room_id, s, json!({"agent": {"name": agent, "groupId": 5}})),
+                    ));
+                }
+                if rng.gen_bool(0.8) {
+                    let s = step(rng);
+                    deliveries.push((
+                        s,
+                        aivo("close", &room_id, s, json!({"reason": "agent closed", "agent": {}})),
+                    ));
+                }
+            }
+            // Bright Pattern: linked, queued (no time), joined, lines by party id, echoes of relayed
+            // visitor lines, ended.
+            1 => {
+                let chat = format!("chat{n}");
+                let s = step(rng);
+                let link = ledger::linked(
+                    cid,
+                    vec![StreamKey::new(Platform::BrightPattern, &chat)],
+                    "requested",
+                    t(s),
+                );
+                deliveries.push((s, vec![link]));
+                let mut events = vec![json!({"event": "chat_session_status", "state": "queued"})];
+                let party = format!("p{n}");
+                let s = step(rng);
+                // The join is sometimes stamped after the agent's first line (skew between BP's own events).
+                let joined_at = if rng.gen_bool(0.4) {
+                    s + rng.gen_range(5..300)
+                } else {
+                    s
+                };
+                events.push(
+                    json!({"event": "chat_session_party_joined", "party_id": party, "type": "external",
+                    "display_name": agents[rng.gen_range(0..3)],
+                    "timestamp": ((1_706_000_000 + joined_at) * 1000).to_string()}),
+                );
+                for k in 0..rng.gen_range(1..4) {
+                    let s = step(rng);
+                    events.push(
+                        json!({"event": "chat_session_message", "party_id": party, "msg_id": format!("{chat}-a{k}"),
+                        "msg": format!("agent {k}"), "timestamp": ((1_706_000_000 + s) * 1000).to_string()}),
+                    );
+                    let relayed_at = step(rng);
+                    let echoed_at = step(rng);
+                    // The relay is sometimes recorded after its echo came back.
+                    let relayed_at = if rng.gen_bool(0.3) { echoed_at + 5 } else { relayed_at };
+                    let command_id = format!("{chat}-v{k}");
+                    let record = CommandRecord {
+                        command_id: command_id.clone(),
+                        action: "visitor_message".into(),
+                        outcome: None,
+                        detail: None,
+                        body: None,
+                        retry_of: None,
+                    };
+                    let relay = ledger::command(cid, ledger::COMMAND, &record, t(relayed_at));
+                    deliveries.push((relayed_at, vec![relay]));
+                    events.push(json!({"event": "chat_session_message", "msg_id": command_id,
+                        "msg": format!("visitor {k}"), "timestamp": ((1_706_000_000 + echoed_at) * 1000).to_string()}));
+                }
+                let s = step(rng);
+                events.push(
+                    json!({"event": "chat_session_ended", "timestamp": ((1_706_000_000 + s) * 1000).to_string()}),
+                );
+                if rng.gen_bool(0.3) {
+                    events.shuffle(rng);
+                }
+                if rng.gen_bool(0.5) {
+                    // Delivered one by one as they happen.
+                    let mut sent = s;
+                    for e in &events {
+                        let stamp = e
+                            .get("timestamp")
+                            .and_then(Value::as_str)
+                            .and_then(|t| t.parse::<i64>().ok());
+                        sent = stamp.map_or(sent, |ms| ms / 1000 - 1_706_000_000);
+                        let body = json!({"events": [e]});
+                        deliveries.push((sent, parsed(Platform::BrightPattern, body, Some(&chat), t(sent))));
+                    }
+                    return;
+                }
+                // Delivered as one poll answer or a few, minutes apart.
+                let cut = rng.gen_range(1..=events.len());
+                let (first, second) = events.split_at(cut);
+                for (i, part) in [first, second].into_iter().enumerate() {
+                    if !part.is_empty() {
+                        let body = json!({"events": part});
+                        let sent = s + 100 * i as i64;
+                        deliveries.push((sent, parsed(Platform::BrightPattern, body, Some(&chat), t(sent))));
+                    }
+                }
+            }
+            // VCC: the whole chat in one body at its end.
+            _ => {
+                let mut lines = Vec::new();
+                for k in 0..rng.gen_range(1..5) {
+                    let s = step(rng);
+                    let date = t(s).to_rfc3339();
+                    lines.push(json!({"from": "Visitor", "date": date, "message": format!("v{k}")}));
+                    let s = step(rng);
+                    lines.push(json!({"from": agents[k % 3], "date": t(s).to_rfc3339(), "message": format!("a{k}")}));
+                }
+                let s = step(rng);
+                let body = json!({"chatId": n, "projectId": 130, "firstAgentName": agents[0], "lastAgentName": agents[0],
+                    "firstQueueName": "Chat", "lastQueueName": "Chat", "disposition": "completed",
+                    "conversation": lines, "slaStatus": "answeredBeforeSLA"});
+                deliveries.push((s, parsed(Platform::Vcc, body, None, t(s))));
+            }
+        }
+    }
+
+    /// A random log: several conversations whose deliveries arrive interleaved, some late, some
+    /// twice, in batches of random size.
+    fn random_batches(seed: u64) -> Vec<Vec<Vec<NewEvent>>> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut deliveries = Vec::new();
+        for n in 0..rng.gen_range(3..7) {
+            conversation(&mut rng, seed as usize * 100 + n, &mut deliveries);
+        }
+        // Arrival order: by time, with jitter; a few arrive much later than they were sent.
+        let mut arrivals: Vec<(i64, Vec<NewEvent>)> = deliveries
+            .into_iter()
+            .map(|(at, events)| {
+                let delay = if rng.gen_bool(0.15) {
+                    rng.gen_range(0..400)
+                } else {
+                    rng.gen_range(0..15)
+                };
+                (at + delay, events)
+            })
+            .collect();
+        arrivals.sort_by_key(|(at, _)| *at);
+        if rng.gen_bool(0.3) {
+            arrivals.shuffle(&mut rng);
+        }
+        let mut groups: Vec<Vec<NewEvent>> = arrivals.into_iter().map(|(_, e)| e).collect();
+        // Redeliveries of what was sent before.
+        for _ in 0..rng.gen_range(0..4) {
+            let at = rng.gen_range(0..groups.len());
+            let again = groups[rng.gen_range(0..=at)].clone();
+            groups.insert(at, again);
+        }
+        let mut batches = Vec::new();
+        let mut rest = groups.into_iter().peekable();
+        while rest.peek().is_some() {
+            let size = rng.gen_range(1..6);
+            batches.push(rest.by_ref().take(size).collect());
+        }
+        batches
+    }
+
+    /// Every conversation with its transcript, read back whole and through pages of 2 lines.
+    async fn projections(store: &Arc<dyn Store>) -> Vec<(Conversation, Vec<Message>)> {
+        let mut out = Vec::new();
+        for c in all_conversations(store).await {
+            let (id, messages) = store.transcript(c.id).await.unwrap().unwrap();
+            assert_eq!(id, c.id);
+            let mut paged = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.transcript_page(c.id, after, Some(2)).await.unwrap().unwrap();
+                paged.extend(page.messages);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(paged, messages, "paging gives the same lines");
+            out.push((c, messages));
+        }
+        out
+    }
+
+    pub(super) async fn incremental_projection_equals_replay_on_random_logs(store: Arc<dyn Store>) {
+        let mut after_seq = 0;
+        for seed in 0..12u64 {
+            let batches = random_batches(seed);
+            for batch in batches {
+                store.append_batch(&batch, &sla()).await.unwrap();
+                // Every conversation as kept equals the fold of its events, after every batch.
+                for (c, messages) in projections(&store).await {
+                    let events = store.conversation_events(c.id).await.unwrap().unwrap();
+                    let folded = projection::project(c.id, &c.streams, &events, &sla()).unwrap();
+                    assert_eq!(c, folded.conversation, "seed {seed}: {} differs from its fold", c.id);
+                    assert_eq!(messages, folded.messages, "seed {seed}: transcript of {} differs", c.id);
+                }
+            }
+            let incremental = projections(&store).await;
+            let log = store.events_after(after_seq, 100_000).await.unwrap();
+            assert!(!log.is_empty());
+            after_seq = store.last_seq().await.unwrap();
+            store.replay(&sla(), &|_, _| {}).await.unwrap();
+            let replayed = projections(&store).await;
+            assert_eq!(incremental.len(), replayed.len(), "seed {seed}");
+            for ((a, ma), (b, mb)) in incremental.iter().zip(&replayed) {
+                assert_eq!(a, b, "seed {seed}: conversation {} differs from its replay", a.id);
+                assert_eq!(ma, mb, "seed {seed}: transcript of {} differs from its replay", a.id);
+            }
+        }
+    }
+}
+
+use random_logs::incremental_projection_equals_replay_on_random_logs;

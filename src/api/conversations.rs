@@ -12,7 +12,7 @@ use super::webhooks::Accepted;
 use super::AppState;
 use crate::model::{Conversation, Message, Party, StoredEvent};
 use crate::sources::ledger;
-use crate::store::ConversationFilter;
+use crate::store::{ConversationFilter, MessageCursor};
 
 /// Filters and paging of `GET /v1/conversations`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -58,14 +58,32 @@ pub struct Transcript {
     pub conversation_id: Uuid,
     /// Lines ordered by `at`, then `seq`.
     pub messages: Vec<Message>,
+    /// Pass as `cursor` for the lines that follow; null when there are none (always null without `limit`).
+    pub next_cursor: Option<String>,
 }
 
-/// Format of a transcript.
+/// Format and paging of a transcript.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TranscriptParams {
     /// `json` (default), `text`, `csv` or `jsonl`.
     pub format: Option<String>,
+    /// At most this many lines (1 to 10000); default: every line.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (for `text`, `csv` and `jsonl`: the `x-next-cursor` answer header).
+    pub cursor: Option<String>,
+}
+
+/// Paging of a conversation's raw events.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsParams {
+    /// Only events with `seq > after_seq` (the `next_after_seq` of a previous answer).
+    pub after_seq: Option<i64>,
+    /// At most this many events (1 to 10000); default: every event.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Raw events of a conversation.
@@ -73,17 +91,44 @@ pub struct TranscriptParams {
 pub struct EventList {
     /// Events in `seq` order, raw payloads included.
     pub items: Vec<StoredEvent>,
+    /// Pass as `cursor` for the events that follow; null when there are none (always null without `limit`,
+    /// unless the answer stopped at `server.max_answer_bytes`).
+    pub next_cursor: Option<String>,
     /// Set when the answer stopped at `server.max_answer_bytes`: pass it as `after_seq` for the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after_seq: Option<i64>,
 }
 
-/// Paging of a conversation's events.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventsParams {
-    /// Only events with `seq > after_seq` (the `next_after_seq` of a previous answer).
-    pub after_seq: Option<i64>,
+/// The largest page of transcript lines or events one request may ask for.
+const MAX_PAGE: u32 = 10_000;
+
+fn page_limit(limit: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match limit {
+        Some(l) if !(1..=MAX_PAGE).contains(&l) => Err(ApiError::parameter(
+            "limit",
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::parameter(
+        "cursor",
+        "`cursor` must be a `next_cursor` value returned by this endpoint",
+    )
+}
+
+fn encode_line_cursor((at, seq, idx): MessageCursor) -> String {
+    format!("{at}_{seq}_{idx}")
+}
+
+fn decode_line_cursor(cursor: &str) -> Result<MessageCursor, ApiError> {
+    let mut parts = cursor.split('_').map(|p| p.parse::<i64>().map_err(|_| bad_cursor()));
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(at), Some(seq), Some(idx), None) => Ok((at?, seq?, idx?)),
+        _ => Err(bad_cursor()),
+    }
 }
 
 /// `POST /v1/conversations/{id}/messages` body.
@@ -239,7 +284,7 @@ pub async fn get(state: web::Data<AppState>, id: web::Path<Uuid>) -> Result<Http
                 (String = "text/csv"),
                 (Message = "application/x-ndjson"),
             )),
-        (status = 400, description = "Bad `format` or id", body = ErrorBody),
+        (status = 400, description = "Bad `format`, `limit`, `cursor` or id", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
     )
 )]
@@ -249,24 +294,37 @@ pub async fn transcript(
     params: web::Query<TranscriptParams>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let format = params.into_inner().format.unwrap_or_else(|| "json".into());
+    let params = params.into_inner();
+    let format = params.format.unwrap_or_else(|| "json".into());
     check_enum("format", &Some(format.clone()), &["json", "text", "csv", "jsonl"])?;
-    let (conversation_id, messages) = state.store.transcript(id).await?.ok_or_else(|| not_found(id))?;
+    let limit = page_limit(params.limit)?;
+    let after = params.cursor.as_deref().map(decode_line_cursor).transpose()?;
+    let page = state
+        .store
+        .transcript_page(id, after, limit)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let next_cursor = page.next.map(encode_line_cursor);
+    let mut answer = HttpResponse::Ok();
+    if let Some(next) = &next_cursor {
+        answer.insert_header(("x-next-cursor", next.as_str()));
+    }
     let transcript = Transcript {
-        conversation_id,
-        messages,
+        conversation_id: page.conversation_id,
+        messages: page.messages,
+        next_cursor,
     };
     Ok(match format.as_str() {
-        "text" => HttpResponse::Ok()
+        "text" => answer
             .content_type("text/plain; charset=utf-8")
             .body(crate::transcript::to_text(&transcript.messages)),
-        "csv" => HttpResponse::Ok()
+        "csv" => answer
             .content_type("text/csv; charset=utf-8")
             .body(crate::transcript::to_csv(&transcript.messages).map_err(ApiError::Unexpected)?),
-        "jsonl" => HttpResponse::Ok()
+        "jsonl" => answer
             .content_type("application/x-ndjson")
             .body(crate::transcript::to_jsonl(&transcript.messages).map_err(ApiError::Unexpected)?),
-        _ => HttpResponse::Ok().json(transcript),
+        _ => answer.json(transcript),
     })
 }
 
@@ -276,6 +334,7 @@ pub async fn transcript(
     params(("id" = Uuid, Path, description = "Conversation id"), EventsParams),
     responses(
         (status = 200, description = "Its events", body = EventList),
+        (status = 400, description = "Bad `limit` or `cursor`", body = ErrorBody),
         (status = 404, description = "Unknown id", body = ErrorBody),
     )
 )]
@@ -285,17 +344,35 @@ pub async fn events(
     params: web::Query<EventsParams>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
+    let params = params.into_inner();
+    let limit = page_limit(params.limit)?;
+    let after = match params.cursor.as_deref() {
+        Some(c) => c.parse::<i64>().map_err(|_| bad_cursor())?,
+        None => params.after_seq.unwrap_or(0),
+    };
+    // One more than asked: tells whether another page follows.
     let mut items = state
         .store
-        .conversation_events(id)
+        .conversation_events_page(id, after, limit.map(|l| l + 1))
         .await?
         .ok_or_else(|| not_found(id))?;
-    if let Some(after) = params.after_seq {
-        items.retain(|e| e.seq > after);
-    }
+    let mut next_cursor = match limit {
+        Some(l) if items.len() > l as usize => {
+            items.truncate(l as usize);
+            items.last().map(|e| e.seq.to_string())
+        }
+        _ => None,
+    };
     let cut = super::fit_bytes(&mut items, state.config.server.max_answer_bytes);
     let next_after_seq = if cut { items.last().map(|e| e.seq) } else { None };
-    Ok(HttpResponse::Ok().json(EventList { items, next_after_seq }))
+    if cut {
+        next_cursor = next_after_seq.map(|seq| seq.to_string());
+    }
+    Ok(HttpResponse::Ok().json(EventList {
+        items,
+        next_cursor,
+        next_after_seq,
+    }))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Option<String> {

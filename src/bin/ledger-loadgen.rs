@@ -2,6 +2,10 @@
 //! webhooks from N concurrent clients and reports the sustained rate and latency percentiles.
 //!
 //! `cargo run --release --bin ledger-loadgen -- --url http://127.0.0.1:8080 --requests 20000 --concurrency 64 --rooms 2000`
+//!
+//! With `--rate N` the webhooks are sent on a fixed schedule (N per second, open loop) and each
+//! latency is measured from the moment its webhook was due, so a stall shows up in the percentiles
+//! instead of slowing the sender down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +32,9 @@ struct Args {
     /// Stop after this many seconds even if not all were sent.
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
+    /// Webhooks per second on a fixed schedule; 0 = as fast as the service answers.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 #[tokio::main]
@@ -51,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
             args.url.clone(),
             run.clone(),
         );
-        let (requests, rooms) = (args.requests, args.rooms.max(1));
+        let (requests, rooms, rate) = (args.requests, args.rooms.max(1), args.rate);
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -59,6 +66,14 @@ async fn main() -> anyhow::Result<()> {
                 if i >= requests || Instant::now() > deadline {
                     break;
                 }
+                // Open loop: the webhook is due at its place in the schedule, latency counts from then.
+                let due = if rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                } else {
+                    Instant::now()
+                };
                 let body = json!({
                     "name": "messageToClient",
                     "roomId": format!("load-{run}-{}", i % rooms),
@@ -67,9 +82,8 @@ async fn main() -> anyhow::Result<()> {
                     "eventTime": 1_800_000_000i64,
                     "data": {"action": "text", "value": format!("message {i}"), "source": "agent", "agent": {"name": "Load"}}
                 });
-                let t = Instant::now();
                 match client.post(format!("{args_url}/webhooks/aivo-live")).json(&body).send().await {
-                    Ok(res) if res.status().is_success() => latencies.push(t.elapsed()),
+                    Ok(res) if res.status().is_success() => latencies.push(due.elapsed()),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }

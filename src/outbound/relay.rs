@@ -26,7 +26,7 @@ impl Outbound {
             };
             let payload: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
             if let Err(e) = self
-                .relay_one(conversation_id, outcome.event_id, &event.kind, &payload)
+                .relay_one(conversation_id, outcome.event_id, outcome.seq, &event.kind, &payload)
                 .await
             {
                 tracing::error!(error = %e, event_id = %outcome.event_id, kind = %event.kind, "relay failed");
@@ -38,6 +38,7 @@ impl Outbound {
         &self,
         conversation_id: Uuid,
         event_id: Uuid,
+        seq: i64,
         kind: &str,
         payload: &Value,
     ) -> anyhow::Result<()> {
@@ -85,10 +86,13 @@ impl Outbound {
             ultimate::WIDGET_MESSAGE | ultimate::WIDGET_END_SESSION | ledger::API_MESSAGE
         );
         let line = if needs_line && conversation.state == HandoffState::Attended {
+            // Only the event's own lines: reading the whole transcript would make a relay cost the
+            // length of its conversation.
             store
-                .transcript(conversation.id)
+                .event_lines(conversation.id, seq)
                 .await?
-                .and_then(|(_, lines)| lines.into_iter().find(|m| m.event_id == event_id))
+                .into_iter()
+                .find(|m| m.event_id == event_id)
         } else {
             None
         };
@@ -165,7 +169,13 @@ impl Outbound {
         let conversation_id = outcome.conversation_id.unwrap_or(conversation.id);
         let payload = json!({"party": party, "text": text});
         if let Err(e) = self
-            .relay_one(conversation_id, outcome.event_id, ledger::API_MESSAGE, &payload)
+            .relay_one(
+                conversation_id,
+                outcome.event_id,
+                outcome.seq,
+                ledger::API_MESSAGE,
+                &payload,
+            )
             .await
         {
             tracing::error!(error = %e, "relaying an API message failed");

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -23,80 +24,250 @@ pub fn fold(
     id: Uuid,
     streams: &[StreamKey],
     extent: Option<LogExtent>,
-    mut inputs: Vec<Input>,
+    inputs: Vec<Input>,
     sla: &SlaConfig,
 ) -> Option<Projection> {
     let extent = extent.or_else(|| LogExtent::of_inputs(&inputs))?;
-    // A stable sort keeps equal keys in the order given, so the result depends on the keys only.
-    inputs.sort_by_key(Input::sort_key);
-    let started_at = inputs.first().map_or(extent.first_at, |i| i.at.min(extent.first_at));
+    let (state, messages) = FoldState::build(extent, inputs);
+    let conversation = state.conversation(id, streams, sla)?;
+    Some(Projection { conversation, messages })
+}
 
-    let mut folder = Folder::new(sla, joined_parties(&inputs));
-    folder.erased = erased_seqs(&inputs);
-    let echoes = relayed_echoes(&inputs);
-    for input in inputs {
-        if echoes.contains(&input.event_id) && matches!(&input.fact, Fact::Message(m) if m.party == Party::Visitor) {
-            continue;
-        }
-        folder.apply(input);
+/// Why an increment cannot be applied to a kept fold: the conversation must be refolded from its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refold {
+    /// A fact sorts at or before the watermark (a late or re-ordered delivery).
+    Late,
+    /// A party joined whose id earlier lines were attributed without.
+    PartyJoinedLate,
+    /// A relay names an echo already folded as a transcript line.
+    EchoAlreadyFolded,
+    /// An erasure (`ledger.erased`): earlier facts and lines are replaced by the facts it kept.
+    Erased,
+}
+
+/// The relay a visitor message's echo is recognised by: the Bright Pattern event id of the `msg_id`
+/// we sent it with.
+pub fn echo_of(fact: &Fact) -> Option<Uuid> {
+    match fact {
+        Fact::VisitorMessageRelayed { message_id } => Some(event_id_for(Platform::BrightPattern, Some(message_id))),
+        _ => None,
     }
-    Some(folder.finish(id, streams, started_at, extent))
 }
 
-/// The event ids a live platform's echo of a relayed visitor message has: a Bright Pattern message keyed by
-/// the `msg_id` we sent it with. Those lines are already in the transcript from the widget or the API.
-fn relayed_echoes(inputs: &[Input]) -> BTreeSet<Uuid> {
-    inputs
-        .iter()
-        .filter_map(|input| match &input.fact {
-            Fact::VisitorMessageRelayed { message_id } => Some(event_id_for(Platform::BrightPattern, Some(message_id))),
-            _ => None,
-        })
-        .collect()
+/// A party id a fact makes known, and who it is.
+fn joined_party(fact: &Fact) -> Option<(&String, Joined)> {
+    match fact {
+        Fact::Attended {
+            agent,
+            party_id: Some(p),
+        } => Some((p, Joined::Agent(agent.name.clone()))),
+        Fact::ScenarioJoined { party_id, name } => Some((party_id, Joined::Scenario(name.clone()))),
+        _ => None,
+    }
 }
 
-/// The seqs of events an erasure covered: their transcript lines keep party, kind and time only.
-fn erased_seqs(inputs: &[Input]) -> BTreeSet<i64> {
-    inputs
-        .iter()
-        .filter_map(|input| match &input.fact {
-            Fact::Erased { events } => Some(events.iter().map(|e| e.seq)),
-            _ => None,
+/// The fold of one conversation, kept between appends: everything its [`Conversation`] is computed
+/// from, and how far it got (the watermark: the sort key of the last fact applied). Facts that sort
+/// after the watermark are applied to it in O(1) ([`FoldState::extend`]); anything else refolds.
+/// Transcript lines are not part of it: they are handed out as they are made and stored as rows.
+///
+/// Party ids and relayed echoes are collected over all facts before folding (a line timestamped just
+/// before its party's join is still attributed, an echo seen before its relay is still dropped); the
+/// state remembers what would make an increment disagree with that (`unresolved`, `relayed`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FoldState {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    parties: BTreeMap<String, Joined>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    handoffs: Vec<Draft>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    agents: Vec<Agent>,
+    #[serde(default)]
+    counts: MessageCounts,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    attributes: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_escalation: Option<DateTime<Utc>>,
+    /// Party ids of lines no join resolved (a join of one of them later needs a refold).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    unresolved: BTreeSet<String>,
+    /// Echo ids of relayed visitor messages whose echo has not been seen yet.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    relayed: BTreeSet<Uuid>,
+    /// The echo being dropped (its facts are contiguous: a Bright Pattern event has one time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skipping: Option<Uuid>,
+    /// Time of the earliest fact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_fact_at: Option<DateTime<Utc>>,
+    /// Sort key of the last fact applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watermark: Option<(DateTime<Utc>, i64, usize)>,
+    /// Span of every event folded, facts or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    extent: Option<LogExtent>,
+    /// Seqs of events an erasure covered: their lines keep party, kind and time only.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    erased: BTreeSet<i64>,
+}
+
+impl FoldState {
+    /// Folds `inputs` (any order) from nothing; returns the state and every transcript line.
+    pub fn build(extent: LogExtent, mut inputs: Vec<Input>) -> (FoldState, Vec<Message>) {
+        // A stable sort keeps equal keys in the order given, so the result depends on the keys only.
+        inputs.sort_by_key(Input::sort_key);
+        let mut state = FoldState {
+            extent: Some(extent),
+            ..FoldState::default()
+        };
+        for input in &inputs {
+            if let Some((p, joined)) = joined_party(&input.fact) {
+                state.parties.entry(p.clone()).or_insert(joined);
+            }
+            state.relayed.extend(echo_of(&input.fact));
+            if let Fact::Erased { events } = &input.fact {
+                state.erased.extend(events.iter().map(|e| e.seq));
+            }
+        }
+        let mut messages = Vec::new();
+        for input in inputs {
+            state.step(input, &mut messages);
+        }
+        (state, messages)
+    }
+
+    /// Applies the facts of events appended after everything folded so far (`extent` spans those
+    /// events, `inputs` are their facts in any order) and returns the new transcript lines, when
+    /// they all sort after the watermark and nothing they say re-reads earlier facts. Otherwise
+    /// the state is left as it was and the caller refolds. `folded(id)` tells whether the event
+    /// `id` is already folded into this state (an echo seen before its relay).
+    pub fn extend(
+        &mut self,
+        extent: LogExtent,
+        mut inputs: Vec<Input>,
+        folded: &dyn Fn(Uuid) -> bool,
+    ) -> Result<Vec<Message>, Refold> {
+        inputs.sort_by_key(Input::sort_key);
+        if let (Some(first), Some(mark)) = (inputs.first(), self.watermark) {
+            if first.sort_key() <= mark {
+                return Err(Refold::Late);
+            }
+        }
+        if inputs.iter().any(|i| matches!(i.fact, Fact::Erased { .. })) {
+            return Err(Refold::Erased);
+        }
+        let mut parties = Vec::new();
+        let mut relayed = Vec::new();
+        for input in &inputs {
+            if let Some((p, joined)) = joined_party(&input.fact) {
+                if !self.parties.contains_key(p) && !parties.iter().any(|(q, _)| q == p) {
+                    if self.unresolved.contains(p) {
+                        return Err(Refold::PartyJoinedLate);
+                    }
+                    parties.push((p.clone(), joined));
+                }
+            }
+            if let Some(echo) = echo_of(&input.fact) {
+                let in_increment = inputs.iter().any(|i| i.event_id == echo);
+                if !in_increment && folded(echo) {
+                    return Err(Refold::EchoAlreadyFolded);
+                }
+                relayed.push(echo);
+            }
+        }
+        self.parties.extend(parties);
+        self.relayed.extend(relayed);
+        self.extent = Some(match self.extent {
+            Some(e) => e.merge(extent),
+            None => extent,
+        });
+        let mut messages = Vec::new();
+        for input in inputs {
+            self.step(input, &mut messages);
+        }
+        Ok(messages)
+    }
+
+    /// How many handoffs there are.
+    pub fn handoff_count(&self) -> usize {
+        self.handoffs.len()
+    }
+
+    /// The agents who attended, first seen first.
+    pub fn agents(&self) -> &[Agent] {
+        &self.agents
+    }
+
+    /// When the conversation started (None before any event).
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        let extent = self.extent?;
+        Some(self.first_fact_at.map_or(extent.first_at, |at| at.min(extent.first_at)))
+    }
+
+    /// The conversation as of this state; None before any event.
+    pub fn conversation(&self, id: Uuid, streams: &[StreamKey], sla: &SlaConfig) -> Option<Conversation> {
+        let extent = self.extent?;
+        let started_at = self.started_at()?;
+        let state = self.handoffs.last().map_or(HandoffState::Bot, |d| d.state);
+        let handoffs: Vec<Handoff> = self.handoffs.iter().cloned().map(|d| d.finish(sla)).collect();
+        let latest = handoffs.last();
+        let mut streams = streams.to_vec();
+        streams.sort();
+        streams.dedup();
+        Some(Conversation {
+            id,
+            state,
+            disposition: latest.and_then(|h| h.disposition),
+            platform_disposition: latest.and_then(|h| h.platform_disposition.clone()),
+            sla_status: latest.map_or(SlaStatus::NotApplicable, |h| h.sla_status),
+            sla_deadline: latest.and_then(|h| h.sla_deadline),
+            streams,
+            queue: latest.and_then(|h| h.queue.clone()),
+            agents: self.agents.clone(),
+            started_at,
+            escalated_at: latest.and_then(|h| h.requested_at),
+            queued_at: latest.and_then(|h| h.queued_at),
+            first_attended_at: latest.and_then(|h| h.attended_at),
+            closed_at: latest.and_then(|h| h.closed_at),
+            wait_seconds: latest.and_then(|h| h.wait_seconds),
+            first_response_seconds: latest.and_then(|h| h.first_response_seconds),
+            handle_seconds: latest.and_then(|h| h.handle_seconds),
+            bot_seconds: self.first_escalation.map(|e| seconds_between(started_at, e)),
+            transfers: latest.map_or(0, |h| h.transfers),
+            message_counts: self.counts.clone(),
+            close_reason: latest.and_then(|h| h.close_reason.clone()),
+            attributes: self.attributes.clone(),
+            last_seq: extent.last_seq,
+            updated_at: extent.last_at,
+            handoffs,
         })
-        .flatten()
-        .collect()
+    }
+
+    /// One fact, in order.
+    fn step(&mut self, input: Input, messages: &mut Vec<Message>) {
+        self.first_fact_at.get_or_insert(input.at);
+        self.watermark = Some(input.sort_key());
+        if let Fact::Message(m) = &input.fact {
+            if m.party == Party::Visitor {
+                if self.skipping == Some(input.event_id) {
+                    return;
+                }
+                if self.relayed.remove(&input.event_id) {
+                    self.skipping = Some(input.event_id);
+                    return;
+                }
+            }
+        }
+        self.apply(input, messages);
+    }
 }
 
 /// Who a Bright Pattern party id turned out to be.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Joined {
     Agent(String),
     Scenario(Option<String>),
-}
-
-/// Party ids are collected before folding so a line timestamped just before its party's join
-/// (clock skew between platform events) is still attributed correctly.
-fn joined_parties(inputs: &[Input]) -> BTreeMap<String, Joined> {
-    let mut parties = BTreeMap::new();
-    for input in inputs {
-        match &input.fact {
-            Fact::Attended {
-                agent,
-                party_id: Some(p),
-            } => {
-                parties
-                    .entry(p.clone())
-                    .or_insert_with(|| Joined::Agent(agent.name.clone()));
-            }
-            Fact::ScenarioJoined { party_id, name } => {
-                parties
-                    .entry(party_id.clone())
-                    .or_insert_with(|| Joined::Scenario(name.clone()));
-            }
-            _ => {}
-        }
-    }
-    parties
 }
 
 /// The backend a live platform's own events imply, for handoffs we only learn of from the live side.
@@ -130,7 +301,7 @@ pub(crate) fn platform_sla(value: &str) -> Option<SlaStatus> {
 }
 
 /// A handoff being folded, with what the public [`Handoff`] does not carry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Draft {
     handoff: Handoff,
     state: HandoffState,
@@ -269,35 +440,7 @@ fn count(counts: &mut MessageCounts, party: Party) {
     *slot = slot.saturating_add(1);
 }
 
-/// The fold's state.
-struct Folder<'a> {
-    sla: &'a SlaConfig,
-    parties: BTreeMap<String, Joined>,
-    handoffs: Vec<Draft>,
-    agents: Vec<Agent>,
-    messages: Vec<Message>,
-    counts: MessageCounts,
-    attributes: BTreeMap<String, Value>,
-    first_escalation: Option<DateTime<Utc>>,
-    /// Seqs of erased events (see [`erased_seqs`]).
-    erased: BTreeSet<i64>,
-}
-
-impl<'a> Folder<'a> {
-    fn new(sla: &'a SlaConfig, parties: BTreeMap<String, Joined>) -> Self {
-        Folder {
-            sla,
-            parties,
-            handoffs: Vec::new(),
-            agents: Vec::new(),
-            messages: Vec::new(),
-            counts: MessageCounts::default(),
-            attributes: BTreeMap::new(),
-            first_escalation: None,
-            erased: BTreeSet::new(),
-        }
-    }
-
+impl FoldState {
     /// Only the latest handoff can be open: a new one is opened only when none is.
     fn open(&mut self) -> Option<&mut Draft> {
         self.handoffs.last_mut().filter(|d| d.is_open())
@@ -320,10 +463,10 @@ impl<'a> Folder<'a> {
         &mut self.handoffs[last]
     }
 
-    fn apply(&mut self, input: Input) {
+    fn apply(&mut self, input: Input, messages: &mut Vec<Message>) {
         let at = input.at;
         match input.fact {
-            Fact::Message(ref m) => self.message(&input, m),
+            Fact::Message(ref m) => self.message(&input, m, messages),
             Fact::EscalationRequested { .. } => {
                 self.first_escalation.get_or_insert(at);
                 if self.open().is_none() {
@@ -441,19 +584,22 @@ impl<'a> Folder<'a> {
     }
 
     /// Who a line is from, after resolving a Bright Pattern party id.
-    fn speaker(&self, m: &MessageFact) -> (Party, Option<String>) {
+    fn speaker(&mut self, m: &MessageFact) -> (Party, Option<String>) {
         match (&m.party_id, m.party) {
             (Some(p), Party::Agent | Party::Bot) => match self.parties.get(p) {
                 Some(Joined::Agent(name)) => (Party::Agent, Some(name.clone())),
                 Some(Joined::Scenario(name)) => (Party::Bot, Some(name.clone().unwrap_or_else(|| p.clone()))),
                 // Never joined in what we hold: the parser's own reading of the line stands.
-                None => (m.party, Some(m.author.clone().unwrap_or_else(|| p.clone()))),
+                None => {
+                    self.unresolved.insert(p.clone());
+                    (m.party, Some(m.author.clone().unwrap_or_else(|| p.clone())))
+                }
             },
             _ => (m.party, m.author.clone()),
         }
     }
 
-    fn message(&mut self, input: &Input, m: &MessageFact) {
+    fn message(&mut self, input: &Input, m: &MessageFact, messages: &mut Vec<Message>) {
         let (party, author) = self.speaker(m);
         count(&mut self.counts, party);
         if party == Party::Agent && !m.automatic {
@@ -488,47 +634,6 @@ impl<'a> Folder<'a> {
             line.buttons.clear();
             line.cards.clear();
         }
-        self.messages.push(line);
-    }
-
-    fn finish(self, id: Uuid, streams: &[StreamKey], started_at: DateTime<Utc>, extent: LogExtent) -> Projection {
-        let sla = self.sla;
-        let state = self.handoffs.last().map_or(HandoffState::Bot, |d| d.state);
-        let handoffs: Vec<Handoff> = self.handoffs.into_iter().map(|d| d.finish(sla)).collect();
-        let latest = handoffs.last();
-        let mut streams = streams.to_vec();
-        streams.sort();
-        streams.dedup();
-        let conversation = Conversation {
-            id,
-            state,
-            disposition: latest.and_then(|h| h.disposition),
-            platform_disposition: latest.and_then(|h| h.platform_disposition.clone()),
-            sla_status: latest.map_or(SlaStatus::NotApplicable, |h| h.sla_status),
-            sla_deadline: latest.and_then(|h| h.sla_deadline),
-            streams,
-            queue: latest.and_then(|h| h.queue.clone()),
-            agents: self.agents,
-            started_at,
-            escalated_at: latest.and_then(|h| h.requested_at),
-            queued_at: latest.and_then(|h| h.queued_at),
-            first_attended_at: latest.and_then(|h| h.attended_at),
-            closed_at: latest.and_then(|h| h.closed_at),
-            wait_seconds: latest.and_then(|h| h.wait_seconds),
-            first_response_seconds: latest.and_then(|h| h.first_response_seconds),
-            handle_seconds: latest.and_then(|h| h.handle_seconds),
-            bot_seconds: self.first_escalation.map(|e| seconds_between(started_at, e)),
-            transfers: latest.map_or(0, |h| h.transfers),
-            message_counts: self.counts,
-            close_reason: latest.and_then(|h| h.close_reason.clone()),
-            attributes: self.attributes,
-            last_seq: extent.last_seq,
-            updated_at: extent.last_at,
-            handoffs,
-        };
-        Projection {
-            conversation,
-            messages: self.messages,
-        }
+        messages.push(line);
     }
 }

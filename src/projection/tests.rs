@@ -1054,3 +1054,128 @@ fn a_relayed_visitor_message_echoed_by_bright_pattern_is_one_line() {
     );
     assert_eq!(p.conversation.message_counts.visitor, 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Incremental folding: `FoldState::extend` gives what folding everything gives, or refuses.
+// ---------------------------------------------------------------------------------------------
+
+fn extent_of(inputs: &[Input]) -> LogExtent {
+    LogExtent::of_inputs(inputs).unwrap()
+}
+
+/// Folds `inputs[..cut]` from nothing, then extends with the rest; the lines of both steps.
+fn build_then_extend(inputs: &[Input], cut: usize) -> Result<(FoldState, Vec<Message>), Refold> {
+    let (head, tail) = inputs.split_at(cut);
+    let (mut state, mut lines) = match LogExtent::of_inputs(head) {
+        Some(extent) => FoldState::build(extent, head.to_vec()),
+        None => (FoldState::default(), Vec::new()),
+    };
+    if let Some(extent) = LogExtent::of_inputs(tail) {
+        lines.extend(state.extend(extent, tail.to_vec(), &|_| false)?);
+    }
+    Ok((state, lines))
+}
+
+#[test]
+fn extending_in_order_equals_folding_everything_at_every_cut() {
+    let inputs = full_handoff().inputs;
+    let (whole, whole_lines) = FoldState::build(extent_of(&inputs), inputs.clone());
+    let sla = SlaConfig::default();
+    for cut in 0..=inputs.len() {
+        let (state, lines) = build_then_extend(&inputs, cut).unwrap();
+        assert_eq!(state, whole, "cut at {cut}");
+        assert_eq!(lines, whole_lines, "cut at {cut}");
+        assert_eq!(
+            state.conversation(conv_id(), &streams(), &sla),
+            whole.conversation(conv_id(), &streams(), &sla)
+        );
+    }
+    // The kept state survives its stored form.
+    let text = serde_json::to_string(&whole).unwrap();
+    assert_eq!(serde_json::from_str::<FoldState>(&text).unwrap(), whole);
+}
+
+#[test]
+fn a_fact_sorting_before_the_watermark_refuses_and_leaves_the_state_alone() {
+    let mut log = full_handoff();
+    // A late delivery: logged last, said at 44 s.
+    log.at(44, BOT, say(Party::Visitor, None, "still there?"));
+    let inputs = log.inputs;
+    let cut = inputs.len() - 1;
+    let (head, tail) = inputs.split_at(cut);
+    let (mut state, _) = FoldState::build(extent_of(head), head.to_vec());
+    let before = state.clone();
+    assert_eq!(
+        state.extend(extent_of(tail), tail.to_vec(), &|_| false),
+        Err(Refold::Late)
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn a_party_joining_after_its_lines_refuses_and_the_refold_attributes_them() {
+    let mut log = Log::new();
+    log.at(10, BP, party_line(Party::Agent, "p-9", "Hello from an unknown party"));
+    log.at(
+        20,
+        BP,
+        Fact::Attended {
+            agent: agent("Ann", None),
+            party_id: Some("p-9".into()),
+        },
+    );
+    let inputs = log.inputs;
+    assert_eq!(build_then_extend(&inputs, 1).unwrap_err(), Refold::PartyJoinedLate);
+    let (_, lines) = FoldState::build(extent_of(&inputs), inputs.clone());
+    assert_eq!(lines[0].author.as_deref(), Some("Ann"));
+    // A join of another party extends as usual.
+    let mut other = Log::new();
+    other.at(10, BP, party_line(Party::Agent, "p-9", "Hello"));
+    other.at(
+        20,
+        BP,
+        Fact::Attended {
+            agent: agent("Ann", None),
+            party_id: Some("p-1".into()),
+        },
+    );
+    assert!(build_then_extend(&other.inputs, 1).is_ok());
+}
+
+#[test]
+fn a_relay_whose_echo_is_already_a_line_refuses_and_one_whose_echo_follows_drops_it() {
+    let echo = crate::model::event_id_for(BP, Some("cmd-7"));
+    let relay = Fact::VisitorMessageRelayed {
+        message_id: "cmd-7".into(),
+    };
+    let echo_input = |seq: i64, secs: i64| Input {
+        at: t(secs),
+        seq,
+        index: 0,
+        platform: BP,
+        event_id: echo,
+        fact: say(Party::Visitor, None, "my order is late"),
+    };
+    let relay_input = |seq: i64, secs: i64| Input {
+        at: t(secs),
+        seq,
+        index: 0,
+        platform: LEDGER,
+        event_id: Uuid::from_u128(1_000 + seq as u128),
+        fact: relay.clone(),
+    };
+    // Echo folded first, relay after it: the line must go, so the state refuses.
+    let first = vec![echo_input(1, 10)];
+    let (mut state, lines) = FoldState::build(extent_of(&first), first);
+    assert_eq!(lines.len(), 1);
+    let second = vec![relay_input(2, 11)];
+    assert_eq!(
+        state.extend(extent_of(&second), second.clone(), &|id| id == echo),
+        Err(Refold::EchoAlreadyFolded)
+    );
+    // Relay first, echo after it: extending drops the echo, as folding everything does.
+    let inputs = vec![relay_input(1, 10), echo_input(2, 11)];
+    let (state, lines) = build_then_extend(&inputs, 1).unwrap();
+    assert!(lines.is_empty());
+    assert_eq!(state, FoldState::build(extent_of(&inputs), inputs.clone()).0);
+}

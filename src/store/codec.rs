@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ConversationFilter, StoreError, StoreResult};
-use crate::model::{Conversation, Message, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
-use crate::projection::Projection;
+use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
+use crate::model::{Conversation, Message, NewEvent, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
 /// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id, hash)`.
@@ -36,39 +35,332 @@ pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.platform, e.externa
 pub(crate) type QuarantineRow = (i64, i64, String, Option<String>, String, String, i64, String, Vec<u8>);
 
 /// A value bound to a query built at run time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Bind {
     /// A text value.
     Text(String),
     /// An integer value.
     Int(i64),
+    /// A text value or NULL.
+    OptText(Option<String>),
+    /// An integer value or NULL.
+    OptInt(Option<i64>),
+    /// A floating point value or NULL.
+    OptFloat(Option<f64>),
 }
 
-/// The projection columns of a conversation row.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ConversationRow {
-    /// `state`.
-    pub state: &'static str,
-    /// `disposition`.
-    pub disposition: Option<&'static str>,
-    /// `sla_status`.
-    pub sla_status: &'static str,
-    /// `sla_deadline`, micros: while pending, when the answer target runs out.
-    pub sla_deadline: Option<i64>,
-    /// `queue`.
-    pub queue: Option<String>,
-    /// `agents`, see [`agents_column`].
-    pub agents: String,
-    /// `started_at`, micros.
-    pub started_at: i64,
-    /// `updated_at`, micros.
-    pub updated_at: i64,
-    /// `last_seq`.
-    pub last_seq: i64,
-    /// serde_json of the conversation.
-    pub doc: String,
-    /// serde_json of the transcript.
-    pub transcript: String,
+/// One row of a multi-row insert, its values in the order of the table's column list.
+pub(crate) type Row = Vec<Bind>;
+
+/// Most values bound in one statement (SQLite allows 32,766, PostgreSQL 65,535).
+pub(crate) const MAX_BINDS: usize = 30_000;
+
+/// `INSERT INTO table (columns) VALUES (...), (...) suffix` for `rows` rows, placeholders numbered
+/// row after row. `suffix` is an `ON CONFLICT` clause or empty.
+pub(crate) fn insert_sql(table: &str, columns: &[&str], rows: usize, suffix: &str) -> String {
+    let n = columns.len();
+    let values = (0..rows)
+        .map(|r| {
+            let row = (1..=n)
+                .map(|c| format!("${}", r * n + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES {values}", columns.join(", "));
+    if !suffix.is_empty() {
+        sql.push(' ');
+        sql.push_str(suffix);
+    }
+    sql
+}
+
+/// `ON CONFLICT (key) DO UPDATE SET c = excluded.c, ...` for every column not in `key`.
+pub(crate) fn upsert_clause(key: &[&str], columns: &[&str]) -> String {
+    let set = columns
+        .iter()
+        .filter(|c| !key.contains(c))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("ON CONFLICT ({}) DO UPDATE SET {set}", key.join(", "))
+}
+
+/// Columns of an event row as appended, in the order [`event_row`] gives their values.
+pub(crate) const EVENT_INSERT_COLUMNS: &[&str] = &[
+    "seq",
+    "event_id",
+    "platform",
+    "external_id",
+    "kind",
+    "occurred_at",
+    "received_at",
+    "payload",
+    "headers",
+    "links",
+    "hash",
+];
+
+/// The row an event is appended as, at `seq`, with its chain `hash`. Every column the log keeps is built here.
+pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<Row> {
+    Ok(vec![
+        Bind::Int(seq),
+        Bind::Text(event.event_id.to_string()),
+        Bind::Text(event.stream.platform.as_str().to_string()),
+        Bind::Text(event.stream.external_id.clone()),
+        Bind::Text(event.kind.clone()),
+        Bind::Int(to_micros(event.occurred_at)),
+        Bind::Int(to_micros(event.received_at)),
+        Bind::Text(event.payload.clone()),
+        Bind::Text(to_json("headers", &event.headers)?),
+        Bind::Text(to_json("links", &event.links)?),
+        Bind::Text(hash.to_string()),
+    ])
+}
+
+/// An event appended in this transaction as a reader will see it.
+pub(crate) fn stored_event(
+    seq: i64,
+    event: &NewEvent,
+    conversation_id: Option<Uuid>,
+    hash: Option<String>,
+) -> StoreResult<StoredEvent> {
+    Ok(StoredEvent {
+        seq,
+        event_id: event.event_id,
+        platform: event.stream.platform,
+        external_id: event.stream.external_id.clone(),
+        kind: event.kind.clone(),
+        occurred_at: event.occurred_at,
+        received_at: event.received_at,
+        conversation_id,
+        headers: event.headers.clone(),
+        payload: from_json("payload", &event.payload)?,
+        hash,
+    })
+}
+
+/// Columns of a stream row.
+pub(crate) const STREAM_COLUMNS: &[&str] = &["platform", "external_id", "conversation_id", "first_seq"];
+
+/// A stream filed under `conversation` by the event at `seq`.
+pub(crate) fn stream_row(stream: &StreamKey, conversation: Uuid, seq: i64) -> Row {
+    vec![
+        Bind::Text(stream.platform.as_str().to_string()),
+        Bind::Text(stream.external_id.clone()),
+        Bind::Text(conversation.to_string()),
+        Bind::Int(seq),
+    ]
+}
+
+/// Columns of a conversation row, in the order [`conversation_row`] gives their values.
+pub(crate) const CONVERSATION_COLUMNS: &[&str] = &[
+    "id",
+    "state",
+    "disposition",
+    "sla_status",
+    "sla_deadline",
+    "queue",
+    "started_at",
+    "updated_at",
+    "last_seq",
+    "doc",
+    "fold",
+];
+
+/// The row of a projected conversation: its filter columns, its document and its kept fold state.
+pub(crate) fn conversation_row(c: &Conversation, fold: &crate::projection::FoldState) -> StoreResult<Row> {
+    Ok(vec![
+        Bind::Text(c.id.to_string()),
+        Bind::Text(c.state.as_str().to_string()),
+        Bind::OptText(c.disposition.map(|d| d.as_str().to_string())),
+        Bind::Text(c.sla_status.as_str().to_string()),
+        Bind::OptInt(c.sla_deadline.map(to_micros)),
+        Bind::OptText(c.queue.clone()),
+        Bind::Int(to_micros(c.started_at)),
+        Bind::Int(to_micros(c.updated_at)),
+        Bind::Int(c.last_seq),
+        Bind::Text(to_json("conversation", c)?),
+        Bind::Text(to_json("fold state", fold)?),
+    ])
+}
+
+/// Columns of a transcript line row, in the order [`message_rows`] gives their values.
+pub(crate) const MESSAGE_COLUMNS: &[&str] = &[
+    "conversation_id",
+    "at",
+    "seq",
+    "idx",
+    "party",
+    "author",
+    "kind",
+    "text",
+    "buttons",
+    "cards",
+    "url",
+    "platform",
+    "event_id",
+];
+
+/// The select list matching [`MessageRow`].
+pub(crate) const MESSAGE_SELECT: &str =
+    "at, seq, idx, party, author, kind, text, buttons, cards, url, platform, event_id";
+
+/// A transcript line as read back:
+/// `(at, seq, idx, party, author, kind, text, buttons, cards, url, platform, event_id)`.
+pub(crate) type MessageRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+);
+
+/// The rows of transcript lines (in transcript order) of `conversation`. `idx` numbers the lines
+/// of one `(at, seq)` (several lines of one event at one time), so the key keeps the fold's order.
+pub(crate) fn message_rows(conversation: Uuid, messages: &[Message]) -> StoreResult<Vec<Row>> {
+    let mut rows = Vec::with_capacity(messages.len());
+    let mut previous: Option<(i64, i64)> = None;
+    let mut idx = 0i64;
+    for m in messages {
+        let key = (to_micros(m.at), m.seq);
+        idx = if previous == Some(key) { idx + 1 } else { 0 };
+        previous = Some(key);
+        rows.push(vec![
+            Bind::Text(conversation.to_string()),
+            Bind::Int(key.0),
+            Bind::Int(key.1),
+            Bind::Int(idx),
+            Bind::Text(enum_text(&m.party)?),
+            Bind::OptText(m.author.clone()),
+            Bind::Text(enum_text(&m.kind)?),
+            Bind::OptText(m.text.clone()),
+            Bind::Text(to_json("buttons", &m.buttons)?),
+            Bind::Text(to_json("cards", &m.cards)?),
+            Bind::OptText(m.url.clone()),
+            Bind::Text(m.platform.as_str().to_string()),
+            Bind::Text(m.event_id.to_string()),
+        ]);
+    }
+    Ok(rows)
+}
+
+/// A transcript line row as the domain type, with its cursor.
+pub(crate) fn decode_message(row: MessageRow) -> StoreResult<(MessageCursor, Message)> {
+    let (at, seq, idx, party, author, kind, text, buttons, cards, url, platform, event_id) = row;
+    Ok((
+        (at, seq, idx),
+        Message {
+            seq,
+            at: from_micros(at)?,
+            party: enum_from_text("party", &party)?,
+            author,
+            kind: enum_from_text("message kind", &kind)?,
+            text,
+            buttons: from_json("buttons", &buttons)?,
+            cards: from_json("cards", &cards)?,
+            url,
+            platform: parse_platform(&platform)?,
+            event_id: parse_uuid(&event_id)?,
+        },
+    ))
+}
+
+/// The snake_case name serde gives a unit enum variant.
+fn enum_text<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(StoreError::Corrupt("an enum did not encode as a name".into())),
+    }
+}
+
+fn enum_from_text<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> StoreResult<T> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|e| StoreError::Corrupt(format!("bad {what} `{text}`: {e}")))
+}
+
+/// Columns of a handoff row, in the order [`handoff_rows`] gives their values.
+pub(crate) const HANDOFF_COLUMNS: &[&str] = &[
+    "conversation_id",
+    "ordinal",
+    "backend",
+    "queue",
+    "requested_at",
+    "queued_at",
+    "attended_at",
+    "closed_at",
+    "agent",
+    "agents",
+    "transfers",
+    "wait_seconds",
+    "first_response_seconds",
+    "handle_seconds",
+    "sla_status",
+    "sla_deadline",
+    "disposition",
+    "platform_disposition",
+    "close_reason",
+    "failure",
+];
+
+/// One row per handoff of `c`, numbered from 0 in order.
+pub(crate) fn handoff_rows(c: &Conversation) -> StoreResult<Vec<Row>> {
+    c.handoffs
+        .iter()
+        .enumerate()
+        .map(|(ordinal, h)| {
+            Ok(vec![
+                Bind::Text(c.id.to_string()),
+                Bind::Int(ordinal as i64),
+                Bind::Text(h.backend.clone()),
+                Bind::OptText(h.queue.clone()),
+                Bind::OptInt(h.requested_at.map(to_micros)),
+                Bind::OptInt(h.queued_at.map(to_micros)),
+                Bind::OptInt(h.attended_at.map(to_micros)),
+                Bind::OptInt(h.closed_at.map(to_micros)),
+                Bind::OptText(h.agents.first().map(|a| a.name.clone())),
+                Bind::Text(to_json("agents", &h.agents)?),
+                Bind::Int(i64::from(h.transfers)),
+                Bind::OptFloat(h.wait_seconds),
+                Bind::OptFloat(h.first_response_seconds),
+                Bind::OptFloat(h.handle_seconds),
+                Bind::Text(h.sla_status.as_str().to_string()),
+                Bind::OptInt(h.sla_deadline.map(to_micros)),
+                Bind::OptText(h.disposition.map(|d| d.as_str().to_string())),
+                Bind::OptText(h.platform_disposition.clone()),
+                Bind::OptText(h.close_reason.clone()),
+                Bind::OptText(h.failure.clone()),
+            ])
+        })
+        .collect()
+}
+
+/// Columns of the agent filter's rows.
+pub(crate) const AGENT_COLUMNS: &[&str] = &["agent", "started_at", "conversation_id"];
+
+/// One row per distinct agent name of `c` (as the filter compares it), carrying `started_at` so
+/// that a page of one agent's conversations is read from the index in order.
+pub(crate) fn agent_rows(c: &Conversation) -> Vec<Row> {
+    let names: std::collections::BTreeSet<String> = c.agents.iter().map(|a| agent_token(&a.name)).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            vec![
+                Bind::Text(name),
+                Bind::Int(to_micros(c.started_at)),
+                Bind::Text(c.id.to_string()),
+            ]
+        })
+        .collect()
 }
 
 /// Microseconds since the epoch: the portable time column (PostgreSQL keeps microseconds too).
@@ -225,77 +517,59 @@ pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
-/// One agent name as kept in the `agents` column: lower-cased (the filter is case-insensitive on
-/// both backends alike) with newlines, the column's separator, flattened.
-fn agent_token(name: &str) -> String {
-    name.to_lowercase().replace(['\n', '\r'], " ")
-}
-
-/// The `agents` column: every agent name wrapped in newlines (`"\nana\ntomas\n"`), so that a
-/// `LIKE '%\nname\n%'` matches one whole name on both backends.
-pub(crate) fn agents_column(conversation: &Conversation) -> String {
-    if conversation.agents.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("\n");
-    for agent in &conversation.agents {
-        out.push_str(&agent_token(&agent.name));
-        out.push('\n');
-    }
-    out
-}
-
-/// The `LIKE` pattern (escape character `\`) finding one agent name in the `agents` column.
-pub(crate) fn agent_pattern(name: &str) -> String {
-    let mut escaped = String::new();
-    for c in agent_token(name).chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    format!("%\n{escaped}\n%")
-}
-
-/// The row columns of a projected conversation.
-pub(crate) fn conversation_row(projection: &Projection) -> StoreResult<ConversationRow> {
-    let c = &projection.conversation;
-    Ok(ConversationRow {
-        state: c.state.as_str(),
-        disposition: c.disposition.map(|d| d.as_str()),
-        sla_status: c.sla_status.as_str(),
-        sla_deadline: c.sla_deadline.map(to_micros),
-        queue: c.queue.clone(),
-        agents: agents_column(c),
-        started_at: to_micros(c.started_at),
-        updated_at: to_micros(c.updated_at),
-        last_seq: c.last_seq,
-        doc: to_json("conversation", c)?,
-        transcript: to_json::<[Message]>("transcript", &projection.messages)?,
-    })
+/// One agent name as the agent filter compares it: the whole name, lower-cased (case-insensitive on
+/// both backends alike).
+pub(crate) fn agent_token(name: &str) -> String {
+    name.to_lowercase()
 }
 
 /// The page query of `list_conversations`: selects `(doc, started_at, id)`, one row more than the
-/// page so the caller knows whether another page follows.
+/// page so the caller knows whether another page follows. Every filter has an index to start from:
+/// the agent filter walks `conversation_agents` (agent, started_at, id) in page order; a stream
+/// filter looks the few conversations of that key up through `streams` (platform, external_id) or
+/// `streams_external_id`; the others have an index of `conversations` led by their column.
 pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, Vec<Bind>) {
-    let mut sql = String::from("SELECT c.doc, c.started_at, c.id FROM conversations c WHERE 1 = 1");
+    // With the agent filter the page is ordered by the agent rows' own copy of the position.
+    let (from, pos) = if filter.agent.is_some() {
+        (
+            "conversation_agents a JOIN conversations c ON c.id = a.conversation_id",
+            ("a.started_at", "a.conversation_id"),
+        )
+    } else {
+        ("conversations c", ("c.started_at", "c.id"))
+    };
+    let mut sql = String::new();
+    // `breached` as of now is two ordered walks (breached; pending past its deadline), merged.
+    let mut breached_by: Option<String> = None;
     let mut binds = Vec::new();
     fn bind(binds: &mut Vec<Bind>, value: Bind) -> String {
         binds.push(value);
         format!("${}", binds.len())
     }
-    if filter.platform.is_some() || filter.external_id.is_some() {
-        // Both on the same stream: `platform` + `external_id` together name one stream key.
-        sql.push_str(" AND EXISTS (SELECT 1 FROM streams s WHERE s.conversation_id = c.id");
-        if let Some(platform) = &filter.platform {
-            let p = bind(&mut binds, Bind::Text(platform.clone()));
-            sql.push_str(&format!(" AND s.platform = {p}"));
-        }
-        if let Some(external_id) = &filter.external_id {
+    if let Some(agent) = &filter.agent {
+        let p = bind(&mut binds, Bind::Text(agent_token(agent)));
+        sql.push_str(&format!(" AND a.agent = {p}"));
+    }
+    // Both on the same stream: `platform` + `external_id` together name one stream key. An external
+    // id names a handful of conversations: they are looked up. A platform alone matches many: the
+    // page is read in order and each conversation checked.
+    match (&filter.platform, &filter.external_id) {
+        (platform, Some(external_id)) => {
+            sql.push_str(" AND c.id IN (SELECT s.conversation_id FROM streams s WHERE");
+            if let Some(platform) = platform {
+                let p = bind(&mut binds, Bind::Text(platform.clone()));
+                sql.push_str(&format!(" s.platform = {p} AND"));
+            }
             let p = bind(&mut binds, Bind::Text(external_id.clone()));
-            sql.push_str(&format!(" AND s.external_id = {p}"));
+            sql.push_str(&format!(" s.external_id = {p})"));
         }
-        sql.push(')');
+        (Some(platform), None) => {
+            let p = bind(&mut binds, Bind::Text(platform.clone()));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM streams s WHERE s.conversation_id = c.id AND s.platform = {p})"
+            ));
+        }
+        (None, None) => {}
     }
     // `pending` and `breached` are read as of now: a handoff waiting past its target reads `breached`.
     match (filter.sla_status.as_deref(), filter.now) {
@@ -305,12 +579,7 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
                 " AND c.sla_status = 'pending' AND (c.sla_deadline IS NULL OR c.sla_deadline > {p})"
             ));
         }
-        (Some("breached"), Some(now)) => {
-            let p = bind(&mut binds, Bind::Int(to_micros(now)));
-            sql.push_str(&format!(
-                " AND (c.sla_status = 'breached' OR (c.sla_status = 'pending' AND c.sla_deadline <= {p}))"
-            ));
-        }
+        (Some("breached"), Some(now)) => breached_by = Some(bind(&mut binds, Bind::Int(to_micros(now)))),
         (Some(status), _) => {
             let p = bind(&mut binds, Bind::Text(status.to_string()));
             sql.push_str(&format!(" AND c.sla_status = {p}"));
@@ -327,27 +596,36 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
             sql.push_str(&format!(" AND c.{column} = {p}"));
         }
     }
-    if let Some(agent) = &filter.agent {
-        let p = bind(&mut binds, Bind::Text(agent_pattern(agent)));
-        sql.push_str(&format!(" AND c.agents LIKE {p} ESCAPE '\\'"));
-    }
+    let (started, id) = pos;
     if let Some(since) = filter.since {
         let p = bind(&mut binds, Bind::Int(to_micros(since)));
-        sql.push_str(&format!(" AND c.started_at >= {p}"));
+        sql.push_str(&format!(" AND {started} >= {p}"));
     }
     if let Some(until) = filter.until {
         let p = bind(&mut binds, Bind::Int(to_micros(until)));
-        sql.push_str(&format!(" AND c.started_at < {p}"));
+        sql.push_str(&format!(" AND {started} < {p}"));
     }
-    if let Some((started, id)) = filter.after {
-        let s = bind(&mut binds, Bind::Int(started));
-        let i = bind(&mut binds, Bind::Text(id.to_string()));
-        sql.push_str(&format!(
-            " AND (c.started_at < {s} OR (c.started_at = {s} AND c.id < {i}))"
-        ));
+    if let Some((at, after)) = filter.after {
+        let s = bind(&mut binds, Bind::Int(at));
+        let i = bind(&mut binds, Bind::Text(after.to_string()));
+        sql.push_str(&format!(" AND ({started} < {s} OR ({started} = {s} AND {id} < {i}))"));
     }
     let l = bind(&mut binds, Bind::Int(i64::from(filter.limit.max(1)) + 1));
-    sql.push_str(&format!(" ORDER BY c.started_at DESC, c.id DESC LIMIT {l}"));
+    let select = |extra: &str| {
+        format!(
+            "SELECT c.doc, c.started_at, c.id FROM {from} WHERE 1 = 1{sql}{extra} \
+             ORDER BY {started} DESC, {id} DESC LIMIT {l}"
+        )
+    };
+    let sql = match breached_by {
+        None => select(""),
+        Some(p) => format!(
+            "SELECT doc, started_at, id FROM (SELECT * FROM ({}) b UNION ALL SELECT * FROM ({}) p) u \
+             ORDER BY started_at DESC, id DESC LIMIT {l}",
+            select(" AND c.sla_status = 'breached'"),
+            select(&format!(" AND c.sla_status = 'pending' AND c.sla_deadline <= {p}"))
+        ),
+    };
     (sql, binds)
 }
 
@@ -459,31 +737,86 @@ mod tests {
     }
 
     #[test]
-    fn agent_filter_matches_whole_names_case_insensitively() {
-        let column = agents_column(&conversation(&["Tomas", "Ana_1"]));
-        assert_eq!(column, "\ntomas\nana_1\n");
-        assert_eq!(agent_pattern("TOMAS"), "%\ntomas\n%");
-        // `_` and `%` are literal in a name, not wildcards.
-        assert_eq!(agent_pattern("ana_1"), "%\nana\\_1\n%");
-        assert_eq!(agent_pattern("50%\\"), "%\n50\\%\\\\\n%");
-        assert_eq!(agents_column(&conversation(&[])), "");
+    fn agent_rows_hold_each_whole_name_once_lower_cased() {
+        let c = conversation(&["Tomas", "Ana_1", "TOMAS"]);
+        let rows = agent_rows(&c);
+        let started = Bind::Int(1_700_000_000_000_000);
+        let id = Bind::Text(Uuid::from_u128(7).to_string());
+        assert_eq!(
+            rows,
+            vec![
+                vec![Bind::Text("ana_1".into()), started.clone(), id.clone()],
+                vec![Bind::Text("tomas".into()), started, id],
+            ]
+        );
+        assert!(agent_rows(&conversation(&[])).is_empty());
     }
 
     #[test]
     fn conversation_row_carries_the_filter_columns() {
-        let projection = Projection {
-            conversation: conversation(&["Tomas"]),
-            messages: Vec::new(),
+        let c = conversation(&["Tomas"]);
+        let row = conversation_row(&c, &crate::projection::FoldState::default()).unwrap();
+        assert_eq!(row.len(), CONVERSATION_COLUMNS.len());
+        let column = |name: &str| row[CONVERSATION_COLUMNS.iter().position(|c| *c == name).unwrap()].clone();
+        assert_eq!(column("state"), Bind::Text("attended".into()));
+        assert_eq!(column("sla_status"), Bind::Text("pending".into()));
+        assert_eq!(column("queue"), Bind::OptText(Some("2179".into())));
+        assert_eq!(column("started_at"), Bind::Int(1_700_000_000_000_000));
+        assert_eq!(column("updated_at"), Bind::Int(1_700_000_000_500_000));
+        let Bind::Text(doc) = column("doc") else {
+            panic!("doc is text")
         };
-        let row = conversation_row(&projection).unwrap();
-        assert_eq!(row.state, "attended");
-        assert_eq!(row.sla_status, "pending");
-        assert_eq!(row.queue.as_deref(), Some("2179"));
-        assert_eq!(row.started_at, 1_700_000_000_000_000);
-        assert_eq!(row.updated_at, 1_700_000_000_500_000);
-        assert_eq!(row.transcript, "[]");
-        let back: Conversation = from_json("doc", &row.doc).unwrap();
-        assert_eq!(back, projection.conversation);
+        let back: Conversation = from_json("doc", &doc).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn message_rows_number_the_lines_of_one_event_and_time_and_read_back() {
+        let at = from_micros(1_700_000_000_000_000).unwrap();
+        let line = |seq: i64, text: &str| Message {
+            seq,
+            at,
+            party: crate::model::Party::Agent,
+            author: Some("Ana".into()),
+            kind: crate::model::MessageKind::Text,
+            text: Some(text.into()),
+            buttons: Vec::new(),
+            cards: Vec::new(),
+            url: None,
+            platform: Platform::Vcc,
+            event_id: Uuid::from_u128(seq as u128),
+        };
+        let lines = vec![line(3, "a"), line(3, "b"), line(4, "c")];
+        let rows = message_rows(Uuid::from_u128(7), &lines).unwrap();
+        let idx: Vec<Bind> = rows.iter().map(|r| r[3].clone()).collect();
+        assert_eq!(idx, vec![Bind::Int(0), Bind::Int(1), Bind::Int(0)]);
+        let read: MessageRow = (
+            1_700_000_000_000_000,
+            3,
+            1,
+            "agent".into(),
+            Some("Ana".into()),
+            "text".into(),
+            Some("b".into()),
+            "[]".into(),
+            "[]".into(),
+            None,
+            "vcc".into(),
+            Uuid::from_u128(3).to_string(),
+        );
+        assert_eq!(
+            decode_message(read).unwrap(),
+            ((1_700_000_000_000_000, 3, 1), lines[1].clone())
+        );
+    }
+
+    #[test]
+    fn multi_row_inserts_number_placeholders_row_after_row() {
+        assert_eq!(
+            insert_sql("t", &["a", "b"], 2, &upsert_clause(&["a"], &["a", "b"])),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT (a) DO UPDATE SET b = excluded.b"
+        );
+        assert_eq!(insert_sql("t", &["a"], 1, ""), "INSERT INTO t (a) VALUES ($1)");
     }
 
     #[test]
@@ -492,7 +825,6 @@ mod tests {
             platform: Some("aivo_live".into()),
             external_id: Some("room".into()),
             state: Some("closed".into()),
-            agent: Some("Tomas".into()),
             since: Some(from_micros(10).unwrap()),
             limit: 2,
             after: Some((50, Uuid::from_u128(9))),
@@ -502,10 +834,10 @@ mod tests {
         assert_eq!(
             sql,
             "SELECT c.doc, c.started_at, c.id FROM conversations c WHERE 1 = 1 \
-             AND EXISTS (SELECT 1 FROM streams s WHERE s.conversation_id = c.id AND s.platform = $1 \
-             AND s.external_id = $2) AND c.state = $3 AND c.agents LIKE $4 ESCAPE '\\' \
-             AND c.started_at >= $5 AND (c.started_at < $6 OR (c.started_at = $6 AND c.id < $7)) \
-             ORDER BY c.started_at DESC, c.id DESC LIMIT $8"
+             AND c.id IN (SELECT s.conversation_id FROM streams s WHERE s.platform = $1 \
+             AND s.external_id = $2) AND c.state = $3 \
+             AND c.started_at >= $4 AND (c.started_at < $5 OR (c.started_at = $5 AND c.id < $6)) \
+             ORDER BY c.started_at DESC, c.id DESC LIMIT $7"
         );
         assert_eq!(
             binds,
@@ -513,12 +845,32 @@ mod tests {
                 Bind::Text("aivo_live".into()),
                 Bind::Text("room".into()),
                 Bind::Text("closed".into()),
-                Bind::Text("%\ntomas\n%".into()),
                 Bind::Int(10),
                 Bind::Int(50),
                 Bind::Text(Uuid::from_u128(9).to_string()),
                 Bind::Int(3),
             ]
+        );
+    }
+
+    #[test]
+    fn the_agent_filter_pages_through_the_agent_rows() {
+        let filter = ConversationFilter {
+            agent: Some("Tomas".into()),
+            queue: Some("2179".into()),
+            limit: 5,
+            ..ConversationFilter::default()
+        };
+        let (sql, binds) = list_conversations_query(&filter);
+        assert_eq!(
+            sql,
+            "SELECT c.doc, c.started_at, c.id FROM conversation_agents a JOIN conversations c \
+             ON c.id = a.conversation_id WHERE 1 = 1 AND a.agent = $1 AND c.queue = $2 \
+             ORDER BY a.started_at DESC, a.conversation_id DESC LIMIT $3"
+        );
+        assert_eq!(
+            binds,
+            vec![Bind::Text("tomas".into()), Bind::Text("2179".into()), Bind::Int(6)]
         );
     }
 

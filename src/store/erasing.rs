@@ -157,12 +157,14 @@ macro_rules! erasing_store {
                 let conversation = match target {
                     ErasureTarget::Conversation(id) => {
                         let id = Self::resolve(conn, *id).await?;
-                        if !Self::conversation_exists(conn, id).await? {
+                        if !Self::conversation_exists(conn, &Filing::default(), id).await? {
                             return Ok(None);
                         }
                         id
                     }
-                    ErasureTarget::Stream(stream) => match Self::stream_conversation(conn, stream).await? {
+                    ErasureTarget::Stream(stream) => match Self::stream_conversation(conn, &mut Filing::default(), stream)
+                        .await?
+                    {
                         Some(id) => id,
                         None => return Ok(None),
                     },
@@ -175,8 +177,9 @@ macro_rules! erasing_store {
                     .into_iter()
                     .map(|(platform, external_id)| codec::stream_key(&platform, external_id))
                     .collect::<StoreResult<Vec<StreamKey>>>()?;
-                let rows: Vec<EventRow> = sqlx::query_as(&conversation_events_sql())
+                let rows: Vec<EventRow> = sqlx::query_as(&conversation_events_sql(false))
                     .bind(conversation.to_string())
+                    .bind(0i64)
                     .fetch_all(&mut *conn)
                     .await?;
                 let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();

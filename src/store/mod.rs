@@ -87,6 +87,21 @@ pub struct ConversationPage {
     pub next: Option<(i64, Uuid)>,
 }
 
+/// Where a transcript page starts: after the line at `(at micros, seq, position among the lines of
+/// that event at that time)`.
+pub type MessageCursor = (i64, i64, i64);
+
+/// One page of a transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscriptPage {
+    /// The conversation the id resolved to.
+    pub conversation_id: Uuid,
+    /// Lines in transcript order.
+    pub messages: Vec<Message>,
+    /// Position of the last line when more may follow.
+    pub next: Option<MessageCursor>,
+}
+
 /// Counts of a replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayStats {
@@ -101,6 +116,10 @@ pub struct ReplayStats {
 pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// Applies this backend's migrations.
     async fn migrate(&self) -> StoreResult<()>;
+
+    /// Rebuilds the projections of conversations an earlier version projected (they keep no fold
+    /// state); returns how many. Run once after [`Store::migrate`] by every command that serves.
+    async fn rebuild_stale(&self, sla: &SlaConfig) -> StoreResult<u64>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;
@@ -132,10 +151,38 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     async fn list_conversations(&self, filter: &ConversationFilter) -> StoreResult<ConversationPage>;
 
     /// The transcript of a conversation (id resolved through merges): `(surviving id, messages)`.
-    async fn transcript(&self, id: Uuid) -> StoreResult<Option<(Uuid, Vec<Message>)>>;
+    async fn transcript(&self, id: Uuid) -> StoreResult<Option<(Uuid, Vec<Message>)>> {
+        Ok(self
+            .transcript_page(id, None, None)
+            .await?
+            .map(|page| (page.conversation_id, page.messages)))
+    }
+
+    /// Transcript lines of a conversation (id resolved through merges) after `after`, at most
+    /// `limit` (None: all).
+    async fn transcript_page(
+        &self,
+        id: Uuid,
+        after: Option<MessageCursor>,
+        limit: Option<u32>,
+    ) -> StoreResult<Option<TranscriptPage>>;
+
+    /// The transcript lines the event at `seq` made in conversation `id` (not resolved through
+    /// merges), in transcript order: what a relay of that event reads, whatever the transcript's length.
+    async fn event_lines(&self, id: Uuid, seq: i64) -> StoreResult<Vec<Message>>;
 
     /// The raw events of a conversation in `seq` order.
-    async fn conversation_events(&self, id: Uuid) -> StoreResult<Option<Vec<StoredEvent>>>;
+    async fn conversation_events(&self, id: Uuid) -> StoreResult<Option<Vec<StoredEvent>>> {
+        self.conversation_events_page(id, 0, None).await
+    }
+
+    /// The raw events of a conversation with `seq > after_seq` in `seq` order, at most `limit` (None: all).
+    async fn conversation_events_page(
+        &self,
+        id: Uuid,
+        after_seq: i64,
+        limit: Option<u32>,
+    ) -> StoreResult<Option<Vec<StoredEvent>>>;
 
     /// The global log after `after_seq`, at most `limit` events.
     async fn events_after(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<StoredEvent>>;

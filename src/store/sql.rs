@@ -1,9 +1,24 @@
 //! The SQL backends. One implementation of the store's logic, expanded by `sql_store!` for SQLite
-//! and for PostgreSQL. Every statement is a constant below, the same text on both backends (`$n`
-//! placeholders, `ON CONFLICT`, `RETURNING`, portable column types); only the migrations, the way a
-//! write transaction is opened, and connecting differ.
+//! and for PostgreSQL. Every statement is a constant below or built by `codec`, the same text on both
+//! backends (`$n` placeholders, `ON CONFLICT`, `RETURNING`, portable column types); only the
+//! migrations, the way a write transaction is opened, and connecting differ.
+//!
+//! # The write path
+//!
+//! A batch costs a constant number of round trips, whatever its size and however long its
+//! conversations are:
+//! 1. the ids already stored, and the stream -> conversation map of every stream the batch names,
+//!    are read once ([`Filing`]);
+//! 2. each event is filed in memory (new streams, links); only a merge (rare) goes to the database
+//!    at once, after flushing what is pending so it sees the log as it stands;
+//! 3. events and new streams are inserted with multi-row statements;
+//! 4. every touched conversation's kept fold state is read in one statement and the new events'
+//!    facts are applied to it ([`projection::FoldState::extend`]); a conversation that merged, or
+//!    whose new facts sort before its watermark, is refolded from its events instead;
+//! 5. conversation rows, new transcript lines, handoff rows and agent rows are written with
+//!    multi-row statements.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,26 +26,23 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::chained::{self, chained_store};
-use super::codec::{self, Bind, EventRow, QuarantineRow, EVENT_COLUMNS};
+use super::codec::{self, Bind, EventRow, MessageRow, QuarantineRow, Row, EVENT_COLUMNS};
 use super::erasing::{self, erasing_store};
-use super::{ConversationFilter, ConversationPage, ReplayStats, Store, StoreError, StoreResult};
+use super::{
+    ConversationFilter, ConversationPage, MessageCursor, ReplayStats, Store, StoreError, StoreResult, TranscriptPage,
+};
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
 use crate::model::{
     AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent, StreamKey,
 };
-use crate::projection;
+use crate::projection::{self, FoldState, LogExtent};
 
 /// Events read per round trip while replaying the log.
 const REPLAY_CHUNK: i64 = 1_000;
 
 const SQL_LAST_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
-const SQL_INSERT_EVENT: &str = "INSERT INTO events \
-     (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, links, hash) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 const SQL_STREAM_CONVERSATION: &str = "SELECT conversation_id FROM streams WHERE platform = $1 AND external_id = $2";
-const SQL_INSERT_STREAM: &str =
-    "INSERT INTO streams (platform, external_id, conversation_id, first_seq) VALUES ($1, $2, $3, $4)";
 const SQL_CONVERSATION_HAS_STREAM: &str = "SELECT conversation_id FROM streams WHERE conversation_id = $1 LIMIT 1";
 const SQL_RESOLVE_ALIAS: &str = "SELECT survivor_id FROM aliases WHERE absorbed_id = $1";
 // Only events before the one being filed count, so that replay (which walks a log whose later
@@ -42,18 +54,17 @@ const SQL_REPOINT_STREAMS: &str = "UPDATE streams SET conversation_id = $1 WHERE
 const SQL_REPOINT_ALIASES: &str = "UPDATE aliases SET survivor_id = $1 WHERE survivor_id = $2";
 const SQL_INSERT_ALIAS: &str = "INSERT INTO aliases (absorbed_id, survivor_id) VALUES ($1, $2) \
      ON CONFLICT (absorbed_id) DO UPDATE SET survivor_id = excluded.survivor_id";
-const SQL_DELETE_CONVERSATION: &str = "DELETE FROM conversations WHERE id = $1";
-const SQL_UPSERT_CONVERSATION: &str = "INSERT INTO conversations \
-     (id, state, disposition, sla_status, queue, agents, started_at, updated_at, last_seq, doc, transcript, \
-     sla_deadline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-     ON CONFLICT (id) DO UPDATE SET state = excluded.state, disposition = excluded.disposition, \
-     sla_status = excluded.sla_status, sla_deadline = excluded.sla_deadline, queue = excluded.queue, agents = excluded.agents, \
-     started_at = excluded.started_at, updated_at = excluded.updated_at, last_seq = excluded.last_seq, \
-     doc = excluded.doc, transcript = excluded.transcript";
+/// Everything projected for one conversation (an absorbed one, or one about to be refolded).
+const SQL_DELETE_PROJECTION: [&str; 4] = [
+    "DELETE FROM conversations WHERE id = $1",
+    "DELETE FROM messages WHERE conversation_id = $1",
+    "DELETE FROM handoffs WHERE conversation_id = $1",
+    "DELETE FROM conversation_agents WHERE conversation_id = $1",
+];
 // `$1` resolved through the aliases in the same statement.
 const SQL_GET_CONVERSATION: &str = "SELECT doc FROM conversations WHERE id = \
      COALESCE((SELECT a.survivor_id FROM aliases a WHERE a.absorbed_id = $1), $1)";
-const SQL_GET_TRANSCRIPT: &str = "SELECT id, transcript FROM conversations WHERE id = \
+const SQL_RESOLVE_CONVERSATION: &str = "SELECT id FROM conversations WHERE id = \
      COALESCE((SELECT a.survivor_id FROM aliases a WHERE a.absorbed_id = $1), $1)";
 const SQL_INSERT_QUARANTINE: &str = "INSERT INTO quarantine \
      (received_at, path, platform, error_code, error_message, status, headers, body, body_size, body_sha256) \
@@ -80,17 +91,38 @@ const SQL_SET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, value) VALUES (
 const SQL_REPLAY_CHUNK: &str = "SELECT seq, platform, external_id, links FROM events WHERE seq > $1 \
      ORDER BY seq LIMIT $2";
 const SQL_ALL_CONVERSATIONS: &str = "SELECT DISTINCT conversation_id FROM streams ORDER BY conversation_id";
-const SQL_CLEAR_PROJECTIONS: [&str; 3] = [
+const SQL_STALE_CONVERSATIONS: &str = "SELECT id FROM conversations WHERE fold = '' ORDER BY id";
+const SQL_CLEAR_PROJECTIONS: [&str; 6] = [
     "DELETE FROM conversations",
+    "DELETE FROM messages",
+    "DELETE FROM handoffs",
+    "DELETE FROM conversation_agents",
     "DELETE FROM aliases",
     "DELETE FROM streams",
 ];
 
-fn conversation_events_sql() -> String {
+fn conversation_events_sql(limit: bool) -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
-         WHERE s.conversation_id = $1 ORDER BY e.seq"
+         WHERE s.conversation_id = $1 AND e.seq > $2 ORDER BY e.seq{}",
+        if limit { " LIMIT $3" } else { "" }
+    )
+}
+
+fn transcript_sql(limit: bool) -> String {
+    format!(
+        "SELECT {} FROM messages WHERE conversation_id = $1 AND (at, seq, idx) > ($2, $3, $4) \
+         ORDER BY at, seq, idx{}",
+        codec::MESSAGE_SELECT,
+        if limit { " LIMIT $5" } else { "" }
+    )
+}
+
+fn event_lines_sql() -> String {
+    format!(
+        "SELECT {} FROM messages WHERE conversation_id = $1 AND seq = $2 ORDER BY at, seq, idx",
+        codec::MESSAGE_SELECT
     )
 }
 
@@ -144,6 +176,17 @@ fn events_of_sql(n: usize) -> String {
     )
 }
 
+fn folds_sql(n: usize) -> String {
+    format!(
+        "SELECT id, fold FROM conversations WHERE id IN ({})",
+        placeholders(1, n)
+    )
+}
+
+fn delete_in_sql(table: &str, column: &str, n: usize) -> String {
+    format!("DELETE FROM {table} WHERE {column} IN ({})", placeholders(1, n))
+}
+
 fn stream_conversations_sql(n: usize) -> String {
     let pairs = (0..n)
         .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
@@ -158,6 +201,65 @@ struct Pending {
     seq: i64,
     duplicate: bool,
     stream: Option<StreamKey>,
+}
+
+/// What one batch (or one replay chunk) knows of the streams it files: the stream -> conversation
+/// map of every stream it names, read once and kept current as it files, links and merges, and
+/// the rows waiting to be inserted. The database is only asked about what the map lacks.
+#[derive(Default)]
+pub(super) struct Filing {
+    /// `None`: known not to be filed yet.
+    streams: HashMap<StreamKey, Option<Uuid>>,
+    /// Absorbed id -> survivor for the service's own stream ids (`None`: not absorbed).
+    aliases: HashMap<Uuid, Option<Uuid>>,
+    /// Event rows to append.
+    events: Vec<Row>,
+    /// Stream rows to insert.
+    new_streams: Vec<Row>,
+    /// Survivors of merges made by this batch: refolded from their events.
+    merged: BTreeSet<Uuid>,
+}
+
+impl Filing {
+    fn resolve_cached(&self, id: Uuid) -> Uuid {
+        match self.aliases.get(&id) {
+            Some(Some(survivor)) => *survivor,
+            _ => id,
+        }
+    }
+
+    fn file(&mut self, stream: &StreamKey, conversation: Uuid, seq: i64) {
+        self.streams.insert(stream.clone(), Some(conversation));
+        self.new_streams.push(codec::stream_row(stream, conversation, seq));
+    }
+
+    fn absorbed(&mut self, absorbed: Uuid, survivor: Uuid) {
+        for v in self.streams.values_mut() {
+            if *v == Some(absorbed) {
+                *v = Some(survivor);
+            }
+        }
+        for v in self.aliases.values_mut() {
+            if *v == Some(absorbed) {
+                *v = Some(survivor);
+            }
+        }
+        self.aliases.insert(absorbed, Some(survivor));
+        self.merged.remove(&absorbed);
+        self.merged.insert(survivor);
+    }
+}
+
+/// A conversation's projection as it is about to be written.
+struct Written {
+    conversation: Conversation,
+    fold: FoldState,
+    /// New transcript lines (all of them when refolded).
+    lines: Vec<Message>,
+    /// Handoffs before this one are stored as they are.
+    handoffs_from: usize,
+    /// Its agent rows must be rewritten.
+    agents_changed: bool,
 }
 
 macro_rules! sql_store {
@@ -189,6 +291,59 @@ macro_rules! sql_store {
                 Ok(tx)
             }
 
+            fn bind<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                value: Bind,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                match value {
+                    Bind::Text(v) => query.bind(v),
+                    Bind::Int(v) => query.bind(v),
+                    Bind::OptText(v) => query.bind(v),
+                    Bind::OptInt(v) => query.bind(v),
+                    Bind::OptFloat(v) => query.bind(v),
+                }
+            }
+
+            /// Inserts `rows` into `table` with as few multi-row statements as the bind limit allows.
+            async fn insert_rows(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                table: &str,
+                columns: &[&str],
+                rows: Vec<Row>,
+                suffix: &str,
+            ) -> StoreResult<()> {
+                let per_statement = (codec::MAX_BINDS / columns.len()).max(1);
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    let chunk: Vec<Row> = rows.by_ref().take(per_statement).collect();
+                    let sql = codec::insert_sql(table, columns, chunk.len(), suffix);
+                    // Statements of every batch size would crowd the prepared statement cache.
+                    let mut query = sqlx::query(&sql).persistent(false);
+                    for value in chunk.into_iter().flatten() {
+                        query = Self::bind(query, value);
+                    }
+                    query.execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
+            /// Runs `sql(n)` (a statement over `IN ($1..$n)`) for `ids`, a chunk at a time.
+            async fn execute_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                sql: impl Fn(usize) -> String,
+            ) -> StoreResult<()> {
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = sql(chunk.len());
+                    let mut query = sqlx::query(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    query.execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
             async fn last_seq_in(conn: &mut <$db as sqlx::Database>::Connection) -> StoreResult<i64> {
                 let (seq,): (i64,) = sqlx::query_as(SQL_LAST_SEQ).fetch_one(&mut *conn).await?;
                 Ok(seq)
@@ -206,38 +361,96 @@ macro_rules! sql_store {
                 }
             }
 
-            async fn stream_conversation(
+            /// The projected conversation an id resolves to, when there is one.
+            async fn resolve_projected(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                stream: &StreamKey,
+                id: Uuid,
             ) -> StoreResult<Option<Uuid>> {
-                let row: Option<(String,)> = sqlx::query_as(SQL_STREAM_CONVERSATION)
-                    .bind(stream.platform.as_str())
-                    .bind(&stream.external_id)
+                let row: Option<(String,)> = sqlx::query_as(SQL_RESOLVE_CONVERSATION)
+                    .bind(id.to_string())
                     .fetch_optional(&mut *conn)
                     .await?;
                 row.map(|(id,)| codec::parse_uuid(&id)).transpose()
             }
 
-            async fn insert_stream(
+            /// Reads what a batch needs to file its events: the conversation of every stream it
+            /// names and the aliases of the service's own stream ids.
+            async fn load_filing(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                stream: &StreamKey,
-                conversation: Uuid,
-                seq: i64,
-            ) -> StoreResult<()> {
-                sqlx::query(SQL_INSERT_STREAM)
-                    .bind(stream.platform.as_str())
-                    .bind(&stream.external_id)
-                    .bind(conversation.to_string())
-                    .bind(seq)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
+                keys: &[&StreamKey],
+            ) -> StoreResult<Filing> {
+                let mut filing = Filing::default();
+                let keys: BTreeSet<&StreamKey> = keys.iter().copied().filter(|k| !k.external_id.is_empty()).collect();
+                let keys: Vec<&StreamKey> = keys.into_iter().collect();
+                for chunk in keys.chunks(IN_CHUNK / 2) {
+                    let sql = stream_conversations_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql).persistent(false);
+                    for stream in chunk {
+                        query = query.bind(stream.platform.as_str()).bind(stream.external_id.clone());
+                    }
+                    for (platform, external_id, id) in query.fetch_all(&mut *conn).await? {
+                        filing
+                            .streams
+                            .insert(codec::stream_key(&platform, external_id)?, Some(codec::parse_uuid(&id)?));
+                    }
+                    for stream in chunk {
+                        filing.streams.entry((*stream).clone()).or_insert(None);
+                    }
+                }
+                let own: Vec<Uuid> = keys
+                    .iter()
+                    .filter_map(|k| match codec::own_conversation_id(k) {
+                        (id, true) => Some(id),
+                        (_, false) => None,
+                    })
+                    .collect();
+                for chunk in own.chunks(IN_CHUNK) {
+                    let sql = aliases_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (absorbed, survivor) in query.fetch_all(&mut *conn).await? {
+                        filing
+                            .aliases
+                            .insert(codec::parse_uuid(&absorbed)?, Some(codec::parse_uuid(&survivor)?));
+                    }
+                    for id in chunk {
+                        filing.aliases.entry(*id).or_insert(None);
+                    }
+                }
+                Ok(filing)
             }
 
+            /// The conversation of a stream (the batch's map first, the database for what it lacks).
+            async fn stream_conversation(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                filing: &mut Filing,
+                stream: &StreamKey,
+            ) -> StoreResult<Option<Uuid>> {
+                if let Some(known) = filing.streams.get(stream) {
+                    return Ok(*known);
+                }
+                let row: Option<(String,)> = sqlx::query_as(SQL_STREAM_CONVERSATION)
+                    .bind(stream.platform.as_str())
+                    .bind(&stream.external_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let id = row.map(|(id,)| codec::parse_uuid(&id)).transpose()?;
+                filing.streams.insert(stream.clone(), id);
+                Ok(id)
+            }
+
+            /// Whether any stream is filed under `id` (merges reach the database at once, so the
+            /// database and the batch's new streams tell it all).
             async fn conversation_exists(
                 conn: &mut <$db as sqlx::Database>::Connection,
+                filing: &Filing,
                 id: Uuid,
             ) -> StoreResult<bool> {
+                if filing.streams.values().any(|v| *v == Some(id)) {
+                    return Ok(true);
+                }
                 let row: Option<(String,)> = sqlx::query_as(SQL_CONVERSATION_HAS_STREAM)
                     .bind(id.to_string())
                     .fetch_optional(&mut *conn)
@@ -248,21 +461,41 @@ macro_rules! sql_store {
             /// The conversation a stream nobody has filed yet belongs to.
             async fn own_conversation(
                 conn: &mut <$db as sqlx::Database>::Connection,
+                filing: &mut Filing,
                 stream: &StreamKey,
             ) -> StoreResult<Uuid> {
                 match codec::own_conversation_id(stream) {
-                    (id, true) => Self::resolve(conn, id).await,
+                    (id, true) => {
+                        if filing.aliases.contains_key(&id) {
+                            return Ok(filing.resolve_cached(id));
+                        }
+                        let survivor = Self::resolve(conn, id).await?;
+                        filing.aliases.insert(id, (survivor != id).then_some(survivor));
+                        Ok(survivor)
+                    }
                     (id, false) => Ok(id),
                 }
             }
 
-            /// Merges two conversations; returns the survivor.
+            /// Inserts the rows the batch has filed so far.
+            async fn flush(conn: &mut <$db as sqlx::Database>::Connection, filing: &mut Filing) -> StoreResult<()> {
+                let events = std::mem::take(&mut filing.events);
+                Self::insert_rows(conn, "events", codec::EVENT_INSERT_COLUMNS, events, "").await?;
+                let streams = std::mem::take(&mut filing.new_streams);
+                Self::insert_rows(conn, "streams", codec::STREAM_COLUMNS, streams, "").await?;
+                Ok(())
+            }
+
+            /// Merges two conversations; returns the survivor. The absorbed one's projection is
+            /// deleted; the survivor is refolded once the batch is filed.
             async fn merge(
                 conn: &mut <$db as sqlx::Database>::Connection,
+                filing: &mut Filing,
                 a: Uuid,
                 b: Uuid,
                 seq: i64,
             ) -> StoreResult<Uuid> {
+                Self::flush(conn, filing).await?;
                 let mut started = Vec::with_capacity(2);
                 for id in [a, b] {
                     let (at,): (Option<i64>,) = sqlx::query_as(SQL_STARTED_BEFORE)
@@ -282,10 +515,10 @@ macro_rules! sql_store {
                     };
                     sqlx::query(sql).bind(first).bind(second).execute(&mut *conn).await?;
                 }
-                sqlx::query(SQL_DELETE_CONVERSATION)
-                    .bind(&absorbed_text)
-                    .execute(&mut *conn)
-                    .await?;
+                for sql in SQL_DELETE_PROJECTION {
+                    sqlx::query(sql).bind(&absorbed_text).execute(&mut *conn).await?;
+                }
+                filing.absorbed(absorbed, survivor);
                 tracing::debug!(%survivor, %absorbed, seq, "conversations merged");
                 Ok(survivor)
             }
@@ -296,6 +529,7 @@ macro_rules! sql_store {
             /// conversation (None for an event with no stream).
             async fn file_event(
                 conn: &mut <$db as sqlx::Database>::Connection,
+                filing: &mut Filing,
                 seq: i64,
                 stream: &StreamKey,
                 links: &[StreamKey],
@@ -303,11 +537,11 @@ macro_rules! sql_store {
                 if stream.external_id.is_empty() {
                     return Ok(None);
                 }
-                let mut conversation = match Self::stream_conversation(conn, stream).await? {
+                let mut conversation = match Self::stream_conversation(conn, filing, stream).await? {
                     Some(id) => id,
                     None => {
-                        let id = Self::own_conversation(conn, stream).await?;
-                        Self::insert_stream(conn, stream, id, seq).await?;
+                        let id = Self::own_conversation(conn, filing, stream).await?;
+                        filing.file(stream, id, seq);
                         id
                     }
                 };
@@ -315,87 +549,22 @@ macro_rules! sql_store {
                     if link.external_id.is_empty() || link == stream {
                         continue;
                     }
-                    match Self::stream_conversation(conn, link).await? {
+                    match Self::stream_conversation(conn, filing, link).await? {
                         Some(other) if other == conversation => {}
-                        Some(other) => conversation = Self::merge(conn, conversation, other, seq).await?,
+                        Some(other) => conversation = Self::merge(conn, filing, conversation, other, seq).await?,
                         None => {
-                            let own = Self::own_conversation(conn, link).await?;
-                            if own != conversation && Self::conversation_exists(conn, own).await? {
+                            let own = Self::own_conversation(conn, filing, link).await?;
+                            if own != conversation && Self::conversation_exists(conn, filing, own).await? {
                                 // A service stream naming another live conversation: join the two.
-                                Self::insert_stream(conn, link, own, seq).await?;
-                                conversation = Self::merge(conn, conversation, own, seq).await?;
+                                filing.file(link, own, seq);
+                                conversation = Self::merge(conn, filing, conversation, own, seq).await?;
                             } else {
-                                Self::insert_stream(conn, link, conversation, seq).await?;
+                                filing.file(link, conversation, seq);
                             }
                         }
                     }
                 }
                 Ok(Some(conversation))
-            }
-
-            async fn load_conversation_events(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                id: Uuid,
-            ) -> StoreResult<Vec<StoredEvent>> {
-                let rows: Vec<EventRow> = sqlx::query_as(&conversation_events_sql())
-                    .bind(id.to_string())
-                    .fetch_all(&mut *conn)
-                    .await?;
-                rows.into_iter().map(codec::decode_event).collect()
-            }
-
-            /// Projects one conversation and stores its row. Returns whether a row was written (the
-            /// projection gives nothing for a conversation without events).
-            async fn store_projection(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                id: Uuid,
-                streams: &[StreamKey],
-                events: &[StoredEvent],
-                sla: &SlaConfig,
-            ) -> StoreResult<bool> {
-                let Some(projected) = projection::project(id, streams, events, sla) else {
-                    return Ok(false);
-                };
-                let row = codec::conversation_row(&projected)?;
-                sqlx::query(SQL_UPSERT_CONVERSATION)
-                    .bind(id.to_string())
-                    .bind(row.state)
-                    .bind(row.disposition)
-                    .bind(row.sla_status)
-                    .bind(row.queue)
-                    .bind(row.agents)
-                    .bind(row.started_at)
-                    .bind(row.updated_at)
-                    .bind(row.last_seq)
-                    .bind(row.doc)
-                    .bind(row.transcript)
-                    .bind(row.sla_deadline)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(true)
-            }
-
-            async fn insert_event(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                seq: i64,
-                event: &NewEvent,
-                hash: &str,
-            ) -> StoreResult<()> {
-                sqlx::query(SQL_INSERT_EVENT)
-                    .bind(seq)
-                    .bind(event.event_id.to_string())
-                    .bind(event.stream.platform.as_str())
-                    .bind(&event.stream.external_id)
-                    .bind(&event.kind)
-                    .bind(codec::to_micros(event.occurred_at))
-                    .bind(codec::to_micros(event.received_at))
-                    .bind(&event.payload)
-                    .bind(codec::to_json("headers", &event.headers)?)
-                    .bind(codec::to_json("links", &event.links)?)
-                    .bind(hash)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
             }
 
             /// The stored `(seq, stream)` of every id of `ids` already in the log, in few round trips.
@@ -406,7 +575,7 @@ macro_rules! sql_store {
                 let mut found = HashMap::new();
                 for chunk in ids.chunks(IN_CHUNK) {
                     let sql = events_by_id_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, i64, String, String)>(&sql);
+                    let mut query = sqlx::query_as::<_, (String, i64, String, String)>(&sql).persistent(false);
                     for id in chunk {
                         query = query.bind(id.to_string());
                     }
@@ -422,59 +591,15 @@ macro_rules! sql_store {
                 Ok(found)
             }
 
-            /// Ids as they resolve after merges, in few round trips.
-            async fn resolve_many(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                ids: &BTreeSet<Uuid>,
-            ) -> StoreResult<BTreeSet<Uuid>> {
-                let ids: Vec<Uuid> = ids.iter().copied().collect();
-                let mut survivors: HashMap<Uuid, Uuid> = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = aliases_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (absorbed, survivor) in query.fetch_all(&mut *conn).await? {
-                        survivors.insert(codec::parse_uuid(&absorbed)?, codec::parse_uuid(&survivor)?);
-                    }
-                }
-                Ok(ids.into_iter().map(|id| survivors.get(&id).copied().unwrap_or(id)).collect())
-            }
-
-            /// The conversation of each stream, in few round trips.
-            async fn stream_conversations(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                streams: &BTreeSet<StreamKey>,
-            ) -> StoreResult<HashMap<StreamKey, Uuid>> {
-                let streams: Vec<&StreamKey> = streams.iter().collect();
-                let mut found = HashMap::new();
-                for chunk in streams.chunks(IN_CHUNK / 2) {
-                    let sql = stream_conversations_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
-                    for stream in chunk {
-                        query = query.bind(stream.platform.as_str()).bind(stream.external_id.clone());
-                    }
-                    for (platform, external_id, id) in query.fetch_all(&mut *conn).await? {
-                        found.insert(codec::stream_key(&platform, external_id)?, codec::parse_uuid(&id)?);
-                    }
-                }
-                Ok(found)
-            }
-
-            /// Recomputes many conversations from their events: their streams and events are read in
-            /// a few round trips, then each row is stored. Returns how many rows were written.
-            async fn reproject_many(
+            /// The streams of each conversation of `ids`, in few round trips.
+            async fn streams_of(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
-                sla: &SlaConfig,
-            ) -> StoreResult<u64> {
-                let mut written = 0;
+            ) -> StoreResult<HashMap<Uuid, Vec<StreamKey>>> {
+                let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
                 for chunk in ids.chunks(IN_CHUNK) {
-                    let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
-                    let mut events: HashMap<Uuid, Vec<StoredEvent>> = HashMap::new();
                     let sql = streams_of_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql).persistent(false);
                     for id in chunk {
                         query = query.bind(id.to_string());
                     }
@@ -484,8 +609,23 @@ macro_rules! sql_store {
                             .or_default()
                             .push(codec::stream_key(&platform, external_id)?);
                     }
+                }
+                Ok(streams)
+            }
+
+            /// Refolds conversations from all their events (streams and events read in a few
+            /// round trips). A conversation without events gives nothing.
+            async fn refold(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                sla: &SlaConfig,
+            ) -> StoreResult<Vec<Written>> {
+                let mut written = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let mut streams = Self::streams_of(conn, chunk).await?;
+                    let mut events: HashMap<Uuid, Vec<StoredEvent>> = HashMap::new();
                     let sql = events_of_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, EventRow>(&sql);
+                    let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
                     for id in chunk {
                         query = query.bind(id.to_string());
                     }
@@ -498,12 +638,151 @@ macro_rules! sql_store {
                     for id in chunk {
                         let streams = streams.remove(id).unwrap_or_default();
                         let events = events.remove(id).unwrap_or_default();
-                        if Self::store_projection(conn, *id, &streams, &events, sla).await? {
-                            written += 1;
-                        }
+                        let Some(extent) = LogExtent::of_events(&events) else {
+                            continue;
+                        };
+                        let (fold, lines) = FoldState::build(extent, projection::inputs_of(&events));
+                        let Some(conversation) = fold.conversation(*id, &streams, sla) else {
+                            continue;
+                        };
+                        written.push(Written {
+                            conversation,
+                            fold,
+                            lines,
+                            handoffs_from: 0,
+                            agents_changed: true,
+                        });
                     }
                 }
                 Ok(written)
+            }
+
+            /// Projects what a batch appended: `increments` are the new events of each touched
+            /// conversation; those in `refold` (merged) are refolded from their events, the others
+            /// extend their kept fold (or are refolded when the new facts cannot extend it).
+            async fn project(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                increments: BTreeMap<Uuid, Vec<StoredEvent>>,
+                refold: BTreeSet<Uuid>,
+                sla: &SlaConfig,
+            ) -> StoreResult<()> {
+                let ids: Vec<Uuid> = increments.keys().copied().filter(|id| !refold.contains(id)).collect();
+                let mut folds: HashMap<Uuid, String> = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = folds_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, fold) in query.fetch_all(&mut *conn).await? {
+                        folds.insert(codec::parse_uuid(&id)?, fold);
+                    }
+                }
+                let increments: Vec<(Uuid, Option<LogExtent>, Vec<projection::Input>)> = increments
+                    .into_iter()
+                    .map(|(id, events)| (id, LogExtent::of_events(&events), projection::inputs_of(&events)))
+                    .collect();
+                // Relays whose echo may already be folded: asked about in one round trip.
+                let echoes: Vec<Uuid> = increments
+                    .iter()
+                    .flat_map(|(_, _, inputs)| inputs.iter().filter_map(|i| projection::echo_of(&i.fact)))
+                    .collect();
+                let stored_echoes: HashSet<Uuid> = if echoes.is_empty() {
+                    HashSet::new()
+                } else {
+                    Self::stored_events(conn, &echoes).await?.into_keys().collect()
+                };
+                let mut streams = Self::streams_of(conn, &ids).await?;
+                let mut to_refold: Vec<Uuid> = refold.into_iter().collect();
+                let mut written = Vec::with_capacity(increments.len());
+                for (id, extent, inputs) in increments {
+                    if to_refold.contains(&id) {
+                        continue;
+                    }
+                    let mut fold = match folds.get(&id).map(String::as_str) {
+                        // A conversation this batch starts.
+                        None => FoldState::default(),
+                        // Not built by this version (or wrecked): rebuilt from its events.
+                        Some("") => {
+                            to_refold.push(id);
+                            continue;
+                        }
+                        Some(text) => codec::from_json::<FoldState>("fold state", text)?,
+                    };
+                    let Some(extent) = extent else {
+                        continue;
+                    };
+                    let before = (fold.handoff_count(), fold.agents().to_vec(), fold.started_at());
+                    let folded = |echo: Uuid| stored_echoes.contains(&echo);
+                    match fold.extend(extent, inputs, &folded) {
+                        Ok(lines) => {
+                            let streams = streams.remove(&id).unwrap_or_default();
+                            let Some(conversation) = fold.conversation(id, &streams, sla) else {
+                                continue;
+                            };
+                            let agents_changed = before.1 != fold.agents() || before.2 != fold.started_at();
+                            written.push(Written {
+                                conversation,
+                                fold,
+                                lines,
+                                // Only the latest handoff and new ones can change.
+                                handoffs_from: before.0.saturating_sub(1),
+                                agents_changed,
+                            });
+                        }
+                        Err(why) => {
+                            tracing::debug!(conversation = %id, ?why, "refolding");
+                            to_refold.push(id);
+                        }
+                    }
+                }
+                written.extend(Self::refold(conn, &to_refold, sla).await?);
+                Self::write(conn, written, &to_refold).await
+            }
+
+            /// Writes projected conversations: everything of a refolded one is deleted first, then
+            /// rows are written with multi-row statements.
+            async fn write(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                written: Vec<Written>,
+                refolded: &[Uuid],
+            ) -> StoreResult<()> {
+                for table in ["messages", "handoffs"] {
+                    Self::execute_in(conn, refolded, |n| delete_in_sql(table, "conversation_id", n)).await?;
+                }
+                let agents_changed: Vec<Uuid> =
+                    written.iter().filter(|w| w.agents_changed).map(|w| w.conversation.id).collect();
+                Self::execute_in(conn, &agents_changed, |n| delete_in_sql("conversation_agents", "conversation_id", n))
+                    .await?;
+                let mut conversations = Vec::with_capacity(written.len());
+                let (mut messages, mut handoffs, mut agents) = (Vec::new(), Vec::new(), Vec::new());
+                for w in &written {
+                    conversations.push(codec::conversation_row(&w.conversation, &w.fold)?);
+                    messages.extend(codec::message_rows(w.conversation.id, &w.lines)?);
+                    handoffs.extend(codec::handoff_rows(&w.conversation)?.into_iter().skip(w.handoffs_from));
+                    if w.agents_changed {
+                        agents.extend(codec::agent_rows(&w.conversation));
+                    }
+                }
+                Self::insert_rows(
+                    conn,
+                    "conversations",
+                    codec::CONVERSATION_COLUMNS,
+                    conversations,
+                    &codec::upsert_clause(&["id"], codec::CONVERSATION_COLUMNS),
+                )
+                .await?;
+                Self::insert_rows(conn, "messages", codec::MESSAGE_COLUMNS, messages, "").await?;
+                Self::insert_rows(
+                    conn,
+                    "handoffs",
+                    codec::HANDOFF_COLUMNS,
+                    handoffs,
+                    &codec::upsert_clause(&["conversation_id", "ordinal"], codec::HANDOFF_COLUMNS),
+                )
+                .await?;
+                Self::insert_rows(conn, "conversation_agents", codec::AGENT_COLUMNS, agents, "").await?;
+                Ok(())
             }
 
             async fn append_in(
@@ -518,7 +797,13 @@ macro_rules! sql_store {
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
                 let mut known = Self::stored_events(conn, &ids).await?;
-                let mut touched = BTreeSet::new();
+                let keys: Vec<&StreamKey> = groups
+                    .iter()
+                    .flatten()
+                    .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
+                    .collect();
+                let mut filing = Self::load_filing(conn, &keys).await?;
+                let mut appended: Vec<(i64, &NewEvent, String)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
                     let mut filed = Vec::with_capacity(group.len());
@@ -534,9 +819,7 @@ macro_rules! sql_store {
                         }
                         let seq = next;
                         next += 1;
-                        if let Some(conversation) = Self::file_event(conn, seq, &event.stream, &event.links).await? {
-                            touched.insert(conversation);
-                        }
+                        Self::file_event(conn, &mut filing, seq, &event.stream, &event.links).await?;
                         prev = chain::event_hash(
                             &prev,
                             &ChainLink {
@@ -550,9 +833,11 @@ macro_rules! sql_store {
                                 payload_sha256: chain::payload_sha256(&event.payload),
                             },
                         );
-                        Self::insert_event(conn, seq, event, &chain::to_hex(&prev)).await?;
+                        let hash = chain::to_hex(&prev);
+                        filing.events.push(codec::event_row(seq, event, &hash)?);
                         let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
                         known.insert(event.event_id, (seq, stream.clone()));
+                        appended.push((seq, event, hash));
                         filed.push(Pending {
                             event_id: event.event_id,
                             seq,
@@ -562,10 +847,29 @@ macro_rules! sql_store {
                     }
                     pending.push(filed);
                 }
-                let survivors: Vec<Uuid> = Self::resolve_many(conn, &touched).await?.into_iter().collect();
-                Self::reproject_many(conn, &survivors, sla).await?;
-                let streams: BTreeSet<StreamKey> = pending.iter().flatten().filter_map(|p| p.stream.clone()).collect();
-                let conversations = Self::stream_conversations(conn, &streams).await?;
+                Self::flush(conn, &mut filing).await?;
+                // Each new event joins the increment of the conversation its stream ends up in.
+                let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
+                for (seq, event, hash) in appended {
+                    let Some(Some(conversation)) = filing.streams.get(&event.stream).copied() else {
+                        continue;
+                    };
+                    increments
+                        .entry(conversation)
+                        .or_default()
+                        .push(codec::stored_event(seq, event, Some(conversation), Some(hash))?);
+                }
+                for survivor in &filing.merged {
+                    increments.entry(*survivor).or_default();
+                }
+                let refold = filing.merged.clone();
+                Self::project(conn, increments, refold, sla).await?;
+                // A redelivery's stream as stored: looked up when the batch did not file it.
+                for p in pending.iter().flatten() {
+                    if let Some(stream) = &p.stream {
+                        Self::stream_conversation(conn, &mut filing, stream).await?;
+                    }
+                }
                 let outcomes = pending
                     .into_iter()
                     .map(|filed| {
@@ -575,12 +879,33 @@ macro_rules! sql_store {
                                 event_id: p.event_id,
                                 seq: p.seq,
                                 duplicate: p.duplicate,
-                                conversation_id: p.stream.and_then(|s| conversations.get(&s).copied()),
+                                conversation_id: p.stream.and_then(|s| filing.streams.get(&s).copied().flatten()),
                             })
                             .collect()
                     })
                     .collect();
                 Ok(outcomes)
+            }
+
+            /// Rebuilds every conversation listed (all of them in a replay) from its events and
+            /// writes it, a chunk at a time; `progress(done, total)` after each chunk.
+            async fn rebuild(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                sla: &SlaConfig,
+                progress: &(dyn Fn(u64, u64) + Send + Sync),
+            ) -> StoreResult<u64> {
+                let total = ids.len() as u64;
+                progress(0, total);
+                let (mut done, mut conversations) = (0u64, 0u64);
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let written = Self::refold(conn, chunk, sla).await?;
+                    conversations += written.len() as u64;
+                    Self::write(conn, written, chunk).await?;
+                    done += chunk.len() as u64;
+                    progress(done, total);
+                }
+                Ok(conversations)
             }
 
             async fn replay_in(
@@ -602,25 +927,25 @@ macro_rules! sql_store {
                     let Some(last) = chunk.last().map(|row| row.0) else {
                         break;
                     };
+                    let mut decoded = Vec::with_capacity(chunk.len());
                     for (seq, platform, external_id, links) in chunk {
                         let stream = codec::stream_key(&platform, external_id)?;
                         let links: Vec<StreamKey> = codec::from_json("links", &links)?;
-                        Self::file_event(conn, seq, &stream, &links).await?;
+                        decoded.push((seq, stream, links));
+                    }
+                    let keys: Vec<&StreamKey> =
+                        decoded.iter().flat_map(|(_, s, l)| std::iter::once(s).chain(l)).collect();
+                    let mut filing = Self::load_filing(conn, &keys).await?;
+                    for (seq, stream, links) in &decoded {
+                        Self::file_event(conn, &mut filing, *seq, stream, links).await?;
                         events += 1;
                     }
+                    Self::flush(conn, &mut filing).await?;
                     after = last;
                 }
                 let ids: Vec<(String,)> = sqlx::query_as(SQL_ALL_CONVERSATIONS).fetch_all(&mut *conn).await?;
                 let ids = ids.iter().map(|(id,)| codec::parse_uuid(id)).collect::<StoreResult<Vec<_>>>()?;
-                let total = ids.len() as u64;
-                let mut conversations = 0u64;
-                progress(0, total);
-                let mut done = 0u64;
-                for chunk in ids.chunks(IN_CHUNK) {
-                    conversations += Self::reproject_many(conn, chunk, sla).await?;
-                    done += chunk.len() as u64;
-                    progress(done, total);
-                }
+                let conversations = Self::rebuild(conn, &ids, sla, progress).await?;
                 Ok(ReplayStats { events, conversations })
             }
         }
@@ -634,6 +959,19 @@ macro_rules! sql_store {
                     tracing::info!(hashed, "event chain backfilled");
                 }
                 Ok(())
+            }
+
+            async fn rebuild_stale(&self, sla: &SlaConfig) -> StoreResult<u64> {
+                let stale: Vec<(String,)> = sqlx::query_as(SQL_STALE_CONVERSATIONS).fetch_all(&self.pool).await?;
+                if stale.is_empty() {
+                    return Ok(0);
+                }
+                let ids = stale.iter().map(|(id,)| codec::parse_uuid(id)).collect::<StoreResult<Vec<_>>>()?;
+                tracing::info!(conversations = ids.len(), "rebuilding projections kept by an earlier version");
+                let mut tx = self.begin_write().await?;
+                let rebuilt = Self::rebuild(&mut *tx, &ids, sla, &|_, _| {}).await?;
+                tx.commit().await?;
+                Ok(rebuilt)
             }
 
             async fn ping(&self) -> StoreResult<()> {
@@ -729,8 +1067,11 @@ macro_rules! sql_store {
                 let mut query = sqlx::query_as::<_, (String, i64, String)>(&sql);
                 for bind in binds {
                     query = match bind {
-                        Bind::Text(text) => query.bind(text),
-                        Bind::Int(int) => query.bind(int),
+                        Bind::Text(v) => query.bind(v),
+                        Bind::Int(v) => query.bind(v),
+                        Bind::OptText(v) => query.bind(v),
+                        Bind::OptInt(v) => query.bind(v),
+                        Bind::OptFloat(v) => query.bind(v),
                     };
                 }
                 let mut rows = query.fetch_all(&self.pool).await?;
@@ -748,27 +1089,72 @@ macro_rules! sql_store {
                 Ok(ConversationPage { items, next })
             }
 
-            async fn transcript(&self, id: Uuid) -> StoreResult<Option<(Uuid, Vec<Message>)>> {
-                let row: Option<(String, String)> = sqlx::query_as(SQL_GET_TRANSCRIPT)
+            async fn transcript_page(
+                &self,
+                id: Uuid,
+                after: Option<MessageCursor>,
+                limit: Option<u32>,
+            ) -> StoreResult<Option<TranscriptPage>> {
+                let mut conn = self.pool.acquire().await?;
+                let Some(id) = Self::resolve_projected(&mut *conn, id).await? else {
+                    return Ok(None);
+                };
+                let (at, seq, idx) = after.unwrap_or((i64::MIN, i64::MIN, i64::MIN));
+                let sql = transcript_sql(limit.is_some());
+                let mut query = sqlx::query_as::<_, MessageRow>(&sql)
                     .bind(id.to_string())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                match row {
-                    None => Ok(None),
-                    Some((id, messages)) => Ok(Some((
-                        codec::parse_uuid(&id)?,
-                        codec::from_json("transcript", &messages)?,
-                    ))),
+                    .bind(at)
+                    .bind(seq)
+                    .bind(idx);
+                if let Some(limit) = limit {
+                    // One more than asked: tells whether another page follows.
+                    query = query.bind(i64::from(limit) + 1);
                 }
+                let mut rows = query
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .map(codec::decode_message)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let more = limit.is_some_and(|l| rows.len() > l as usize);
+                if let Some(limit) = limit {
+                    rows.truncate(limit as usize);
+                }
+                let next = if more { rows.last().map(|(cursor, _)| *cursor) } else { None };
+                Ok(Some(TranscriptPage {
+                    conversation_id: id,
+                    messages: rows.into_iter().map(|(_, m)| m).collect(),
+                    next,
+                }))
             }
 
-            async fn conversation_events(&self, id: Uuid) -> StoreResult<Option<Vec<StoredEvent>>> {
+            async fn event_lines(&self, id: Uuid, seq: i64) -> StoreResult<Vec<Message>> {
+                let rows: Vec<MessageRow> = sqlx::query_as(&event_lines_sql())
+                    .bind(id.to_string())
+                    .bind(seq)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(|row| codec::decode_message(row).map(|(_, m)| m)).collect()
+            }
+
+            async fn conversation_events_page(
+                &self,
+                id: Uuid,
+                after_seq: i64,
+                limit: Option<u32>,
+            ) -> StoreResult<Option<Vec<StoredEvent>>> {
                 let mut conn = self.pool.acquire().await?;
                 let id = Self::resolve(&mut *conn, id).await?;
-                if !Self::conversation_exists(&mut *conn, id).await? {
+                if !Self::conversation_exists(&mut *conn, &Filing::default(), id).await? {
                     return Ok(None);
                 }
-                Ok(Some(Self::load_conversation_events(&mut *conn, id).await?))
+                let sql = conversation_events_sql(limit.is_some());
+                let mut query = sqlx::query_as::<_, EventRow>(&sql).bind(id.to_string()).bind(after_seq);
+                if let Some(limit) = limit {
+                    query = query.bind(i64::from(limit));
+                }
+                let rows = query.fetch_all(&mut *conn).await?;
+                rows.into_iter().map(codec::decode_event).collect::<StoreResult<Vec<_>>>().map(Some)
             }
 
             async fn events_after(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<StoredEvent>> {
@@ -926,5 +1312,104 @@ impl PostgresStore {
             .connect(url)
             .await?;
         Ok(Self { pool })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+
+    /// SQLite's plan of a list query: every table is reached through an index (a full scan of the
+    /// conversations would grow with the table); only the page-sized subqueries of `breached` are scanned.
+    #[tokio::test]
+    async fn every_list_filter_is_served_by_an_index() {
+        let store = SqliteStore::connect("sqlite::memory:", 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0);
+        let base = ConversationFilter {
+            limit: 50,
+            now,
+            ..ConversationFilter::default()
+        };
+        let text = |v: &str| Some(v.to_string());
+        let filters = [
+            ConversationFilter { ..base.clone() },
+            ConversationFilter {
+                platform: text("aivo_live"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                external_id: text("room-1"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                platform: text("aivo_live"),
+                external_id: text("room-1"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                state: text("closed"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                disposition: text("abandoned"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                sla_status: text("met"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                sla_status: text("pending"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                sla_status: text("breached"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                queue: text("2179"),
+                ..base.clone()
+            },
+            ConversationFilter {
+                agent: text("Tomas"),
+                after: Some((5, Uuid::nil())),
+                ..base.clone()
+            },
+            ConversationFilter {
+                since: now,
+                until: now,
+                ..base.clone()
+            },
+        ];
+        for filter in filters {
+            let (sql, binds) = codec::list_conversations_query(&filter);
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+            for bind in binds {
+                query = match bind {
+                    Bind::Text(v) => query.bind(v),
+                    Bind::Int(v) => query.bind(v),
+                    Bind::OptText(v) => query.bind(v),
+                    Bind::OptInt(v) => query.bind(v),
+                    Bind::OptFloat(v) => query.bind(v),
+                };
+            }
+            let plan: Vec<String> = query
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|row| row.3)
+                .collect();
+            for step in &plan {
+                let full_scan = step.starts_with("SCAN ")
+                    && !step.contains("INDEX")
+                    && !["SCAN b", "SCAN p"].contains(&step.as_str());
+                assert!(!full_scan, "{filter:?}: {step} in {plan:?}");
+            }
+        }
     }
 }

@@ -65,6 +65,10 @@ struct Handoff {
 /// A full handoff: bot, the visitor's details (widget text, attributes, an API message relayed to the agent),
 /// an agent greeting the visitor by name, an image, a transfer-free close, and a refused delivery of the room.
 async fn handed_off(backend: Backend) -> Handoff {
+    handed_off_with(backend, |_| {}).await
+}
+
+async fn handed_off_with(backend: Backend, customize: impl FnOnce(&mut handoff_ledger::config::Config)) -> Handoff {
     let room = format!("room-{}", Uuid::new_v4());
     let live = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
@@ -84,6 +88,7 @@ async fn handed_off(backend: Backend) -> Handoff {
                 hours: None,
             },
         );
+        customize(c);
     })
     .await;
     let pcid = format!("pc-{}", Uuid::new_v4());
@@ -494,8 +499,137 @@ async fn erasure_requests_are_checked(backend: Backend) {
     assert_eq!((status, answer["error"]["code"].as_str()), (404, Some("not_found")));
 }
 
+/// `retention.erase_closed_after_days`: one pass erases what closed before the cutoff, and only that.
+async fn retention_erases_conversations_closed_long_ago(backend: Backend) {
+    let h = handed_off(backend).await;
+    let app = &h.app;
+    // A conversation still with the bot is never erased by retention.
+    let open = post_ok(
+        app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "widgetMessage",
+            "pc-still-open",
+            json!({"type": "text", "text": format!("{NAME} here"), "buttons": []}),
+        ),
+    )
+    .await;
+    let open_id = open["conversation_id"].as_str().unwrap().to_string();
+    let (store, writer) = (app.state.store.as_ref(), &app.state.writer);
+    let now = Utc::now();
+    let erase =
+        |days_later: i64| handoff_ledger::retention::erase_expired(store, writer, 30, now + Duration::days(days_later));
+    assert_eq!(erase(29).await.unwrap(), 0, "closed less than 30 days ago");
+    assert!(answers(app, &h.id).await.values().any(|a| a.contains(EMAIL)));
+    assert_eq!(erase(31).await.unwrap(), 1);
+    let (_, c) = app.get_json(&format!("/v1/conversations/{}", h.id)).await;
+    assert_eq!(c["attributes"], json!({"email": null, "fullName": null}));
+    assert_eq!(c["state"], json!("closed"));
+    let (_, t) = app.get_json(&format!("/v1/conversations/{}/transcript", h.id)).await;
+    assert!(t["messages"].as_array().unwrap().iter().all(|m| m["text"].is_null()));
+    let (_, t) = app.get_json(&format!("/v1/conversations/{open_id}/transcript")).await;
+    assert_eq!(t["messages"][0]["text"], json!(format!("{NAME} here")));
+    // Nothing left to do: the next pass erases nothing (and appends nothing).
+    let last = app.state.store.last_seq().await.unwrap();
+    assert_eq!(erase(400).await.unwrap(), 0);
+    assert_eq!(app.state.store.last_seq().await.unwrap(), last);
+}
+
+/// Rows of every table of a ClickHouse database, as text.
+async fn clickhouse_tables(url: &str, database: &str) -> BTreeMap<String, String> {
+    let client = reqwest::Client::new();
+    let query = |sql: String| {
+        let client = client.clone();
+        async move {
+            let res = client.post(url).body(sql).send().await.expect("clickhouse");
+            let status = res.status();
+            let text = res.text().await.unwrap_or_default();
+            assert!(status.is_success(), "{text}");
+            text
+        }
+    };
+    let tables = query(format!("SHOW TABLES FROM {database}")).await;
+    let mut out = BTreeMap::new();
+    for table in tables.lines().filter(|t| !t.is_empty()) {
+        let rows = query(format!("SELECT * FROM {database}.{table} FORMAT TabSeparated")).await;
+        out.insert(table.to_string(), rows);
+    }
+    out
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..600 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The ClickHouse rows that name an erased conversation lose its stream ids (by mutation, on 18.16 and
+/// current ClickHouse); its counts stay, so the reports served from ClickHouse do not move.
+async fn erasure_reaches_clickhouse(backend: Backend) {
+    let Some(ch) = crate::common::fresh_clickhouse("erasure_test").await else {
+        return;
+    };
+    let (url, database) = (ch.config.url.clone(), ch.config.database.clone());
+    let config = ch.config.clone();
+    let h = handed_off_with(backend, move |c| c.clickhouse = config).await;
+    let app = &h.app;
+    let store = app.state.store.clone();
+    let caught_up = || {
+        let store = store.clone();
+        async move {
+            let last = store.last_seq().await.unwrap();
+            let checkpoint = store
+                .checkpoint(handoff_ledger::analytics::sink::CHECKPOINT)
+                .await
+                .unwrap();
+            last > 0 && checkpoint == last
+        }
+    };
+    wait_until("the sink to ship the handoff", async || caught_up().await).await;
+    let before = clickhouse_tables(&url, &database).await;
+    assert!(before["events"].contains(&h.room) && before["conversations"].contains(&h.pcid));
+    let reports_before = reports(app).await;
+    assert_eq!(reports_before.0["source"], json!("clickhouse"));
+
+    let (status, certificate) = app.post_json("/v1/erasures", &json!({"conversation_id": h.id})).await;
+    assert_eq!(status, 201, "{certificate}");
+    wait_until("the sink to ship the erasure", async || caught_up().await).await;
+    let client = reqwest::Client::new();
+    wait_until("the mutations to finish", async || {
+        let pending = client
+            .post(&url)
+            .body(format!(
+                "SELECT count() FROM system.mutations WHERE database = '{database}' AND is_done = 0"
+            ))
+            .send()
+            .await
+            .expect("clickhouse")
+            .text()
+            .await
+            .unwrap_or_default();
+        pending.trim() == "0"
+    })
+    .await;
+    let after = clickhouse_tables(&url, &database).await;
+    for (table, rows) in &after {
+        for needle in [h.room.as_str(), h.pcid.as_str(), NAME, EMAIL, PHONE] {
+            assert!(
+                !rows.contains(needle),
+                "ClickHouse table {table} still holds {needle:?}"
+            );
+        }
+    }
+    assert_eq!(reports(app).await, reports_before);
+}
+
 on_both_stores!(
     a_handoff_is_erased_by_conversation_id,
     a_handoff_is_erased_by_stream_key,
     erasure_requests_are_checked,
+    retention_erases_conversations_closed_long_ago,
+    erasure_reaches_clickhouse,
 );

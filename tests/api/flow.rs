@@ -269,8 +269,45 @@ async fn full_handoff_across_platforms(backend: Backend) {
         .await;
     assert_eq!(status, 400);
 
+    // Paged two lines at a time, following `next_cursor`: the same lines; without `limit`, no cursor.
+    assert_eq!(t["next_cursor"], Value::Null);
+    let mut paged = Vec::new();
+    let mut url = format!("/v1/conversations/{id}/transcript?limit=2");
+    loop {
+        let (status, page) = app.get_json(&url).await;
+        assert_eq!(status, 200);
+        assert!(page["messages"].as_array().unwrap().len() <= 2);
+        paged.extend(page["messages"].as_array().unwrap().clone());
+        match page["next_cursor"].as_str() {
+            Some(c) => url = format!("/v1/conversations/{id}/transcript?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, t["messages"].as_array().unwrap().clone());
+    for bad in ["limit=0", "limit=10001", "cursor=nope", "cursor=1_2"] {
+        let (status, body) = app.get_json(&format!("/v1/conversations/{id}/transcript?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(body["error"]["code"], json!("invalid_parameter"), "{bad}");
+    }
+
     // Raw events, in seq order, payloads as received.
     let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+    assert_eq!(events["next_cursor"], Value::Null);
+    let mut paged = Vec::new();
+    let mut url = format!("/v1/conversations/{id}/events?limit=5");
+    loop {
+        let (status, page) = app.get_json(&url).await;
+        assert_eq!(status, 200);
+        assert!(page["items"].as_array().unwrap().len() <= 5);
+        paged.extend(page["items"].as_array().unwrap().clone());
+        match page["next_cursor"].as_str() {
+            Some(c) => url = format!("/v1/conversations/{id}/events?limit=5&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, events["items"].as_array().unwrap());
+    let (status, _) = app.get_json(&format!("/v1/conversations/{id}/events?cursor=x")).await;
+    assert_eq!(status, 400);
     let items = events["items"].as_array().unwrap();
     // Beside the 12 deliveries: the outbox's commands and results (queue call, relays).
     let delivered = items.iter().filter(|e| e["platform"] != json!("ledger")).count();
