@@ -8,9 +8,9 @@ use std::path::Path;
 
 use chrono::Utc;
 
-use crate::backends::schedule;
 use crate::config::{Config, OpeningHours, Route};
 use crate::model::Platform;
+use crate::outbound::clients::schedule;
 use crate::redact::{self, MASK};
 
 /// Longest answer target: a day.

@@ -1,22 +1,38 @@
-//! handoff-ledger: the system of record for bot-to-human chat handoffs.
+//! handoff-ledger: the system of record for bot-to-human chat handoffs. Two halves around one log.
 //!
-//! One path for data: `sources` (pure parsing) -> `writer` (single task, group commit) -> `store`
-//! (event log + projections) -> `api` (query API). See `../shared/design/ARCHITECTURE.md`.
+//! Inbound (platforms -> log -> answers):
+//! - [`sources`]: pure parsing, one module per platform: raw bytes in, events and facts out.
+//! - [`ingest`]: the one inbound pipeline: parse, quarantine a refusal, append, relay (webhooks and polls).
+//! - [`writer`]: the single task that appends and projects in one transaction per batch (group commit).
+//! - [`store`]: the event log and its projections, SQLite and PostgreSQL behind one trait.
+//! - [`projection`]: the pure fold of a conversation's events into its state, timers and transcript.
+//! - [`chain`], [`verify`], [`erasure`], [`retention`], [`quarantine`]: the log's hash chain, its walk, erasure
+//!   with proof, the retention jobs, and the quarantine of refused deliveries.
+//! - [`transcript`]: transcript rendering for the API.
+//! - [`api`]: thin HTTP handlers, the one error table, webhook endpoints as a table, OpenAPI.
+//! - [`auth`]: API keys and scopes.
+//!
+//! Outbound (log -> platforms -> log):
+//! - [`outbound`]: relay rules, synchronous escalations, the durable outbox, platform clients and the
+//!   Bright Pattern poller.
+//! - [`analytics`]: the ClickHouse sink tailing the log, and the reports read from it.
+//!
+//! [`config`] and [`startup`] build the service. Dependencies point one way: `api` -> `ingest`, `outbound` ->
+//! `writer`, `store`, `sources`, `projection`; nothing outside `api` imports it. The design documents (API contract,
+//! architecture, metrics) are in `docs/design/`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod analytics;
 pub mod api;
 pub mod auth;
-pub mod backends;
 pub mod chain;
 pub mod config;
 pub mod config_check;
 pub mod erasure;
-pub mod handoff;
+pub mod ingest;
 pub mod model;
-pub mod outbox;
-pub mod poller;
+pub mod outbound;
 pub mod projection;
 pub mod quarantine;
 pub mod redact;

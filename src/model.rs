@@ -1,6 +1,6 @@
 //! Domain types shared by the sources, the store, the projection and the API.
 //!
-//! The JSON shapes here are the external contract of `../shared/design/API.md`: field names must not change.
+//! The JSON shapes here are the external contract of `docs/design/API.md`: field names must not change.
 
 use std::collections::BTreeMap;
 use std::fmt;

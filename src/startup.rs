@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{KeyRing, OpenAccess};
 use crate::config::Config;
-use crate::handoff::Handoff;
+use crate::outbound::Outbound;
 use crate::store;
 use crate::telemetry;
 use crate::writer::Writer;
@@ -85,10 +85,10 @@ impl Application {
         };
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds.max(1));
         let config = Arc::new(config);
-        let handoff =
-            Handoff::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
+        let outbound =
+            Outbound::new(store.clone(), writer.clone(), config.clone()).context("building the outbound clients")?;
         // Before the server accepts anything: the outbox re-sends what was pending at this point only.
-        handoff.start().await.context("starting the outbox")?;
+        outbound.start().await.context("starting the outbox")?;
         crate::retention::spawn(store.clone(), writer.clone(), config.retention.clone());
         // The ClickHouse sink tails the log in the background (it applies its own migrations and
         // backs off while ClickHouse is down; ingestion never waits for it).
@@ -100,11 +100,13 @@ impl Application {
             };
         let keys = Arc::new(KeyRing::new(store.clone(), access));
         crate::quarantine::spawn_retention(store.clone(), config.retention.clone());
+        let ingest = crate::ingest::Pipeline::new(store.clone(), writer.clone(), config.clone());
         let state = AppState {
             store,
             writer,
             config,
-            handoff,
+            ingest,
+            outbound,
             sessions: api::console::Sessions::default(),
             keys,
         };
@@ -245,14 +247,14 @@ impl Application {
         };
         let deadline = signalled.lock().ok().and_then(|s| *s).unwrap_or_else(Instant::now) + grace;
         stopping.cancel();
-        let handoff = state.handoff.clone();
+        let outbound = state.outbound.clone();
         let background = async move {
             let sink = async {
                 if let Some(sink) = sink {
                     let _ = sink.await;
                 }
             };
-            tokio::join!(handoff.stop(), sink);
+            tokio::join!(outbound.stop(), sink);
         };
         match tokio::time::timeout_at(deadline.into(), background).await {
             Ok(()) => tracing::info!("stopped: requests answered, outbox calls and sink batch finished"),

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use handoff_ledger::backends::{
-    AivoLiveClient, BackendError, Backends, BrightPatternClient, LiveBackend, PollOutcome, QueueRequest,
-    UltimateWidgetClient, WidgetUpdate,
-};
 use handoff_ledger::config::{
     AivoLiveConfig, BrightPatternConfig, Config, OpeningHours, Route, RoutingConfig, UltimateConfig,
+};
+use handoff_ledger::outbound::clients::{
+    AivoLiveClient, BackendError, Backends, BrightPatternClient, LiveBackend, PollOutcome, QueueRequest,
+    UltimateWidgetClient, WidgetUpdate,
 };
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -90,7 +90,7 @@ fn aivo_queue_body() -> Value {
         "protocolId": 28,
         "user": {
             // first 24 hex chars of sha256("pcid-42")
-            "hash": handoff_ledger::backends::aivo_live::user_hash("pcid-42"),
+            "hash": handoff_ledger::outbound::clients::aivo_live::user_hash("pcid-42"),
             "firstname": "Brian",
             "lastname": "Rodriguez",
             "email": null,
@@ -135,7 +135,7 @@ async fn aivo_queue_posts_the_documented_body_and_returns_the_conversation_id() 
 async fn aivo_queue_sends_nulls_for_absent_contact_fields() {
     let server = MockServer::start().await;
     let mut expected = aivo_queue_body();
-    expected["user"] = json!({"hash": handoff_ledger::backends::aivo_live::user_hash("pcid-42"),
+    expected["user"] = json!({"hash": handoff_ledger::outbound::clients::aivo_live::user_hash("pcid-42"),
         "firstname": null, "lastname": null, "email": null, "phone": null, "extra": {}});
     Mock::given(method("POST"))
         .and(path(format!("{AIVO_BASE}/queue/external")))
@@ -150,7 +150,9 @@ async fn aivo_queue_sends_nulls_for_absent_contact_fields() {
     assert_eq!(body_of(&only_request(&server).await), expected);
 }
 
-async fn aivo_queue_against(template: ResponseTemplate) -> Result<handoff_ledger::backends::QueueResult, BackendError> {
+async fn aivo_queue_against(
+    template: ResponseTemplate,
+) -> Result<handoff_ledger::outbound::clients::QueueResult, BackendError> {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(format!("{AIVO_BASE}/queue/external")))
@@ -212,7 +214,7 @@ async fn aivo_queue_failures_are_classified() {
 
 #[tokio::test]
 async fn an_answer_larger_than_the_cap_is_not_read() {
-    let huge = "x".repeat(handoff_ledger::backends::MAX_RESPONSE_BYTES + 1);
+    let huge = "x".repeat(handoff_ledger::outbound::clients::MAX_RESPONSE_BYTES + 1);
     let e = aivo_queue_against(ResponseTemplate::new(200).set_body_string(huge))
         .await
         .unwrap_err();
@@ -933,7 +935,7 @@ impl LiveBackend for Fixed {
     fn name(&self) -> &'static str {
         "bright_pattern"
     }
-    async fn queue(&self, _req: &QueueRequest) -> Result<handoff_ledger::backends::QueueResult, BackendError> {
+    async fn queue(&self, _req: &QueueRequest) -> Result<handoff_ledger::outbound::clients::QueueResult, BackendError> {
         Err(BackendError::Invalid("not used".into()))
     }
     async fn send_visitor_message(&self, _: &str, _: &str, _: &str) -> Result<(), BackendError> {

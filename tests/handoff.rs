@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::{free_port, start_service, wait_ready, PgDatabase};
 use handoff_ledger::api::AppState;
-use handoff_ledger::backends::aivo_live::user_hash;
 use handoff_ledger::config::{Config, Route};
-use handoff_ledger::outbox::{Command, LiveTarget};
+use handoff_ledger::outbound::clients::aivo_live::user_hash;
+use handoff_ledger::outbound::{Command, LiveTarget};
 use handoff_ledger::sources::ledger;
 use handoff_ledger::startup::Application;
 use serde_json::{json, Value};
@@ -555,7 +555,7 @@ async fn bright_pattern_handoff_is_polled_until_the_chat_is_gone() {
             .count()
     };
     wait_until("the loop to stop after 5005", || async {
-        polls().await == 4 && !app.state.handoff.is_polling("chat-1")
+        polls().await == 4 && !app.state.outbound.is_polling("chat-1")
     })
     .await;
     let calls = wait_widget_calls(&mock, 5).await;
@@ -1360,7 +1360,7 @@ async fn polling_resumes_after_a_restart_for_chats_still_open() {
     bp_request_checks(&polls[0]);
     let t = app.get(&format!("/v1/conversations/{id}/transcript")).await;
     assert_eq!(t["messages"][0]["text"], json!("Still there?"));
-    wait_until("the loop to end", || async { !app.state.handoff.is_polling("chat-9") }).await;
+    wait_until("the loop to end", || async { !app.state.outbound.is_polling("chat-9") }).await;
 }
 
 /// An operator re-sends a queue call that was refused: the retry is a new command naming the first, it

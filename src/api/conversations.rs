@@ -443,7 +443,10 @@ pub async fn post_message(
     let key = idempotency_key(&req);
     let event = ledger::api_message(conversation.id, body.party, &body.text, key.as_deref(), Utc::now());
     let outcomes = super::append(&state, vec![event]).await?;
-    crate::handoff::after_api_message(&state, &conversation, body.party, &body.text, &outcomes).await;
+    state
+        .outbound
+        .relay_api_message(&conversation, body.party, &body.text, &outcomes)
+        .await;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }
 
@@ -475,6 +478,9 @@ pub async fn post_handoff(
     let key = idempotency_key(&req);
     let event = ledger::api_handoff(conversation.id, body.team.as_deref(), key.as_deref(), Utc::now());
     let outcomes = super::append(&state, vec![event]).await?;
-    crate::handoff::handoff_command(&state, &conversation, body.team.as_deref(), &outcomes).await?;
+    state
+        .outbound
+        .escalate_requested(&conversation, body.team.as_deref(), &outcomes)
+        .await?;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }

@@ -9,6 +9,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::AuthError;
+use crate::ingest::IngestError;
+use crate::outbound::{EscalationError, RetryError};
 use crate::sources::PayloadError;
 use crate::store::StoreError;
 use crate::writer::WriteError;
@@ -99,24 +101,29 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The table: each error's public code and HTTP status, in one place.
+    fn table(&self) -> (&'static str, StatusCode) {
+        match self {
+            ApiError::InvalidJson(_) => ("invalid_json", StatusCode::BAD_REQUEST),
+            ApiError::InvalidPayload { .. } => ("invalid_payload", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => ("unauthorized", StatusCode::UNAUTHORIZED),
+            ApiError::Forbidden(_) => ("forbidden", StatusCode::FORBIDDEN),
+            ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::RequestTimeout(_) => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+            ApiError::Unavailable(_) => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            ApiError::InvalidParameter { .. } => ("invalid_parameter", StatusCode::BAD_REQUEST),
+            ApiError::MethodNotAllowed { .. } => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            ApiError::BadGateway(_) => ("bad_gateway", StatusCode::BAD_GATEWAY),
+            ApiError::GatewayTimeout(_) => ("gateway_timeout", StatusCode::GATEWAY_TIMEOUT),
+            ApiError::Unexpected(_) => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
     /// The public code.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::InvalidPayload { .. } => "invalid_payload",
-            ApiError::Unauthorized | ApiError::Unauthenticated(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::RequestTimeout(_) => "request_timeout",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::InvalidParameter { .. } => "invalid_parameter",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::BadGateway(_) => "bad_gateway",
-            ApiError::GatewayTimeout(_) => "gateway_timeout",
-            ApiError::Unexpected(_) => "internal",
-        }
+        self.table().0
     }
 
     /// A bad query parameter.
@@ -151,22 +158,7 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidPayload { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.table().1
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -223,6 +215,45 @@ impl From<WriteError> for ApiError {
     }
 }
 
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Refused(e) => ApiError::from(e),
+            IngestError::CommitTimeout | IngestError::QuarantineTimeout => ApiError::Unavailable(e.to_string()),
+            IngestError::Write(e) => ApiError::from(e),
+            IngestError::Store(e) => ApiError::from(e),
+            IngestError::Unexpected(e) => ApiError::Unexpected(e),
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(e: RetryError) -> Self {
+        match e {
+            RetryError::NoCommand(m) => ApiError::NotFound(m),
+            RetryError::Conflict(m) => ApiError::Conflict(m),
+            RetryError::Store(e) => ApiError::from(e),
+            RetryError::Write(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<EscalationError> for ApiError {
+    fn from(e: EscalationError) -> Self {
+        use EscalationError as E;
+        match e {
+            E::NoConversation(_) => ApiError::NotFound(e.to_string()),
+            E::NamesNoConversation | E::NoRoute(_) | E::AlreadyAttempted | E::Interrupted | E::Unreachable { .. } => {
+                ApiError::Unavailable(e.to_string())
+            }
+            E::Deadline { .. } | E::Timeout { .. } => ApiError::GatewayTimeout(e.to_string()),
+            E::Refused { .. } | E::Unexpected { .. } => ApiError::BadGateway(e.to_string()),
+            E::Store(e) => ApiError::from(e),
+            E::Write(e) => ApiError::from(e),
+        }
+    }
+}
+
 /// The JSON error for actix's own extractor failures (bad path or query), so that every answer has one shape.
 pub fn query_error_handler(
     err: actix_web::error::QueryPayloadError,
@@ -253,5 +284,57 @@ pub fn json_error_handler(err: actix_web::error::JsonPayloadError, req: &actix_w
         }
         .into(),
         other => ApiError::InvalidJson(other.to_string()).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escalation_failures_map_to_gateway_statuses() {
+        use crate::outbound::clients::BackendError;
+        use crate::outbound::EscalationError;
+        let status = |e: BackendError| {
+            ApiError::from(EscalationError::from_backend("aivo_live", &e))
+                .status_code()
+                .as_u16()
+        };
+        assert_eq!(status(BackendError::Timeout), 504);
+        assert_eq!(status(BackendError::Network("refused".into())), 503);
+        assert_eq!(
+            status(BackendError::Permanent {
+                status: 400,
+                body: "bad group".into()
+            }),
+            502
+        );
+        assert_eq!(
+            status(BackendError::Transient {
+                status: 500,
+                body: String::new()
+            }),
+            502
+        );
+        assert_eq!(status(BackendError::Invalid("no id".into())), 502);
+        let message = ApiError::from(EscalationError::from_backend(
+            "aivo_live",
+            &BackendError::Permanent {
+                status: 400,
+                body: "bad group".into(),
+            },
+        ))
+        .to_string();
+        assert_eq!(message, "aivo_live refused the hand-over: HTTP 400: bad group");
+    }
+
+    #[test]
+    fn refusals_keep_their_code_in_the_quarantine_and_the_answer() {
+        for e in [
+            PayloadError::InvalidJson("x".into()),
+            PayloadError::field("a.b", "missing"),
+        ] {
+            assert_eq!(ApiError::from(e.clone()).code(), e.code());
+        }
     }
 }

@@ -32,8 +32,10 @@ pub struct AppState {
     pub writer: Writer,
     /// Configuration.
     pub config: Arc<Config>,
-    /// Drives the handoff: synchronous escalations, relays, the outbox and Bright Pattern polls.
-    pub handoff: crate::handoff::Handoff,
+    /// The inbound pipeline: parse, quarantine, append, relay.
+    pub ingest: crate::ingest::Pipeline,
+    /// The outbound driver: synchronous escalations, relays, the outbox and Bright Pattern polls.
+    pub outbound: crate::outbound::Outbound,
     /// The support console's signed-in browsers.
     pub sessions: console::Sessions,
     /// The API keys the service accepts (the access check of [`auth::require_key`]).
@@ -100,45 +102,12 @@ pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
 }
 
 /// Hands a request's events to the writer and waits for their commit at most
-/// `server.commit_deadline_ms`; past it the answer is `503` with `Retry-After`, never a hang. (The
-/// events may still commit afterwards: the sender's retry is then recognised as a redelivery.)
+/// `server.commit_deadline_ms` (see [`crate::ingest::Pipeline::append`]).
 pub async fn append(
     state: &AppState,
     events: Vec<crate::model::NewEvent>,
 ) -> Result<Vec<crate::model::AppendOutcome>, error::ApiError> {
-    let deadline = std::time::Duration::from_millis(state.config.server.commit_deadline_ms);
-    match tokio::time::timeout(deadline, state.writer.append(events)).await {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            tracing::warn!(
-                deadline_ms = state.config.server.commit_deadline_ms,
-                "the writer did not commit in time"
-            );
-            Err(error::ApiError::Unavailable(
-                "the event log did not commit in time; retry later".into(),
-            ))
-        }
-    }
-}
-
-/// Keeps a refused delivery, waiting at most `server.commit_deadline_ms` like [`append`], then trims
-/// the quarantine to `retention.quarantine_max_entries`.
-pub async fn quarantine(state: &AppState, entry: crate::model::NewQuarantine) -> Result<i64, error::ApiError> {
-    let deadline = std::time::Duration::from_millis(state.config.server.commit_deadline_ms);
-    let id = match tokio::time::timeout(deadline, state.writer.quarantine(entry)).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(error::ApiError::Unavailable(
-                "the quarantine did not commit in time; retry later".into(),
-            ))
-        }
-    };
-    // Never more than `retention.quarantine_max_entries`: a flood of junk pushes out the oldest.
-    let max = state.config.retention.quarantine_max_entries;
-    if max > 0 {
-        state.store.trim_quarantine(max).await?;
-    }
-    Ok(id)
+    Ok(state.ingest.append(events).await?)
 }
 
 /// Keeps the leading items whose JSON fits in `max_bytes` (always at least the first, so a page

@@ -59,7 +59,7 @@ use crate::model;
         crate::analytics::reports::GroupBy,
         model::Conversation, model::Handoff, model::Message, model::StoredEvent,
         crate::quarantine::QuarantineSummary, crate::quarantine::QuarantineDetail, model::Redrive,
-        crate::handoff::CommandRetry,
+        crate::outbound::CommandRetry,
         model::Agent, model::Button, model::Card, model::MessageCounts, model::StreamKey, model::Platform,
         model::HandoffState, model::Disposition, model::SlaStatus, model::Party, model::MessageKind,
         crate::transcript::TranscriptFormat,

@@ -8,10 +8,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::webhooks::{self, Accepted, ActionResults, Ingested, TeamOnline};
+use super::webhooks::{self, Accepted, ActionResult, ActionResults, TeamOnline};
 use super::AppState;
-use crate::handoff::CommandRetry;
+use crate::ingest::Ingested;
 use crate::model::Redrive;
+use crate::outbound::CommandRetry;
 use crate::sources::{self, ledger, Delivery};
 use crate::telemetry::{self, WebhookOutcome};
 
@@ -155,14 +156,15 @@ async fn redriven_answer(
     if actions {
         let action = sources::ultimate::action_request(&ingested.value)?;
         let conversation_id = ingested.outcomes.last().and_then(|o| o.conversation_id);
-        let results = crate::handoff::run_action(state, &action, conversation_id).await?;
+        let results = state.outbound.run_action(&action, conversation_id).await?;
+        let results = results.into_iter().map(ActionResult::from).collect();
         return Ok(HttpResponse::Ok().json(ActionResults { results }));
     }
-    crate::handoff::after_append(state, ingested).await;
+    crate::ingest::Relay::relay(&state.outbound, &ingested.parsed.events, &ingested.outcomes).await;
     let kind = ingested.parsed.events.first().map(|e| e.kind.as_str());
-    if kind == Some("ultimate.is_team_online") {
+    if kind == Some(sources::ultimate::IS_TEAM_ONLINE) {
         let team = sources::ultimate::team_of(&ingested.value);
-        let is_online = crate::handoff::team_online(state, team.as_deref()).await;
+        let is_online = state.outbound.team_online(team.as_deref()).await;
         return Ok(HttpResponse::Ok().json(TeamOnline { is_online }));
     }
     Ok(webhooks::answer(ingested, multi))
@@ -200,7 +202,7 @@ pub async fn retry_command(
         .get_conversation(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no conversation {id}")))?;
-    let retry = state.handoff.retry(conversation.id, &command_id).await?;
+    let retry = state.outbound.retry(conversation.id, &command_id).await?;
     if !retry.duplicate {
         telemetry::command_retried();
     }

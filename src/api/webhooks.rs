@@ -1,12 +1,17 @@
-//! Inbound webhooks. Each handler is a short script: check the token, read the body within the
-//! limit, parse (pure), hand the events to the writer, answer after commit. Refused deliveries
-//! (400/422) are kept in the quarantine before the answer goes out.
+//! Inbound webhooks. Each endpoint is a row of [`Webhook`] (platform, token, query-parameter names,
+//! parser); its token is checked by the [`Verified`] extractor before the handler runs, and the handler
+//! hands the body to the inbound pipeline ([`crate::ingest`]: parse, quarantine a refusal, append,
+//! relay) and answers after commit. Refused deliveries (400/422) are kept in the quarantine before the
+//! answer goes out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::{ready, Ready};
+use std::marker::PhantomData;
 
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::web::{self, BytesMut};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
 use chrono::Utc;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -18,8 +23,10 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::config::Tokens;
-use crate::model::{AppendOutcome, NewQuarantine, Platform};
+use crate::config::{Config, Tokens};
+use crate::ingest::{Inbound, Ingested, ParseFn};
+use crate::model::{AppendOutcome, Platform};
+use crate::outbound::actions::SessionVariable;
 use crate::sources::{self, Delivery, Parsed, PayloadError};
 use crate::telemetry::{self, WebhookOutcome};
 
@@ -94,25 +101,22 @@ pub struct ActionResult {
     pub sanitize: Option<bool>,
 }
 
+impl From<SessionVariable> for ActionResult {
+    fn from(v: SessionVariable) -> Self {
+        ActionResult {
+            key: v.key,
+            value: v.value,
+            sanitize: None,
+        }
+    }
+}
+
 /// The actions webhook answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ActionResults {
     /// Session variables for the bot.
     pub results: Vec<ActionResult>,
 }
-
-/// What a delivery became.
-pub struct Ingested {
-    /// The parsed body.
-    pub value: Value,
-    /// The parsed events.
-    pub parsed: Parsed,
-    /// What the writer answered.
-    pub outcomes: Vec<AppendOutcome>,
-}
-
-/// A platform parser: raw text, its JSON, the delivery's facts.
-pub type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadError>;
 
 /// Checks a platform's webhook token: `Authorization: Bearer <token>` (scheme case-insensitive) or
 /// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
@@ -189,6 +193,123 @@ async fn read_body(
     Ok(body.to_vec())
 }
 
+/// One webhook endpoint: who sends it, how its token is configured and passed, how its body is parsed.
+pub struct Endpoint {
+    /// The sending platform.
+    pub platform: Platform,
+    /// The accepted tokens.
+    pub tokens: fn(&Config) -> &Tokens,
+    /// Query parameters that may carry the token when no `Authorization: Bearer` is sent.
+    pub query_names: &'static [&'static str],
+    /// The platform's parser.
+    pub parse: ParseFn,
+    /// Whether a body may carry several events (the answer then counts them).
+    pub multi: bool,
+}
+
+/// A webhook endpoint, named by a type so that its token check is an extractor ([`Verified`]).
+pub trait Webhook: 'static {
+    /// Its row of the table.
+    const ENDPOINT: Endpoint;
+}
+
+/// `POST /webhooks/ultimate/converse`.
+pub struct UltimateConverse;
+/// `POST /webhooks/ultimate/actions`.
+pub struct UltimateActions;
+/// `POST /webhooks/aivo-live`.
+pub struct AivoLive;
+/// `POST /webhooks/vcc/chat`.
+pub struct VccChat;
+/// `POST /webhooks/bright-pattern/{chat_id}`.
+pub struct BrightPattern;
+
+fn ultimate_tokens(c: &Config) -> &Tokens {
+    &c.ultimate.webhook_token
+}
+fn aivo_live_tokens(c: &Config) -> &Tokens {
+    &c.aivo_live.webhook_token
+}
+fn vcc_tokens(c: &Config) -> &Tokens {
+    &c.vcc.secret_key
+}
+fn bright_pattern_tokens(c: &Config) -> &Tokens {
+    &c.bright_pattern.webhook_token
+}
+
+// The table: platform, token, query-parameter names, parser, several events per body.
+impl Webhook for UltimateConverse {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::Ultimate,
+        tokens: ultimate_tokens,
+        query_names: &["token"],
+        parse: sources::ultimate::parse,
+        multi: false,
+    };
+}
+impl Webhook for UltimateActions {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::Ultimate,
+        tokens: ultimate_tokens,
+        query_names: &["token"],
+        parse: sources::ultimate::parse_action,
+        multi: false,
+    };
+}
+impl Webhook for AivoLive {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::AivoLive,
+        tokens: aivo_live_tokens,
+        query_names: &["token"],
+        parse: sources::aivo_live::parse,
+        multi: false,
+    };
+}
+impl Webhook for VccChat {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::Vcc,
+        tokens: vcc_tokens,
+        query_names: &["secret-key", "token"],
+        parse: sources::vcc::parse,
+        multi: true,
+    };
+}
+impl Webhook for BrightPattern {
+    const ENDPOINT: Endpoint = Endpoint {
+        platform: Platform::BrightPattern,
+        tokens: bright_pattern_tokens,
+        query_names: &["token"],
+        parse: sources::bright_pattern::parse,
+        multi: true,
+    };
+}
+
+/// Proof that a request carries a valid token for webhook `W`: a handler taking it cannot run otherwise.
+pub struct Verified<W: Webhook>(PhantomData<W>);
+
+impl<W: Webhook> FromRequest for Verified<W> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let checked = match req.app_data::<web::Data<AppState>>() {
+            Some(state) => check_token(
+                req,
+                (W::ENDPOINT.tokens)(&state.config),
+                W::ENDPOINT.query_names,
+                state.keys.access().webhooks_open_without_token(),
+            ),
+            None => Err(ApiError::Unexpected(anyhow::anyhow!(
+                "the application state is missing"
+            ))),
+        };
+        if let Err(ApiError::Unauthorized) = &checked {
+            telemetry::webhook(W::ENDPOINT.platform, WebhookOutcome::Unauthorized);
+        }
+        ready(checked.map(|()| Verified(PhantomData)))
+    }
+}
+
 /// What became of a delivery, for `ledger_webhooks_total`.
 pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
     match result {
@@ -205,71 +326,6 @@ pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
     }
 }
 
-/// The common path of every webhook: token, body, parse, quarantine on refusal, append; counted in
-/// `ledger_webhooks_total`.
-pub async fn ingest(
-    state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-    platform: Platform,
-    token: (&Tokens, &[&str]),
-    parse: ParseFn,
-) -> Result<Ingested, ApiError> {
-    let result = ingest_delivery(state, req, payload, platform, token, parse).await;
-    telemetry::webhook(platform, webhook_outcome(&result));
-    result
-}
-
-async fn ingest_delivery(
-    state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-    platform: Platform,
-    token: (&Tokens, &[&str]),
-    parse: ParseFn,
-) -> Result<Ingested, ApiError> {
-    check_token(req, token.0, token.1, state.keys.access().webhooks_open_without_token())?;
-    let received_at = Utc::now();
-    let raw = read_body(
-        req,
-        payload,
-        state.config.server.max_body_bytes,
-        state.config.server.body_timeout_ms,
-    )
-    .await?;
-    let mut headers = kept_headers(req);
-    // The quarantine keeps what was sent (an encrypted body stays encrypted there).
-    let decrypted = match decrypt_body(state, req, platform, &raw, &mut headers) {
-        Ok(decrypted) => decrypted,
-        Err(error) => {
-            quarantine(state, req, platform, &error, headers, raw).await?;
-            return Err(error);
-        }
-    };
-    let body: &[u8] = decrypted.as_deref().unwrap_or(&raw);
-    let idempotency_key = headers.get("idempotency-key").cloned();
-    let path_id = req.match_info().get("chat_id").map(str::to_string);
-    let delivery = Delivery {
-        received_at: sources::truncate_to_micros(received_at),
-        headers: headers.clone(),
-        idempotency_key: idempotency_key.as_deref(),
-        path_id: path_id.as_deref(),
-    };
-    let (value, parsed) = match parse_delivery(body, &delivery, parse) {
-        Ok(ok) => ok,
-        Err(error) => {
-            quarantine(state, req, platform, &error, headers, raw).await?;
-            return Err(error);
-        }
-    };
-    let outcomes = super::append(state, parsed.events.clone()).await?;
-    Ok(Ingested {
-        value,
-        parsed,
-        outcomes,
-    })
-}
-
 /// Parses a delivery's bytes with its endpoint's parser (pure).
 pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
     let value = sources::parse_json(body)?;
@@ -281,7 +337,7 @@ pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Resul
 
 /// An endpoint a delivery can be kept from, with its parser.
 #[derive(Clone, Copy)]
-pub struct Endpoint<'a> {
+pub struct KeptEndpoint<'a> {
     /// The platform it serves.
     pub platform: Platform,
     /// Its parser.
@@ -296,8 +352,8 @@ pub struct Endpoint<'a> {
 
 /// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
 /// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
-pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
-    let endpoint = |platform, parse: ParseFn, multi| Endpoint {
+pub fn endpoint_of(path: &str) -> Option<KeptEndpoint<'_>> {
+    let endpoint = |platform, parse: ParseFn, multi| KeptEndpoint {
         platform,
         parse,
         multi,
@@ -306,7 +362,7 @@ pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
     };
     match path {
         "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
-        "/webhooks/ultimate/actions" => Some(Endpoint {
+        "/webhooks/ultimate/actions" => Some(KeptEndpoint {
             actions: true,
             ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
         }),
@@ -320,7 +376,7 @@ pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
                         .and_then(|p| p.strip_suffix("/events"))
                 })
                 .filter(|id| !id.is_empty() && !id.contains('/'))?;
-            Some(Endpoint {
+            Some(KeptEndpoint {
                 path_id: Some(chat_id),
                 ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
             })
@@ -328,97 +384,69 @@ pub fn endpoint_of(path: &str) -> Option<Endpoint<'_>> {
     }
 }
 
-/// Stored header saying a delivery arrived encrypted (the stored payload is the decrypted JSON).
-pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
-
 /// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
 /// body can be decrypted again when it is redriven.
-pub const IV_HEADER: &str = "x-ledger-iv";
-
-/// VCC Live's encrypted bodies: with `?iv=<hex>` the body is base64 AES-256-CTR under
-/// `vcc.encryption_key`; the decrypted body is returned and the fact (and the IV) kept in the stored
-/// headers. None for a plain body. Refused (400) when no key is configured or the body or IV is bad.
-fn decrypt_body(
-    state: &AppState,
-    req: &HttpRequest,
-    platform: Platform,
-    body: &[u8],
-    headers: &mut BTreeMap<String, String>,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    if platform != Platform::Vcc {
-        return Ok(None);
-    }
-    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default();
-    let Some(iv) = query.get("iv") else {
-        return Ok(None);
-    };
-    headers.insert(IV_HEADER.into(), iv.clone());
-    let plain = decrypt_with_config(state, iv, body)?;
-    headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
-    Ok(Some(plain))
-}
+pub use crate::ingest::IV_HEADER;
 
 /// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept in
 /// the stored headers), else as kept.
 pub fn kept_body(state: &AppState, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-    match headers.get(IV_HEADER) {
-        Some(iv) => decrypt_with_config(state, iv, &raw),
-        None => Ok(raw),
-    }
+    Ok(state.ingest.kept_body(headers, raw)?)
 }
 
-fn decrypt_with_config(state: &AppState, iv: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let key = &state.config.vcc.encryption_key;
-    if key.is_empty() {
-        return Err(ApiError::InvalidJson(
-            "the body is encrypted (`iv` given) but vcc.encryption_key is not set".into(),
-        ));
-    }
-    // Checked at start (startup refuses a malformed key), so this only fails on a config changed under us.
-    let key =
-        sources::vcc_crypto::VccKey::from_hex(key.expose()).map_err(|m| ApiError::Unexpected(anyhow::anyhow!(m)))?;
-    Ok(sources::vcc_crypto::decrypt(&key, iv, body)?)
+/// The status a webhook answers a refused body with (kept with it in the quarantine).
+fn refusal_status(error: &PayloadError) -> u16 {
+    ApiError::from(error.clone()).status_code().as_u16()
 }
 
-async fn quarantine(
-    state: &AppState,
-    req: &HttpRequest,
-    platform: Platform,
-    error: &ApiError,
-    headers: BTreeMap<String, String>,
-    body: Vec<u8>,
-) -> Result<(), ApiError> {
-    use actix_web::ResponseError;
-    let detail = error.body().error;
-    let entry = NewQuarantine {
-        received_at: Utc::now(),
-        path: req.path().to_string(),
-        platform: Some(platform),
-        error_code: detail.code,
-        error_message: detail.message,
-        status: error.status_code().as_u16(),
-        headers,
-        body,
-    };
-    super::quarantine(state, entry).await?;
-    Ok(())
-}
-
-/// The whole script of a webhook answered with its append outcome: ingest, relay, answer.
-async fn receive(
+/// Reads a verified webhook's body and runs it through the inbound pipeline; counted in
+/// `ledger_webhooks_total` (a refused token is counted by [`Verified`]).
+async fn ingest<W: Webhook>(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    platform: Platform,
-    token: (&Tokens, &[&str]),
-    parse: ParseFn,
-    multi: bool,
+    verified: Verified<W>,
+) -> Result<Ingested, ApiError> {
+    let result = ingest_delivery(state, req, payload, verified).await;
+    telemetry::webhook(W::ENDPOINT.platform, webhook_outcome(&result));
+    result
+}
+
+async fn ingest_delivery<W: Webhook>(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    _: Verified<W>,
+) -> Result<Ingested, ApiError> {
+    let received_at = Utc::now();
+    let server = &state.config.server;
+    let body = read_body(req, payload, server.max_body_bytes, server.body_timeout_ms).await?;
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    let inbound = Inbound {
+        platform: W::ENDPOINT.platform,
+        origin: req.path().to_string(),
+        received_at,
+        headers: kept_headers(req),
+        body,
+        path_id: req.match_info().get("chat_id").map(str::to_string),
+        encryption_iv: query.get("iv").cloned(),
+        parse: W::ENDPOINT.parse,
+        answered: Some(refusal_status),
+    };
+    Ok(state.ingest.receive(inbound, &state.outbound).await?)
+}
+
+/// The whole script of a webhook answered with its append outcome: ingest (and relay), answer.
+async fn receive<W: Webhook>(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    verified: Verified<W>,
 ) -> Result<HttpResponse, ApiError> {
-    let ingested = ingest(state, req, payload, platform, token, parse).await?;
-    crate::handoff::after_append(state, &ingested).await;
-    Ok(answer(&ingested, multi))
+    let ingested = ingest(state, req, payload, verified).await?;
+    Ok(answer(&ingested, W::ENDPOINT.multi))
 }
 
 /// The answer to a stored delivery: 200, or 202 for an event type this version does not know.
@@ -453,19 +481,11 @@ pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
 )]
 pub async fn ultimate_converse(
     state: web::Data<AppState>,
+    verified: Verified<UltimateConverse>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.ultimate.webhook_token.clone();
-    let ingested = ingest(
-        &state,
-        &req,
-        payload,
-        Platform::Ultimate,
-        (&token, &["token"]),
-        sources::ultimate::parse,
-    )
-    .await?;
+    let ingested = ingest(&state, &req, payload, verified).await?;
     let kind = ingested
         .parsed
         .events
@@ -473,20 +493,20 @@ pub async fn ultimate_converse(
         .map(|e| e.kind.as_str())
         .unwrap_or_default();
     match kind {
-        "ultimate.is_team_online" => {
+        sources::ultimate::IS_TEAM_ONLINE => {
             let team = sources::ultimate::team_of(&ingested.value);
-            let is_online = crate::handoff::team_online(&state, team.as_deref()).await;
+            let is_online = state.outbound.team_online(team.as_deref()).await;
             Ok(HttpResponse::Ok().json(TeamOnline { is_online }))
         }
-        "ultimate.escalate" => {
+        sources::ultimate::ESCALATE => {
             let team = sources::ultimate::team_of(&ingested.value);
-            crate::handoff::escalate_sync(&state, &ingested, team.as_deref()).await?;
+            state
+                .outbound
+                .escalate_appended(&ingested.outcomes, team.as_deref())
+                .await?;
             Ok(answer(&ingested, false))
         }
-        _ => {
-            crate::handoff::after_append(&state, &ingested).await;
-            Ok(answer(&ingested, false))
-        }
+        _ => Ok(answer(&ingested, false)),
     }
 }
 
@@ -509,22 +529,15 @@ pub async fn ultimate_converse(
 )]
 pub async fn ultimate_actions(
     state: web::Data<AppState>,
+    verified: Verified<UltimateActions>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.ultimate.webhook_token.clone();
-    let ingested = ingest(
-        &state,
-        &req,
-        payload,
-        Platform::Ultimate,
-        (&token, &["token"]),
-        sources::ultimate::parse_action,
-    )
-    .await?;
+    let ingested = ingest(&state, &req, payload, verified).await?;
     let action = sources::ultimate::action_request(&ingested.value)?;
     let conversation_id = ingested.outcomes.last().and_then(|o| o.conversation_id);
-    let results = crate::handoff::run_action(&state, &action, conversation_id).await?;
+    let results = state.outbound.run_action(&action, conversation_id).await?;
+    let results = results.into_iter().map(ActionResult::from).collect();
     Ok(HttpResponse::Ok().json(ActionResults { results }))
 }
 
@@ -545,20 +558,11 @@ pub async fn ultimate_actions(
 )]
 pub async fn aivo_live(
     state: web::Data<AppState>,
+    verified: Verified<AivoLive>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.aivo_live.webhook_token.clone();
-    receive(
-        &state,
-        &req,
-        payload,
-        Platform::AivoLive,
-        (&token, &["token"]),
-        sources::aivo_live::parse,
-        false,
-    )
-    .await
+    receive(&state, &req, payload, verified).await
 }
 
 /// VCC Live chat webhook: one closed chat with its whole transcript.
@@ -577,12 +581,11 @@ pub async fn aivo_live(
 )]
 pub async fn vcc_chat(
     state: web::Data<AppState>,
+    verified: Verified<VccChat>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.vcc.secret_key.clone();
-    let token = (&token, &["secret-key", "token"][..]);
-    receive(&state, &req, payload, Platform::Vcc, token, sources::vcc::parse, true).await
+    receive(&state, &req, payload, verified).await
 }
 
 /// Bright Pattern chat events for one chat: `{"events": [...]}` or one event object.
@@ -605,19 +608,9 @@ pub async fn vcc_chat(
 )]
 pub async fn bright_pattern(
     state: web::Data<AppState>,
+    verified: Verified<BrightPattern>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = state.config.bright_pattern.webhook_token.clone();
-    let token = (&token, &["token"][..]);
-    receive(
-        &state,
-        &req,
-        payload,
-        Platform::BrightPattern,
-        token,
-        sources::bright_pattern::parse,
-        true,
-    )
-    .await
+    receive(&state, &req, payload, verified).await
 }

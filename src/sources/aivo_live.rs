@@ -12,8 +12,18 @@ use super::{
 };
 use crate::model::{Agent, MessageKind, Party, Platform};
 
+/// Kind of `attended`: an agent took the conversation.
+pub const ATTENDED: &str = "aivo_live.attended";
+/// Kind of `transfer`: the conversation moved to another group.
+pub const TRANSFER: &str = "aivo_live.transfer";
+/// Kind of `messageToClient`: an agent's (or a trigger's) message for the visitor.
+pub const MESSAGE_TO_CLIENT: &str = "aivo_live.message_to_client";
+/// Kind of `close`: the live chat ended.
+pub const CLOSE: &str = "aivo_live.close";
 /// Kind of an event whose `name` this version does not know.
 pub const UNKNOWN: &str = "aivo_live.unknown";
+/// Every kind the parser produces.
+pub const KINDS: &[&str] = &[ATTENDED, TRANSFER, MESSAGE_TO_CLIENT, CLOSE, UNKNOWN];
 
 /// The agent object Aivo attaches to events (often `{}`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -68,10 +78,10 @@ impl AivoEvent {
     /// The event kind stored in the log.
     pub fn kind(&self) -> &'static str {
         match self {
-            AivoEvent::Attended { .. } => "aivo_live.attended",
-            AivoEvent::Transfer { .. } => "aivo_live.transfer",
-            AivoEvent::MessageToClient { .. } => "aivo_live.message_to_client",
-            AivoEvent::Close { .. } => "aivo_live.close",
+            AivoEvent::Attended { .. } => ATTENDED,
+            AivoEvent::Transfer { .. } => TRANSFER,
+            AivoEvent::MessageToClient { .. } => MESSAGE_TO_CLIENT,
+            AivoEvent::Close { .. } => CLOSE,
             AivoEvent::Unknown { .. } => UNKNOWN,
         }
     }

@@ -18,6 +18,52 @@ use crate::model::{Agent, MessageKind, Party, Platform};
 
 /// Kind of an event whose name this version does not know.
 pub const UNKNOWN: &str = "bright_pattern.unknown";
+/// Kind of `chat_session_status`.
+pub const STATUS: &str = "bright_pattern.chat_session_status";
+/// Kind of `chat_session_ended`.
+pub const ENDED: &str = "bright_pattern.chat_session_ended";
+/// Kind of `chat_session_party_joined`.
+pub const PARTY_JOINED: &str = "bright_pattern.chat_session_party_joined";
+/// Kind of `chat_session_party_left`.
+pub const PARTY_LEFT: &str = "bright_pattern.chat_session_party_left";
+/// Kind of `chat_session_message`.
+pub const MESSAGE: &str = "bright_pattern.chat_session_message";
+/// Kind of `chat_session_typing`.
+pub const TYPING: &str = "bright_pattern.chat_session_typing";
+/// Kind of `chat_session_not_typing`.
+pub const NOT_TYPING: &str = "bright_pattern.chat_session_not_typing";
+/// Kind of `chat_session_form_show`.
+pub const FORM_SHOW: &str = "bright_pattern.chat_session_form_show";
+/// Kind of `chat_session_timeout_warning`.
+pub const TIMEOUT_WARNING: &str = "bright_pattern.chat_session_timeout_warning";
+/// Kind of `chat_session_inactivity_timeout`.
+pub const INACTIVITY_TIMEOUT: &str = "bright_pattern.chat_session_inactivity_timeout";
+/// Kind of `chat_session_signaling`.
+pub const SIGNALING: &str = "bright_pattern.chat_session_signaling";
+/// Kind of `chat_session_file`.
+pub const FILE: &str = "bright_pattern.chat_session_file";
+/// Kind of `chat_session_end`.
+pub const END: &str = "bright_pattern.chat_session_end";
+/// Kind of `chat_session_form_data`.
+pub const FORM_DATA: &str = "bright_pattern.chat_session_form_data";
+/// Every kind the parser produces.
+pub const KINDS: &[&str] = &[
+    STATUS,
+    ENDED,
+    PARTY_JOINED,
+    PARTY_LEFT,
+    MESSAGE,
+    TYPING,
+    NOT_TYPING,
+    FORM_SHOW,
+    TIMEOUT_WARNING,
+    INACTIVITY_TIMEOUT,
+    SIGNALING,
+    FILE,
+    END,
+    FORM_DATA,
+    UNKNOWN,
+];
 
 /// The event names this version knows (server and client events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,20 +125,20 @@ impl BpEventName {
     /// The event kind stored in the log.
     pub fn kind(self) -> &'static str {
         match self {
-            Self::Status => "bright_pattern.chat_session_status",
-            Self::Ended => "bright_pattern.chat_session_ended",
-            Self::PartyJoined => "bright_pattern.chat_session_party_joined",
-            Self::PartyLeft => "bright_pattern.chat_session_party_left",
-            Self::Message => "bright_pattern.chat_session_message",
-            Self::Typing => "bright_pattern.chat_session_typing",
-            Self::NotTyping => "bright_pattern.chat_session_not_typing",
-            Self::FormShow => "bright_pattern.chat_session_form_show",
-            Self::TimeoutWarning => "bright_pattern.chat_session_timeout_warning",
-            Self::InactivityTimeout => "bright_pattern.chat_session_inactivity_timeout",
-            Self::Signaling => "bright_pattern.chat_session_signaling",
-            Self::File => "bright_pattern.chat_session_file",
-            Self::End => "bright_pattern.chat_session_end",
-            Self::FormData => "bright_pattern.chat_session_form_data",
+            Self::Status => STATUS,
+            Self::Ended => ENDED,
+            Self::PartyJoined => PARTY_JOINED,
+            Self::PartyLeft => PARTY_LEFT,
+            Self::Message => MESSAGE,
+            Self::Typing => TYPING,
+            Self::NotTyping => NOT_TYPING,
+            Self::FormShow => FORM_SHOW,
+            Self::TimeoutWarning => TIMEOUT_WARNING,
+            Self::InactivityTimeout => INACTIVITY_TIMEOUT,
+            Self::Signaling => SIGNALING,
+            Self::File => FILE,
+            Self::End => END,
+            Self::FormData => FORM_DATA,
             Self::Unknown => UNKNOWN,
         }
     }

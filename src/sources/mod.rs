@@ -39,6 +39,14 @@ pub enum PayloadError {
 }
 
 impl PayloadError {
+    /// The stable name of the refusal, kept with a quarantined body (the API answers it as its error code).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PayloadError::InvalidJson(_) => "invalid_json",
+            PayloadError::InvalidPayload { .. } => "invalid_payload",
+        }
+    }
+
     /// A missing or ill-typed field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         PayloadError::InvalidPayload {

@@ -17,8 +17,31 @@ use crate::model::{Button, Card, MessageKind, Party, Platform};
 
 /// Kind of the actions webhook event.
 pub const ACTION: &str = "ultimate.action";
+/// Kind of `sendMessage`: a bot message.
+pub const SEND_MESSAGE: &str = "ultimate.send_message";
+/// Kind of `escalate`: the bot hands over synchronously.
+pub const ESCALATE: &str = "ultimate.escalate";
+/// Kind of `isTeamOnline`: the bot asks whether a team takes chats now.
+pub const IS_TEAM_ONLINE: &str = "ultimate.is_team_online";
+/// Kind of `widgetMessage`: the visitor wrote while handed off.
+pub const WIDGET_MESSAGE: &str = "ultimate.widget_message";
+/// Kind of `widgetEscalate`: the widget asks for a hand-over.
+pub const WIDGET_ESCALATE: &str = "ultimate.widget_escalate";
+/// Kind of `widgetEndSession`: the visitor left.
+pub const WIDGET_END_SESSION: &str = "ultimate.widget_end_session";
 /// Kind of a converse event whose `eventType` this version does not know.
 pub const UNKNOWN: &str = "ultimate.unknown";
+/// Every kind the parsers produce (converse and actions).
+pub const KINDS: &[&str] = &[
+    SEND_MESSAGE,
+    ESCALATE,
+    IS_TEAM_ONLINE,
+    WIDGET_MESSAGE,
+    WIDGET_ESCALATE,
+    WIDGET_END_SESSION,
+    UNKNOWN,
+    ACTION,
+];
 
 /// A bot message (`sendMessage`) as the bot states it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,12 +107,12 @@ impl ConverseEvent {
     /// The event kind stored in the log.
     pub fn kind(&self) -> &'static str {
         match self {
-            ConverseEvent::SendMessage(_) => "ultimate.send_message",
-            ConverseEvent::Escalate { .. } => "ultimate.escalate",
-            ConverseEvent::IsTeamOnline { .. } => "ultimate.is_team_online",
-            ConverseEvent::WidgetMessage { .. } => "ultimate.widget_message",
-            ConverseEvent::WidgetEscalate { .. } => "ultimate.widget_escalate",
-            ConverseEvent::WidgetEndSession => "ultimate.widget_end_session",
+            ConverseEvent::SendMessage(_) => SEND_MESSAGE,
+            ConverseEvent::Escalate { .. } => ESCALATE,
+            ConverseEvent::IsTeamOnline { .. } => IS_TEAM_ONLINE,
+            ConverseEvent::WidgetMessage { .. } => WIDGET_MESSAGE,
+            ConverseEvent::WidgetEscalate { .. } => WIDGET_ESCALATE,
+            ConverseEvent::WidgetEndSession => WIDGET_END_SESSION,
             ConverseEvent::Unknown { .. } => UNKNOWN,
         }
     }

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::backends::{BackendError, BrightPatternClient, PollOutcome};
-use crate::outbox::RetryPolicy;
+use super::clients::{BackendError, BrightPatternClient, PollOutcome};
+use super::runner::RetryPolicy;
+use crate::sources::bright_pattern::BpEventName;
 use crate::telemetry;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -39,11 +40,10 @@ impl EventSource for BrightPatternClient {
 
 /// Whether one Bright Pattern server event means the chat no longer exists.
 pub fn ends_chat(event: &Value) -> bool {
-    match event.get("event").and_then(Value::as_str) {
-        Some("chat_session_ended" | "chat_session_inactivity_timeout" | "chat_session_inactvity_timeout") => true,
-        Some("chat_session_status") => {
-            matches!(event.get("state").and_then(Value::as_str), Some("failed" | "completed"))
-        }
+    let name = event.get("event").and_then(Value::as_str).unwrap_or_default();
+    match BpEventName::from_name(name) {
+        BpEventName::Ended | BpEventName::InactivityTimeout => true,
+        BpEventName::Status => matches!(event.get("state").and_then(Value::as_str), Some("failed" | "completed")),
         _ => false,
     }
 }
@@ -70,7 +70,7 @@ pub enum PollStop {
 }
 
 /// The chats being polled: at most one loop per chat. Loops run on the runtime current when this was
-/// built (the service's main one), whoever starts them (see `outbox::SerialExecutor`).
+/// built (the service's main one), whoever starts them (see `runner::SerialExecutor`).
 pub struct Pollers {
     running: Mutex<HashSet<String>>,
     tasks: TaskTracker,

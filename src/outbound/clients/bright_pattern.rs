@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::{
-    attribute_text, classify_status, encode_segment, join_url, send_and_read, BackendError, LiveBackend, QueueRequest,
-    QueueResult, VisitorContact,
+    attribute_text, classify_status, encode_segment, http_client, join_url, send_and_read, BackendError, LiveBackend,
+    QueueRequest, QueueResult, VisitorContact,
 };
 use crate::config::BrightPatternConfig;
 
@@ -155,9 +155,7 @@ pub struct BrightPatternClient {
 impl BrightPatternClient {
     /// A client for `config.base_url`.
     pub fn new(config: &BrightPatternConfig) -> Result<Self, BackendError> {
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| BackendError::Network(format!("cannot build HTTP client: {e}")))?;
+        let http = http_client()?;
         Ok(BrightPatternClient {
             http,
             config: config.clone(),

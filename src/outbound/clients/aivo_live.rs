@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    classify_status, encode_segment, join_url, send_and_read, BackendError, LiveBackend, QueueRequest, QueueResult,
-    VisitorContact,
+    classify_status, encode_segment, http_client, join_url, send_and_read, BackendError, LiveBackend, QueueRequest,
+    QueueResult, VisitorContact,
 };
 use crate::config::AivoLiveConfig;
 
@@ -75,9 +75,7 @@ pub struct AivoLiveClient {
 impl AivoLiveClient {
     /// A client for `config.base_url`.
     pub fn new(config: &AivoLiveConfig) -> Result<Self, BackendError> {
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| BackendError::Network(format!("cannot build HTTP client: {e}")))?;
+        let http = http_client()?;
         Ok(AivoLiveClient {
             http,
             config: config.clone(),

@@ -3,9 +3,18 @@ use std::collections::BTreeMap;
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
 
-use super::*;
-use crate::config::Route;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::actions::handoff_status;
+use super::clients::{Backends, WidgetUpdate};
+use super::commands::{Command, LiveTarget, WidgetCommand};
+use super::escalation::escalation_command;
+use super::plan::{agent_name, ewt_minutes, live_target, plan_relay, RelayContext, RELAYED_KINDS};
+use crate::config::{Config, Route};
 use crate::model::{Agent, Disposition, Handoff as HandoffRecord, MessageCounts, MessageKind, SlaStatus};
+use crate::model::{Conversation, HandoffState, Message, Party, Platform, StoredEvent, StreamKey};
+use crate::sources::ledger;
 
 fn conversation(state: HandoffState, streams: Vec<StreamKey>) -> Conversation {
     let at = Utc.with_ymd_and_hms(2024, 1, 26, 18, 0, 0).unwrap();
@@ -453,38 +462,6 @@ fn escalations_resolve_through_routing_to_a_configured_backend() {
 }
 
 #[test]
-fn escalation_failures_map_to_gateway_statuses() {
-    use actix_web::ResponseError;
-    let status = |e: BackendError| escalation_error("aivo_live", &e).status_code().as_u16();
-    assert_eq!(status(BackendError::Timeout), 504);
-    assert_eq!(status(BackendError::Network("refused".into())), 503);
-    assert_eq!(
-        status(BackendError::Permanent {
-            status: 400,
-            body: "bad group".into()
-        }),
-        502
-    );
-    assert_eq!(
-        status(BackendError::Transient {
-            status: 500,
-            body: String::new()
-        }),
-        502
-    );
-    assert_eq!(status(BackendError::Invalid("no id".into())), 502);
-    let message = escalation_error(
-        "aivo_live",
-        &BackendError::Permanent {
-            status: 400,
-            body: "bad group".into(),
-        },
-    )
-    .to_string();
-    assert_eq!(message, "aivo_live refused the hand-over: HTTP 400: bad group");
-}
-
-#[test]
 fn handoff_status_reports_the_wait_so_far() {
     let now = Utc::now();
     let mut c = conversation(HandoffState::Queued, bot_and_room());
@@ -564,5 +541,19 @@ fn kinds_outside_the_relayed_list_never_plan_a_command() {
         }
         // The relayed kinds do plan commands for the same conversation (so the list is not simply empty).
         assert!(!plan("aivo_live.close", payload.clone(), &c, None, Some(&target)).is_empty());
+    }
+}
+
+#[test]
+fn every_relayed_kind_is_one_a_parser_produces() {
+    let produced: Vec<&str> = [
+        crate::sources::ultimate::KINDS,
+        crate::sources::aivo_live::KINDS,
+        crate::sources::bright_pattern::KINDS,
+        &[ledger::API_MESSAGE],
+    ]
+    .concat();
+    for kind in RELAYED_KINDS {
+        assert!(produced.contains(kind), "{kind} is relayed but no parser produces it");
     }
 }

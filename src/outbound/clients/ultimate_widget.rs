@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{classify_status, join_url, send_and_read, BackendError};
+use super::{classify_status, http_client, join_url, send_and_read, BackendError};
 use crate::config::UltimateConfig;
 
 /// An agent-side update for the visitor's widget.
@@ -109,9 +109,7 @@ pub struct UltimateWidgetClient {
 impl UltimateWidgetClient {
     /// A client for `config.api_url`.
     pub fn new(config: &UltimateConfig) -> Result<Self, BackendError> {
-        let http = reqwest::Client::builder()
-            .build()
-            .map_err(|e| BackendError::Network(format!("cannot build HTTP client: {e}")))?;
+        let http = http_client()?;
         Ok(UltimateWidgetClient {
             http,
             config: config.clone(),

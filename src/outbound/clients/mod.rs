@@ -82,6 +82,13 @@ pub(crate) fn from_reqwest(e: reqwest::Error) -> BackendError {
     BackendError::Network(text)
 }
 
+/// The HTTP client every platform client sends with (each request sets its own timeout).
+pub(crate) fn http_client() -> Result<reqwest::Client, BackendError> {
+    reqwest::Client::builder()
+        .build()
+        .map_err(|e| BackendError::Network(format!("cannot build HTTP client: {e}")))
+}
+
 /// Classifies an HTTP answer: 2xx gives the body back, anything else the matching error.
 pub fn classify_status(status: u16, body: String) -> Result<String, BackendError> {
     match status {
