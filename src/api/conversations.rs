@@ -80,8 +80,10 @@ pub struct TranscriptParams {
     #[param(value_type = Option<TranscriptFormat>)]
     pub format: Option<String>,
     /// At most this many lines (1 to 10000); default: every line.
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page (for `text`, `csv` and `jsonl`: the `x-next-cursor` answer header).
+    #[param(pattern = r"^-?[0-9]{1,18}_[0-9]{1,18}_[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -92,8 +94,10 @@ pub struct EventsParams {
     /// Only events with `seq > after_seq` (the `next_after_seq` of a previous answer).
     pub after_seq: Option<i64>,
     /// At most this many events (1 to 10000); default: every event.
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
