@@ -12,23 +12,7 @@ use handoff_ledger::auth::Scope;
 use handoff_ledger::model::{NewQuarantine, Platform};
 
 use crate::browser::Browser;
-use crate::helpers::{fixture, spawn_app_with, Backend, TestApp};
-
-fn nanos(t: DateTime<Utc>) -> i64 {
-    t.timestamp_nanos_opt().expect("in range")
-}
-
-fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
-    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
-}
-
-fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
-    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
-    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
-    }
-    json!({"botId": "BOT", "channel": "chat", "data": data})
-}
+use crate::helpers::{aivo, fixture, spawn_app_with, ultimate, Backend, TestApp};
 
 async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
     let (status, answer) = app.post_json(path, body).await;

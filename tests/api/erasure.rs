@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use handoff_ledger::verify::{verify_log, Verdict};
 
-use crate::helpers::{spawn_app_with, Backend, TestApp};
+use crate::helpers::{aivo, post_ok, spawn_app_with, ultimate, Backend, TestApp};
 use crate::on_both_stores;
 
 const NAME: &str = "Jane Roe";
@@ -22,28 +22,6 @@ const EMAIL: &str = "jane.roe@example.com";
 const PHONE: &str = "+1 555 0100";
 const IP: &str = "203.0.113.77";
 const PERSONAL: [&str; 4] = [NAME, EMAIL, PHONE, IP];
-
-fn nanos(t: DateTime<Utc>) -> i64 {
-    t.timestamp_nanos_opt().expect("in range")
-}
-
-fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
-    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
-}
-
-fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
-    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
-    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
-    }
-    json!({"botId": "BOT", "channel": "chat", "data": data})
-}
-
-async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
-    let (status, answer) = app.post_json(path, body).await;
-    assert_eq!(status, 200, "{path} {body}: {answer}");
-    answer
-}
 
 /// Every place a personal value could hide, and which were found.
 fn leaks(what: &str, text: &str) -> Vec<String> {

@@ -7,30 +7,8 @@ use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{aivo, post_ok, spawn_app, spawn_app_with, ultimate, Backend};
 use crate::on_both_stores;
-
-fn nanos(t: DateTime<Utc>) -> i64 {
-    t.timestamp_nanos_opt().expect("in range")
-}
-
-fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
-    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
-}
-
-fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
-    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
-    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
-    }
-    json!({"botId": "BOT", "channel": "chat", "data": data})
-}
-
-async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
-    let (status, answer) = app.post_json(path, body).await;
-    assert_eq!(status, 200, "{path} {body}: {answer}");
-    answer
-}
 
 fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_milliseconds() as f64 / 1000.0

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use handoff_ledger::api::AppState;
 use handoff_ledger::config::Config;
 use handoff_ledger::startup::Application;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 /// Which store a test runs against.
@@ -138,4 +139,30 @@ macro_rules! on_both_stores {
             )*
         }
     };
+}
+
+/// A time as Aivo Live stamps it: nanoseconds since the epoch.
+pub fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().expect("in range")
+}
+
+/// An Aivo Live webhook body.
+pub fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
+    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
+}
+
+/// An Ultimate converse webhook body: `extra` is merged into `data`.
+pub fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
+    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
+    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
+        d.extend(e.clone());
+    }
+    json!({"botId": "BOT", "channel": "chat", "data": data})
+}
+
+/// POSTs JSON and insists on `200`; the answer.
+pub async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
+    let (status, answer) = app.post_json(path, body).await;
+    assert_eq!(status, 200, "{path} {body}: {answer}");
+    answer
 }
