@@ -215,6 +215,21 @@ pub fn check(config: &Config) -> Vec<Problem> {
         1 << 30,
     );
     check_range(&mut p, "server.max_batch", server.max_batch as u64, 1, 100_000);
+    // A host name is resolved at bind time, where the same rule is enforced on the bound address.
+    let public_bind = server
+        .bind
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_loopback());
+    if config.auth.allow_anonymous && public_bind {
+        p.push(Problem::new(
+            "auth.allow_anonymous",
+            format!(
+                "refused: server.bind {} is not a loopback address; use API keys (handoff-ledger keys create) \
+                 or bind to 127.0.0.1",
+                server.bind
+            ),
+        ));
+    }
     check_range(
         &mut p,
         "server.shutdown_grace_seconds",

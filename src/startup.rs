@@ -309,13 +309,22 @@ async fn wait_for_signal() -> &'static str {
     "ctrl-c"
 }
 
-/// Fails closed: on a non-loopback bind the API needs keys unless `auth.allow_anonymous` says
-/// otherwise. Says in the log when the API is open.
+/// Fails closed: on a non-loopback bind the API needs keys, and `auth.allow_anonymous` is refused
+/// (it would serve every transcript to anyone who reaches the port). Says in the log when the API is
+/// open.
 fn check_access(config: &Config, access: OpenAccess, key_count: usize) -> anyhow::Result<()> {
+    if access.allow_anonymous && !access.loopback {
+        anyhow::bail!(
+            "refusing to start: auth.allow_anonymous = true opens the API to anyone, and server.bind {} is not a \
+             loopback address; remove auth.allow_anonymous (or set it to false) and use API keys \
+             (`handoff-ledger keys create --name NAME --scope admin`), or bind to 127.0.0.1",
+            config.server.bind
+        );
+    }
     if access.allow_anonymous {
         tracing::warn!(
             bind = %config.server.bind,
-            "the API is open to anyone without a key (auth.allow_anonymous = true)"
+            "the API is open to anyone on this host without a key (auth.allow_anonymous = true, loopback bind)"
         );
     } else if key_count == 0 && access.loopback {
         tracing::warn!(
@@ -326,8 +335,7 @@ fn check_access(config: &Config, access: OpenAccess, key_count: usize) -> anyhow
     } else if key_count == 0 {
         anyhow::bail!(
             "refusing to start: server.bind {} is not a loopback address and no API key exists; create one with \
-             `handoff-ledger keys create --name NAME --scope admin`, or set auth.allow_anonymous = true to serve the \
-             API to anyone",
+             `handoff-ledger keys create --name NAME --scope admin`",
             config.server.bind
         );
     }
