@@ -155,6 +155,8 @@ pub struct RetentionConfig {
     pub quarantine_days: u64,
     /// At most this many quarantine entries are kept (the oldest go first); 0 = no cap.
     pub quarantine_max_entries: u64,
+    /// Most bytes of a refused body kept in the quarantine (with the whole body's size and SHA-256).
+    pub quarantine_body_bytes: usize,
     /// Conversations closed (and untouched) longer ago than this many days are erased by a background
     /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
     pub erase_closed_after_days: u64,
@@ -165,6 +167,7 @@ impl Default for RetentionConfig {
         Self {
             quarantine_days: 30,
             quarantine_max_entries: 10_000,
+            quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
             erase_closed_after_days: 0,
         }
     }
@@ -493,6 +496,8 @@ pub struct OutboxConfig {
     pub initial_backoff_ms: u64,
     /// Longest retry delay, milliseconds.
     pub max_backoff_ms: u64,
+    /// Most bytes of a platform's answer that are read; a longer answer fails the call (unparsable).
+    pub max_response_bytes: usize,
 }
 
 impl Default for OutboxConfig {
@@ -501,6 +506,7 @@ impl Default for OutboxConfig {
             max_attempts: 8,
             initial_backoff_ms: 200,
             max_backoff_ms: 30_000,
+            max_response_bytes: crate::outbound::clients::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }

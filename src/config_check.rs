@@ -16,6 +16,12 @@ use crate::redact::{self, MASK};
 /// Longest answer target: a day.
 pub const MAX_SLA_SECONDS: u64 = 86_400;
 
+/// Longest timeout or deadline a limit may be set to: an hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Longest retention or report range, days: a hundred years.
+pub const MAX_DAYS: u64 = 36_500;
+
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -237,6 +243,52 @@ pub fn check(config: &Config) -> Vec<Problem> {
         1,
         3600,
     );
+    // Resource limits: none may be switched off by a zero (except where 0 is documented as "off"), and
+    // none may be so large that it bounds nothing.
+    check_range(
+        &mut p,
+        "server.head_timeout_ms",
+        server.head_timeout_ms,
+        1,
+        MAX_TIMEOUT_MS,
+    );
+    check_range(
+        &mut p,
+        "server.body_timeout_ms",
+        server.body_timeout_ms,
+        1,
+        MAX_TIMEOUT_MS,
+    );
+    check_range(&mut p, "server.keep_alive_seconds", server.keep_alive_seconds, 0, 3600);
+    check_range(
+        &mut p,
+        "server.max_connections",
+        server.max_connections as u64,
+        1,
+        1_000_000,
+    );
+    check_range(&mut p, "server.workers", server.workers as u64, 0, 1024);
+    check_range(
+        &mut p,
+        "server.commit_deadline_ms",
+        server.commit_deadline_ms,
+        1,
+        MAX_TIMEOUT_MS,
+    );
+    check_range(
+        &mut p,
+        "server.max_answer_bytes",
+        server.max_answer_bytes as u64,
+        1,
+        1 << 30,
+    );
+    check_range(
+        &mut p,
+        "server.max_report_days",
+        server.max_report_days.into(),
+        1,
+        MAX_DAYS,
+    );
 
     let url = config.store.url.trim();
     if !(url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:")) {
@@ -254,6 +306,42 @@ pub fn check(config: &Config) -> Vec<Problem> {
         config.store.max_connections.into(),
         1,
         1000,
+    );
+    check_range(
+        &mut p,
+        "store.read_timeout_ms",
+        config.store.read_timeout_ms,
+        0,
+        MAX_TIMEOUT_MS,
+    );
+    let retention = &config.retention;
+    check_range(
+        &mut p,
+        "retention.quarantine_days",
+        retention.quarantine_days,
+        0,
+        MAX_DAYS,
+    );
+    check_range(
+        &mut p,
+        "retention.quarantine_max_entries",
+        retention.quarantine_max_entries,
+        0,
+        100_000_000,
+    );
+    check_range(
+        &mut p,
+        "retention.quarantine_body_bytes",
+        retention.quarantine_body_bytes as u64,
+        1,
+        16 << 20,
+    );
+    check_range(
+        &mut p,
+        "retention.erase_closed_after_days",
+        retention.erase_closed_after_days,
+        0,
+        MAX_DAYS,
     );
 
     check_range(
@@ -323,6 +411,20 @@ pub fn check(config: &Config) -> Vec<Problem> {
         }
     }
     check_url(&mut p, "clickhouse.url", &config.clickhouse.url, false);
+    check_range(
+        &mut p,
+        "clickhouse.connect_timeout_ms",
+        config.clickhouse.connect_timeout_ms,
+        1,
+        MAX_TIMEOUT_MS,
+    );
+    check_range(
+        &mut p,
+        "clickhouse.query_timeout_ms",
+        config.clickhouse.query_timeout_ms,
+        1,
+        MAX_TIMEOUT_MS,
+    );
     if !config.clickhouse.url.trim().is_empty() && config.clickhouse.database.trim().is_empty() {
         p.push(Problem::new(
             "clickhouse.database",
@@ -338,6 +440,13 @@ pub fn check(config: &Config) -> Vec<Problem> {
     }
 
     check_range(&mut p, "outbox.max_attempts", config.outbox.max_attempts.into(), 1, 100);
+    check_range(
+        &mut p,
+        "outbox.max_response_bytes",
+        config.outbox.max_response_bytes as u64,
+        1024,
+        64 << 20,
+    );
     if config.outbox.initial_backoff_ms > config.outbox.max_backoff_ms {
         p.push(Problem::new(
             "outbox.initial_backoff_ms",
@@ -496,6 +605,94 @@ mod tests {
         assert!(text[4].contains("unknown backend `aivo`"), "{}", text[4]);
         assert!(text[5].contains("no credentials"), "{}", text[5]);
         assert!(text[6].contains("Mars/Olympus"), "{}", text[6]);
+    }
+
+    #[test]
+    fn every_limit_refuses_zero_and_absurd_values() {
+        let mut c = Config::default();
+        c.server.head_timeout_ms = 0;
+        c.server.body_timeout_ms = 0;
+        c.server.max_connections = 0;
+        c.server.commit_deadline_ms = 0;
+        c.server.max_answer_bytes = 0;
+        c.server.max_report_days = 0;
+        c.retention.quarantine_body_bytes = 0;
+        c.clickhouse.connect_timeout_ms = 0;
+        c.clickhouse.query_timeout_ms = 0;
+        c.outbox.max_response_bytes = 0;
+        let zero = vec![
+            "server.head_timeout_ms",
+            "server.body_timeout_ms",
+            "server.max_connections",
+            "server.commit_deadline_ms",
+            "server.max_answer_bytes",
+            "server.max_report_days",
+            "retention.quarantine_body_bytes",
+            "clickhouse.connect_timeout_ms",
+            "clickhouse.query_timeout_ms",
+            "outbox.max_response_bytes",
+        ];
+        let problems = check(&c);
+        assert_eq!(keys(&problems), zero);
+        assert!(
+            problems.iter().all(|p| p.message.starts_with("0 is out of range")),
+            "{problems:?}"
+        );
+
+        let mut c = Config::default();
+        c.server.head_timeout_ms = u64::MAX;
+        c.server.keep_alive_seconds = 86_400;
+        c.server.workers = 100_000;
+        c.store.read_timeout_ms = 10 * MAX_TIMEOUT_MS;
+        c.retention.quarantine_days = 1_000_000;
+        c.retention.quarantine_max_entries = u64::MAX;
+        c.retention.quarantine_body_bytes = 1 << 30;
+        c.retention.erase_closed_after_days = 1_000_000;
+        c.outbox.max_response_bytes = 1 << 30;
+        let problems = check(&c);
+        assert_eq!(
+            keys(&problems),
+            vec![
+                "server.head_timeout_ms",
+                "server.keep_alive_seconds",
+                "server.workers",
+                "store.read_timeout_ms",
+                "retention.quarantine_days",
+                "retention.quarantine_max_entries",
+                "retention.quarantine_body_bytes",
+                "retention.erase_closed_after_days",
+                "outbox.max_response_bytes",
+            ]
+        );
+        // 0 where it means "off" is fine.
+        let mut c = Config::default();
+        c.server.keep_alive_seconds = 0;
+        c.server.workers = 0;
+        c.store.read_timeout_ms = 0;
+        c.retention.quarantine_days = 0;
+        c.retention.quarantine_max_entries = 0;
+        assert_eq!(check(&c), Vec::new());
+    }
+
+    #[test]
+    fn allow_anonymous_is_refused_on_a_non_loopback_bind() {
+        let mut c = Config::default();
+        c.auth.allow_anonymous = true;
+        assert_eq!(check(&c), Vec::new(), "loopback: the local trial");
+        c.server.bind = "[::1]:8080".into();
+        assert_eq!(check(&c), Vec::new());
+        for bind in ["0.0.0.0:8080", "10.1.2.3:80", "[::]:8080"] {
+            c.server.bind = bind.into();
+            let problems = check(&c);
+            assert_eq!(keys(&problems), vec!["auth.allow_anonymous"], "{bind}");
+            assert!(
+                problems[0].message.contains("not a loopback address"),
+                "{}",
+                problems[0]
+            );
+        }
+        c.auth.allow_anonymous = false;
+        assert_eq!(check(&c), Vec::new(), "keys decide at start");
     }
 
     #[test]

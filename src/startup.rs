@@ -44,9 +44,14 @@ impl Application {
         let shown = crate::config::redact_url(&config.store.url);
         // The writer has a pool of its own, so readers can never take every connection from it; on
         // PostgreSQL the readers' statements are cut off after `store.read_timeout_ms`.
-        let writer_store = store::open(&config.store.url, WRITER_CONNECTIONS)
-            .await
-            .with_context(|| format!("opening the store at {shown}"))?;
+        // It also keeps the quarantine: at most `retention.quarantine_body_bytes` of each body.
+        let writer_store = store::open_keeping(
+            &config.store.url,
+            WRITER_CONNECTIONS,
+            config.retention.quarantine_body_bytes,
+        )
+        .await
+        .with_context(|| format!("opening the store at {shown}"))?;
         writer_store.migrate().await.context("applying store migrations")?;
         writer_store
             .rebuild_stale(&config.sla)

@@ -214,7 +214,7 @@ async fn aivo_queue_failures_are_classified() {
 
 #[tokio::test]
 async fn an_answer_larger_than_the_cap_is_not_read() {
-    let huge = "x".repeat(handoff_ledger::outbound::clients::MAX_RESPONSE_BYTES + 1);
+    let huge = "x".repeat(handoff_ledger::outbound::clients::DEFAULT_MAX_RESPONSE_BYTES + 1);
     let e = aivo_queue_against(ResponseTemplate::new(200).set_body_string(huge))
         .await
         .unwrap_err();
@@ -222,6 +222,71 @@ async fn an_answer_larger_than_the_cap_is_not_read() {
         matches!(&e, BackendError::Invalid(m) if m.contains("larger than")),
         "{e:?}"
     );
+}
+
+/// A 200 answer of exactly `len` bytes that every client accepts: Aivo's queue answer, Bright Pattern's
+/// availability, anything for Ultimate.
+fn answer_of_len(len: usize) -> String {
+    let (head, tail) = (r#"{"conversationId":"c-1","chat":"available","pad":""#, r#""}"#);
+    format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+}
+
+/// `outbox.max_response_bytes` reaches every client built from the configuration: an answer of the cap is
+/// read, one byte more fails the call (unparsable) and is not read further.
+#[tokio::test]
+async fn the_configured_response_cap_applies_to_every_client() {
+    const CAP: usize = 300;
+    for (len, fits) in [(CAP, true), (CAP + 1, false), (64 * 1024, false)] {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(200).set_body_string(answer_of_len(len)))
+            .mount(&server)
+            .await;
+        let mut config = config_with(&server);
+        config.outbox.max_response_bytes = CAP;
+        let backends = Backends::from_config(&config).unwrap();
+        let outcomes: Vec<(&str, Result<(), BackendError>)> = vec![
+            (
+                "aivo_live",
+                backends
+                    .aivo
+                    .as_ref()
+                    .unwrap()
+                    .queue(&queue_request(full_attributes()))
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                "bright_pattern",
+                backends
+                    .bright_pattern
+                    .as_ref()
+                    .unwrap()
+                    .is_available()
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                "ultimate",
+                backends
+                    .widget
+                    .as_ref()
+                    .unwrap()
+                    .send("pcid-42", &WidgetUpdate::AgentDisconnect { agent: None })
+                    .await,
+            ),
+        ];
+        for (client, outcome) in outcomes {
+            if fits {
+                assert!(outcome.is_ok(), "{client}, {len} bytes: {outcome:?}");
+            } else {
+                assert!(
+                    matches!(&outcome, Err(BackendError::Invalid(m)) if m.contains("larger than 300 bytes")),
+                    "{client}, {len} bytes: {outcome:?}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

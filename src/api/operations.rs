@@ -50,8 +50,8 @@ pub async fn redrive(
     let entry = state.store.quarantine_entry(id).await?.ok_or_else(not_found)?.summary;
     if entry.body_truncated {
         return Err(ApiError::Conflict(format!(
-            "entry {id} kept only the first {} bytes of its {}-byte body: the delivery cannot be reproduced",
-            crate::quarantine::BODY_CAP,
+            "entry {id} kept only the first part of its {}-byte body (retention.quarantine_body_bytes): the \
+             delivery cannot be reproduced",
             entry.body_size
         )));
     }

@@ -571,6 +571,7 @@ mod tests {
             max_attempts: 0,
             initial_backoff_ms: 50,
             max_backoff_ms: 10,
+            ..OutboxConfig::default()
         };
         let p = RetryPolicy::from_config(&config);
         assert_eq!(p.max_attempts, 1);

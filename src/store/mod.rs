@@ -228,10 +228,22 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
 
 /// Opens the store a URL names, creating an SQLite file (and its directory) when missing.
 pub async fn open(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
+    open_keeping(url, max_connections, crate::quarantine::DEFAULT_BODY_CAP).await
+}
+
+/// Opens the store as [`open`] does, keeping at most `quarantine_body_bytes` of each body it puts in the
+/// quarantine (`retention.quarantine_body_bytes`; the writer's store is the one that writes there).
+pub async fn open_keeping(
+    url: &str,
+    max_connections: u32,
+    quarantine_body_bytes: usize,
+) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+        let store = SqliteStore::connect(url, max_connections).await?;
+        Ok(Arc::new(store.with_quarantine_body_bytes(quarantine_body_bytes)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PostgresStore::connect(url, max_connections).await?))
+        let store = PostgresStore::connect(url, max_connections).await?;
+        Ok(Arc::new(store.with_quarantine_body_bytes(quarantine_body_bytes)))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }

@@ -268,12 +268,24 @@ macro_rules! sql_store {
         #[derive(Clone)]
         pub struct $name {
             pool: sqlx::Pool<$db>,
+            /// Most bytes of a quarantined body that are kept (`retention.quarantine_body_bytes`).
+            quarantine_body_bytes: usize,
         }
 
         impl $name {
             /// Wraps an open pool (migrations are applied by [`Store::migrate`]).
             pub fn from_pool(pool: sqlx::Pool<$db>) -> Self {
-                Self { pool }
+                Self {
+                    pool,
+                    quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
+                }
+            }
+
+            /// Keeps at most `bytes` of each quarantined body from now on (with the whole body's size
+            /// and SHA-256).
+            pub fn with_quarantine_body_bytes(mut self, bytes: usize) -> Self {
+                self.quarantine_body_bytes = bytes.max(1);
+                self
             }
 
             /// The underlying pool, for tools and tests.
@@ -987,8 +999,8 @@ macro_rules! sql_store {
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
-                // At most the first 64 KiB are kept, with the whole body's size and SHA-256.
-                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body);
+                // At most the first `quarantine_body_bytes` are kept, with the whole body's size and SHA-256.
+                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body, self.quarantine_body_bytes);
                 let (id,): (i64,) = sqlx::query_as(SQL_INSERT_QUARANTINE)
                     .bind(codec::to_micros(entry.received_at))
                     .bind(&entry.path)
@@ -1300,7 +1312,7 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 }
 
@@ -1311,7 +1323,7 @@ impl PostgresStore {
             .max_connections(max_connections.max(1))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 }
 

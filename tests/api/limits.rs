@@ -252,6 +252,38 @@ async fn a_junk_flood_cannot_grow_the_quarantine_past_its_limits(backend: Backen
     assert_eq!(status, 404);
 }
 
+/// `retention.quarantine_body_bytes`: a body is kept up to the configured size (with the whole body's size
+/// and SHA-256); one of exactly that size is kept whole.
+async fn the_quarantine_keeps_the_configured_body_bytes(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.retention.quarantine_body_bytes = 1000).await;
+    let junk = vec![b'#'; 5000];
+    let (status, _) = app.post_raw("/webhooks/aivo-live", junk.clone()).await;
+    assert_eq!(status, 400);
+    let (_, list) = app.get_json("/v1/quarantine").await;
+    let item = &list["items"][0];
+    assert_eq!(
+        (item["body_size"].clone(), item["body_truncated"].clone()),
+        (json!(5000), json!(true))
+    );
+    assert_eq!(item["body_sha256"], json!(hex::encode(Sha256::digest(&junk))));
+    let id = item["id"].as_i64().unwrap();
+    let (_, entry) = app.get_json(&format!("/v1/quarantine/{id}")).await;
+    assert_eq!(entry["body"].as_str().unwrap(), "#".repeat(1000));
+    // A truncated entry cannot be redriven: the delivery is not all there.
+    let (status, answer) = app.post_json(&format!("/v1/quarantine/{id}/redrive"), &json!({})).await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (409, json!("conflict")),
+        "{answer}"
+    );
+    // Exactly the cap: kept whole.
+    let (status, _) = app.post_raw("/webhooks/aivo-live", vec![b'#'; 1000]).await;
+    assert_eq!(status, 400);
+    let (_, list) = app.get_json("/v1/quarantine").await;
+    assert_eq!(list["items"][0]["body_truncated"], json!(false));
+    assert_eq!(list["items"][0]["body_size"], json!(1000));
+}
+
 async fn quarantine_entries_older_than_retention_are_deleted(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.retention.quarantine_days = 30).await;
     let (status, _) = app.post_raw("/webhooks/aivo-live", "not json").await;
@@ -492,5 +524,6 @@ on_both_stores!(
     slow_clients_are_cut_off_while_others_are_served,
     a_stuck_commit_is_503_with_retry_after,
     a_junk_flood_cannot_grow_the_quarantine_past_its_limits,
+    the_quarantine_keeps_the_configured_body_bytes,
     quarantine_entries_older_than_retention_are_deleted,
 );
