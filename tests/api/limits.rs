@@ -344,6 +344,66 @@ async fn a_clickhouse_that_never_answers_falls_back_to_the_store(backend: Backen
     assert_eq!(res.status().as_u16(), 503);
 }
 
+/// An address nothing can connect to, without any network: a listener with a backlog of one that never
+/// accepts, its queue filled first, so the kernel drops every further SYN and a connect hangs. Keep the
+/// returned listener and connections alive for as long as the address is used.
+async fn unconnectable() -> (String, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connecting to fill the backlog: {e}"),
+            // The queue is full: connects hang from here on.
+            Err(_) => return (format!("http://{address}"), listener, queued),
+        }
+    }
+    panic!("the backlog never filled ({} connections queued)", queued.len());
+}
+
+async fn a_clickhouse_that_cannot_be_connected_to_falls_back_within_the_connect_timeout(backend: Backend) {
+    let (url, _listener, _queued) = unconnectable().await;
+    let app = spawn_app_with(backend, |c| {
+        c.clickhouse.url = url;
+        c.clickhouse.connect_timeout_ms = 300;
+        // Far longer than the test waits: only the connect timeout can end the attempt in time.
+        c.clickhouse.query_timeout_ms = 120_000;
+    })
+    .await;
+    let started = Instant::now();
+    let res = app
+        .client
+        .get(app.url("/v1/reports/sla"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let took = started.elapsed();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["source"], "store");
+    // It waited for the connect timeout (the connect hung rather than being refused), and no longer.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "fell back after {took:?}"
+    );
+    // Asked for ClickHouse explicitly: 503 as soon as the connect gives up.
+    let started = Instant::now();
+    let res = app
+        .client
+        .get(app.url("/v1/reports/dispositions?source=clickhouse"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let took = started.elapsed();
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+}
+
 async fn report_ranges_are_capped(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.server.max_report_days = 31).await;
     let (status, body) = app
@@ -518,6 +578,7 @@ on_both_stores!(
     idle_keep_alive_connections_are_closed,
     the_conversations_csv_is_streamed_in_order_across_windows,
     a_clickhouse_that_never_answers_falls_back_to_the_store,
+    a_clickhouse_that_cannot_be_connected_to_falls_back_within_the_connect_timeout,
     report_ranges_are_capped,
     list_answers_stop_at_their_byte_cap,
     killing_the_writer_makes_readyz_fail_and_the_service_exit,
