@@ -476,6 +476,62 @@ async fn list_answers_stop_at_their_byte_cap(backend: Backend) {
     assert_eq!(ids.len(), 10);
 }
 
+/// A transcript export is bounded like a list: without a `limit`, a page stops before it passes
+/// `server.max_answer_bytes`, in every format, and the cursor gives the rest.
+async fn transcript_exports_stop_at_their_byte_cap(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.max_answer_bytes = 4096).await;
+    let mut id = String::new();
+    for i in 0..10 {
+        let body = json!({
+            "botId": "b",
+            "data": {"eventType": "sendMessage", "platformConversationId": "pc-long",
+                     "messageId": format!("m-{i}"), "text": format!("{i}:{}", "x".repeat(1000))}
+        });
+        let (status, answer) = app.post_json("/webhooks/ultimate/converse", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        id = answer["conversation_id"].as_str().unwrap().to_string();
+    }
+    // JSON: pages under the cap that, followed by their cursor, give every line once, in order.
+    let (mut cursor, mut texts) = (None::<String>, Vec::new());
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/conversations/{id}/transcript?cursor={c}"),
+            None => format!("/v1/conversations/{id}/transcript"),
+        };
+        let res = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let text = res.text().await.unwrap();
+        assert!(text.len() < 4096 + 2048, "{} bytes", text.len());
+        let page: Value = serde_json::from_str(&text).unwrap();
+        let lines = page["messages"].as_array().unwrap();
+        assert!(!lines.is_empty() && lines.len() < 10, "{} lines", lines.len());
+        texts.extend(
+            lines
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().split(':').next().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(texts, expected);
+    // Text and CSV: cut the same way, the cursor in `x-next-cursor`.
+    for format in ["text", "csv", "jsonl"] {
+        let res = app
+            .client
+            .get(app.url(&format!("/v1/conversations/{id}/transcript?format={format}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.headers().get("x-next-cursor").is_some(), "{format}");
+        let body = res.text().await.unwrap();
+        assert!(body.len() < 4096 + 2048, "{format}: {} bytes", body.len());
+        assert!(body.contains("0:xxx") && !body.contains("9:xxx"), "{format}");
+    }
+}
+
 async fn the_conversations_csv_is_streamed_in_order_across_windows(backend: Backend) {
     let app = spawn_app(backend).await;
     // Rooms attended at 10:05, 12:30 and 15:59 on 2024-01-26 (UTC), posted out of order.
@@ -581,6 +637,7 @@ on_both_stores!(
     a_clickhouse_that_cannot_be_connected_to_falls_back_within_the_connect_timeout,
     report_ranges_are_capped,
     list_answers_stop_at_their_byte_cap,
+    transcript_exports_stop_at_their_byte_cap,
     killing_the_writer_makes_readyz_fail_and_the_service_exit,
     slow_clients_are_cut_off_while_others_are_served,
     a_stuck_commit_is_503_with_retry_after,
