@@ -127,6 +127,64 @@ async fn postgres_readers_have_a_statement_timeout() {
     sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
 }
 
+/// Readers cannot starve the writer: with every reader connection stuck (the readers' pool of one, held
+/// by a request waiting on a lock), a delivery is still committed through the writer's own pool.
+#[tokio::test]
+async fn stuck_readers_do_not_starve_the_writer() {
+    let app = spawn_app_with(Backend::Postgres, |c| c.store.max_connections = 1).await;
+    let url = app.state.config.store.url.clone();
+    // Every API request reads the keys first: with their table locked, a request holds the only
+    // reader connection until the lock goes.
+    let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let stuck = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/v1/conversations"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stuck.is_finished(), "the reader was not held");
+    let started = Instant::now();
+    let delivery = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/webhooks/aivo-live"));
+        async move {
+            let res = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(fixture("aivo_attended.json"))
+                .send()
+                .await
+                .expect("an answer");
+            (res.status().as_u16(), res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    });
+    // Committed while the readers are stuck (seen from a connection of neither pool).
+    let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+    loop {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nothing committed after {:?} while the readers were stuck",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let (status, answer) = delivery.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["seq"].is_i64(), "{answer}");
+    assert_eq!(stuck.await.unwrap().unwrap(), 200);
+}
+
 async fn connections_past_the_cap_wait_for_a_free_slot(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
         c.server.workers = 1;
