@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::model::Backend;
+
 /// A credential: its `Debug` and `Display` print `***`, so it cannot reach a log line by accident.
 /// Read it with [`Secret::expose`] where it is sent.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,8 +451,8 @@ impl Default for ClickHouseConfig {
 /// One route: which live backend and queue a team goes to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
-    /// `aivo_live` or `bright_pattern`.
-    pub backend: String,
+    /// `aivo_live` or `bright_pattern`; any other name is refused when the configuration loads.
+    pub backend: Backend,
     /// Aivo group ids.
     #[serde(default)]
     pub groups: Vec<i64>,

@@ -9,7 +9,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use crate::config::{Config, OpeningHours, Route};
-use crate::model::Platform;
+use crate::model::Backend;
 use crate::outbound::clients::schedule;
 use crate::redact::{self, MASK};
 
@@ -69,47 +69,83 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         problems: vec![Problem::new("--config", e.to_string())],
     })?;
     let mut problems = Vec::new();
-    // Keys no field reads: deserialize the merged tree once more, noting what serde skips.
-    if let Ok(tree) = figment.extract::<figment::value::Value>() {
-        let mut unknown = BTreeSet::new();
-        let _ = serde_ignored::deserialize(&tree, |path| {
-            unknown.insert(path.to_string());
-        }) as Result<Config, _>;
-        for key in unknown {
-            let source = figment
-                .find_metadata(&key)
-                .map(|m| format!(" (set in {})", m.name))
-                .unwrap_or_default();
-            problems.push(Problem::new(key, format!("unknown key{source}")));
-        }
+    // Keys no field reads: deserialize the merged tree once more, noting what serde skips (again after
+    // an unreadable value was put back, since serde stops at the first).
+    let mut unknown = BTreeSet::new();
+    let original = figment.extract::<figment::value::Value>().ok();
+    if let Some(tree) = &original {
+        note_unknown_keys(tree, &mut unknown);
     }
-    let config = match figment.extract::<Config>() {
-        Ok(config) => Some(config),
+    let mut config = None;
+    let mut refused: Vec<String> = Vec::new();
+    match figment.extract::<Config>() {
+        Ok(c) => config = Some(c),
         Err(errors) => {
-            for e in errors {
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| format!(" (set in {})", m.name))
-                    .unwrap_or_default();
-                let key = if e.path.is_empty() {
-                    "(root)".to_string()
-                } else {
-                    e.path.join(".")
+            // A value that does not read (an unknown backend, a word for a number) is named by its key, and
+            // the rest is still checked: the value is put back to its default (or its table dropped when it
+            // has none) and the tree read again, so one `config check` names every problem.
+            let mut tree = original.clone();
+            let defaults = figment::value::Value::serialize(Config::default()).ok();
+            let mut errors = Some(errors);
+            for _ in 0..MAX_UNREADABLE {
+                let Some(errs) = errors.take() else { break };
+                let mut first = None;
+                for e in errs {
+                    let key = if e.path.is_empty() {
+                        "(root)".to_string()
+                    } else {
+                        e.path.join(".")
+                    };
+                    let already = refused
+                        .iter()
+                        .any(|r| key.starts_with(r.as_str()) || r.starts_with(key.as_str()));
+                    // Unknown keys are reported above with their full path.
+                    if !matches!(e.kind, figment::error::Kind::UnknownField(..)) && !already {
+                        let source = e
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.name.to_string())
+                            .or_else(|| figment.find_metadata(&key).map(|m| m.name.to_string()))
+                            .map(|name| format!(" (set in {name})"))
+                            .unwrap_or_default();
+                        problems.push(Problem::new(key.clone(), format!("{}{source}", e.kind)));
+                        refused.push(key);
+                    }
+                    if first.is_none() {
+                        first = Some(e.path.clone());
+                    }
+                }
+                let (Some(tree), Some(path)) = (tree.as_mut(), first) else {
+                    break;
                 };
-                // Unknown keys are reported above with their full path.
-                if !matches!(e.kind, figment::error::Kind::UnknownField(..)) {
-                    problems.push(Problem::new(key, format!("{}{source}", e.kind)));
+                if path.is_empty() || !reset(tree, defaults.as_ref(), &path) {
+                    break;
+                }
+                note_unknown_keys(tree, &mut unknown);
+                match tree.deserialize::<Config>() {
+                    Ok(c) => config = Some(c),
+                    Err(e) => errors = Some(e),
                 }
             }
-            None
         }
-    };
+    }
+    for key in unknown {
+        let source = figment
+            .find_metadata(&key)
+            .map(|m| format!(" (set in {})", m.name))
+            .unwrap_or_default();
+        problems.push(Problem::new(key, format!("unknown key{source}")));
+    }
     if let Some(config) = &config {
-        problems.extend(check(config));
+        // A value put back to its default is not checked again under its own key.
+        problems.extend(
+            check(config)
+                .into_iter()
+                .filter(|p| !refused.iter().any(|r| p.key.starts_with(r.as_str()))),
+        );
     }
     match config {
-        Some(config) if problems.is_empty() => Ok(config),
+        Some(config) if problems.is_empty() && refused.is_empty() => Ok(config),
         _ => {
             problems.sort_by(|a, b| a.key.cmp(&b.key));
             Err(ConfigError { problems })
@@ -117,10 +153,43 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-fn is_backend(name: &str) -> bool {
-    [Platform::AivoLive, Platform::BrightPattern]
-        .iter()
-        .any(|p| p.as_str() == name)
+/// Adds the keys of `tree` that no field of [`Config`] reads.
+fn note_unknown_keys(tree: &figment::value::Value, unknown: &mut BTreeSet<String>) {
+    let _ = serde_ignored::deserialize(tree, |path| {
+        unknown.insert(path.to_string());
+    }) as Result<Config, _>;
+}
+
+/// Most unreadable values one check names before it gives up reading the rest.
+const MAX_UNREADABLE: usize = 64;
+
+/// Puts the value at `path` back to its default, or removes it (and so its table) when it has none.
+/// False when nothing could be changed.
+fn reset(tree: &mut figment::value::Value, defaults: Option<&figment::value::Value>, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let default = defaults.and_then(|d| d.find_ref(&path.join("."))).cloned();
+    let mut node = tree;
+    for key in parents {
+        match node {
+            figment::value::Value::Dict(_, dict) => match dict.get_mut(key) {
+                Some(child) => node = child,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    let figment::value::Value::Dict(_, dict) = node else {
+        return false;
+    };
+    match default {
+        Some(value) => {
+            dict.insert(last.clone(), value);
+            true
+        }
+        None => dict.remove(last).is_some(),
+    }
 }
 
 fn check_url(problems: &mut Vec<Problem>, key: &str, value: &str, required: bool) {
@@ -173,29 +242,25 @@ fn check_hours(problems: &mut Vec<Problem>, key: &str, hours: &OpeningHours) {
 }
 
 fn check_route(problems: &mut Vec<Problem>, key: &str, route: &Route, config: &Config) {
-    let backend = route.backend.trim();
-    if !is_backend(backend) {
-        problems.push(Problem::new(
-            format!("{key}.backend"),
-            format!(
-                "unknown backend `{backend}` (expected {} or {})",
-                Platform::AivoLive,
-                Platform::BrightPattern
-            ),
-        ));
-    } else if backend == Platform::AivoLive.as_str() {
-        if config.aivo_live.bot_token.is_empty() || config.aivo_live.base_url.trim().is_empty() {
-            problems.push(Problem::new(
-                format!("{key}.backend"),
-                "routes to aivo_live, which has no credentials: set aivo_live.base_url and aivo_live.bot_token",
-            ));
+    // An unknown backend name is refused when the configuration is read (see `load`).
+    match route.backend {
+        Backend::AivoLive => {
+            if config.aivo_live.bot_token.is_empty() || config.aivo_live.base_url.trim().is_empty() {
+                problems.push(Problem::new(
+                    format!("{key}.backend"),
+                    "routes to aivo_live, which has no credentials: set aivo_live.base_url and aivo_live.bot_token",
+                ));
+            }
         }
-    } else if config.bright_pattern.base_url.trim().is_empty() {
-        problems.push(Problem::new(
-            format!("{key}.backend"),
-            "routes to bright_pattern, which has no credentials: set bright_pattern.base_url (and tenant_url, \
-             app_id, client_id)",
-        ));
+        Backend::BrightPattern => {
+            if config.bright_pattern.base_url.trim().is_empty() {
+                problems.push(Problem::new(
+                    format!("{key}.backend"),
+                    "routes to bright_pattern, which has no credentials: set bright_pattern.base_url (and \
+                     tenant_url, app_id, client_id)",
+                ));
+            }
+        }
     }
     if let Some(hours) = &route.hours {
         check_hours(problems, &format!("{key}.hours"), hours);
@@ -566,17 +631,9 @@ mod tests {
         c.outbox.max_backoff_ms = 100;
         c.log.level = "info,sqlx=loud".into();
         c.routing.teams.insert(
-            "sales".into(),
-            Route {
-                backend: "aivo".into(),
-                groups: vec![1],
-                hours: None,
-            },
-        );
-        c.routing.teams.insert(
             "support".into(),
             Route {
-                backend: "bright_pattern".into(),
+                backend: Backend::BrightPattern,
                 groups: vec![],
                 hours: Some(OpeningHours {
                     timezone: "Mars/Olympus".into(),
@@ -592,7 +649,6 @@ mod tests {
                 "store.url",
                 "sla.answer_seconds",
                 "sla.queues.\"2179\"",
-                "routing.teams.sales.backend",
                 "routing.teams.support.backend",
                 "routing.teams.support.hours",
                 "outbox.initial_backoff_ms",
@@ -602,9 +658,45 @@ mod tests {
         let text: Vec<String> = problems.iter().map(Problem::to_string).collect();
         assert!(text[1].contains("mysql://u:***@h/db"), "{}", text[1]);
         assert!(!text.join("\n").contains("hunter22"));
-        assert!(text[4].contains("unknown backend `aivo`"), "{}", text[4]);
-        assert!(text[5].contains("no credentials"), "{}", text[5]);
-        assert!(text[6].contains("Mars/Olympus"), "{}", text[6]);
+        assert!(text[4].contains("no credentials"), "{}", text[4]);
+        assert!(text[5].contains("Mars/Olympus"), "{}", text[5]);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn an_unknown_backend_is_refused_at_load_by_its_key_and_the_rest_is_still_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "ledger.toml",
+                r#"
+                [sla]
+                answer_seconds = 0
+                [routing.teams.sales]
+                backend = "aivo"
+                [routing.teams.support]
+                backend = "bright_pattern"
+                "#,
+            )?;
+            jail.set_env("LEDGER__SERVER__MAX_BATCH", "many");
+            let err = load(Some(Path::new("ledger.toml"))).expect_err("an unknown backend is refused");
+            assert_eq!(
+                keys(&err.problems),
+                vec![
+                    "routing.teams.sales.backend",
+                    "routing.teams.support.backend",
+                    "server.max_batch",
+                    "sla.answer_seconds",
+                ]
+            );
+            let text: Vec<String> = err.problems.iter().map(Problem::to_string).collect();
+            assert!(text[0].contains("unknown backend `aivo`"), "{}", text[0]);
+            assert!(text[0].contains("expected aivo_live or bright_pattern"), "{}", text[0]);
+            assert!(text[1].contains("no credentials"), "{}", text[1]);
+            // `Config::load`, which `serve` and the tests use, refuses the name too, naming the key.
+            let loaded = Config::load(Some(Path::new("ledger.toml"))).expect_err("refused");
+            assert!(loaded.to_string().contains("routing.teams.sales.backend"), "{loaded}");
+            Ok(())
+        });
     }
 
     #[test]
@@ -700,7 +792,7 @@ mod tests {
         let mut c = Config::default();
         c.aivo_live.bot_token = "t0ken-value".into();
         c.routing.default = Some(Route {
-            backend: "aivo_live".into(),
+            backend: Backend::AivoLive,
             groups: vec![2179],
             hours: Some(OpeningHours {
                 timezone: "Europe/Madrid".into(),

@@ -73,6 +73,64 @@ impl FromStr for Platform {
     }
 }
 
+/// A live chat platform the ledger hands conversations to: the `backend` of a route, of a queue command
+/// and of the live chat a command goes to. Validated when the configuration loads; the names are the
+/// platforms' own (`aivo_live`, `bright_pattern`), so the stored commands and the config keep their words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Aivo Live.
+    AivoLive,
+    /// Bright Pattern.
+    BrightPattern,
+}
+
+impl Backend {
+    /// Every backend, in a stable order.
+    pub const ALL: [Backend; 2] = [Backend::AivoLive, Backend::BrightPattern];
+
+    /// The snake_case name, as in the config and the log.
+    pub fn as_str(self) -> &'static str {
+        self.platform().as_str()
+    }
+
+    /// The platform whose live chats it holds.
+    pub fn platform(self) -> Platform {
+        match self {
+            Backend::AivoLive => Platform::AivoLive,
+            Backend::BrightPattern => Platform::BrightPattern,
+        }
+    }
+
+    /// The backend of a live platform's chats; None for the bot, VCC and the ledger's own platforms.
+    pub fn of_platform(platform: Platform) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.platform() == platform)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown backend `{s}` (expected aivo_live or bright_pattern)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `(platform, external_id)`: the fact from a payload that files an event under a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub struct StreamKey {

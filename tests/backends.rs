@@ -842,7 +842,7 @@ async fn widget_failures_are_classified() {
 
 fn route(backend: &str, hours: Option<OpeningHours>) -> Route {
     Route {
-        backend: backend.into(),
+        backend: backend.parse().expect("a backend name"),
         groups: vec![2179],
         hours,
     }
@@ -888,7 +888,8 @@ async fn backends_are_built_only_for_configured_base_urls_and_credentials() {
         Some("aivo_live")
     );
     assert!(backends.for_route(&route("bright_pattern", None)).is_none());
-    assert!(backends.for_route(&route("vcc", None)).is_none());
+    // A name that is no live backend cannot make a route: the configuration refuses it when it loads.
+    assert!("vcc".parse::<handoff_ledger::model::Backend>().is_err());
 
     let server = MockServer::start().await;
     let all = Backends::from_config(&config_with(&server)).unwrap();
@@ -938,7 +939,7 @@ async fn team_online_follows_opening_hours_and_the_default_route() {
         default: Some(route("aivo_live", Some(weekdays_9_to_17()))),
         teams: BTreeMap::from([
             ("night".to_string(), route("aivo_live", None)),
-            ("nowhere".to_string(), route("vcc", None)),
+            ("nowhere".to_string(), route("bright_pattern", None)),
             (
                 "broken".to_string(),
                 route(
@@ -960,7 +961,16 @@ async fn team_online_follows_opening_hours_and_the_default_route() {
     assert!(!backends.team_online(&routing, None, monday_evening).await);
     assert!(!backends.team_online(&routing, None, saturday).await);
     assert!(backends.team_online(&routing, Some("night"), saturday).await);
-    assert!(!backends.team_online(&routing, Some("nowhere"), monday_noon).await);
+    // A route to a backend this instance has no client for is offline.
+    let without_bright_pattern = Backends {
+        bright_pattern: None,
+        ..backends.clone()
+    };
+    assert!(
+        !without_bright_pattern
+            .team_online(&routing, Some("nowhere"), monday_noon)
+            .await
+    );
     assert!(!backends.team_online(&routing, Some("broken"), monday_noon).await);
     // Aivo has no availability call: none of this touched the network.
     assert!(server.received_requests().await.unwrap().is_empty());

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use common::{free_port, start_service, wait_ready, PgDatabase};
 use handoff_ledger::api::AppState;
 use handoff_ledger::config::{Config, Route};
+use handoff_ledger::model::Backend;
 use handoff_ledger::outbound::clients::aivo_live::user_hash;
 use handoff_ledger::outbound::{Command, LiveTarget};
 use handoff_ledger::sources::ledger;
@@ -62,14 +63,14 @@ fn config_for(mock: &MockServer) -> Config {
     c.outbox.max_backoff_ms = 200;
     c.outbox.max_attempts = 4;
     c.routing.default = Some(Route {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         groups: vec![2179],
         hours: None,
     });
     c.routing.teams.insert(
         "support".into(),
         Route {
-            backend: "bright_pattern".into(),
+            backend: Backend::BrightPattern,
             groups: Vec::new(),
             hours: None,
         },
@@ -670,7 +671,7 @@ async fn widget_escalate_is_acknowledged_at_once_and_queued_in_the_background() 
         c.routing.teams.insert(
             "sales".into(),
             Route {
-                backend: "aivo_live".into(),
+                backend: Backend::AivoLive,
                 groups: vec![2179],
                 hours: None,
             },
@@ -1065,12 +1066,12 @@ async fn commands_recorded_before_a_crash_are_sent_after_the_restart() {
     let message = Command::VisitorMessage {
         text: "are you there?".into(),
         target: Some(LiveTarget {
-            backend: "aivo_live".into(),
+            backend: Backend::AivoLive,
             live_id: room.clone(),
         }),
     };
     let escalation = Command::Queue {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         team: None,
         groups: vec![2179],
         visitor_id: "pc-x".into(),

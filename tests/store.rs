@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use handoff_ledger::config::SlaConfig;
 use handoff_ledger::model::{
-    event_id_for, AppendOutcome, Conversation, HandoffState, Message, NewEvent, NewQuarantine, Party, Platform,
-    StreamKey,
+    event_id_for, AppendOutcome, Conversation, Disposition, HandoffState, Message, NewEvent, NewQuarantine, Party,
+    Platform, SlaStatus, StreamKey,
 };
 use handoff_ledger::sources::ledger::{self, QueueAccepted};
 use handoff_ledger::store::{self, ConversationFilter, SqliteStore, Store};
@@ -806,27 +806,27 @@ async fn list_filters_and_cursor_pagination(store: Arc<dyn Store>) {
         f(&mut filter);
         filter
     };
-    assert_eq!(list(by(|f| f.platform = Some("vcc".into()))).await, vec![ce]);
+    assert_eq!(list(by(|f| f.platform = Some(Platform::Vcc))).await, vec![ce]);
     assert_eq!(
-        list(by(|f| f.platform = Some("aivo_live".into()))).await,
+        list(by(|f| f.platform = Some(Platform::AivoLive))).await,
         vec![first_tie, second_tie]
     );
     assert_eq!(list(by(|f| f.external_id = Some("room-c".into()))).await, vec![cc]);
     // platform and external_id name one stream together.
     assert_eq!(
         list(by(|f| {
-            f.platform = Some("ultimate".into());
+            f.platform = Some(Platform::Ultimate);
             f.external_id = Some("room-c".into());
         }))
         .await,
         Vec::<Uuid>::new()
     );
     assert_eq!(
-        list(by(|f| f.state = Some("escalation_requested".into()))).await,
+        list(by(|f| f.state = Some(HandoffState::EscalationRequested))).await,
         vec![cb]
     );
     assert_eq!(
-        list(by(|f| f.state = Some("attended".into()))).await,
+        list(by(|f| f.state = Some(HandoffState::Attended))).await,
         vec![first_tie, second_tie]
     );
     assert_eq!(list(by(|f| f.queue = Some("2179".into()))).await, vec![cc]);
@@ -834,11 +834,11 @@ async fn list_filters_and_cursor_pagination(store: Arc<dyn Store>) {
     assert_eq!(list(by(|f| f.agent = Some("ana".into()))).await, vec![cd]);
     assert_eq!(list(by(|f| f.agent = Some("An%".into()))).await, Vec::<Uuid>::new());
     assert_eq!(
-        list(by(|f| f.disposition = Some("completed".into()))).await,
+        list(by(|f| f.disposition = Some(Disposition::Completed))).await,
         Vec::<Uuid>::new()
     );
     assert_eq!(
-        list(by(|f| f.sla_status = Some("not_applicable".into()))).await.len(),
+        list(by(|f| f.sla_status = Some(SlaStatus::NotApplicable))).await.len(),
         3
     );
     assert_eq!(

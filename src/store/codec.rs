@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
-use crate::model::{Conversation, Message, NewEvent, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
+use crate::model::{
+    Conversation, Disposition, HandoffState, Message, NewEvent, Platform, QuarantineEntry, Redrive, SlaStatus,
+    StoredEvent, StreamKey,
+};
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
 /// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id, hash)`.
@@ -557,14 +560,14 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
         (platform, Some(external_id)) => {
             sql.push_str(" AND c.id IN (SELECT s.conversation_id FROM streams s WHERE");
             if let Some(platform) = platform {
-                let p = bind(&mut binds, Bind::Text(platform.clone()));
+                let p = bind(&mut binds, Bind::Text(platform.as_str().to_string()));
                 sql.push_str(&format!(" s.platform = {p} AND"));
             }
             let p = bind(&mut binds, Bind::Text(external_id.clone()));
             sql.push_str(&format!(" s.external_id = {p})"));
         }
         (Some(platform), None) => {
-            let p = bind(&mut binds, Bind::Text(platform.clone()));
+            let p = bind(&mut binds, Bind::Text(platform.as_str().to_string()));
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM streams s WHERE s.conversation_id = c.id AND s.platform = {p})"
             ));
@@ -572,27 +575,27 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
         (None, None) => {}
     }
     // `pending` and `breached` are read as of now: a handoff waiting past its target reads `breached`.
-    match (filter.sla_status.as_deref(), filter.now) {
-        (Some("pending"), Some(now)) => {
+    match (filter.sla_status, filter.now) {
+        (Some(SlaStatus::Pending), Some(now)) => {
             let p = bind(&mut binds, Bind::Int(to_micros(now)));
             sql.push_str(&format!(
                 " AND c.sla_status = 'pending' AND (c.sla_deadline IS NULL OR c.sla_deadline > {p})"
             ));
         }
-        (Some("breached"), Some(now)) => breached_by = Some(bind(&mut binds, Bind::Int(to_micros(now)))),
+        (Some(SlaStatus::Breached), Some(now)) => breached_by = Some(bind(&mut binds, Bind::Int(to_micros(now)))),
         (Some(status), _) => {
-            let p = bind(&mut binds, Bind::Text(status.to_string()));
+            let p = bind(&mut binds, Bind::Text(status.as_str().to_string()));
             sql.push_str(&format!(" AND c.sla_status = {p}"));
         }
         (None, _) => {}
     }
     for (column, value) in [
-        ("state", &filter.state),
-        ("disposition", &filter.disposition),
-        ("queue", &filter.queue),
+        ("state", filter.state.map(HandoffState::as_str)),
+        ("disposition", filter.disposition.map(Disposition::as_str)),
+        ("queue", filter.queue.as_deref()),
     ] {
         if let Some(value) = value {
-            let p = bind(&mut binds, Bind::Text(value.clone()));
+            let p = bind(&mut binds, Bind::Text(value.to_string()));
             sql.push_str(&format!(" AND c.{column} = {p}"));
         }
     }
@@ -822,9 +825,9 @@ mod tests {
     #[test]
     fn list_query_numbers_its_placeholders_in_bind_order() {
         let filter = ConversationFilter {
-            platform: Some("aivo_live".into()),
+            platform: Some(Platform::AivoLive),
             external_id: Some("room".into()),
-            state: Some("closed".into()),
+            state: Some(HandoffState::Closed),
             since: Some(from_micros(10).unwrap()),
             limit: 2,
             after: Some((50, Uuid::from_u128(9))),

@@ -22,7 +22,8 @@ use crate::chain::{ChainHead, ChainRow};
 use crate::config::SlaConfig;
 use crate::erasure::{ErasureCertificate, ErasureTarget};
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent,
+    AppendOutcome, Conversation, Disposition, HandoffState, Message, NewEvent, NewQuarantine, Platform,
+    QuarantineEntry, Redrive, SlaStatus, StoredEvent,
 };
 
 pub use keys::KeyStore;
@@ -53,15 +54,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConversationFilter {
     /// Conversations with a stream of this platform.
-    pub platform: Option<String>,
+    pub platform: Option<Platform>,
     /// Conversations with a stream of this external id.
     pub external_id: Option<String>,
     /// Handoff state.
-    pub state: Option<String>,
+    pub state: Option<HandoffState>,
     /// Disposition.
-    pub disposition: Option<String>,
+    pub disposition: Option<Disposition>,
     /// SLA status; `pending` / `breached` are judged as of `now` when it is given.
-    pub sla_status: Option<String>,
+    pub sla_status: Option<SlaStatus>,
     /// The time `pending` / `breached` are judged at (a handoff waiting past its target reads `breached`).
     pub now: Option<DateTime<Utc>>,
     /// Queue of the latest handoff.

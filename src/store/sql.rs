@@ -1332,6 +1332,7 @@ mod tests {
     use chrono::{DateTime, Utc};
 
     use super::*;
+    use crate::model::{Disposition, HandoffState, Platform, SlaStatus};
 
     /// SQLite's plan of a list query: every table is reached through an index (a full scan of the
     /// conversations would grow with the table); only the page-sized subqueries of `breached` are scanned.
@@ -1349,7 +1350,7 @@ mod tests {
         let filters = [
             ConversationFilter { ..base.clone() },
             ConversationFilter {
-                platform: text("aivo_live"),
+                platform: Some(Platform::AivoLive),
                 ..base.clone()
             },
             ConversationFilter {
@@ -1357,28 +1358,28 @@ mod tests {
                 ..base.clone()
             },
             ConversationFilter {
-                platform: text("aivo_live"),
+                platform: Some(Platform::AivoLive),
                 external_id: text("room-1"),
                 ..base.clone()
             },
             ConversationFilter {
-                state: text("closed"),
+                state: Some(HandoffState::Closed),
                 ..base.clone()
             },
             ConversationFilter {
-                disposition: text("abandoned"),
+                disposition: Some(Disposition::Abandoned),
                 ..base.clone()
             },
             ConversationFilter {
-                sla_status: text("met"),
+                sla_status: Some(SlaStatus::Met),
                 ..base.clone()
             },
             ConversationFilter {
-                sla_status: text("pending"),
+                sla_status: Some(SlaStatus::Pending),
                 ..base.clone()
             },
             ConversationFilter {
-                sla_status: text("breached"),
+                sla_status: Some(SlaStatus::Breached),
                 ..base.clone()
             },
             ConversationFilter {

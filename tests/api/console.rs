@@ -46,7 +46,7 @@ async fn support_day() -> SupportDay {
         c.ultimate.api_key = "key".into();
         c.sla.queues.insert("2179".into(), 30);
         c.routing.default = Some(handoff_ledger::config::Route {
-            backend: "aivo_live".into(),
+            backend: handoff_ledger::model::Backend::AivoLive,
             groups: vec![2179],
             hours: None,
         });

@@ -38,7 +38,7 @@ async fn full_handoff_across_platforms(backend: Backend) {
         c.routing.teams.insert(
             "sales".into(),
             handoff_ledger::config::Route {
-                backend: "aivo_live".into(),
+                backend: handoff_ledger::model::Backend::AivoLive,
                 groups: vec![2179],
                 hours: None,
             },

@@ -29,7 +29,7 @@ async fn every_documented_event_is_stored_with_its_kind(backend: Backend) {
         // Aivo Live has no availability call: a configured route within its hours is online.
         c.aivo_live.bot_token = "token".into();
         c.routing.default = Some(handoff_ledger::config::Route {
-            backend: "aivo_live".into(),
+            backend: handoff_ledger::model::Backend::AivoLive,
             groups: vec![2179],
             hours: None,
         })

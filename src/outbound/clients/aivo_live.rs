@@ -12,6 +12,7 @@ use super::{
     QueueResult, VisitorContact,
 };
 use crate::config::AivoLiveConfig;
+use crate::model::Backend;
 
 /// Aivo requires this exact value for external queueing.
 const PROTOCOL_ID: i64 = 28;
@@ -105,7 +106,7 @@ impl AivoLiveClient {
 #[async_trait]
 impl LiveBackend for AivoLiveClient {
     fn name(&self) -> &'static str {
-        "aivo_live"
+        Backend::AivoLive.as_str()
     }
 
     async fn queue(&self, req: &QueueRequest) -> Result<QueueResult, BackendError> {

@@ -13,6 +13,7 @@ use super::{
     QueueRequest, QueueResult, VisitorContact,
 };
 use crate::config::BrightPatternConfig;
+use crate::model::Backend;
 
 /// Error code: chat session not found.
 pub const ERROR_CHAT_NOT_FOUND: i64 = 5005;
@@ -233,7 +234,7 @@ impl BrightPatternClient {
 #[async_trait]
 impl LiveBackend for BrightPatternClient {
     fn name(&self) -> &'static str {
-        "bright_pattern"
+        Backend::BrightPattern.as_str()
     }
 
     async fn queue(&self, req: &QueueRequest) -> Result<QueueResult, BackendError> {

@@ -17,6 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::{Config, Route, RoutingConfig};
+use crate::model::Backend;
 
 pub use aivo_live::AivoLiveClient;
 pub use bright_pattern::{BrightPatternClient, PollOutcome};
@@ -319,10 +320,14 @@ impl Backends {
 
     /// The backend a route names, when it is configured.
     pub fn for_route(&self, route: &Route) -> Option<Arc<dyn LiveBackend>> {
-        match route.backend.as_str() {
-            "aivo_live" => self.aivo.clone(),
-            "bright_pattern" => self.bright_pattern.clone(),
-            _ => None,
+        self.live(route.backend)
+    }
+
+    /// The client of a live backend, when it is configured.
+    pub fn live(&self, backend: Backend) -> Option<Arc<dyn LiveBackend>> {
+        match backend {
+            Backend::AivoLive => self.aivo.clone(),
+            Backend::BrightPattern => self.bright_pattern.clone(),
         }
     }
 
