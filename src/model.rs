@@ -176,8 +176,11 @@ pub struct NewEvent {
     pub stream: StreamKey,
     /// `<platform>.<event name in snake_case>`.
     pub kind: String,
-    /// When the platform says it happened (received time when it says nothing).
+    /// When it happened: the earlier of the platform's own time and `received_at` (an event cannot have
+    /// happened after we received it); `received_at` when the platform gives no time.
     pub occurred_at: DateTime<Utc>,
+    /// The platform's own time for it, as sent (None when it sends none).
+    pub platform_at: Option<DateTime<Utc>>,
     /// When this service received it.
     pub received_at: DateTime<Utc>,
     /// The body (or, for a body carrying several events, this event's own JSON text) exactly as received.
@@ -201,8 +204,12 @@ pub struct StoredEvent {
     pub external_id: String,
     /// `<platform>.<event name in snake_case>`, e.g. `aivo_live.message_to_client`.
     pub kind: String,
-    /// When it happened according to the platform.
+    /// When it happened: the earlier of `platform_at` and `received_at` (vendor clocks drift; an event
+    /// cannot have happened after we received it).
     pub occurred_at: DateTime<Utc>,
+    /// The platform's own time for it, as sent; null when the platform sends none.
+    #[serde(default)]
+    pub platform_at: Option<DateTime<Utc>>,
     /// When it was received.
     pub received_at: DateTime<Utc>,
     /// The conversation the stream belongs to now (null for events filed under no conversation).

@@ -282,6 +282,7 @@ mod tests {
             },
             kind: "aivo_live.attended".into(),
             occurred_at: chrono::Utc::now(),
+            platform_at: None,
             received_at: chrono::Utc::now(),
             payload: r#"{"name":"attended","roomId":"room-1"}"#.into(),
             headers: [("user-agent".to_string(), "aivo".to_string())].into(),

@@ -1311,14 +1311,6 @@ default = {{ backend = "aivo_live", groups = [2179] }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_resumes_after_a_restart_for_chats_still_open() {
     let mock = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/bp/chats/chat-9/events"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"events": [
-            {"event": "chat_session_message", "party_id": "p-2", "msg_id": "m-9", "msg": "Still there?", "timestamp": "1706293990000"},
-            {"event": "chat_session_ended"}
-        ]})))
-        .mount(&mock)
-        .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let mut config = config_for(&mock);
@@ -1350,6 +1342,17 @@ async fn polling_resumes_after_a_restart_for_chats_still_open() {
     let id = outcomes[1].conversation_id.unwrap().to_string();
     drop(first);
     assert!(mock.received_requests().await.unwrap().is_empty());
+    // What the agent wrote while we were down: after the queue call (its `chat_session_ended`, which carries
+    // no time of its own, goes with it).
+    let written = Utc::now().timestamp_millis().to_string();
+    Mock::given(method("GET"))
+        .and(path("/bp/chats/chat-9/events"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"events": [
+            {"event": "chat_session_message", "party_id": "p-2", "msg_id": "m-9", "msg": "Still there?", "timestamp": written},
+            {"event": "chat_session_ended"}
+        ]})))
+        .mount(&mock)
+        .await;
 
     let app = spawn_on(url, dir, None, &mock, |_| {}).await;
     wait_until("the chat polled and closed", || async {

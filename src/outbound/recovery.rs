@@ -205,6 +205,7 @@ mod tests {
             external_id: conversation.to_string(),
             kind: kind.to_string(),
             occurred_at: Utc::now(),
+            platform_at: None,
             received_at: Utc::now(),
             conversation_id: Some(conversation),
             headers: BTreeMap::new(),

@@ -384,6 +384,7 @@ fn stored(seq: i64, kind: &str, payload: Value) -> StoredEvent {
         external_id: "c".into(),
         kind: kind.into(),
         occurred_at: Utc::now(),
+        platform_at: None,
         received_at: Utc::now(),
         conversation_id: None,
         headers: BTreeMap::new(),

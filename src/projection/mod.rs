@@ -73,6 +73,7 @@
 //! answer-time promise was broken; service level still counts them); then the platform's SLA value,
 //! when known, overrides.
 
+pub mod clock;
 mod fold;
 pub mod metrics;
 #[cfg(test)]
@@ -87,6 +88,7 @@ use crate::config::SlaConfig;
 use crate::model::{Conversation, Message, Platform, StoredEvent, StreamKey};
 use crate::sources::{self, Fact, KeptEvent};
 
+pub use clock::Clocks;
 pub use fold::{echo_of, fold, FoldState, Refold};
 
 /// The projected conversation and its transcript.
@@ -222,9 +224,11 @@ fn facts_of_events(events: &[StoredEvent]) -> Vec<Input> {
         .collect()
 }
 
-/// Folds `events` (any order: they are sorted by `occurred_at`, then `seq`) into a conversation
-/// with id `id` made of `streams`. Returns None when there are no events.
+/// Folds `events` (any order: their facts are sorted by causal time, then `seq`; see [`clock`]) into a
+/// conversation with id `id` made of `streams`. Returns None when there are no events.
 pub fn project(id: Uuid, streams: &[StreamKey], events: &[StoredEvent], sla: &SlaConfig) -> Option<Projection> {
     let extent = LogExtent::of_events(events)?;
-    fold(id, streams, Some(extent), inputs_of(events), sla)
+    let (state, messages) = FoldState::build_events(extent, events);
+    let conversation = state.conversation(id, streams, sla)?;
+    Some(Projection { conversation, messages })
 }

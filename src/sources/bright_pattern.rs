@@ -301,7 +301,7 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
             chat_id,
             ev.event.kind(),
             Some(&key),
-            ev.at.unwrap_or(d.received_at),
+            ev.at,
             text,
             d,
         ));
@@ -467,8 +467,9 @@ mod tests {
 
     const CHAT: &str = "9F3A1C2B";
 
+    /// After every time the bodies below carry (a platform time after it would be clamped to it).
     fn received() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
+        Utc.with_ymd_and_hms(2024, 3, 1, 13, 0, 0).unwrap()
     }
 
     fn delivery(path_id: Option<&str>) -> Delivery<'_> {

@@ -14,7 +14,8 @@ use crate::model::{
 };
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
-/// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id, hash)`.
+/// `(seq, event_id, platform, external_id, kind, occurred_at, platform_at, received_at, payload, headers,
+/// conversation_id, hash)`.
 pub(crate) type EventRow = (
     i64,
     String,
@@ -22,6 +23,7 @@ pub(crate) type EventRow = (
     String,
     String,
     i64,
+    Option<i64>,
     i64,
     String,
     String,
@@ -31,7 +33,7 @@ pub(crate) type EventRow = (
 
 /// The select list matching [`EventRow`], for `events e` joined with `streams s`.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.platform, e.external_id, e.kind, e.occurred_at, \
-     e.received_at, e.payload, e.headers, s.conversation_id, e.hash";
+     e.platform_at, e.received_at, e.payload, e.headers, s.conversation_id, e.hash";
 
 /// Columns of a quarantine row:
 /// `(id, received_at, path, platform, error_code, error_message, status, headers, body)`.
@@ -99,6 +101,7 @@ pub(crate) const EVENT_INSERT_COLUMNS: &[&str] = &[
     "external_id",
     "kind",
     "occurred_at",
+    "platform_at",
     "received_at",
     "payload",
     "headers",
@@ -115,6 +118,7 @@ pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<R
         Bind::Text(event.stream.external_id.clone()),
         Bind::Text(event.kind.clone()),
         Bind::Int(to_micros(event.occurred_at)),
+        Bind::OptInt(event.platform_at.map(to_micros)),
         Bind::Int(to_micros(event.received_at)),
         Bind::Text(event.payload.clone()),
         Bind::Text(to_json("headers", &event.headers)?),
@@ -137,6 +141,7 @@ pub(crate) fn stored_event(
         external_id: event.stream.external_id.clone(),
         kind: event.kind.clone(),
         occurred_at: event.occurred_at,
+        platform_at: event.platform_at,
         received_at: event.received_at,
         conversation_id,
         headers: event.headers.clone(),
@@ -428,8 +433,20 @@ pub(crate) fn pick_survivor(a: (Uuid, Option<i64>), b: (Uuid, Option<i64>)) -> (
 
 /// An event row as the domain type; the payload text is parsed back into JSON.
 pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
-    let (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation, hash) =
-        row;
+    let (
+        seq,
+        event_id,
+        platform,
+        external_id,
+        kind,
+        occurred_at,
+        platform_at,
+        received_at,
+        payload,
+        headers,
+        conversation,
+        hash,
+    ) = row;
     Ok(StoredEvent {
         seq,
         event_id: parse_uuid(&event_id)?,
@@ -437,6 +454,7 @@ pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
         external_id,
         kind,
         occurred_at: from_micros(occurred_at)?,
+        platform_at: platform_at.map(from_micros).transpose()?,
         received_at: from_micros(received_at)?,
         conversation_id: conversation.as_deref().map(parse_uuid).transpose()?,
         headers: from_json("headers", &headers)?,
@@ -887,6 +905,7 @@ mod tests {
             "room".into(),
             "aivo_live.attended".into(),
             1_000_000,
+            Some(3_000_000),
             2_000_000,
             r#"{"b":1,"a":[true]}"#.into(),
             r#"{"content-type":"application/json"}"#.into(),
@@ -895,6 +914,7 @@ mod tests {
         );
         let e = decode_event(row).unwrap();
         assert_eq!(e.hash, Some("ab".repeat(32)));
+        assert_eq!(e.platform_at.map(|t| t.timestamp_micros()), Some(3_000_000));
         assert_eq!(e.seq, 4);
         assert_eq!(e.event_id, id);
         assert_eq!(e.platform, Platform::AivoLive);

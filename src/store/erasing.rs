@@ -69,7 +69,7 @@ pub(super) fn certificate(row: ErasureRow, events: Vec<(i64, String)>) -> StoreR
 
 /// The payload text of an event row (the digest is taken of the text exactly as stored).
 pub(super) fn payload_text(row: &EventRow) -> &str {
-    &row.7
+    &row.8
 }
 
 pub(super) fn missing_hash(seq: i64) -> StoreError {

@@ -653,7 +653,7 @@ macro_rules! sql_store {
                         let Some(extent) = LogExtent::of_events(&events) else {
                             continue;
                         };
-                        let (fold, lines) = FoldState::build(extent, projection::inputs_of(&events));
+                        let (fold, lines) = FoldState::build_events(extent, &events);
                         let Some(conversation) = fold.conversation(*id, &streams, sla) else {
                             continue;
                         };
@@ -690,14 +690,31 @@ macro_rules! sql_store {
                         folds.insert(codec::parse_uuid(&id)?, fold);
                     }
                 }
-                let increments: Vec<(Uuid, Option<LogExtent>, Vec<projection::Input>)> = increments
+                let mut kept: HashMap<Uuid, FoldState> = HashMap::new();
+                let mut stale: Vec<Uuid> = Vec::new();
+                for (id, text) in folds {
+                    match text.as_str() {
+                        // Not built by this version (or wrecked): rebuilt from its events.
+                        "" => stale.push(id),
+                        text => {
+                            kept.insert(id, codec::from_json::<FoldState>("fold state", text)?);
+                        }
+                    }
+                }
+                // Each increment's facts at their causal times, by the clocks its conversation kept.
+                type Increment = (Uuid, Option<LogExtent>, Vec<projection::Input>, projection::Clocks);
+                let increments: Vec<Increment> = increments
                     .into_iter()
-                    .map(|(id, events)| (id, LogExtent::of_events(&events), projection::inputs_of(&events)))
+                    .map(|(id, events)| {
+                        let mut clocks = kept.get(&id).map(|f| f.clocks().clone()).unwrap_or_default();
+                        let inputs = clocks.inputs(&events);
+                        (id, LogExtent::of_events(&events), inputs, clocks)
+                    })
                     .collect();
                 // Relays whose echo may already be folded: asked about in one round trip.
                 let echoes: Vec<Uuid> = increments
                     .iter()
-                    .flat_map(|(_, _, inputs)| inputs.iter().filter_map(|i| projection::echo_of(&i.fact)))
+                    .flat_map(|(_, _, inputs, _)| inputs.iter().filter_map(|i| projection::echo_of(&i.fact)))
                     .collect();
                 let stored_echoes: HashSet<Uuid> = if echoes.is_empty() {
                     HashSet::new()
@@ -707,26 +724,22 @@ macro_rules! sql_store {
                 let mut streams = Self::streams_of(conn, &ids).await?;
                 let mut to_refold: Vec<Uuid> = refold.into_iter().collect();
                 let mut written = Vec::with_capacity(increments.len());
-                for (id, extent, inputs) in increments {
+                for (id, extent, inputs, clocks) in increments {
                     if to_refold.contains(&id) {
                         continue;
                     }
-                    let mut fold = match folds.get(&id).map(String::as_str) {
-                        // A conversation this batch starts.
-                        None => FoldState::default(),
-                        // Not built by this version (or wrecked): rebuilt from its events.
-                        Some("") => {
-                            to_refold.push(id);
-                            continue;
-                        }
-                        Some(text) => codec::from_json::<FoldState>("fold state", text)?,
-                    };
+                    if stale.contains(&id) {
+                        to_refold.push(id);
+                        continue;
+                    }
+                    // None: a conversation this batch starts.
+                    let mut fold = kept.remove(&id).unwrap_or_default();
                     let Some(extent) = extent else {
                         continue;
                     };
                     let before = (fold.handoff_count(), fold.agents().to_vec(), fold.started_at());
                     let folded = |echo: Uuid| stored_echoes.contains(&echo);
-                    match fold.extend(extent, inputs, &folded) {
+                    match fold.extend_timed(extent, inputs, clocks, &folded) {
                         Ok(lines) => {
                             let streams = streams.remove(&id).unwrap_or_default();
                             let Some(conversation) = fold.conversation(id, &streams, sla) else {
