@@ -690,7 +690,7 @@ async fn a_live_clock_ahead_or_behind_keeps_one_handoff_in_order(backend: Backen
             c.routing.teams.insert(
                 "sales".into(),
                 handoff_ledger::config::Route {
-                    backend: "aivo_live".into(),
+                    backend: handoff_ledger::model::Backend::AivoLive,
                     groups: vec![2179],
                     hours: None,
                 },
