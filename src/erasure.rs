@@ -272,6 +272,7 @@ mod tests {
             headers: e.headers,
             payload: serde_json::from_str(&e.payload).unwrap(),
             hash: None,
+            revision_of: None,
         }
     }
 

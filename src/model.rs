@@ -224,6 +224,11 @@ pub struct StoredEvent {
     /// this event (see the README, "Verifying the log"). Null only for an event not read from the log.
     #[serde(default)]
     pub hash: Option<String>,
+    /// Present on a conflicting redelivery: a body that reused the delivery key of the event with this id
+    /// but differs from it. It is the newer version of that event (the projection takes the latest); both
+    /// stay in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_of: Option<Uuid>,
 }
 
 /// What the writer answers for one appended (or recognised duplicate) event.
@@ -235,6 +240,10 @@ pub struct AppendOutcome {
     pub seq: i64,
     /// True when the event was already stored and nothing was appended.
     pub duplicate: bool,
+    /// True when the body reused the delivery key of a stored event with different content: appended as a
+    /// new version of that event (see [`StoredEvent::revision_of`]).
+    #[serde(default)]
+    pub conflict: bool,
     /// The conversation it belongs to after this batch (None for events filed under no conversation).
     pub conversation_id: Option<Uuid>,
 }

@@ -50,6 +50,10 @@ pub struct Accepted {
     pub seq: Option<i64>,
     /// True when every event of the delivery was already stored (nothing appended).
     pub duplicate: bool,
+    /// Present (true) when an event reused the delivery key of a stored one with a different body: it was
+    /// appended as the newer version of that event (the event feed names it in `revision_of`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conflict: bool,
     /// Conversation the (last) event belongs to; null for events filed under no conversation.
     pub conversation_id: Option<Uuid>,
     /// Number of events in a body that carries several (Bright Pattern, VCC).
@@ -65,6 +69,7 @@ impl Accepted {
             event_id: last.map(|o| o.event_id),
             seq: last.map(|o| o.seq),
             duplicate: !outcomes.is_empty() && outcomes.iter().all(|o| o.duplicate),
+            conflict: outcomes.iter().any(|o| o.conflict),
             conversation_id: last.and_then(|o| o.conversation_id),
             events: multi.then_some(outcomes.len()),
         }

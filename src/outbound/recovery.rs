@@ -211,6 +211,7 @@ mod tests {
             headers: BTreeMap::new(),
             payload: serde_json::to_value(record).unwrap(),
             hash: None,
+            revision_of: None,
         }
     }
 

@@ -15,10 +15,11 @@ use crate::sources::{self, aivo_live, bright_pattern, ledger, ultimate};
 
 impl Outbound {
     /// Turns newly appended events into commands (duplicates are skipped: they were relayed when first
-    /// appended). Only records and dispatches: never waits for a backend.
+    /// appended; so are newer versions of an event, which correct the record, not the conversation).
+    /// Only records and dispatches: never waits for a backend.
     pub async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]) {
         for (event, outcome) in events.iter().zip(outcomes) {
-            if outcome.duplicate || !RELAYED_KINDS.contains(&event.kind.as_str()) {
+            if outcome.duplicate || outcome.conflict || !RELAYED_KINDS.contains(&event.kind.as_str()) {
                 continue;
             }
             let Some(conversation_id) = outcome.conversation_id else {

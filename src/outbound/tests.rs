@@ -390,6 +390,7 @@ fn stored(seq: i64, kind: &str, payload: Value) -> StoredEvent {
         headers: BTreeMap::new(),
         payload,
         hash: None,
+        revision_of: None,
     }
 }
 

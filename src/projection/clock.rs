@@ -159,6 +159,7 @@ mod tests {
             headers: e.headers,
             payload: serde_json::from_str(&e.payload).unwrap_or(Value::Null),
             hash: None,
+            revision_of: None,
         }
     }
 

@@ -175,9 +175,12 @@ impl LogExtent {
 
 /// Flattens stored events into fold inputs (unsorted): every fact of every event, with its position.
 /// An erased event's payload (a stub) gives no facts; the facts its `ledger.erased` event kept stand in
-/// for them, at their original times and positions.
+/// for them, at their original times and positions. Of an event and its newer versions (conflicting
+/// redeliveries, [`StoredEvent::revision_of`]) only the latest counts.
 pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
+    let superseded = superseded(events);
     let mut inputs = facts_of_events(events);
+    inputs.retain(|i| !superseded.contains(&i.seq));
     let kept: Vec<KeptEvent> = inputs
         .iter()
         .filter_map(|i| match &i.fact {
@@ -192,7 +195,10 @@ pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
     let present: BTreeSet<i64> = events.iter().map(|e| e.seq).collect();
     let erased: BTreeSet<i64> = kept.iter().map(|k| k.seq).collect();
     inputs.retain(|i| !erased.contains(&i.seq));
-    for k in kept.into_iter().filter(|k| present.contains(&k.seq)) {
+    for k in kept
+        .into_iter()
+        .filter(|k| present.contains(&k.seq) && !superseded.contains(&k.seq))
+    {
         inputs.extend(k.facts.into_iter().enumerate().map(|(index, (at, fact))| Input {
             at,
             seq: k.seq,
@@ -203,6 +209,28 @@ pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
         }));
     }
     inputs
+}
+
+/// Seqs of events a newer version (a later event revising the same one) replaces.
+fn superseded(events: &[StoredEvent]) -> BTreeSet<i64> {
+    let mut latest: std::collections::BTreeMap<Uuid, i64> = std::collections::BTreeMap::new();
+    if events.iter().all(|e| e.revision_of.is_none()) {
+        return BTreeSet::new();
+    }
+    for e in events {
+        let root = e.revision_of.unwrap_or(e.event_id);
+        let seq = latest.entry(root).or_insert(e.seq);
+        *seq = (*seq).max(e.seq);
+    }
+    events
+        .iter()
+        .filter(|e| {
+            latest
+                .get(&e.revision_of.unwrap_or(e.event_id))
+                .is_some_and(|s| *s != e.seq)
+        })
+        .map(|e| e.seq)
+        .collect()
 }
 
 fn facts_of_events(events: &[StoredEvent]) -> Vec<Input> {

@@ -370,6 +370,7 @@ fn stored(seq: i64, e: NewEvent) -> StoredEvent {
         headers: e.headers,
         payload: serde_json::from_str::<Value>(&e.payload).unwrap(),
         hash: None,
+        revision_of: None,
     }
 }
 

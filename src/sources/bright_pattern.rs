@@ -312,6 +312,16 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
     })
 }
 
+/// Whether an event (its own JSON text) carries neither an id nor a time: its delivery key then says
+/// what it is (`chat_session_status` `queued`), not which one, so the same key seen again after other
+/// events of its chat is a new event (queued again after a transfer), not a redelivery.
+pub fn identified_by_position(payload: &str) -> bool {
+    serde_json::from_str::<Value>(payload)
+        .ok()
+        .and_then(|v| decode_event(&v, "").ok())
+        .is_some_and(|ev| ev.msg_id.is_none() && ev.at.is_none())
+}
+
 /// The facts of one stored event of this platform.
 pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
     let Ok(ev) = decode_event(payload, "") else {

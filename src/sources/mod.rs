@@ -250,6 +250,13 @@ pub fn facts_of(event: &StoredEvent) -> Vec<TimedFact> {
     }
 }
 
+/// Whether an event carries neither an id nor a time of its own (see
+/// [`bright_pattern::identified_by_position`]): a repeat of its delivery key after other events of its
+/// stream is a new event.
+pub fn identified_by_position(event: &NewEvent) -> bool {
+    event.stream.platform == Platform::BrightPattern && bright_pattern::identified_by_position(&event.payload)
+}
+
 /// Parses raw bytes as UTF-8 JSON, with the error this service answers for each failure.
 pub fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
     if body.is_empty() {

@@ -15,7 +15,7 @@ use crate::model::{
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
 /// `(seq, event_id, platform, external_id, kind, occurred_at, platform_at, received_at, payload, headers,
-/// conversation_id, hash)`.
+/// conversation_id, hash, revision_of)`.
 pub(crate) type EventRow = (
     i64,
     String,
@@ -29,11 +29,12 @@ pub(crate) type EventRow = (
     String,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 /// The select list matching [`EventRow`], for `events e` joined with `streams s`.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.platform, e.external_id, e.kind, e.occurred_at, \
-     e.platform_at, e.received_at, e.payload, e.headers, s.conversation_id, e.hash";
+     e.platform_at, e.received_at, e.payload, e.headers, s.conversation_id, e.hash, e.revision_of";
 
 /// Columns of a quarantine row:
 /// `(id, received_at, path, platform, error_code, error_message, status, headers, body)`.
@@ -107,10 +108,12 @@ pub(crate) const EVENT_INSERT_COLUMNS: &[&str] = &[
     "headers",
     "links",
     "hash",
+    "revision_of",
 ];
 
-/// The row an event is appended as, at `seq`, with its chain `hash`. Every column the log keeps is built here.
-pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<Row> {
+/// The row an event is appended as, at `seq`, with its chain `hash` (and the event it revises, for a
+/// conflicting redelivery). Every column the log keeps is built here.
+pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str, revision_of: Option<Uuid>) -> StoreResult<Row> {
     Ok(vec![
         Bind::Int(seq),
         Bind::Text(event.event_id.to_string()),
@@ -124,6 +127,7 @@ pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<R
         Bind::Text(to_json("headers", &event.headers)?),
         Bind::Text(to_json("links", &event.links)?),
         Bind::Text(hash.to_string()),
+        Bind::OptText(revision_of.map(|id| id.to_string())),
     ])
 }
 
@@ -133,6 +137,7 @@ pub(crate) fn stored_event(
     event: &NewEvent,
     conversation_id: Option<Uuid>,
     hash: Option<String>,
+    revision_of: Option<Uuid>,
 ) -> StoreResult<StoredEvent> {
     Ok(StoredEvent {
         seq,
@@ -147,6 +152,7 @@ pub(crate) fn stored_event(
         headers: event.headers.clone(),
         payload: from_json("payload", &event.payload)?,
         hash,
+        revision_of,
     })
 }
 
@@ -446,6 +452,7 @@ pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
         headers,
         conversation,
         hash,
+        revision_of,
     ) = row;
     Ok(StoredEvent {
         seq,
@@ -460,6 +467,7 @@ pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
         headers: from_json("headers", &headers)?,
         payload: from_json("payload", &payload)?,
         hash,
+        revision_of: revision_of.as_deref().map(parse_uuid).transpose()?,
     })
 }
 
@@ -911,6 +919,7 @@ mod tests {
             r#"{"content-type":"application/json"}"#.into(),
             Some(Uuid::from_u128(8).to_string()),
             Some("ab".repeat(32)),
+            None,
         );
         let e = decode_event(row).unwrap();
         assert_eq!(e.hash, Some("ab".repeat(32)));

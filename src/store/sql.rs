@@ -152,6 +152,18 @@ fn events_by_id_sql(n: usize) -> String {
     )
 }
 
+fn known_events_sql(n: usize) -> String {
+    format!(
+        "SELECT e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, x.payload_sha256, \
+         e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq WHERE e.event_id IN ({})",
+        placeholders(1, n)
+    )
+}
+
+/// Whether a stream has an event after `$3` from another delivery than the one received at `$4`.
+const SQL_STREAM_MOVED_ON: &str = "SELECT seq FROM events WHERE platform = $1 AND external_id = $2 \
+     AND seq > $3 AND received_at <> $4 LIMIT 1";
+
 fn aliases_sql(n: usize) -> String {
     format!(
         "SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})",
@@ -200,7 +212,43 @@ struct Pending {
     event_id: Uuid,
     seq: i64,
     duplicate: bool,
+    conflict: bool,
     stream: Option<StreamKey>,
+}
+
+/// An event in the log (or appended earlier in this batch) as deduplication reads it.
+#[derive(Debug, Clone)]
+struct Known {
+    seq: i64,
+    stream: Option<StreamKey>,
+    /// Micros.
+    received_at: i64,
+    /// Of its payload as received (an erased event's: the digest its erasure kept).
+    payload_sha256: chain::Sha256Digest,
+    revision_of: Option<Uuid>,
+}
+
+/// What a delivered event is to the log.
+enum Verdict {
+    /// Already stored: the event with this id.
+    Duplicate(Uuid, Known),
+    /// New, appended under this id; `revision_of`: the event it is a newer version of.
+    Append { id: Uuid, revision_of: Option<Uuid> },
+}
+
+/// The id of the version of event `root` whose payload has digest `sha`: a redelivery of that very
+/// version finds it, any other body makes another.
+fn revision_id(root: Uuid, sha: &chain::Sha256Digest) -> Uuid {
+    Uuid::new_v5(
+        &crate::model::LEDGER_NAMESPACE,
+        format!("revision:{root}:{}", chain::to_hex(sha)).as_bytes(),
+    )
+}
+
+/// The id of the next occurrence of an event identified by its position (see
+/// [`crate::sources::identified_by_position`]) after the one with id `previous`.
+fn repeat_id(previous: Uuid) -> Uuid {
+    Uuid::new_v5(&crate::model::LEDGER_NAMESPACE, format!("repeat:{previous}").as_bytes())
 }
 
 /// What one batch (or one replay chunk) knows of the streams it files: the stream -> conversation
@@ -579,6 +627,137 @@ macro_rules! sql_store {
                 Ok(Some(conversation))
             }
 
+            /// What deduplication needs of every id of `ids` already in the log, in few round trips.
+            async fn known_events(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+            ) -> StoreResult<HashMap<Uuid, Known>> {
+                type KnownRow = (String, i64, String, String, i64, String, Option<String>, Option<String>);
+                let mut found = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = known_events_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, KnownRow>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, seq, platform, external_id, received_at, payload, erased_sha, revision_of) in
+                        query.fetch_all(&mut *conn).await?
+                    {
+                        let stream = if external_id.is_empty() {
+                            None
+                        } else {
+                            Some(codec::stream_key(&platform, external_id)?)
+                        };
+                        let payload_sha256 = match erased_sha {
+                            Some(hex) => chain::from_hex(&hex).ok_or_else(|| {
+                                StoreError::Corrupt(format!("bad payload digest of erased event {seq}"))
+                            })?,
+                            None => chain::payload_sha256(&payload),
+                        };
+                        let known = Known {
+                            seq,
+                            stream,
+                            received_at,
+                            payload_sha256,
+                            revision_of: revision_of.as_deref().map(codec::parse_uuid).transpose()?,
+                        };
+                        found.insert(codec::parse_uuid(&id)?, known);
+                    }
+                }
+                Ok(found)
+            }
+
+            /// One id, from what the batch knows or else the log.
+            async fn known_event(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                known: &mut HashMap<Uuid, Known>,
+                id: Uuid,
+            ) -> StoreResult<Option<Known>> {
+                if let Some(k) = known.get(&id) {
+                    return Ok(Some(k.clone()));
+                }
+                let found = Self::known_events(conn, &[id]).await?.remove(&id);
+                if let Some(k) = &found {
+                    known.insert(id, k.clone());
+                }
+                Ok(found)
+            }
+
+            /// Whether the stream of `occurrence` has moved on since it: an event of another delivery
+            /// after it, or (when it came in this batch) any event after it. `batch`: the `(seq, stream,
+            /// received_at)` of what this batch appended so far; `batch_from`: its first seq.
+            async fn moved_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                batch: &[(i64, StreamKey, i64)],
+                batch_from: i64,
+                occurrence: &Known,
+            ) -> StoreResult<bool> {
+                let Some(stream) = &occurrence.stream else {
+                    return Ok(false);
+                };
+                let in_batch = occurrence.seq >= batch_from;
+                if batch.iter().any(|(seq, s, received)| {
+                    *seq > occurrence.seq && s == stream && (in_batch || *received != occurrence.received_at)
+                }) {
+                    return Ok(true);
+                }
+                if in_batch {
+                    return Ok(false);
+                }
+                let later: Option<(i64,)> = sqlx::query_as(SQL_STREAM_MOVED_ON)
+                    .bind(stream.platform.as_str())
+                    .bind(&stream.external_id)
+                    .bind(occurrence.seq)
+                    .bind(occurrence.received_at)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(later.is_some())
+            }
+
+            /// Content-checked idempotency: the same delivery key and the same body is a redelivery;
+            /// the same key and another body is a newer version of that event (appended, marked); an
+            /// event identified by its position (no id, no time) seen again after its stream moved on
+            /// is a new occurrence.
+            async fn verdict(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                known: &mut HashMap<Uuid, Known>,
+                batch: &[(i64, StreamKey, i64)],
+                batch_from: i64,
+                event: &NewEvent,
+                sha: &chain::Sha256Digest,
+            ) -> StoreResult<Verdict> {
+                let Some(first) = known.get(&event.event_id).cloned() else {
+                    return Ok(Verdict::Append {
+                        id: event.event_id,
+                        revision_of: None,
+                    });
+                };
+                let (mut id, mut stored) = (event.event_id, first);
+                if crate::sources::identified_by_position(event) {
+                    while let Some(next) = Self::known_event(conn, known, repeat_id(id)).await? {
+                        (id, stored) = (repeat_id(id), next);
+                    }
+                    if Self::moved_on(conn, batch, batch_from, &stored).await? {
+                        return Ok(Verdict::Append {
+                            id: repeat_id(id),
+                            revision_of: None,
+                        });
+                    }
+                }
+                if stored.payload_sha256 == *sha {
+                    return Ok(Verdict::Duplicate(id, stored));
+                }
+                let root = stored.revision_of.unwrap_or(id);
+                let revision = revision_id(root, sha);
+                Ok(match Self::known_event(conn, known, revision).await? {
+                    Some(version) => Verdict::Duplicate(revision, version),
+                    None => Verdict::Append {
+                        id: revision,
+                        revision_of: Some(root),
+                    },
+                })
+            }
+
             /// The stored `(seq, stream)` of every id of `ids` already in the log, in few round trips.
             async fn stored_events(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -701,6 +880,11 @@ macro_rules! sql_store {
                         }
                     }
                 }
+                let revised: HashSet<Uuid> = increments
+                    .iter()
+                    .filter(|(_, events)| events.iter().any(|e| e.revision_of.is_some()))
+                    .map(|(id, _)| *id)
+                    .collect();
                 // Each increment's facts at their causal times, by the clocks its conversation kept.
                 type Increment = (Uuid, Option<LogExtent>, Vec<projection::Input>, projection::Clocks);
                 let increments: Vec<Increment> = increments
@@ -728,7 +912,8 @@ macro_rules! sql_store {
                     if to_refold.contains(&id) {
                         continue;
                     }
-                    if stale.contains(&id) {
+                    // Stale, or a newer version of an event already folded: refolded from its events.
+                    if stale.contains(&id) || revised.contains(&id) {
                         to_refold.push(id);
                         continue;
                     }
@@ -817,31 +1002,49 @@ macro_rules! sql_store {
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 let mut next = Self::last_seq_in(conn).await? + 1;
+                let batch_from = next;
                 // Chained here, by the only writer, so each hash follows its predecessor's.
                 let mut prev = Self::prev_hash_in(conn).await?;
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
-                let mut known = Self::stored_events(conn, &ids).await?;
+                let mut known = Self::known_events(conn, &ids).await?;
+                // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
+                let mut batch: Vec<(i64, StreamKey, i64)> = Vec::new();
                 let keys: Vec<&StreamKey> = groups
                     .iter()
                     .flatten()
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
                 let mut filing = Self::load_filing(conn, &keys).await?;
-                let mut appended: Vec<(i64, &NewEvent, String)> = Vec::new();
+                let mut appended: Vec<(i64, std::borrow::Cow<'_, NewEvent>, String, Option<Uuid>)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
                     let mut filed = Vec::with_capacity(group.len());
                     for event in group {
-                        if let Some((seq, stream)) = known.get(&event.event_id) {
-                            filed.push(Pending {
-                                event_id: event.event_id,
-                                seq: *seq,
-                                duplicate: true,
-                                stream: stream.clone(),
-                            });
-                            continue;
-                        }
+                        let sha = chain::payload_sha256(&event.payload);
+                        let (id, revision_of) =
+                            match Self::verdict(conn, &mut known, &batch, batch_from, event, &sha).await? {
+                                Verdict::Duplicate(stored_id, stored) => {
+                                    filed.push(Pending {
+                                        event_id: stored_id,
+                                        seq: stored.seq,
+                                        duplicate: true,
+                                        conflict: false,
+                                        stream: stored.stream,
+                                    });
+                                    continue;
+                                }
+                                Verdict::Append { id, revision_of } => (id, revision_of),
+                            };
+                        // A new version or occurrence is appended under its own id.
+                        let event: std::borrow::Cow<'_, NewEvent> = if id == event.event_id {
+                            std::borrow::Cow::Borrowed(event)
+                        } else {
+                            std::borrow::Cow::Owned(NewEvent {
+                                event_id: id,
+                                ..event.clone()
+                            })
+                        };
                         let seq = next;
                         next += 1;
                         Self::file_event(conn, &mut filing, seq, &event.stream, &event.links).await?;
@@ -855,34 +1058,50 @@ macro_rules! sql_store {
                                 kind: &event.kind,
                                 occurred_at: codec::to_micros(event.occurred_at),
                                 received_at: codec::to_micros(event.received_at),
-                                payload_sha256: chain::payload_sha256(&event.payload),
+                                payload_sha256: sha,
                             },
                         );
                         let hash = chain::to_hex(&prev);
-                        filing.events.push(codec::event_row(seq, event, &hash)?);
+                        filing.events.push(codec::event_row(seq, &event, &hash, revision_of)?);
                         let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
-                        known.insert(event.event_id, (seq, stream.clone()));
-                        appended.push((seq, event, hash));
+                        known.insert(
+                            id,
+                            Known {
+                                seq,
+                                stream: stream.clone(),
+                                received_at: codec::to_micros(event.received_at),
+                                payload_sha256: sha,
+                                revision_of,
+                            },
+                        );
+                        if let Some(stream) = &stream {
+                            batch.push((seq, stream.clone(), codec::to_micros(event.received_at)));
+                        }
                         filed.push(Pending {
-                            event_id: event.event_id,
+                            event_id: id,
                             seq,
                             duplicate: false,
+                            conflict: revision_of.is_some(),
                             stream,
                         });
+                        appended.push((seq, event, hash, revision_of));
                     }
                     pending.push(filed);
                 }
                 Self::flush(conn, &mut filing).await?;
                 // Each new event joins the increment of the conversation its stream ends up in.
                 let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
-                for (seq, event, hash) in appended {
+                for (seq, event, hash, revision_of) in appended {
                     let Some(Some(conversation)) = filing.streams.get(&event.stream).copied() else {
                         continue;
                     };
-                    increments
-                        .entry(conversation)
-                        .or_default()
-                        .push(codec::stored_event(seq, event, Some(conversation), Some(hash))?);
+                    increments.entry(conversation).or_default().push(codec::stored_event(
+                        seq,
+                        &event,
+                        Some(conversation),
+                        Some(hash),
+                        revision_of,
+                    )?);
                 }
                 for survivor in &filing.merged {
                     increments.entry(*survivor).or_default();
@@ -904,6 +1123,7 @@ macro_rules! sql_store {
                                 event_id: p.event_id,
                                 seq: p.seq,
                                 duplicate: p.duplicate,
+                                conflict: p.conflict,
                                 conversation_id: p.stream.and_then(|s| filing.streams.get(&s).copied().flatten()),
                             })
                             .collect()

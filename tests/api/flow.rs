@@ -850,7 +850,55 @@ async fn a_live_clock_ahead_or_behind_keeps_one_handoff_in_order(backend: Backen
     }
 }
 
+/// A Bright Pattern history answer of an old chat: the status events and the visitor's own messages carry
+/// no time; they keep their place in the answer (with the nearest timed event after them, else before
+/// them), not the arrival time, years later.
+async fn untimed_events_of_a_history_answer_keep_their_place(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ms = |secs: i64| (1_709_294_400 + secs) * 1000;
+    let history = json!({"events": [
+        {"event": "chat_session_status", "state": "queued"},
+        {"event": "chat_session_message", "msg_id": "v1", "msg": "hello?"},
+        {"event": "chat_session_party_joined", "party_id": "p1", "first_name": "Ana", "type": "internal",
+            "timestamp": ms(30)},
+        {"event": "chat_session_message", "msg_id": "a1", "party_id": "p1", "msg": "Hi, Ana here", "timestamp": ms(35)},
+        {"event": "chat_session_message", "msg_id": "v2", "msg": "my order"},
+        {"event": "chat_session_message", "msg_id": "a2", "party_id": "p1", "msg": "on its way", "timestamp": ms(50)},
+        {"event": "chat_session_message", "msg_id": "v3", "msg": "thanks"}
+    ]});
+    let answer = post_ok(&app, "/webhooks/bright-pattern/chat-old", &history).await;
+    let id = answer["conversation_id"].as_str().expect("conversation id").to_string();
+    let (_, t) = app.get_json(&format!("/v1/conversations/{id}/transcript")).await;
+    let lines: Vec<(String, DateTime<Utc>)> = t["messages"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap_or("").to_string(), time(&m["at"])))
+        .collect();
+    let at = |secs: i64| DateTime::from_timestamp(1_709_294_400 + secs, 0).expect("a time");
+    let expected: Vec<(String, DateTime<Utc>)> = [
+        ("hello?", at(30)),
+        ("Hi, Ana here", at(35)),
+        ("my order", at(50)),
+        ("on its way", at(50)),
+        ("thanks", at(50)),
+    ]
+    .iter()
+    .map(|(text, at)| (text.to_string(), *at))
+    .collect();
+    assert_eq!(lines, expected);
+    let (_, c) = app.get_json(&format!("/v1/conversations/{id}")).await;
+    assert_eq!(time(&c["queued_at"]), at(30));
+    assert_eq!(c["first_response_seconds"], json!(5.0));
+    // The log says what was sent: no time of their own, so `occurred_at` is the arrival.
+    let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+    let first = &events["items"][0];
+    assert_eq!(first["platform_at"], Value::Null);
+    assert_eq!(first["occurred_at"], first["received_at"]);
+}
+
 on_both_stores!(
+    untimed_events_of_a_history_answer_keep_their_place,
     full_handoff_across_platforms,
     live_webhook_before_the_link_merges,
     shuffled_and_duplicated_delivery_gives_the_same_result,
