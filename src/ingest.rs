@@ -87,7 +87,8 @@ pub enum IngestError {
 /// What happens to newly appended events: the outbound relays.
 #[async_trait]
 pub trait Relay: Send + Sync {
-    /// Turns newly appended events into outbound commands (duplicates are skipped).
+    /// Sends the commands committed with newly appended events (planned in their transaction by the
+    /// writer's relay rules; see `store::RelayPlanner`).
     async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]);
 }
 

@@ -246,6 +246,10 @@ pub struct AppendOutcome {
     pub conflict: bool,
     /// The conversation it belongs to after this batch (None for events filed under no conversation).
     pub conversation_id: Option<Uuid>,
+    /// Seqs of the command records appended with it, in the same transaction (see
+    /// `store::RelayPlanner`): what the outbox sends for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<i64>,
 }
 
 /// Handoff state of a conversation.

@@ -60,9 +60,17 @@ impl Application {
         let store = store::open(&config.store.reader_url(), config.store.max_connections)
             .await
             .with_context(|| format!("opening the store at {shown}"))?;
-        let (writer, writer_task) = Writer::spawn(writer_store, config.sla.clone(), config.server.max_batch)
-            .await
-            .context("starting the writer")?;
+        // The relay rules run inside the writer's transactions: an event's commands commit with it.
+        let rules = crate::outbound::relay::RelayRules::new(Arc::new(config.clone()))
+            .context("building the outbound clients")?;
+        let (writer, writer_task) = Writer::spawn_planned(
+            writer_store,
+            config.sla.clone(),
+            config.server.max_batch,
+            Some(Arc::new(rules)),
+        )
+        .await
+        .context("starting the writer")?;
         let listener =
             TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
         let local = listener.local_addr()?;

@@ -181,6 +181,7 @@ on_both_backends!(
         same_key_same_body_is_a_duplicate_another_body_a_newer_version,
         a_redelivery_of_an_erased_event_is_checked_against_its_digest,
         a_status_without_id_or_time_seen_again_after_other_events_is_new,
+        commands_an_event_calls_for_commit_with_it,
     ],
     db: [
         the_event_log_refuses_update_and_delete,
@@ -337,14 +338,16 @@ async fn duplicates_are_recognised_within_and_across_batches(store: Arc<dyn Stor
                     seq: 1,
                     duplicate: false,
                     conflict: false,
-                    conversation_id: conversation
+                    conversation_id: conversation,
+                    relays: vec![],
                 },
                 AppendOutcome {
                     event_id: a.event_id,
                     seq: 1,
                     duplicate: true,
                     conflict: false,
-                    conversation_id: conversation
+                    conversation_id: conversation,
+                    relays: vec![],
                 },
             ],
             vec![AppendOutcome {
@@ -352,7 +355,8 @@ async fn duplicates_are_recognised_within_and_across_batches(store: Arc<dyn Stor
                 seq: 2,
                 duplicate: false,
                 conflict: false,
-                conversation_id: conversation
+                conversation_id: conversation,
+                relays: vec![],
             }],
         ]
     );
@@ -1617,4 +1621,89 @@ async fn a_status_without_id_or_time_seen_again_after_other_events_is_new(store:
     let outcomes = append(&store, vec![deliver(answer, 51)]).await.remove(0);
     assert!(outcomes.iter().all(|o| o.duplicate), "{outcomes:?}");
     assert_eq!(store.last_seq().await.unwrap(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactional relays
+// ---------------------------------------------------------------------------------------------
+
+/// Relay rules for the test: an agent's attend calls for one command naming the agent and the state the
+/// batch left the conversation in.
+struct AttendRelays;
+
+impl store::RelayPlanner for AttendRelays {
+    fn relays(&self, kind: &str) -> bool {
+        kind == "aivo_live.attended"
+    }
+
+    fn plan(
+        &self,
+        event: &handoff_ledger::model::StoredEvent,
+        conversation: &Conversation,
+        lines: &[Message],
+        queued: Option<&handoff_ledger::model::StoredEvent>,
+    ) -> Vec<NewEvent> {
+        let record = ledger::CommandRecord {
+            command_id: format!("success:{}", event.event_id),
+            action: "widget_escalation_success".into(),
+            outcome: None,
+            detail: Some(format!(
+                "{} {:?} lines={} queued={}",
+                event.payload["data"]["agent"]["name"].as_str().unwrap_or(""),
+                conversation.state,
+                lines.len(),
+                queued.is_some()
+            )),
+            body: None,
+            retry_of: None,
+        };
+        vec![ledger::command(
+            conversation.id,
+            ledger::COMMAND,
+            &record,
+            event.received_at,
+        )]
+    }
+}
+
+async fn commands_an_event_calls_for_commit_with_it(store: Arc<dyn Store>) {
+    let cu = ultimate("u-relay").conversation_id();
+    append_one(&store, bot("u-relay", "hi", 0)).await;
+    append_one(&store, queue_accepted(cu, "room-relay", "2179", 5)).await;
+    let planned = |events: Vec<NewEvent>| {
+        let store = store.clone();
+        async move {
+            store
+                .append_batch_planned(&[events], &sla(), &AttendRelays)
+                .await
+                .unwrap()
+                .remove(0)
+        }
+    };
+    // A batch of an event the rules ignore and an attend: the attend's command is appended in the same
+    // transaction, after the batch, and the outcome names it.
+    let out = planned(vec![
+        bot("u-relay", "still there?", 8),
+        attended("room-relay", "Tomas", 10),
+    ])
+    .await;
+    assert!(out[0].relays.is_empty());
+    assert_eq!(out[1].relays, vec![out[1].seq + 1], "{out:?}");
+    let events = store.conversation_events(cu).await.unwrap().unwrap();
+    let command = events.iter().find(|e| e.seq == out[1].seq + 1).expect("the command");
+    assert_eq!(command.kind, ledger::COMMAND);
+    assert_eq!(
+        command.payload["detail"],
+        json!("Tomas Attended lines=0 queued=true"),
+        "planned on the state the batch left"
+    );
+    assert_eq!(store.last_seq().await.unwrap(), out[1].seq + 1, "seq stays gap-free");
+    // The platform delivers the attend again: a duplicate calls for nothing, nothing is appended.
+    let again = planned(vec![attended("room-relay", "Tomas", 10)]).await;
+    assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+    assert_eq!(store.last_seq().await.unwrap(), out[1].seq + 1);
+    // Replay rebuilds what the appends built (the commands are events of the log like any other).
+    let before = store.get_conversation(cu).await.unwrap();
+    store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!(store.get_conversation(cu).await.unwrap(), before);
 }

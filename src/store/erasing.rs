@@ -239,7 +239,7 @@ macro_rules! erasing_store {
                     kept,
                 };
                 let event = crate::sources::ledger::erased(conversation, &record);
-                let outcome = Self::append_in(conn, &[vec![event]], sla).await?;
+                let outcome = Self::append_in(conn, &[vec![event]], sla, None).await?;
                 let seq = outcome.first().and_then(|o| o.first()).map_or(0, |o| o.seq);
                 let (hash,): (Option<String>,) = sqlx::query_as(erasing::SQL_EVENT_HASH)
                     .bind(seq)

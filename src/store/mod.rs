@@ -112,6 +112,25 @@ pub struct ReplayStats {
     pub conversations: u64,
 }
 
+/// The relay rules as the write path runs them: pure, inside the transaction that appends an event, so the
+/// commands an event calls for are committed with it (the outbox sends what is committed; a crash between
+/// the commit and the send loses nothing: the start-up recovery re-sends commands without a result).
+pub trait RelayPlanner: Send + Sync {
+    /// Whether an event of this kind can call for commands (the others skip the planner's reads).
+    fn relays(&self, kind: &str) -> bool;
+
+    /// The ledger events (command records, and notes such as a failed routing) a newly appended `event`
+    /// calls for, given its conversation as the batch leaves it, the transcript lines the event made and
+    /// the conversation's latest accepted queue call (`ledger.queue_accepted`), if any.
+    fn plan(
+        &self,
+        event: &StoredEvent,
+        conversation: &Conversation,
+        lines: &[Message],
+        queued: Option<&StoredEvent>,
+    ) -> Vec<NewEvent>;
+}
+
 /// The event log and projections (and the API keys, [`KeyStore`], and the quarantine's limits, [`QuarantineStore`]).
 #[async_trait]
 pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
@@ -130,6 +149,16 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// assigns gap-free `seq`s, re-projects every touched conversation, and commits. Returns one
     /// outcome per event, grouped as given.
     async fn append_batch(&self, groups: &[Vec<NewEvent>], sla: &SlaConfig) -> StoreResult<Vec<Vec<AppendOutcome>>>;
+
+    /// [`Store::append_batch`], and in the same transaction the commands `planner` plans for each newly
+    /// appended event (duplicates and newer versions of an event call for none), appended after the
+    /// batch; each outcome names the seqs of the commands its event called for ([`AppendOutcome::relays`]).
+    async fn append_batch_planned(
+        &self,
+        groups: &[Vec<NewEvent>],
+        sla: &SlaConfig,
+        planner: &dyn RelayPlanner,
+    ) -> StoreResult<Vec<Vec<AppendOutcome>>>;
 
     /// Keeps a refused delivery.
     async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64>;

@@ -29,7 +29,8 @@ use super::chained::{self, chained_store};
 use super::codec::{self, Bind, EventRow, MessageRow, QuarantineRow, Row, EVENT_COLUMNS};
 use super::erasing::{self, erasing_store};
 use super::{
-    ConversationFilter, ConversationPage, MessageCursor, ReplayStats, Store, StoreError, StoreResult, TranscriptPage,
+    ConversationFilter, ConversationPage, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError, StoreResult,
+    TranscriptPage,
 };
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
@@ -163,6 +164,14 @@ fn known_events_sql(n: usize) -> String {
 /// Whether a stream has an event after `$3` from another delivery than the one received at `$4`.
 const SQL_STREAM_MOVED_ON: &str = "SELECT seq FROM events WHERE platform = $1 AND external_id = $2 \
      AND seq > $3 AND received_at <> $4 LIMIT 1";
+
+fn latest_queue_call_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE s.conversation_id = $1 AND e.kind = $2 ORDER BY e.seq DESC LIMIT 1"
+    )
+}
 
 fn aliases_sql(n: usize) -> String {
     format!(
@@ -856,7 +865,8 @@ macro_rules! sql_store {
                 increments: BTreeMap<Uuid, Vec<StoredEvent>>,
                 refold: BTreeSet<Uuid>,
                 sla: &SlaConfig,
-            ) -> StoreResult<()> {
+                keep: bool,
+            ) -> StoreResult<HashMap<Uuid, (Conversation, Vec<Message>)>> {
                 let ids: Vec<Uuid> = increments.keys().copied().filter(|id| !refold.contains(id)).collect();
                 let mut folds: HashMap<Uuid, String> = HashMap::new();
                 for chunk in ids.chunks(IN_CHUNK) {
@@ -947,7 +957,30 @@ macro_rules! sql_store {
                     }
                 }
                 written.extend(Self::refold(conn, &to_refold, sla).await?);
-                Self::write(conn, written, &to_refold).await
+                // What the relay planner reads: each conversation as the batch leaves it, with its new lines.
+                let kept: HashMap<Uuid, (Conversation, Vec<Message>)> = if keep {
+                    written
+                        .iter()
+                        .map(|w| (w.conversation.id, (w.conversation.clone(), w.lines.clone())))
+                        .collect()
+                } else {
+                    HashMap::new()
+                };
+                Self::write(conn, written, &to_refold).await?;
+                Ok(kept)
+            }
+
+            /// The latest accepted queue call of a conversation (the live chat its relays go to).
+            async fn latest_queue_call(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                conversation: Uuid,
+            ) -> StoreResult<Option<StoredEvent>> {
+                let row: Option<EventRow> = sqlx::query_as(&latest_queue_call_sql())
+                    .bind(conversation.to_string())
+                    .bind(crate::sources::ledger::QUEUE_ACCEPTED)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.map(codec::decode_event).transpose()
             }
 
             /// Writes projected conversations: everything of a refolded one is deleted first, then
@@ -999,6 +1032,7 @@ macro_rules! sql_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 groups: &[Vec<NewEvent>],
                 sla: &SlaConfig,
+                planner: Option<&dyn RelayPlanner>,
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 let mut next = Self::last_seq_in(conn).await? + 1;
@@ -1091,23 +1125,45 @@ macro_rules! sql_store {
                 Self::flush(conn, &mut filing).await?;
                 // Each new event joins the increment of the conversation its stream ends up in.
                 let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
+                // New events that may call for commands, as stored: planned once projected.
+                let mut to_plan: Vec<StoredEvent> = Vec::new();
                 for (seq, event, hash, revision_of) in appended {
                     let Some(Some(conversation)) = filing.streams.get(&event.stream).copied() else {
                         continue;
                     };
-                    increments.entry(conversation).or_default().push(codec::stored_event(
-                        seq,
-                        &event,
-                        Some(conversation),
-                        Some(hash),
-                        revision_of,
-                    )?);
+                    let stored = codec::stored_event(seq, &event, Some(conversation), Some(hash), revision_of)?;
+                    if planner.is_some_and(|p| revision_of.is_none() && p.relays(&event.kind)) {
+                        to_plan.push(stored.clone());
+                    }
+                    increments.entry(conversation).or_default().push(stored);
                 }
                 for survivor in &filing.merged {
                     increments.entry(*survivor).or_default();
                 }
                 let refold = filing.merged.clone();
-                Self::project(conn, increments, refold, sla).await?;
+                let projected = Self::project(conn, increments, refold, sla, !to_plan.is_empty()).await?;
+                // The commands each new event calls for, planned on the state it left: appended in this
+                // same transaction, after the batch.
+                let mut planned: Vec<NewEvent> = Vec::new();
+                let mut planned_for: HashMap<i64, std::ops::Range<usize>> = HashMap::new();
+                if let Some(planner) = planner {
+                    let mut queue_calls: HashMap<Uuid, Option<StoredEvent>> = HashMap::new();
+                    for event in &to_plan {
+                        let Some(id) = event.conversation_id else { continue };
+                        let Some((conversation, lines)) = projected.get(&id) else {
+                            continue;
+                        };
+                        if !queue_calls.contains_key(&id) {
+                            let latest = Self::latest_queue_call(conn, id).await?;
+                            queue_calls.insert(id, latest);
+                        }
+                        let queued = queue_calls.get(&id).and_then(Option::as_ref);
+                        let lines: Vec<Message> = lines.iter().filter(|m| m.seq == event.seq).cloned().collect();
+                        let commands = planner.plan(event, conversation, &lines, queued);
+                        planned_for.insert(event.seq, planned.len()..planned.len() + commands.len());
+                        planned.extend(commands);
+                    }
+                }
                 // A redelivery's stream as stored: looked up when the batch did not file it.
                 for p in pending.iter().flatten() {
                     if let Some(stream) = &p.stream {
@@ -1125,10 +1181,29 @@ macro_rules! sql_store {
                                 duplicate: p.duplicate,
                                 conflict: p.conflict,
                                 conversation_id: p.stream.and_then(|s| filing.streams.get(&s).copied().flatten()),
+                                relays: Vec::new(),
                             })
                             .collect()
                     })
                     .collect();
+                let mut outcomes: Vec<Vec<AppendOutcome>> = outcomes;
+                if !planned.is_empty() {
+                    // Command ids are derived from their trigger: one already recorded is not appended again.
+                    let recorded = Box::pin(Self::append_in(conn, &[planned], sla, None)).await?;
+                    let recorded: Vec<AppendOutcome> = recorded.into_iter().flatten().collect();
+                    for outcome in outcomes.iter_mut().flatten() {
+                        if outcome.duplicate {
+                            continue;
+                        }
+                        if let Some(range) = planned_for.get(&outcome.seq) {
+                            outcome.relays = recorded[range.clone()]
+                                .iter()
+                                .filter(|r| !r.duplicate)
+                                .map(|r| r.seq)
+                                .collect();
+                        }
+                    }
+                }
                 Ok(outcomes)
             }
 
@@ -1226,7 +1301,19 @@ macro_rules! sql_store {
 
             async fn append_batch(&self, groups: &[Vec<NewEvent>], sla: &SlaConfig) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 let mut tx = self.begin_write().await?;
-                let outcomes = Self::append_in(&mut *tx, groups, sla).await?;
+                let outcomes = Self::append_in(&mut *tx, groups, sla, None).await?;
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn append_batch_planned(
+                &self,
+                groups: &[Vec<NewEvent>],
+                sla: &SlaConfig,
+                planner: &dyn RelayPlanner,
+            ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
+                let mut tx = self.begin_write().await?;
+                let outcomes = Self::append_in(&mut *tx, groups, sla, Some(planner)).await?;
                 tx.commit().await?;
                 Ok(outcomes)
             }

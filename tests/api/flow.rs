@@ -281,7 +281,21 @@ async fn full_handoff_across_platforms(backend: Backend) {
         assert_eq!(body["error"]["code"], json!("invalid_parameter"), "{bad}");
     }
 
-    // Raw events, in seq order, payloads as received.
+    // Raw events, in seq order, payloads as received. (Once the outbox has recorded every result: the log
+    // must not grow between the reads compared below.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+        let count = |kind: &str| {
+            events["items"]
+                .as_array()
+                .map_or(0, |items| items.iter().filter(|e| e["kind"] == json!(kind)).count())
+        };
+        if count("ledger.command") == count("ledger.command_result") || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
     assert_eq!(events["next_cursor"], Value::Null);
     let mut paged = Vec::new();
