@@ -14,7 +14,7 @@ use crate::outbound::clients::schedule;
 use crate::redact::{self, MASK};
 
 /// Longest answer target: a day.
-pub const MAX_SLA_SECONDS: u64 = 86_400;
+pub(crate) const MAX_SLA_SECONDS: u64 = 86_400;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

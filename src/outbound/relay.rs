@@ -155,7 +155,7 @@ impl Outbound {
     }
 
     /// Relays a message posted through the API to the live agent, when handed off.
-    pub async fn relay_api_message(
+    pub(crate) async fn relay_api_message(
         &self,
         conversation: &Conversation,
         party: Party,

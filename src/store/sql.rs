@@ -271,11 +271,6 @@ macro_rules! sql_store {
         }
 
         impl $name {
-            /// Wraps an open pool (migrations are applied by [`Store::migrate`]).
-            pub fn from_pool(pool: sqlx::Pool<$db>) -> Self {
-                Self { pool }
-            }
-
             /// The underlying pool, for tools and tests.
             pub fn pool(&self) -> &sqlx::Pool<$db> {
                 &self.pool
