@@ -9,7 +9,6 @@ pub mod erasure;
 pub mod facts;
 pub mod reports;
 pub mod rollups;
-pub mod scenario;
 pub mod schema;
 pub mod sink;
 
