@@ -14,6 +14,9 @@
 //! deliveries per transaction, exactly as the writer does under load but without HTTP in between. Shipping is
 //! `sink::ship_once` pass after pass (the loop the service's sink runs), from the checkpoint kept in the store.
 
+#[path = "../tests/common/scenario.rs"]
+mod scenario;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,12 +24,12 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use clap::Parser;
 use serde_json::Value;
 
-use handoff_ledger::analytics::scenario::{self, ScenarioOptions};
 use handoff_ledger::analytics::{schema, sink, Analytics};
 use handoff_ledger::config::{ClickHouseConfig, Config};
 use handoff_ledger::model::NewEvent;
 use handoff_ledger::startup::Application;
 use handoff_ledger::store::{self, Store};
+use scenario::ScenarioOptions;
 
 #[derive(Parser)]
 struct Args {

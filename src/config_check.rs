@@ -14,7 +14,7 @@ use crate::outbound::clients::schedule;
 use crate::redact::{self, MASK};
 
 /// Longest answer target: a day.
-pub const MAX_SLA_SECONDS: u64 = 86_400;
+pub(crate) const MAX_SLA_SECONDS: u64 = 86_400;
 
 /// Longest timeout or deadline a limit may be set to: an hour.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;

@@ -5,7 +5,9 @@
 //! - [`ingest`]: the one inbound pipeline: parse, quarantine a refusal, append, relay (webhooks and polls).
 //! - [`writer`]: the single task that appends and projects in one transaction per batch (group commit).
 //! - [`store`]: the event log and its projections, SQLite and PostgreSQL behind one trait.
-//! - [`projection`]: the pure fold of a conversation's events into its state, timers and transcript.
+//! - [`projection`]: the pure fold of a conversation's events into its state, timers and transcript, and
+//!   [`projection::metrics`], the one definition of every metric both report sources use.
+//! - [`model`]: the records and the vocabulary as types (platforms, backends, states, dispositions, SLA status).
 //! - [`chain`], [`verify`], [`erasure`], [`retention`], [`quarantine`]: the log's hash chain, its walk, erasure
 //!   with proof, the retention jobs, and the quarantine of refused deliveries.
 //! - [`transcript`]: transcript rendering for the API.

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Namespace for every UUIDv5 this service derives (event ids, conversation ids).
-pub const LEDGER_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b7e_54a0_4f3a_9d1e_0c55_7a3b_2e91);
+pub(crate) const LEDGER_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b7e_54a0_4f3a_9d1e_0c55_7a3b_2e91);
 
 /// The systems an event can come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -103,7 +103,7 @@ impl Backend {
     }
 
     /// The backend of a live platform's chats; None for the bot, VCC and the ledger's own platforms.
-    pub fn of_platform(platform: Platform) -> Option<Backend> {
+    pub(crate) fn of_platform(platform: Platform) -> Option<Backend> {
         Backend::ALL.into_iter().find(|b| b.platform() == platform)
     }
 }

@@ -4,11 +4,11 @@
 use std::borrow::Cow;
 
 /// What a secret is replaced with.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// Secrets shorter than this are not scrubbed from log text (every occurrence of a two-letter
 /// "secret" would be masked; such a value protects nothing anyway).
-pub const MIN_SCRUBBED_LEN: usize = 4;
+pub(crate) const MIN_SCRUBBED_LEN: usize = 4;
 
 /// Replaces the password of every `scheme://user:password@host` URL in `text` with [`MASK`].
 pub fn mask_url_passwords(text: &str) -> Cow<'_, str> {

@@ -13,7 +13,7 @@ use crate::store::Store;
 use crate::writer::Writer;
 
 /// How often the job looks for expired conversations.
-pub const INTERVAL: Duration = Duration::from_secs(3600);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Conversations read per query.
 const BATCH: u32 = 50;

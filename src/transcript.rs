@@ -14,7 +14,7 @@ use crate::model::{Message, MessageKind};
 /// The renderings of a transcript (`?format=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum TranscriptFormat {
+pub(crate) enum TranscriptFormat {
     /// `{"conversation_id", "messages": [Message]}`.
     #[default]
     Json,
@@ -84,7 +84,7 @@ fn extras(m: &Message) -> String {
 
 /// A CSV cell a spreadsheet will not run: one starting with `=`, `+`, `-`, `@`, tab or carriage return
 /// (a formula, e.g. `=HYPERLINK(...)`) gets a leading `'`, which spreadsheets show as text.
-pub fn neutralise_csv_cell(cell: String) -> String {
+pub(crate) fn neutralise_csv_cell(cell: String) -> String {
     if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{cell}")
     } else {
@@ -95,7 +95,7 @@ pub fn neutralise_csv_cell(cell: String) -> String {
 /// A field on one line of the text transcript: a backslash becomes `\\` and every line break
 /// (`\r\n`, `\n`, `\r`, vertical tab, form feed, NEL, U+2028, U+2029) becomes `\n`, so nothing a
 /// visitor types can start a line of its own (e.g. a forged `[...] agent (Ana): ...`).
-pub fn escape_line(field: &str) -> String {
+pub(crate) fn escape_line(field: &str) -> String {
     let mut out = String::with_capacity(field.len());
     let mut chars = field.chars().peekable();
     while let Some(c) = chars.next() {
@@ -115,7 +115,7 @@ pub fn escape_line(field: &str) -> String {
 }
 
 /// `[time] party (author): text [buttons] {cards} <url>` per line; fields escaped by [`escape_line`].
-pub fn to_text(messages: &[Message]) -> String {
+pub(crate) fn to_text(messages: &[Message]) -> String {
     let mut out = String::new();
     for m in messages {
         let author = m.author.as_deref().map(|a| format!(" ({a})")).unwrap_or_default();
@@ -148,7 +148,7 @@ pub fn to_text(messages: &[Message]) -> String {
 
 /// CSV with a header row: seq, at, party, author, kind, text, buttons, url, platform, event_id; every
 /// cell neutralised by [`neutralise_csv_cell`].
-pub fn to_csv(messages: &[Message]) -> anyhow::Result<String> {
+pub(crate) fn to_csv(messages: &[Message]) -> anyhow::Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "seq", "at", "party", "author", "kind", "text", "buttons", "url", "platform", "event_id",
@@ -175,7 +175,7 @@ pub fn to_csv(messages: &[Message]) -> anyhow::Result<String> {
 }
 
 /// One JSON Message per line.
-pub fn to_jsonl(messages: &[Message]) -> anyhow::Result<String> {
+pub(crate) fn to_jsonl(messages: &[Message]) -> anyhow::Result<String> {
     let mut out = String::new();
     for m in messages {
         out.push_str(&serde_json::to_string(m)?);

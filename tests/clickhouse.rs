@@ -5,8 +5,10 @@
 //! database and drops it. Unreachable ClickHouse: the tests skip with a note locally and fail in CI (CI=true).
 
 mod common;
+#[path = "common/scenario.rs"]
+mod scenario;
 
-use common::{clickhouse_url, fresh_clickhouse, PgDatabase, TestDb};
+use common::{clickhouse_url, fresh_clickhouse, TestDb};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
@@ -19,13 +21,11 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use handoff_ledger::analytics::reports::{self, DispositionRow, GroupBy, Interval, ReportQuery, SlaRow};
-use handoff_ledger::analytics::scenario::{self, Expected, Scenario, ScenarioOptions, Step, StepKind};
 use handoff_ledger::analytics::{rollups, schema, sink, Analytics};
-use handoff_ledger::api::AppState;
 use handoff_ledger::config::{ClickHouseConfig, Config, SlaConfig};
 use handoff_ledger::model::Conversation;
-use handoff_ledger::startup::Application;
 use handoff_ledger::store::{self, ConversationFilter, Store};
+use scenario::{Expected, Scenario, ScenarioOptions, Step, StepKind};
 
 // ---------- ClickHouse test database ----------
 
@@ -54,49 +54,18 @@ async fn count(analytics: &Analytics, sql: &str) -> u64 {
 
 // ---------- the real service ----------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
+use common::StoreKind as Backend;
 
 /// The real service on port 0 with a fresh store and ClickHouse at `clickhouse`.
-struct Service {
-    address: String,
-    client: reqwest::Client,
-    state: AppState,
-    _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
-}
+type Service = common::TestService;
 
 async fn spawn_service(backend: Backend, clickhouse: &ClickHouseConfig) -> Service {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.bind = "127.0.0.1:0".into();
-    config.sla = scenario::sla();
-    config.clickhouse = clickhouse.clone();
-    let pg = match backend {
-        Backend::Sqlite => {
-            config.store.url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-            None
-        }
-        Backend::Postgres => {
-            let db = PgDatabase::create().await;
-            config.store.url = db.url.clone();
-            Some(db)
-        }
+    let config = Config {
+        sla: scenario::sla(),
+        clickhouse: clickhouse.clone(),
+        ..Config::default()
     };
-    let app = Application::build(config).await.expect("build the application");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped());
-    Service {
-        address,
-        client: reqwest::Client::new(),
-        state,
-        _dir: dir,
-        _pg: pg,
-    }
+    common::start(backend, config, |_| {}).await
 }
 
 impl Service {

@@ -5,6 +5,8 @@
 //! Skips locally (fails in CI) when ClickHouse is unreachable.
 
 mod common;
+#[path = "common/scenario.rs"]
+mod scenario;
 
 use common::{fresh_clickhouse, TestDb};
 use std::collections::{BTreeMap, HashMap};
@@ -15,43 +17,26 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 use handoff_ledger::analytics::reports::{DispositionRow, SlaRow};
-use handoff_ledger::analytics::scenario::{self, ScenarioOptions};
 use handoff_ledger::analytics::sink;
-use handoff_ledger::api::AppState;
 use handoff_ledger::config::{ClickHouseConfig, Config};
 use handoff_ledger::model::{Conversation, Platform};
-use handoff_ledger::startup::Application;
 use handoff_ledger::store::{ConversationFilter, Store};
+use scenario::ScenarioOptions;
 
 async fn fresh_config() -> Option<TestDb> {
     fresh_clickhouse("handoff_dash").await
 }
 
 /// The real service on port 0 with a fresh SQLite store, analytics on.
-struct Service {
-    address: String,
-    client: reqwest::Client,
-    state: AppState,
-    _dir: tempfile::TempDir,
-}
+type Service = common::TestService;
 
 async fn spawn_service(clickhouse: &ClickHouseConfig) -> Service {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.bind = "127.0.0.1:0".into();
-    config.sla = scenario::sla();
-    config.clickhouse = clickhouse.clone();
-    config.store.url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let app = Application::build(config).await.expect("build the application");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped());
-    Service {
-        address,
-        client: reqwest::Client::new(),
-        state,
-        _dir: dir,
-    }
+    let config = Config {
+        sla: scenario::sla(),
+        clickhouse: clickhouse.clone(),
+        ..Config::default()
+    };
+    common::start(common::StoreKind::Sqlite, config, |_| {}).await
 }
 
 impl Service {

@@ -6,9 +6,9 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use common::{free_port, start_service, wait_ready, PgDatabase};
-use handoff_ledger::api::AppState;
+use chrono::Utc;
+use common::requests::{aivo, ultimate};
+use common::{free_port, start_service, wait_ready, FreshStore, StoreKind as Store, TestService};
 use handoff_ledger::config::{Config, Route};
 use handoff_ledger::model::Backend;
 use handoff_ledger::outbound::clients::aivo_live::user_hash;
@@ -16,7 +16,6 @@ use handoff_ledger::outbound::{Command, LiveTarget};
 use handoff_ledger::sources::ledger;
 use handoff_ledger::startup::Application;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 use uuid::Uuid;
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -26,20 +25,7 @@ const ULTIMATE_KEY: &str = "ultimate-api-key";
 const ULTIMATE_BOT: &str = "bot-7";
 const BP_AUTH: &str = r#"MOBILE-API-140-327-PLAIN appId="app-1", clientId="client-1""#;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Store {
-    Sqlite,
-    Postgres,
-}
-
-struct TestApp {
-    address: String,
-    client: reqwest::Client,
-    state: AppState,
-    store_url: String,
-    _dir: TempDir,
-    _pg: Option<PgDatabase>,
-}
+type TestApp = TestService;
 
 /// Every backend pointed at `mock` (`/aivo`, `/ultimate`, `/bp`); routing: default Aivo group 2179,
 /// team `support` to Bright Pattern; quick retries.
@@ -79,40 +65,12 @@ fn config_for(mock: &MockServer) -> Config {
 }
 
 async fn spawn(store: Store, mock: &MockServer, customize: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pg = match store {
-        Store::Sqlite => None,
-        Store::Postgres => Some(PgDatabase::create().await),
-    };
-    let store_url = match &pg {
-        Some(db) => db.url.clone(),
-        None => format!("sqlite://{}", dir.path().join("ledger.db").display()),
-    };
-    spawn_on(store_url, dir, pg, mock, customize).await
+    common::start(store, config_for(mock), customize).await
 }
 
-async fn spawn_on(
-    store_url: String,
-    dir: TempDir,
-    pg: Option<PgDatabase>,
-    mock: &MockServer,
-    customize: impl FnOnce(&mut Config),
-) -> TestApp {
-    let mut config = config_for(mock);
-    config.store.url = store_url.clone();
-    customize(&mut config);
-    let app = Application::build(config).await.expect("build the application");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        client: reqwest::Client::new(),
-        state,
-        store_url,
-        _dir: dir,
-        _pg: pg,
-    }
+/// A service on the store of one that was stopped.
+async fn spawn_on(store: FreshStore, mock: &MockServer, customize: impl FnOnce(&mut Config)) -> TestApp {
+    common::start_on(store, config_for(mock), customize).await
 }
 
 impl TestApp {
@@ -237,19 +195,6 @@ async fn wait_widget_calls(mock: &MockServer, n: usize) -> Vec<Value> {
     })
     .await;
     widget_calls(mock).await
-}
-
-fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
-    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
-    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
-    }
-    json!({"botId": "BOT", "channel": "chat", "data": data})
-}
-
-fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
-    json!({"name": name, "roomId": room, "timestamp": at.timestamp_nanos_opt().expect("in range"),
-           "botId": 1000, "eventTime": at.timestamp(), "data": data})
 }
 
 fn conv(answer: &Value) -> String {
@@ -1055,12 +1000,11 @@ async fn commands_recorded_before_a_crash_are_sent_after_the_restart() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&mock)
         .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let store = FreshStore::create(Store::Sqlite).await;
     // The first instance: the commands are recorded through its writer, bypassing its outbox, as if
     // it had crashed right after recording them.
     let mut config = config_for(&mock);
-    config.store.url = url.clone();
+    config.store.url = store.url.clone();
     let first = Application::build(config).await.expect("build");
     let conversation = Uuid::new_v4();
     let message = Command::VisitorMessage {
@@ -1106,7 +1050,7 @@ async fn commands_recorded_before_a_crash_are_sent_after_the_restart() {
     );
     drop(first);
 
-    let app = spawn_on(url, dir, None, &mock, |_| {}).await;
+    let app = spawn_on(store, &mock, |_| {}).await;
     wait_until("the re-sent message", || async {
         received(&mock, "/aivo/").await.len() == 1
     })
@@ -1311,10 +1255,9 @@ default = {{ backend = "aivo_live", groups = [2179] }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_resumes_after_a_restart_for_chats_still_open() {
     let mock = MockServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let store = FreshStore::create(Store::Sqlite).await;
     let mut config = config_for(&mock);
-    config.store.url = url.clone();
+    config.store.url = store.url.clone();
     config.bright_pattern.base_url = String::new();
     // An instance without Bright Pattern configured records a queued chat and polls nothing.
     let first = Application::build(config).await.expect("build");
@@ -1354,7 +1297,7 @@ async fn polling_resumes_after_a_restart_for_chats_still_open() {
         .mount(&mock)
         .await;
 
-    let app = spawn_on(url, dir, None, &mock, |_| {}).await;
+    let app = spawn_on(store, &mock, |_| {}).await;
     wait_until("the chat polled and closed", || async {
         app.conversation(&id).await["state"] == json!("closed")
     })

@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::requests::fixture;
 use common::{free_port, fresh_clickhouse, wait_ready, PgDatabase};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -45,9 +46,8 @@ fn binary() -> Command {
 /// Starts `handoff-ledger serve` with `env` (plus a free port) and waits until it is ready.
 async fn serve(env: &[(&str, String)]) -> Service {
     let port = free_port();
-    let mut command = binary();
+    let mut command = common::service_command(&[]);
     command
-        .arg("serve")
         .env_remove("RUST_LOG")
         .env("LEDGER__SERVER__BIND", format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
@@ -155,13 +155,6 @@ fn sqlite_env(dir: &TempDir) -> (&'static str, String) {
         "LEDGER__STORE__URL",
         format!("sqlite://{}", dir.path().join("ledger.db").display()),
     )
-}
-
-fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read_to_string(path).unwrap()
 }
 
 /// One sample of the Prometheus text: `name{labels} value`.

@@ -11,7 +11,7 @@ use crate::sources::ledger::ErasedPayload;
 const SEQS_PER_MUTATION: usize = 5_000;
 
 /// The mutations erasing what `erasures` name. Idempotent: re-running them changes nothing.
-pub fn erasure_statements(erasures: &[ErasedPayload]) -> Vec<String> {
+pub(crate) fn erasure_statements(erasures: &[ErasedPayload]) -> Vec<String> {
     let seqs: Vec<String> = erasures
         .iter()
         .flat_map(|e| e.events.iter().map(|ev| ev.seq.max(0).to_string()))

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::SlaConfig;
-use crate::model::{Conversation, Disposition, Handoff, Message, SlaStatus, StoredEvent};
+use crate::model::{Conversation, Handoff, Message, StoredEvent};
+use crate::projection::metrics;
 
 /// Seconds since the epoch, 0 for "not happened" (ClickHouse `DateTime` columns use 0 as the null time).
 pub fn epoch(t: Option<DateTime<Utc>>) -> u32 {
@@ -20,7 +21,7 @@ pub fn epoch(t: Option<DateTime<Utc>>) -> u32 {
 }
 
 /// The inverse of [`epoch`]: None for 0.
-pub fn from_epoch(secs: u32) -> Option<DateTime<Utc>> {
+pub(crate) fn from_epoch(secs: u32) -> Option<DateTime<Utc>> {
     if secs == 0 {
         None
     } else {
@@ -30,18 +31,18 @@ pub fn from_epoch(secs: u32) -> Option<DateTime<Utc>> {
 
 /// Version of a live row of a conversation at `last_seq`: a tombstone of the same `last_seq` loses to it,
 /// a live row of a later state wins over both.
-pub fn live_version(last_seq: i64) -> u64 {
+pub(crate) fn live_version(last_seq: i64) -> u64 {
     (last_seq.max(0) as u64) * 2 + 1
 }
 
 /// Version of a tombstone written while shipping a conversation at `last_seq`.
-pub fn tombstone_version(last_seq: i64) -> u64 {
+pub(crate) fn tombstone_version(last_seq: i64) -> u64 {
     (last_seq.max(0) as u64) * 2
 }
 
 /// One event of the log (immutable: re-shipping inserts an identical row that merges away).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct EventRow {
+pub(crate) struct EventRow {
     /// Log position.
     pub seq: u64,
     /// Event id.
@@ -60,7 +61,7 @@ pub struct EventRow {
 
 impl EventRow {
     /// The row of a stored event (the payload is not shipped).
-    pub fn from_event(event: &StoredEvent) -> EventRow {
+    pub(crate) fn from_event(event: &StoredEvent) -> EventRow {
         EventRow {
             seq: event.seq.max(0) as u64,
             event_id: event.event_id.to_string(),
@@ -138,7 +139,7 @@ pub struct ConversationRow {
 
 impl ConversationRow {
     /// The live row of a conversation.
-    pub fn from_conversation(c: &Conversation) -> ConversationRow {
+    pub(crate) fn from_conversation(c: &Conversation) -> ConversationRow {
         let platforms: BTreeSet<&str> = c.streams.iter().map(|s| s.platform.as_str()).collect();
         ConversationRow {
             conversation_id: c.id.to_string(),
@@ -178,7 +179,7 @@ impl ConversationRow {
     }
 
     /// A tombstone for conversation `id` under the key of `started_at`.
-    pub fn tombstone(id: &str, started_at: u32, version: u64) -> ConversationRow {
+    pub(crate) fn tombstone(id: &str, started_at: u32, version: u64) -> ConversationRow {
         ConversationRow {
             conversation_id: id.to_string(),
             started_at,
@@ -215,7 +216,7 @@ impl ConversationRow {
 
 /// Where a metric's timer stops: each handoff credits up to five instants (METRICS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Credit {
+pub(crate) enum Credit {
     /// Queued: offered.
     Offered = 1,
     /// First attended: answered, answered within SLA, wait.
@@ -230,7 +231,7 @@ pub enum Credit {
 
 /// One handoff with every metric decided and the instant each timer stops.
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct HandoffRow {
+pub(crate) struct HandoffRow {
     /// Conversation id.
     pub conversation_id: String,
     /// Position of the handoff in the conversation (0 = oldest).
@@ -302,40 +303,23 @@ fn flag(b: bool) -> u8 {
     u8::from(b)
 }
 
-fn seconds_between(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Option<f64> {
-    match (from, to) {
-        (Some(a), Some(b)) => Some((b - a).num_milliseconds() as f64 / 1000.0),
-        _ => None,
-    }
-}
-
 impl HandoffRow {
     /// The metrics of handoff number `idx` of `conversation` (pure; `sla` gives targets and short abandon).
-    pub fn from_handoff(conversation: &Conversation, idx: usize, h: &Handoff, sla: &SlaConfig) -> HandoffRow {
+    pub(crate) fn from_handoff(conversation: &Conversation, idx: usize, h: &Handoff, sla: &SlaConfig) -> HandoffRow {
+        // Every metric is decided by its one definition in `projection::metrics`.
         let target = sla.target_for(h.queue.as_deref());
-        let answered = h.attended_at.is_some();
-        let wait = h.wait_seconds.or_else(|| seconds_between(h.queued_at, h.attended_at));
-        let within = answered
-            && match h.sla_status {
-                SlaStatus::Met => true,
-                SlaStatus::Breached => false,
-                SlaStatus::Pending | SlaStatus::NotApplicable => wait.is_some_and(|w| w <= target as f64),
-            };
-        let closed = h.closed_at.is_some();
-        let abandoned = closed && !answered && h.disposition == Some(Disposition::Abandoned);
-        let missed = closed && !answered && h.disposition == Some(Disposition::Missed);
-        let short_abandoned = abandoned
-            && seconds_between(h.queued_at, h.closed_at).is_some_and(|w| w < sla.short_abandon_seconds as f64);
-        let first_response = if answered { h.first_response_seconds } else { None };
+        let answered = metrics::is_answered(h);
+        let wait = metrics::wait_seconds(h);
+        let within = metrics::is_answered_within_sla(h, sla);
+        let abandoned = metrics::is_abandoned(h);
+        let missed = metrics::is_missed(h);
+        let short_abandoned = metrics::is_short_abandon(h, sla);
+        let first_response = metrics::first_response_seconds(h);
         let first_response_at = match (h.attended_at, first_response) {
             (Some(at), Some(secs)) => Some(at + chrono::Duration::milliseconds((secs * 1000.0).round() as i64)),
             _ => None,
         };
-        let handle = if answered && closed {
-            h.handle_seconds.or_else(|| seconds_between(h.attended_at, h.closed_at))
-        } else {
-            None
-        };
+        let handle = metrics::handle_seconds(h);
         let disposition_at = h.disposition.map(|_| {
             h.closed_at
                 .or(h.attended_at)
@@ -384,7 +368,7 @@ impl HandoffRow {
     }
 
     /// Every handoff of a conversation.
-    pub fn from_conversation(conversation: &Conversation, sla: &SlaConfig) -> Vec<HandoffRow> {
+    pub(crate) fn from_conversation(conversation: &Conversation, sla: &SlaConfig) -> Vec<HandoffRow> {
         conversation
             .handoffs
             .iter()
@@ -394,7 +378,7 @@ impl HandoffRow {
     }
 
     /// A tombstone for handoff `idx` of conversation `id` under the key of `started_at`.
-    pub fn tombstone(id: &str, idx: u32, started_at: u32, version: u64) -> HandoffRow {
+    pub(crate) fn tombstone(id: &str, idx: u32, started_at: u32, version: u64) -> HandoffRow {
         HandoffRow {
             conversation_id: id.to_string(),
             idx,
@@ -445,14 +429,14 @@ impl HandoffRow {
     }
 
     /// Every hour (epoch seconds of its start) in which this handoff credits something.
-    pub fn credited_hours(&self) -> impl Iterator<Item = u32> {
+    pub(crate) fn credited_hours(&self) -> impl Iterator<Item = u32> {
         self.credits().map(|(_, at)| at - at % 3600)
     }
 }
 
 /// Metadata of one transcript line (never its text).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct MessageRow {
+pub(crate) struct MessageRow {
     /// Conversation id.
     pub conversation_id: String,
     /// Log position of the event it came from.
@@ -479,7 +463,7 @@ pub struct MessageRow {
 
 impl MessageRow {
     /// Rows of a conversation's transcript lines (ordinals numbered per `seq` in transcript order).
-    pub fn from_messages(conversation: &Conversation, messages: &[Message]) -> Vec<MessageRow> {
+    pub(crate) fn from_messages(conversation: &Conversation, messages: &[Message]) -> Vec<MessageRow> {
         let mut rows: Vec<MessageRow> = Vec::with_capacity(messages.len());
         let mut ordinals: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
         for m in messages {
@@ -506,7 +490,7 @@ impl MessageRow {
     }
 
     /// A tombstone for a line of conversation `id`.
-    pub fn tombstone(id: &str, seq: u64, ordinal: u32, started_at: u32, version: u64) -> MessageRow {
+    pub(crate) fn tombstone(id: &str, seq: u64, ordinal: u32, started_at: u32, version: u64) -> MessageRow {
         MessageRow {
             conversation_id: id.to_string(),
             seq,
@@ -525,7 +509,7 @@ impl MessageRow {
 
 /// Ids of conversations that may have been absorbed into `conversation` by a merge: every conversation id a
 /// stream of it would have started (UUIDv5 of the stream key), other than its own.
-pub fn possibly_absorbed(conversation: &Conversation) -> Vec<Uuid> {
+pub(crate) fn possibly_absorbed(conversation: &Conversation) -> Vec<Uuid> {
     let mut ids: Vec<Uuid> = conversation
         .streams
         .iter()
@@ -544,7 +528,9 @@ pub(crate) mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::model::{Agent, HandoffState, MessageCounts, MessageKind, Party, Platform, StreamKey};
+    use crate::model::{
+        Agent, Disposition, HandoffState, MessageCounts, MessageKind, Party, Platform, SlaStatus, StreamKey,
+    };
 
     pub(crate) fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

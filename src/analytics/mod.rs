@@ -9,7 +9,6 @@ pub mod erasure;
 pub mod facts;
 pub mod reports;
 pub mod rollups;
-pub mod scenario;
 pub mod schema;
 pub mod sink;
 
@@ -45,7 +44,7 @@ pub enum AnalyticsError {
 }
 
 /// Result alias for analytics.
-pub type AnalyticsResult<T> = Result<T, AnalyticsError>;
+pub(crate) type AnalyticsResult<T> = Result<T, AnalyticsError>;
 
 /// A handle to the analytics database: cheap to clone, shared by the sink and the report handlers.
 #[derive(Clone)]
@@ -71,12 +70,6 @@ impl Analytics {
     /// The configuration it was built from.
     pub fn config(&self) -> &ClickHouseConfig {
         &self.config
-    }
-
-    /// Checks that ClickHouse answers.
-    pub async fn ping(&self) -> AnalyticsResult<()> {
-        self.client.query("SELECT 1").execute().await?;
-        Ok(())
     }
 }
 

@@ -17,14 +17,15 @@ use super::facts::{epoch, from_epoch, ConversationRow, Credit, HandoffRow};
 use super::{Analytics, AnalyticsResult};
 use crate::config::SlaConfig;
 use crate::model::Conversation;
+use crate::projection::metrics::{mean, percentile, service_level};
 use crate::store::{ConversationFilter, Store, StoreResult};
 
 /// How far before `since` the store is searched for conversations (by `started_at`) whose timers may stop
 /// inside the range: a conversation started earlier than this is not seen by the store-computed reports.
-pub const STORE_LOOKBACK: Duration = Duration::days(1);
+pub(crate) const STORE_LOOKBACK: Duration = Duration::days(1);
 
 /// Default report range when `since` is not given.
-pub const DEFAULT_RANGE: Duration = Duration::days(7);
+pub(crate) const DEFAULT_RANGE: Duration = Duration::days(7);
 
 /// Bucket size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
@@ -100,7 +101,7 @@ impl FromStr for GroupBy {
 /// Where a report is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ReportSource {
+pub(crate) enum ReportSource {
     /// The ClickHouse rollups.
     Clickhouse,
     /// The store's conversations.
@@ -119,7 +120,7 @@ impl fmt::Display for ReportSource {
 /// Query parameters of the report endpoints, as received.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ReportParams {
+pub(crate) struct ReportParams {
     /// Start (RFC 3339, from 1970); buckets from the one holding it; before `until`. Default (also when empty):
     /// `until` minus 7 days.
     #[param(schema_with = time_or_empty)]
@@ -174,7 +175,7 @@ fn source_or_empty() -> Schema {
 /// A parameter that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{param}: {message}")]
-pub struct ParamError {
+pub(crate) struct ParamError {
     /// Parameter name.
     pub param: &'static str,
     /// What is wrong with it.
@@ -214,7 +215,7 @@ pub struct ReportQuery {
 
 impl ReportQuery {
     /// Validates raw parameters; `now` is the default `until`.
-    pub fn from_params(params: &ReportParams, now: DateTime<Utc>) -> Result<ReportQuery, ParamError> {
+    pub(crate) fn from_params(params: &ReportParams, now: DateTime<Utc>) -> Result<ReportQuery, ParamError> {
         let until = parse_time("until", params.until.as_deref())?.unwrap_or(now);
         let since = parse_time("since", params.since.as_deref())?.unwrap_or(until - DEFAULT_RANGE);
         if since >= until {
@@ -246,12 +247,12 @@ impl ReportQuery {
     }
 
     /// First bucket start included (epoch seconds).
-    pub fn first_bucket(&self) -> u32 {
+    pub(crate) fn first_bucket(&self) -> u32 {
         self.interval.truncate(epoch(Some(self.since)))
     }
 
     /// Bucket starts must be below this (epoch seconds, rounded up).
-    pub fn end_exclusive(&self) -> u32 {
+    pub(crate) fn end_exclusive(&self) -> u32 {
         let secs = self.until.timestamp() + i64::from(self.until.timestamp_subsec_nanos() > 0);
         u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
     }
@@ -261,7 +262,7 @@ impl ReportQuery {
     }
 
     /// Parses the `source` parameter.
-    pub fn source_param(params: &ReportParams) -> Result<Option<ReportSource>, ParamError> {
+    pub(crate) fn source_param(params: &ReportParams) -> Result<Option<ReportSource>, ParamError> {
         match params.source.as_deref().filter(|s| !s.is_empty()) {
             None => Ok(None),
             Some("clickhouse") => Ok(Some(ReportSource::Clickhouse)),
@@ -347,7 +348,7 @@ pub struct DispositionRow {
 
 /// The answer of `GET /v1/reports/sla`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SlaReport {
+pub(crate) struct SlaReport {
     /// Where it was computed.
     pub source: ReportSource,
     /// Rows ordered by bucket, then the grouped dimensions.
@@ -356,7 +357,7 @@ pub struct SlaReport {
 
 /// The answer of `GET /v1/reports/dispositions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct DispositionReport {
+pub(crate) struct DispositionReport {
     /// Where it was computed.
     pub source: ReportSource,
     /// Rows ordered by bucket, then the grouped dimensions.
@@ -387,29 +388,6 @@ pub fn bucket_text(secs: u32) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Service level from counts; None when the denominator is 0.
-pub fn service_level(answered_within_sla: u64, answered: u64, abandoned: u64, missed: u64, short: u64) -> Option<f64> {
-    let denominator = (answered + abandoned + missed).saturating_sub(short);
-    (denominator > 0).then(|| answered_within_sla as f64 / denominator as f64)
-}
-
-/// Percentile with linear interpolation between closest ranks (index `p * (n - 1)`), the definition
-/// ClickHouse's `quantiles` uses; None for no values.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let index = p * (sorted.len() - 1) as f64;
-    let lower = index.floor() as usize;
-    let upper = index.ceil() as usize;
-    let fraction = index - lower as f64;
-    Some(sorted[lower] + (sorted[upper] - sorted[lower]) * fraction)
-}
-
-fn mean(sum: f64, count: u64) -> Option<f64> {
-    (count > 0).then(|| sum / count as f64)
-}
-
 #[derive(Default)]
 struct SlaAcc {
     offered: u64,
@@ -436,7 +414,7 @@ fn in_range(q: &ReportQuery, bucket: u32) -> bool {
 }
 
 /// The SLA report over handoff rows (tombstones ignored).
-pub fn sla_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec<SlaRow> {
+pub(crate) fn sla_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec<SlaRow> {
     let mut acc: BTreeMap<Key, SlaAcc> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.deleted == 0) {
         for (credit, at) in r.credits() {
@@ -499,7 +477,7 @@ pub fn sla_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec<SlaRow>
 }
 
 /// The disposition report over handoff rows (tombstones ignored).
-pub fn disposition_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec<DispositionRow> {
+pub(crate) fn disposition_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec<DispositionRow> {
     let mut acc: BTreeMap<Key, [u64; 4]> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.deleted == 0) {
         for (credit, at) in r.credits().filter(|(c, _)| *c == Credit::Disposition) {
@@ -537,7 +515,7 @@ pub fn disposition_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec
 }
 
 /// Handoff rows of conversations (each conversation once, by id).
-pub fn handoff_rows(conversations: &[Conversation], sla: &SlaConfig) -> Vec<HandoffRow> {
+pub(crate) fn handoff_rows(conversations: &[Conversation], sla: &SlaConfig) -> Vec<HandoffRow> {
     let mut seen = HashSet::new();
     conversations
         .iter()
@@ -557,7 +535,7 @@ pub fn disposition_report(conversations: &[Conversation], sla: &SlaConfig, q: &R
 }
 
 /// Every conversation whose `started_at` lies in `[since, until)`, read page by page, each once.
-pub async fn conversations_started(
+pub(crate) async fn conversations_started(
     store: &dyn Store,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
@@ -640,7 +618,7 @@ fn grouping_sql(q: &ReportQuery) -> (String, String) {
 }
 
 /// The SQL of the SLA report over the current rollups (`?` binds: grain, first bucket, end).
-pub fn sla_report_sql(q: &ReportQuery) -> String {
+pub(crate) fn sla_report_sql(q: &ReportQuery) -> String {
     let (dims, group) = grouping_sql(q);
     format!(
         "SELECT toUInt32(bucket) AS bucket_start, {dims}, \
@@ -658,7 +636,7 @@ pub fn sla_report_sql(q: &ReportQuery) -> String {
 }
 
 /// The SQL of the disposition report over the current rollups (`?` binds: grain, first bucket, end).
-pub fn disposition_report_sql(q: &ReportQuery) -> String {
+pub(crate) fn disposition_report_sql(q: &ReportQuery) -> String {
     let (dims, group) = grouping_sql(q);
     format!(
         "SELECT toUInt32(bucket) AS bucket_start, {dims}, \
@@ -746,7 +724,7 @@ pub async fn disposition_report_clickhouse(
 // ---- conversations.csv ----
 
 /// Header of `conversations.csv`.
-pub const CSV_HEADER: [&str; 26] = [
+pub(crate) const CSV_HEADER: [&str; 26] = [
     "id",
     "started_at",
     "updated_at",
@@ -786,7 +764,7 @@ fn number_cell(v: Option<f64>) -> String {
 }
 
 /// The CSV record of a conversation row (times to the second, lists joined with `|`).
-pub fn csv_record(r: &ConversationRow) -> Vec<String> {
+pub(crate) fn csv_record(r: &ConversationRow) -> Vec<String> {
     vec![
         r.conversation_id.clone(),
         time_cell(r.started_at),
@@ -818,7 +796,9 @@ pub fn csv_record(r: &ConversationRow) -> Vec<String> {
 }
 
 /// Renders `conversations.csv`: rows ordered by `started_at`, then id; cells neutralised like transcripts'.
-pub fn conversations_csv(rows: &mut [ConversationRow]) -> Result<String, csv::Error> {
+/// (The service streams the same lines with [`csv_header_bytes`] and [`csv_rows_bytes`].)
+#[cfg(test)]
+fn conversations_csv(rows: &mut [ConversationRow]) -> Result<String, csv::Error> {
     rows.sort_by(|a, b| (a.started_at, &a.conversation_id).cmp(&(b.started_at, &b.conversation_id)));
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_HEADER)?;
@@ -830,28 +810,15 @@ pub fn conversations_csv(rows: &mut [ConversationRow]) -> Result<String, csv::Er
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Conversation rows for the CSV from the store (`started_at` in `[since, until)`).
-pub async fn csv_rows_from_store(
-    store: &dyn Store,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> StoreResult<Vec<ConversationRow>> {
-    Ok(conversations_started(store, since, until)
-        .await?
-        .iter()
-        .map(ConversationRow::from_conversation)
-        .collect())
-}
-
 /// The CSV's header line.
-pub fn csv_header_bytes() -> Result<Vec<u8>, csv::Error> {
+pub(crate) fn csv_header_bytes() -> Result<Vec<u8>, csv::Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(CSV_HEADER)?;
     writer.into_inner().map_err(|e| e.into_error().into())
 }
 
 /// CSV lines of some rows (in the order given), cells neutralised like [`conversations_csv`]'s.
-pub fn csv_rows_bytes(rows: &[ConversationRow]) -> Result<Vec<u8>, csv::Error> {
+pub(crate) fn csv_rows_bytes(rows: &[ConversationRow]) -> Result<Vec<u8>, csv::Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for r in rows {
         writer.write_record(csv_record(r).into_iter().map(crate::transcript::neutralise_csv_cell))?;
@@ -861,7 +828,7 @@ pub fn csv_rows_bytes(rows: &[ConversationRow]) -> Result<Vec<u8>, csv::Error> {
 
 /// Most conversations the streamed CSV holds in memory at once when reading the store (a whole second
 /// holding more is read anyway: rows are ordered by whole seconds).
-pub const CSV_STORE_MAX_ROWS: usize = 5_000;
+pub(crate) const CSV_STORE_MAX_ROWS: usize = 5_000;
 
 /// The store's CSV rows of `[since, until)` in the CSV's order (`started_at`, then id), a window at a time:
 /// the range is read whole when it holds at most [`CSV_STORE_MAX_ROWS`] conversations, else split in
@@ -947,7 +914,7 @@ async fn conversations_started_at_most(
 }
 
 /// A cursor over ClickHouse's CSV rows (`started_at` in `[since, until)`), in the CSV's order.
-pub fn csv_cursor_from_clickhouse(
+pub(crate) fn csv_cursor_from_clickhouse(
     analytics: &Analytics,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
@@ -962,26 +929,6 @@ pub fn csv_cursor_from_clickhouse(
         .bind(epoch(Some(since)))
         .bind(u32::try_from(until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0)).unwrap_or(u32::MAX))
         .fetch::<ConversationRow>()?)
-}
-
-/// Conversation rows for the CSV from ClickHouse (`started_at` in `[since, until)`, whole seconds).
-pub async fn csv_rows_from_clickhouse(
-    analytics: &Analytics,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-) -> AnalyticsResult<Vec<ConversationRow>> {
-    let rows = analytics
-        .client()
-        .query(
-            "SELECT ?fields FROM conversations FINAL \
-             WHERE deleted = 0 AND started_at >= toDateTime(?, 'UTC') AND started_at < toDateTime(?, 'UTC') \
-             ORDER BY started_at, conversation_id",
-        )
-        .bind(epoch(Some(since)))
-        .bind(u32::try_from(until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0)).unwrap_or(u32::MAX))
-        .fetch_all::<ConversationRow>()
-        .await?;
-    Ok(rows)
 }
 
 #[cfg(test)]
@@ -1054,21 +1001,6 @@ mod tests {
             ..Default::default()
         })
         .is_err());
-    }
-
-    #[test]
-    fn percentiles_interpolate_like_clickhouse_quantiles() {
-        assert_eq!(percentile(&[], 0.5), None);
-        assert_eq!(percentile(&[0.0, 1.0, 2.0, 3.0], 0.5), Some(1.5));
-        let p90 = percentile(&[0.0, 1.0, 2.0, 3.0], 0.9).unwrap();
-        assert!((p90 - 2.7).abs() < 1e-9);
-        assert_eq!(percentile(&[7.0], 0.9), Some(7.0));
-    }
-
-    #[test]
-    fn service_level_excludes_short_abandons_and_is_null_without_denominator() {
-        assert_eq!(service_level(3, 4, 2, 1, 1), Some(0.5));
-        assert_eq!(service_level(0, 0, 1, 0, 1), None);
     }
 
     #[test]

@@ -18,12 +18,12 @@ use super::reports::Interval;
 use super::{Analytics, AnalyticsResult};
 
 /// Most buckets refreshed by one statement (three lists of them stay well under `max_query_size`, 256 KiB).
-pub const REFRESH_CHUNK: usize = 1000;
+pub(crate) const REFRESH_CHUNK: usize = 1000;
 
 static LAST_BUILD: AtomicU64 = AtomicU64::new(0);
 
 /// A strictly increasing build version for this process (microseconds since the epoch).
-pub fn next_build_version() -> u64 {
+pub(crate) fn next_build_version() -> u64 {
     let now = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
     let mut last = LAST_BUILD.load(Ordering::SeqCst);
     loop {
@@ -53,10 +53,10 @@ fn truncate_sql(interval: Interval, column: &str) -> String {
 /// Platform of a bucket's marker row. The table's key has no `marker` column, so the marker needs a key no
 /// real group has: with `''` it replaced the group of hand-overs whose platform, queue and agent are all
 /// unknown (a hand-over that failed before it was queued).
-pub const MARKER_PLATFORM: &str = "(marker)";
+pub(crate) const MARKER_PLATFORM: &str = "(marker)";
 
 /// The statement rebuilding `buckets` (bucket starts, epoch seconds) of one grain from `handoffs`.
-pub fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -> String {
+pub(crate) fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -> String {
     let grain = interval.as_str();
     let list = datetime_list(buckets);
     let bucket_of_p = truncate_sql(interval, "p.2");
@@ -101,7 +101,7 @@ pub fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -
 }
 
 /// Rebuilds the rollups of `hours` (hour starts, epoch seconds) and of the days holding them.
-pub async fn refresh_hours(analytics: &Analytics, hours: &BTreeSet<u32>) -> AnalyticsResult<()> {
+pub(crate) async fn refresh_hours(analytics: &Analytics, hours: &BTreeSet<u32>) -> AnalyticsResult<()> {
     let hours: Vec<u32> = hours.iter().map(|h| Interval::Hour.truncate(*h)).collect();
     for chunk in hours.chunks(REFRESH_CHUNK) {
         let hour_set: BTreeSet<u32> = chunk.iter().copied().collect();
@@ -146,12 +146,12 @@ async fn write_dirty(analytics: &Analytics, hours: &BTreeSet<u32>, dirty: u8) ->
 }
 
 /// Records hours whose rollups must be rebuilt (before writing the facts that change them).
-pub async fn mark_dirty(analytics: &Analytics, hours: &BTreeSet<u32>) -> AnalyticsResult<()> {
+pub(crate) async fn mark_dirty(analytics: &Analytics, hours: &BTreeSet<u32>) -> AnalyticsResult<()> {
     write_dirty(analytics, hours, 1).await
 }
 
 /// Hours recorded as needing a rebuild.
-pub async fn dirty_hours(analytics: &Analytics) -> AnalyticsResult<BTreeSet<u32>> {
+pub(crate) async fn dirty_hours(analytics: &Analytics) -> AnalyticsResult<BTreeSet<u32>> {
     let rows: Vec<HourRow> = analytics
         .client()
         .query("SELECT toUInt32(hour) AS h FROM rollup_dirty FINAL WHERE dirty = 1 ORDER BY h")
@@ -161,7 +161,7 @@ pub async fn dirty_hours(analytics: &Analytics) -> AnalyticsResult<BTreeSet<u32>
 }
 
 /// Rebuilds every dirty hour (and its day), then records them as clean. Returns how many hours.
-pub async fn refresh_dirty(analytics: &Analytics) -> AnalyticsResult<usize> {
+pub(crate) async fn refresh_dirty(analytics: &Analytics) -> AnalyticsResult<usize> {
     let hours = dirty_hours(analytics).await?;
     if hours.is_empty() {
         return Ok(0);

@@ -10,7 +10,7 @@ use crate::config::ClickHouseConfig;
 
 /// One migration file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Migration {
+pub(crate) struct Migration {
     /// Version (the file's numeric prefix).
     pub version: u32,
     /// File name.
@@ -20,7 +20,7 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A test checks this list against the directory.
-pub const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_facts.sql",
@@ -39,7 +39,7 @@ const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrati
 
 /// Splits a migration file into statements: drops `--` comment lines, splits on `;` (the HTTP interface
 /// takes one statement per request). The files contain no `;` inside literals.
-pub fn statements(sql: &str) -> Vec<String> {
+pub(crate) fn statements(sql: &str) -> Vec<String> {
     let without_comments: String = sql
         .lines()
         .filter(|line| !line.trim_start().starts_with("--"))
@@ -114,7 +114,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> AnalyticsResult<Analytics> {
 }
 
 /// Back-quotes an identifier (database names come from configuration).
-pub fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }
 

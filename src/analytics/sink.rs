@@ -33,13 +33,13 @@ pub const CHECKPOINT: &str = "clickhouse_sink";
 pub const BATCH_EVENTS: u32 = 1000;
 
 /// Longest wait between two passes when nothing wakes the sink.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Rows per INSERT of the batching inserter.
 const INSERT_MAX_ROWS: u64 = 50_000;
 
 /// Writes rows to `table` with the crate's batching inserter.
-pub async fn insert_rows<T>(analytics: &Analytics, table: &str, rows: &[T]) -> AnalyticsResult<()>
+pub(crate) async fn insert_rows<T>(analytics: &Analytics, table: &str, rows: &[T]) -> AnalyticsResult<()>
 where
     T: Row + Serialize,
 {
@@ -151,7 +151,7 @@ async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsR
 
 /// What one pass writes: new rows, tombstones, and the hours whose rollups change.
 #[derive(Debug, Default)]
-pub struct Shipment {
+pub(crate) struct Shipment {
     /// Conversation rows (live and tombstones).
     pub conversations: Vec<ConversationRow>,
     /// Handoff rows (live and tombstones).
@@ -165,7 +165,7 @@ pub struct Shipment {
 /// Decides the rows to write for `conversations` (with their transcripts) given what ClickHouse holds live:
 /// pure, so the tombstone rules are unit-tested. `absorbed` maps an id that a merge may have absorbed to the
 /// `last_seq` of the conversation that absorbed it.
-pub fn plan_shipment(
+pub(crate) fn plan_shipment(
     conversations: &[(Conversation, Vec<MessageRow>)],
     absorbed: &HashMap<String, i64>,
     live: &LiveStateView,
@@ -228,7 +228,7 @@ pub fn plan_shipment(
 
 /// The live rows ClickHouse holds, in plain tuples (for [`plan_shipment`]).
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct LiveStateView {
+pub(crate) struct LiveStateView {
     /// `(conversation_id, started_at)`.
     pub conversations: Vec<(String, u32)>,
     /// Live handoff keys with the instants they credit.
@@ -239,7 +239,7 @@ pub struct LiveStateView {
 
 /// A live handoff row: its key and credited instants.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct LiveHandoffView {
+pub(crate) struct LiveHandoffView {
     /// Conversation id.
     pub conversation_id: String,
     /// Handoff index.
@@ -285,18 +285,9 @@ impl LiveState {
 }
 
 /// Ships the current state of `conversations` (with their transcript rows): writes the dirty hours, the
-/// rows and tombstones, then refreshes every dirty hour's rollups. Idempotent.
-pub async fn ship_conversations(
-    analytics: &Analytics,
-    conversations: &[(Conversation, Vec<MessageRow>)],
-    absorbed: &HashMap<String, i64>,
-    sla: &SlaConfig,
-) -> AnalyticsResult<()> {
-    ship_conversations_erasing(analytics, conversations, absorbed, &BTreeSet::new(), sla).await
-}
-
-/// [`ship_conversations`], with the rows of the `erased` conversations shipped without stream ids.
-pub async fn ship_conversations_erasing(
+/// rows and tombstones, then refreshes every dirty hour's rollups; the rows of the `erased` conversations
+/// are shipped without stream ids. Idempotent.
+pub(crate) async fn ship_conversations_erasing(
     analytics: &Analytics,
     conversations: &[(Conversation, Vec<MessageRow>)],
     absorbed: &HashMap<String, i64>,
@@ -378,7 +369,7 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
 
 /// Exponential backoff between failed passes.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     current: Duration,
     initial: Duration,
     max: Duration,
@@ -395,7 +386,7 @@ impl Backoff {
     }
 
     /// The delay to wait now; the next one doubles.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.current;
         self.current = (self.current * 2).min(self.max);
         delay
@@ -410,7 +401,7 @@ impl Backoff {
 /// The sink task: applies the migrations (retrying while ClickHouse is down), then ships pass after pass,
 /// sleeping until `wake` changes (the writer's committed seq) or [`POLL_INTERVAL`] passes once caught up, and
 /// backing off while ClickHouse or the store fails. Runs until the runtime stops it.
-pub async fn run_sink(
+pub(crate) async fn run_sink(
     store: Arc<dyn Store>,
     analytics: Arc<Analytics>,
     mut wake: watch::Receiver<i64>,

@@ -15,7 +15,7 @@ use crate::auth::{bearer_token, Principal, Scope};
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guard {
+pub(crate) enum Guard {
     /// Nothing: webhooks (they check their platform's token), health probes, metrics.
     Public,
     /// The support console (`/ui/*`): its handlers authenticate the session themselves.
@@ -28,7 +28,7 @@ pub enum Guard {
 
 /// What a request needs, from its method and path. Anything not listed needs `admin`: a route
 /// added without a line here is closed, not open.
-pub fn guard_for(method: &Method, path: &str) -> Guard {
+pub(crate) fn guard_for(method: &Method, path: &str) -> Guard {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
@@ -50,7 +50,7 @@ pub fn guard_for(method: &Method, path: &str) -> Guard {
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` (scheme case-insensitive).
-pub fn presented_key(req: &HttpRequest) -> Option<&str> {
+pub(crate) fn presented_key(req: &HttpRequest) -> Option<&str> {
     req.headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -59,7 +59,7 @@ pub fn presented_key(req: &HttpRequest) -> Option<&str> {
 
 /// The middleware: identifies the caller, puts its [`Principal`] in the request's extensions, and
 /// answers `401` (no or unknown key) or `403` (scope missing) before any handler runs.
-pub async fn require_key(
+pub(crate) async fn require_key(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -107,16 +107,16 @@ impl FromRequest for Caller {
 
 /// The name of whoever made a request (the key's name, or `anonymous`), once [`require_key`] ran;
 /// None for public routes. For request logs.
-pub fn principal_name(req: &HttpRequest) -> Option<String> {
+pub(crate) fn principal_name(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<Principal>().map(|p| p.name.clone())
 }
 
 /// Declares the bearer scheme and writes each operation's needed scope (from [`guard_for`]) and its
 /// `401`/`403` answers into the OpenAPI document.
-pub struct SecurityAddon;
+pub(crate) struct SecurityAddon;
 
 /// Name of the security scheme in the OpenAPI document.
-pub const SECURITY_SCHEME: &str = "api_key";
+pub(crate) const SECURITY_SCHEME: &str = "api_key";
 
 impl utoipa::Modify for SecurityAddon {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

@@ -54,7 +54,7 @@ pub struct ListParams {
 
 /// A page of conversations, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ConversationList {
+pub(crate) struct ConversationList {
     /// The conversations.
     pub items: Vec<Conversation>,
     /// Pass as `cursor` for the next page; null on the last page.
@@ -104,7 +104,7 @@ pub struct EventsParams {
 
 /// Raw events of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct EventList {
+pub(crate) struct EventList {
     /// Events in `seq` order, raw payloads included.
     pub items: Vec<StoredEvent>,
     /// Pass as `cursor` for the events that follow; null when there are none (always null without `limit`,
@@ -149,7 +149,7 @@ fn decode_line_cursor(cursor: &str) -> Result<MessageCursor, ApiError> {
 
 /// `POST /v1/conversations/{id}/messages` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct PostMessage {
+pub(crate) struct PostMessage {
     /// Who speaks: `visitor` (relayed to the live agent), or `agent`/`system` for notes.
     pub party: Party,
     /// The text (not blank).
@@ -159,7 +159,7 @@ pub struct PostMessage {
 
 /// `POST /v1/conversations/{id}/handoff` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct PostHandoff {
+pub(crate) struct PostHandoff {
     /// Team to hand over to (`[routing.teams.<name>]`); the default route when absent.
     pub team: Option<String>,
 }
@@ -175,7 +175,7 @@ fn parse_time(name: &str, value: Option<&String>) -> Result<Option<DateTime<Utc>
 }
 
 /// Reads an enumerated query parameter into its type, naming the parameter and the allowed values on error.
-pub fn enum_param<T: DeserializeOwned>(name: &str, value: Option<&str>) -> Result<Option<T>, ApiError> {
+pub(crate) fn enum_param<T: DeserializeOwned>(name: &str, value: Option<&str>) -> Result<Option<T>, ApiError> {
     value
         .map(|v| {
             serde_json::from_value(serde_json::Value::String(v.to_string()))
@@ -185,7 +185,7 @@ pub fn enum_param<T: DeserializeOwned>(name: &str, value: Option<&str>) -> Resul
 }
 
 /// A page position as the `cursor` parameter reads it.
-pub fn encode_cursor((micros, id): (i64, Uuid)) -> String {
+pub(crate) fn encode_cursor((micros, id): (i64, Uuid)) -> String {
     format!("{micros}_{id}")
 }
 
@@ -202,7 +202,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
 
 impl ListParams {
     /// Validates the parameters into the store's filter (`400 invalid_parameter` naming the bad one).
-    pub fn into_filter(self) -> Result<ConversationFilter, ApiError> {
+    pub(crate) fn into_filter(self) -> Result<ConversationFilter, ApiError> {
         let platform = enum_param::<Platform>("platform", self.platform.as_deref())?;
         let state = enum_param::<HandoffState>("state", self.state.as_deref())?;
         let disposition = enum_param::<Disposition>("disposition", self.disposition.as_deref())?;
@@ -309,7 +309,7 @@ pub async fn transcript(
 /// after `after`, at most `limit` (None: [`MAX_PAGE`]) and no more than fit in `server.max_answer_bytes`
 /// (an export is bounded like a list). The next page's cursor is `next_cursor` in JSON and the
 /// `x-next-cursor` answer header in every format.
-pub async fn render_transcript(
+pub(crate) async fn render_transcript(
     state: &AppState,
     id: Uuid,
     format: TranscriptFormat,
@@ -369,7 +369,7 @@ pub async fn render_transcript(
 }
 
 /// The printable page may use its own inline styles and nothing else: no script, no request anywhere.
-pub const SELF_CONTAINED_PAGE_CSP: &str =
+pub(crate) const SELF_CONTAINED_PAGE_CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
 /// The raw events of a conversation in `seq` order, payloads as received.
@@ -443,7 +443,7 @@ fn idempotency_key(req: &HttpRequest) -> Option<String> {
         (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
-pub async fn post_message(
+pub(crate) async fn post_message(
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<Uuid>,
@@ -484,7 +484,7 @@ pub async fn post_message(
         (status = 504, description = "The live backend did not answer within the deadline", body = ErrorBody),
     )
 )]
-pub async fn post_handoff(
+pub(crate) async fn post_handoff(
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<Uuid>,

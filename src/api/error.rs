@@ -255,7 +255,7 @@ impl From<EscalationError> for ApiError {
 }
 
 /// The JSON error for actix's own extractor failures (bad path or query), so that every answer has one shape.
-pub fn query_error_handler(
+pub(crate) fn query_error_handler(
     err: actix_web::error::QueryPayloadError,
     _req: &actix_web::HttpRequest,
 ) -> actix_web::Error {
@@ -263,12 +263,15 @@ pub fn query_error_handler(
 }
 
 /// The JSON error for bad path parameters.
-pub fn path_error_handler(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn path_error_handler(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::parameter("path", err.to_string()).into()
 }
 
 /// The JSON error for bad JSON bodies of the API's own commands.
-pub fn json_error_handler(err: actix_web::error::JsonPayloadError, req: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn json_error_handler(
+    err: actix_web::error::JsonPayloadError,
+    req: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     match err {
         J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(limit).into(),

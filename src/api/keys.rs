@@ -62,7 +62,7 @@ pub struct CreatedKey {
 
 /// The keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct KeyList {
+pub(crate) struct KeyList {
     /// Keys by name.
     pub items: Vec<KeyInfo>,
 }

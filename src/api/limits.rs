@@ -43,12 +43,12 @@ impl Stream for Deadline {
 }
 
 /// Whether a body read failed because of [`body_deadline`].
-pub fn is_body_timeout(e: &PayloadError) -> bool {
+pub(crate) fn is_body_timeout(e: &PayloadError) -> bool {
     matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// The middleware: the whole body must arrive within `server.body_timeout_ms` of the request head.
-pub async fn body_deadline(
+pub(crate) async fn body_deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {

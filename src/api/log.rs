@@ -24,7 +24,7 @@ pub struct FeedParams {
 
 /// A page of the global log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct EventFeed {
+pub(crate) struct EventFeed {
     /// Events in `seq` order.
     pub items: Vec<StoredEvent>,
     /// Pass as `after_seq` for the next page (equals the request's `after_seq` when nothing new).
@@ -47,7 +47,7 @@ pub struct QuarantineParams {
 
 /// Refused deliveries, newest first (metadata only: each body at `GET /v1/quarantine/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct QuarantineList {
+pub(crate) struct QuarantineList {
     /// Entries.
     pub items: Vec<QuarantineSummary>,
     /// Pass as `before` for the next page; null on the last page.
@@ -56,7 +56,7 @@ pub struct QuarantineList {
 
 /// Liveness / readiness answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Health {
+pub(crate) struct Health {
     /// `ok`, or `unavailable`.
     pub status: String,
 }
@@ -138,7 +138,7 @@ pub async fn quarantine(
         (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
-pub async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let mut entry = state
         .store
@@ -150,7 +150,7 @@ pub async fn quarantine_entry(state: web::Data<AppState>, id: web::Path<i64>) ->
 }
 
 /// Fills each entry's `redrives` (one query for a page).
-pub async fn attach_redrives<'a>(
+pub(crate) async fn attach_redrives<'a>(
     state: &AppState,
     entries: impl Iterator<Item = &'a mut QuarantineSummary>,
 ) -> Result<(), ApiError> {

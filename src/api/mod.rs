@@ -50,7 +50,7 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
 }
 
 /// Registers every route.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
         .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
         .app_data(
@@ -97,7 +97,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Registers `GET /metrics` (on the main listener, or alone on `server.metrics_bind`).
-pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure_metrics(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/metrics", "GET").route(web::get().to(observe::metrics)));
 }
 
@@ -112,7 +112,7 @@ pub async fn append(
 
 /// Keeps the leading items whose JSON fits in `max_bytes` (always at least the first, so a page
 /// moves on); true when some were cut. List answers stay bounded in bytes as well as rows.
-pub fn fit_bytes<T: serde::Serialize>(items: &mut Vec<T>, max_bytes: usize) -> bool {
+pub(crate) fn fit_bytes<T: serde::Serialize>(items: &mut Vec<T>, max_bytes: usize) -> bool {
     let keep = fitting_len(items, max_bytes);
     let cut = keep < items.len();
     items.truncate(keep);
@@ -120,7 +120,7 @@ pub fn fit_bytes<T: serde::Serialize>(items: &mut Vec<T>, max_bytes: usize) -> b
 }
 
 /// How many leading items [`fit_bytes`] would keep.
-pub fn fitting_len<T: serde::Serialize>(items: &[T], max_bytes: usize) -> usize {
+pub(crate) fn fitting_len<T: serde::Serialize>(items: &[T], max_bytes: usize) -> usize {
     let mut total = 0usize;
     items
         .iter()

@@ -16,27 +16,27 @@ use super::AppState;
 use crate::telemetry;
 
 /// The request id header, read and answered.
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest `x-request-id` kept as sent; longer or unprintable ones are replaced by a generated id.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The request's id, in the request's extensions for handlers that want to quote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
+pub(crate) struct RequestId(pub String);
 
 /// The route label of requests no route matched (bounded, whatever paths clients invent).
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// A sent `x-request-id` when it is safe to keep: visible ASCII, at most 128 characters.
-pub fn accepted_request_id(sent: Option<&HeaderValue>) -> Option<String> {
+pub(crate) fn accepted_request_id(sent: Option<&HeaderValue>) -> Option<String> {
     let text = sent?.to_str().ok()?.trim();
     let printable = text.bytes().all(|b| b.is_ascii_graphic());
     (!text.is_empty() && text.len() <= MAX_REQUEST_ID_LEN && printable).then(|| text.to_string())
 }
 
 /// Middleware: request id, latency histogram, one log line per request.
-pub async fn observe(
+pub(crate) async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {

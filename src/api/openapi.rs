@@ -76,7 +76,7 @@ use crate::model;
     ),
     modifiers(&SecurityAddon)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The finished document: what utoipa derives from the handlers, completed with what its annotations cannot
 /// say: the webhook bodies as the parsers in `sources/` read them (required fields, types, and the choices
@@ -124,7 +124,7 @@ pub fn document() -> anyhow::Result<Value> {
 }
 
 /// The finished document, computed once, as `/openapi.json` serves it.
-pub fn served_document() -> Value {
+pub(crate) fn served_document() -> Value {
     static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     DOCUMENT
         .get_or_init(|| {

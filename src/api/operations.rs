@@ -177,7 +177,7 @@ async fn redriven_answer(state: &AppState, ingested: &Ingested, endpoint: &Endpo
         (status = 503, description = "Store unavailable: retry", body = ErrorBody),
     )
 )]
-pub async fn retry_command(
+pub(crate) async fn retry_command(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<(Uuid, String)>,

@@ -139,7 +139,7 @@ pub async fn sla_report(
         (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
-pub async fn dispositions_report(
+pub(crate) async fn dispositions_report(
     req: HttpRequest,
     state: web::Data<AppState>,
     analytics: Option<web::Data<Analytics>>,
@@ -173,7 +173,7 @@ pub async fn dispositions_report(
         (status = 503, description = "The source is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
-pub async fn conversations_csv_report(
+pub(crate) async fn conversations_csv_report(
     req: HttpRequest,
     state: web::Data<AppState>,
     analytics: Option<web::Data<Analytics>>,

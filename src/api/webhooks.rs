@@ -63,7 +63,7 @@ pub struct Accepted {
 
 impl Accepted {
     /// Builds the answer from the writer's outcomes (`multi`: the body may carry several events).
-    pub fn from_outcomes(outcomes: &[AppendOutcome], multi: bool) -> Self {
+    pub(crate) fn from_outcomes(outcomes: &[AppendOutcome], multi: bool) -> Self {
         let last = outcomes.last();
         Accepted {
             event_id: last.map(|o| o.event_id),
@@ -78,7 +78,7 @@ impl Accepted {
 
 /// `isTeamOnline` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct TeamOnline {
+pub(crate) struct TeamOnline {
     /// Whether the team can take the conversation now.
     #[serde(rename = "isOnline")]
     pub is_online: bool,
@@ -87,7 +87,7 @@ pub struct TeamOnline {
 /// What the converse webhook answers with 200: the append outcome, or for `isTeamOnline` the team's availability.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum ConverseAnswer {
+pub(crate) enum ConverseAnswer {
     /// Every event type but `isTeamOnline`.
     Accepted(Accepted),
     /// `isTeamOnline`.
@@ -96,7 +96,7 @@ pub enum ConverseAnswer {
 
 /// One result of the actions webhook: becomes a bot session variable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ActionResult {
+pub(crate) struct ActionResult {
     /// Variable name.
     pub key: String,
     /// Value: any JSON value (the bot stores strings, numbers and booleans; an unset value is null).
@@ -118,7 +118,7 @@ impl From<SessionVariable> for ActionResult {
 
 /// The actions webhook answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ActionResults {
+pub(crate) struct ActionResults {
     /// Session variables for the bot.
     pub results: Vec<ActionResult>,
 }
@@ -127,7 +127,12 @@ pub struct ActionResults {
 /// `?<query_name>=<token>`; any of the configured tokens is accepted (rotation). Compared in constant
 /// time (over digests, so lengths do not leak either). With no token configured the endpoint is open
 /// only when `open` says so (loopback bind, or `auth.open_webhooks`).
-pub fn check_token(req: &HttpRequest, expected: &Tokens, query_names: &[&str], open: bool) -> Result<(), ApiError> {
+pub(crate) fn check_token(
+    req: &HttpRequest,
+    expected: &Tokens,
+    query_names: &[&str],
+    open: bool,
+) -> Result<(), ApiError> {
     if expected.is_empty() {
         return if open { Ok(()) } else { Err(ApiError::Unauthorized) };
     }
@@ -223,9 +228,9 @@ pub trait Webhook: 'static {
 }
 
 /// `POST /webhooks/ultimate/converse`.
-pub struct UltimateConverse;
+pub(crate) struct UltimateConverse;
 /// `POST /webhooks/ultimate/actions`.
-pub struct UltimateActions;
+pub(crate) struct UltimateActions;
 /// `POST /webhooks/aivo-live`.
 pub struct AivoLive;
 /// `POST /webhooks/vcc/chat`.
@@ -330,7 +335,7 @@ impl<W: Webhook> FromRequest for Verified<W> {
 }
 
 /// What became of a delivery, for `ledger_webhooks_total`.
-pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
+pub(crate) fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
     match result {
         Ok(ingested) if ingested.parsed.unknown => WebhookOutcome::Unknown,
         Ok(ingested) if !ingested.outcomes.is_empty() && ingested.outcomes.iter().all(|o| o.duplicate) => {
@@ -357,7 +362,7 @@ const ENDPOINTS: [&Endpoint; 5] = [
 /// The endpoint a quarantined delivery was posted to (its stored `path`) with its path parameter, or
 /// None for a path this version does not serve. Bright Pattern poll answers are kept as
 /// `poll:/chats/{chat_id}/events` and are read as its webhook's.
-pub fn endpoint_of(path: &str) -> Option<(&'static Endpoint, Option<&str>)> {
+pub(crate) fn endpoint_of(path: &str) -> Option<(&'static Endpoint, Option<&str>)> {
     let chat_id = |id: &'_ str| !id.is_empty() && !id.contains('/');
     if let Some(polled) = path
         .strip_prefix("poll:/chats/")
@@ -461,7 +466,7 @@ pub fn answer(ingested: &Ingested, multi: bool) -> HttpResponse {
         (status = 504, description = "escalate: the live backend did not answer within the deadline", body = ErrorBody),
     )
 )]
-pub async fn ultimate_converse(
+pub(crate) async fn ultimate_converse(
     state: web::Data<AppState>,
     verified: Verified<UltimateConverse>,
     req: HttpRequest,
@@ -509,7 +514,7 @@ pub async fn ultimate_converse(
         (status = 503, description = "Store unavailable", body = ErrorBody),
     )
 )]
-pub async fn ultimate_actions(
+pub(crate) async fn ultimate_actions(
     state: web::Data<AppState>,
     verified: Verified<UltimateActions>,
     req: HttpRequest,

@@ -79,7 +79,7 @@ pub fn scopes_to_text(scopes: &[Scope]) -> String {
 }
 
 /// Reads stored scope text back.
-pub fn scopes_from_text(text: &str) -> Result<Vec<Scope>, UnknownScope> {
+pub(crate) fn scopes_from_text(text: &str) -> Result<Vec<Scope>, UnknownScope> {
     text.split_whitespace().map(Scope::from_str).collect()
 }
 
@@ -89,7 +89,7 @@ pub fn grants(granted: &[Scope], needed: Scope) -> bool {
 }
 
 /// Prefix of every key this service issues (recognisable in secret scanners).
-pub const KEY_PREFIX: &str = "hlk_";
+pub(crate) const KEY_PREFIX: &str = "hlk_";
 
 /// A freshly generated key: 32 random bytes from the operating system, hex, after [`KEY_PREFIX`].
 pub fn generate_key() -> String {
@@ -120,7 +120,7 @@ pub struct StoredKey {
 }
 
 /// A key name: 1 to 64 characters of letters, digits, `.`, `_`, `-`, `@`.
-pub fn check_key_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_key_name(name: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
     if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
         return Err(format!(

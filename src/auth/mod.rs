@@ -16,13 +16,13 @@ pub use key::{generate_key, grants, hash_key, Scope, StoredKey, UnknownScope};
 use crate::store::{Store, StoreError};
 
 /// The longest a key snapshot is trusted before the store is read again.
-pub const KEY_REFRESH: Duration = Duration::from_millis(500);
+pub(crate) const KEY_REFRESH: Duration = Duration::from_millis(500);
 
 /// How often a key's last use is written (at most once per key in this interval).
-pub const LAST_USE_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const LAST_USE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The name requests carry when the API is open (loopback without keys, or `auth.allow_anonymous`).
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// Who made a request. The API puts it in the request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,12 +37,12 @@ pub struct Principal {
 
 impl Principal {
     /// Whether it may do what `scope` grants.
-    pub fn allows(&self, scope: Scope) -> bool {
+    pub(crate) fn allows(&self, scope: Scope) -> bool {
         grants(&self.scopes, scope)
     }
 
     /// `Ok` when it may do what `scope` grants, else [`AuthError::Forbidden`].
-    pub fn require(&self, scope: Scope) -> Result<(), AuthError> {
+    pub(crate) fn require(&self, scope: Scope) -> Result<(), AuthError> {
         if self.allows(scope) {
             Ok(())
         } else {
@@ -97,7 +97,7 @@ pub struct OpenAccess {
 
 impl OpenAccess {
     /// Whether a webhook endpoint with no token configured takes deliveries.
-    pub fn webhooks_open_without_token(self) -> bool {
+    pub(crate) fn webhooks_open_without_token(self) -> bool {
         self.loopback || self.open_webhooks
     }
 }
@@ -129,7 +129,7 @@ impl KeyRing {
     }
 
     /// The rules for requests without a key.
-    pub fn access(&self) -> OpenAccess {
+    pub(crate) fn access(&self) -> OpenAccess {
         self.access
     }
 
@@ -162,7 +162,7 @@ impl KeyRing {
     }
 
     /// Whether any key exists.
-    pub async fn any_keys(&self) -> Result<bool, AuthError> {
+    pub(crate) async fn any_keys(&self) -> Result<bool, AuthError> {
         Ok(!self.snapshot().await?.by_hash.is_empty())
     }
 
@@ -181,7 +181,7 @@ impl KeyRing {
 
     /// The principal of a request that presented `key` (or none): a presented key must be valid;
     /// without one the request is anonymous when the API is open, else [`AuthError::Missing`].
-    pub async fn identify(&self, key: Option<&str>) -> Result<Principal, AuthError> {
+    pub(crate) async fn identify(&self, key: Option<&str>) -> Result<Principal, AuthError> {
         if let Some(key) = key {
             return self.authenticate(key).await;
         }
@@ -212,7 +212,7 @@ impl KeyRing {
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme matched case-insensitively).
-pub fn bearer_token(authorization: &str) -> Option<&str> {
+pub(crate) fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim().split_once(char::is_whitespace)?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

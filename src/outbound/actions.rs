@@ -12,7 +12,7 @@ use crate::store::StoreResult;
 
 /// One bot session variable an action answers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SessionVariable {
+pub(crate) struct SessionVariable {
     /// Variable name.
     pub key: String,
     /// Value (string, number or boolean).
@@ -21,7 +21,7 @@ pub struct SessionVariable {
 
 impl Outbound {
     /// Runs an actions-webhook action (its event already appended) and returns the bot's session variables.
-    pub async fn run_action(
+    pub(crate) async fn run_action(
         &self,
         action: &ActionRequest,
         conversation_id: Option<Uuid>,
@@ -57,7 +57,7 @@ impl Outbound {
 }
 
 /// `getHandoffStatus` results: state, queue, latest agent, seconds waited so far (or the wait it took).
-pub fn handoff_status(c: &Conversation, now: chrono::DateTime<Utc>) -> Vec<SessionVariable> {
+pub(crate) fn handoff_status(c: &Conversation, now: chrono::DateTime<Utc>) -> Vec<SessionVariable> {
     let waited = match (c.queued_at, c.first_attended_at, c.closed_at) {
         (Some(q), None, None) => Some((now - q).num_seconds().max(0)),
         _ => c.wait_seconds.map(|w| w.round() as i64),

@@ -19,14 +19,14 @@ use tokio_util::task::TaskTracker;
 
 /// Where polled events go.
 #[async_trait]
-pub trait PollSink: Send + Sync + 'static {
+pub(crate) trait PollSink: Send + Sync + 'static {
     /// Appends and relays one poll answer (the raw body); Ok(true) when it says the chat is over.
     async fn deliver(&self, chat_id: &str, body: &str) -> Result<bool, String>;
 }
 
 /// One long poll on a chat's events.
 #[async_trait]
-pub trait EventSource: Send + Sync + 'static {
+pub(crate) trait EventSource: Send + Sync + 'static {
     /// Waits for the chat's next events.
     async fn poll(&self, chat_id: &str) -> Result<PollOutcome, BackendError>;
 }
@@ -39,7 +39,7 @@ impl EventSource for BrightPatternClient {
 }
 
 /// Whether one Bright Pattern server event means the chat no longer exists.
-pub fn ends_chat(event: &Value) -> bool {
+pub(crate) fn ends_chat(event: &Value) -> bool {
     let name = event.get("event").and_then(Value::as_str).unwrap_or_default();
     match BpEventName::from_name(name) {
         BpEventName::Ended | BpEventName::InactivityTimeout => true,
@@ -49,7 +49,7 @@ pub fn ends_chat(event: &Value) -> bool {
 }
 
 /// Whether a poll answer (`{"events": [...]}` or one event) carries an event that ends the chat.
-pub fn body_ends_chat(body: &Value) -> bool {
+pub(crate) fn body_ends_chat(body: &Value) -> bool {
     match body.get("events") {
         Some(Value::Array(events)) => events.iter().any(ends_chat),
         _ => ends_chat(body),
@@ -58,7 +58,7 @@ pub fn body_ends_chat(body: &Value) -> bool {
 
 /// Why a poll loop stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PollStop {
+pub(crate) enum PollStop {
     /// An event ended the chat.
     Ended,
     /// Bright Pattern no longer knows the chat (5005 / 404).
@@ -71,7 +71,7 @@ pub enum PollStop {
 
 /// The chats being polled: at most one loop per chat. Loops run on the runtime current when this was
 /// built (the service's main one), whoever starts them (see `runner::SerialExecutor`).
-pub struct Pollers {
+pub(crate) struct Pollers {
     running: Mutex<HashSet<String>>,
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -162,7 +162,7 @@ async fn pause(delay: std::time::Duration, stopping: &CancellationToken) -> bool
 }
 
 /// Polls one chat until it is over.
-pub async fn poll_until_done(
+pub(crate) async fn poll_until_done(
     source: &dyn EventSource,
     sink: &dyn PollSink,
     chat_id: &str,

@@ -70,7 +70,7 @@ pub struct WidgetCommand {
 
 impl WidgetCommand {
     /// The stored form of an update.
-    pub fn from_update(update: &WidgetUpdate) -> WidgetCommand {
+    pub(crate) fn from_update(update: &WidgetUpdate) -> WidgetCommand {
         let mut c = WidgetCommand {
             event_type: update.event_type().to_string(),
             agent: None,
@@ -98,7 +98,7 @@ impl WidgetCommand {
     }
 
     /// The update to send; None for an event type this version does not know.
-    pub fn to_update(&self) -> Option<WidgetUpdate> {
+    pub(crate) fn to_update(&self) -> Option<WidgetUpdate> {
         Some(match self.event_type.as_str() {
             "escalationQueueUpdate" => WidgetUpdate::QueueUpdate {
                 queue_position: self.queue_position,
@@ -206,7 +206,7 @@ impl Command {
     }
 
     /// Reads a command back from its `ledger.command` payload.
-    pub fn from_record(record: &CommandRecord) -> Option<Command> {
+    pub(crate) fn from_record(record: &CommandRecord) -> Option<Command> {
         record.body.clone().and_then(|body| serde_json::from_value(body).ok())
     }
 }

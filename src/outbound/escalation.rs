@@ -20,10 +20,10 @@ use crate::writer::WriteError;
 
 /// Why an escalation cannot even be attempted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NoRoute(pub String);
+pub(crate) struct NoRoute(pub String);
 
 /// The queue command an escalation for `team` becomes, or why there is none.
-pub fn escalation_command(
+pub(crate) fn escalation_command(
     routing: &RoutingConfig,
     backends: &Backends,
     team: Option<&str>,
@@ -125,7 +125,7 @@ pub enum EscalationError {
 
 impl EscalationError {
     /// How a failed queue call on `backend` is told.
-    pub fn from_backend(backend: Backend, error: &BackendError) -> EscalationError {
+    pub(crate) fn from_backend(backend: Backend, error: &BackendError) -> EscalationError {
         match error {
             BackendError::Timeout => EscalationError::Timeout { backend },
             BackendError::Network(e) => EscalationError::Unreachable {
@@ -158,7 +158,7 @@ impl Outbound {
 
     /// The bot's `escalate`, just appended: hands its conversation over (nothing to do for a delivery
     /// that carried no event).
-    pub async fn escalate_appended(
+    pub(crate) async fn escalate_appended(
         &self,
         outcomes: &[AppendOutcome],
         team: Option<&str>,
@@ -172,7 +172,7 @@ impl Outbound {
 
     /// `POST /v1/conversations/{id}/handoff`, just appended: hands the conversation over as the bot's
     /// `escalate` does.
-    pub async fn escalate_requested(
+    pub(crate) async fn escalate_requested(
         &self,
         conversation: &Conversation,
         team: Option<&str>,

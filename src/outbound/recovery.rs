@@ -15,13 +15,13 @@ use crate::sources::ledger::{self, CommandRecord};
 use crate::store::{ConversationFilter, StoreResult};
 
 /// Checkpoint below which every command in the log has a result (the start-up scan begins there).
-pub const SCAN_CHECKPOINT: &str = "outbox.scan_from";
+pub(crate) const SCAN_CHECKPOINT: &str = "outbox.scan_from";
 /// Events read per page by the start-up scan.
 const SCAN_PAGE: u32 = 1000;
 
 /// A command found in the log without a result.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PendingCommand {
+pub(crate) struct PendingCommand {
     /// Log position of its `ledger.command`.
     pub seq: i64,
     /// The conversation it belongs to now.
@@ -32,7 +32,7 @@ pub struct PendingCommand {
 
 /// Folds the log (in `seq` order, in pages) into the commands that have no result yet.
 #[derive(Debug, Default)]
-pub struct PendingScan {
+pub(crate) struct PendingScan {
     pending: BTreeMap<String, PendingCommand>,
     last_seq: i64,
 }
@@ -66,12 +66,13 @@ impl PendingScan {
     }
 
     /// The highest `seq` seen.
-    pub fn last_seq(&self) -> i64 {
+    #[cfg(test)]
+    fn last_seq(&self) -> i64 {
         self.last_seq
     }
 
     /// The commands still without a result, in log order.
-    pub fn into_pending(self) -> Vec<PendingCommand> {
+    pub(crate) fn into_pending(self) -> Vec<PendingCommand> {
         let mut out: Vec<PendingCommand> = self.pending.into_values().collect();
         out.sort_by_key(|p| p.seq);
         out
@@ -105,7 +106,7 @@ impl Outbound {
 
     /// Scans the log up to `upto` for commands without a result and dispatches them in log order;
     /// returns how many were found.
-    pub async fn recover(&self, upto: i64) -> StoreResult<usize> {
+    pub(crate) async fn recover(&self, upto: i64) -> StoreResult<usize> {
         let store = &self.inner.store;
         let from = store.checkpoint(SCAN_CHECKPOINT).await?;
         let mut scan = PendingScan::default();
@@ -149,7 +150,7 @@ impl Outbound {
     }
 
     /// Starts a poll loop for every Bright Pattern chat of a queued or attended conversation.
-    pub async fn resume_polls(&self) -> StoreResult<usize> {
+    pub(crate) async fn resume_polls(&self) -> StoreResult<usize> {
         if self.inner.bright_pattern.is_none() {
             return Ok(0);
         }

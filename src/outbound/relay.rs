@@ -197,7 +197,7 @@ impl Outbound {
 
     /// Relays a message posted through the API to the live agent, when handed off: sends the commands
     /// its append committed.
-    pub async fn relay_api_message(
+    pub(crate) async fn relay_api_message(
         &self,
         _conversation: &Conversation,
         _party: Party,

@@ -25,7 +25,7 @@ pub struct CommandRetry {
 }
 
 /// The id of the `n`th retry of command `root` (stable, so that concurrent retries record one command).
-pub fn command_id_for_retry(root: &str, n: usize) -> String {
+pub(crate) fn command_id_for_retry(root: &str, n: usize) -> String {
     command_id(root, &format!("retry-{n}"))
 }
 

@@ -33,7 +33,7 @@ const RECORD_ATTEMPTS: u32 = 10;
 
 /// What a command's execution gave.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Executed {
+pub(crate) enum Executed {
     /// A queue call was accepted.
     Queued(QueueResult),
     /// Anything else succeeded; Bright Pattern may have answered with new server events.
@@ -55,7 +55,7 @@ pub(super) struct Job {
 
 /// Exponential backoff with jitter between attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Attempts in all, the first included.
     pub max_attempts: u32,
     /// Delay after the first failure.
@@ -86,7 +86,7 @@ impl RetryPolicy {
 /// Runs jobs one at a time per key, in submission order, on a task that lives only while its key has
 /// jobs. Keys run concurrently with each other. [`SerialExecutor::stop`] lets each worker finish the job
 /// it is running and start no other (what is left is recorded in the log and re-sent at the next start).
-pub struct SerialExecutor<J> {
+pub(crate) struct SerialExecutor<J> {
     workers: Mutex<HashMap<Uuid, mpsc::UnboundedSender<J>>>,
     tasks: TaskTracker,
     stopping: CancellationToken,
@@ -109,7 +109,7 @@ impl<J: Send + 'static> Default for SerialExecutor<J> {
 
 impl<J: Send + 'static> SerialExecutor<J> {
     /// Queues `job` behind the pending jobs of `key`, starting a worker for `key` when none runs.
-    pub fn dispatch<F, Fut>(self: &Arc<Self>, key: Uuid, job: J, run: F)
+    pub(crate) fn dispatch<F, Fut>(self: &Arc<Self>, key: Uuid, job: J, run: F)
     where
         F: Fn(J) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -167,7 +167,7 @@ impl<J: Send + 'static> SerialExecutor<J> {
     }
 
     /// How many keys have a worker now.
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.workers.lock().map(|w| w.len()).unwrap_or(0)
     }
 

@@ -13,15 +13,15 @@ use super::{
 use crate::model::{Agent, MessageKind, Party, Platform};
 
 /// Kind of `attended`: an agent took the conversation.
-pub const ATTENDED: &str = "aivo_live.attended";
+pub(crate) const ATTENDED: &str = "aivo_live.attended";
 /// Kind of `transfer`: the conversation moved to another group.
-pub const TRANSFER: &str = "aivo_live.transfer";
+pub(crate) const TRANSFER: &str = "aivo_live.transfer";
 /// Kind of `messageToClient`: an agent's (or a trigger's) message for the visitor.
-pub const MESSAGE_TO_CLIENT: &str = "aivo_live.message_to_client";
+pub(crate) const MESSAGE_TO_CLIENT: &str = "aivo_live.message_to_client";
 /// Kind of `close`: the live chat ended.
-pub const CLOSE: &str = "aivo_live.close";
+pub(crate) const CLOSE: &str = "aivo_live.close";
 /// Kind of an event whose `name` this version does not know.
-pub const UNKNOWN: &str = "aivo_live.unknown";
+pub(crate) const UNKNOWN: &str = "aivo_live.unknown";
 /// Every kind the parser produces.
 pub const KINDS: &[&str] = &[ATTENDED, TRANSFER, MESSAGE_TO_CLIENT, CLOSE, UNKNOWN];
 
@@ -104,7 +104,7 @@ pub struct AivoWebhook {
 
 impl AivoWebhook {
     /// `{name}:{roomId}:{timestamp}`: a redelivery carries the same three.
-    pub fn delivery_key(&self) -> String {
+    pub(crate) fn delivery_key(&self) -> String {
         format!("{}:{}:{}", self.name, self.room_id, self.timestamp)
     }
 
@@ -191,7 +191,7 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
 }
 
 /// Who closed a conversation, read from Aivo's free-text `reason`.
-pub fn closed_by(reason: Option<&str>) -> ClosedBy {
+pub(crate) fn closed_by(reason: Option<&str>) -> ClosedBy {
     let Some(reason) = reason.map(|r| r.trim().to_lowercase()) else {
         return ClosedBy::Unknown;
     };

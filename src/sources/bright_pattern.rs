@@ -17,35 +17,35 @@ use super::{
 use crate::model::{Agent, MessageKind, Party, Platform};
 
 /// Kind of an event whose name this version does not know.
-pub const UNKNOWN: &str = "bright_pattern.unknown";
+pub(crate) const UNKNOWN: &str = "bright_pattern.unknown";
 /// Kind of `chat_session_status`.
-pub const STATUS: &str = "bright_pattern.chat_session_status";
+pub(crate) const STATUS: &str = "bright_pattern.chat_session_status";
 /// Kind of `chat_session_ended`.
-pub const ENDED: &str = "bright_pattern.chat_session_ended";
+pub(crate) const ENDED: &str = "bright_pattern.chat_session_ended";
 /// Kind of `chat_session_party_joined`.
-pub const PARTY_JOINED: &str = "bright_pattern.chat_session_party_joined";
+pub(crate) const PARTY_JOINED: &str = "bright_pattern.chat_session_party_joined";
 /// Kind of `chat_session_party_left`.
-pub const PARTY_LEFT: &str = "bright_pattern.chat_session_party_left";
+pub(crate) const PARTY_LEFT: &str = "bright_pattern.chat_session_party_left";
 /// Kind of `chat_session_message`.
-pub const MESSAGE: &str = "bright_pattern.chat_session_message";
+pub(crate) const MESSAGE: &str = "bright_pattern.chat_session_message";
 /// Kind of `chat_session_typing`.
-pub const TYPING: &str = "bright_pattern.chat_session_typing";
+pub(crate) const TYPING: &str = "bright_pattern.chat_session_typing";
 /// Kind of `chat_session_not_typing`.
-pub const NOT_TYPING: &str = "bright_pattern.chat_session_not_typing";
+pub(crate) const NOT_TYPING: &str = "bright_pattern.chat_session_not_typing";
 /// Kind of `chat_session_form_show`.
-pub const FORM_SHOW: &str = "bright_pattern.chat_session_form_show";
+pub(crate) const FORM_SHOW: &str = "bright_pattern.chat_session_form_show";
 /// Kind of `chat_session_timeout_warning`.
-pub const TIMEOUT_WARNING: &str = "bright_pattern.chat_session_timeout_warning";
+pub(crate) const TIMEOUT_WARNING: &str = "bright_pattern.chat_session_timeout_warning";
 /// Kind of `chat_session_inactivity_timeout`.
-pub const INACTIVITY_TIMEOUT: &str = "bright_pattern.chat_session_inactivity_timeout";
+pub(crate) const INACTIVITY_TIMEOUT: &str = "bright_pattern.chat_session_inactivity_timeout";
 /// Kind of `chat_session_signaling`.
-pub const SIGNALING: &str = "bright_pattern.chat_session_signaling";
+pub(crate) const SIGNALING: &str = "bright_pattern.chat_session_signaling";
 /// Kind of `chat_session_file`.
-pub const FILE: &str = "bright_pattern.chat_session_file";
+pub(crate) const FILE: &str = "bright_pattern.chat_session_file";
 /// Kind of `chat_session_end`.
-pub const END: &str = "bright_pattern.chat_session_end";
+pub(crate) const END: &str = "bright_pattern.chat_session_end";
 /// Kind of `chat_session_form_data`.
-pub const FORM_DATA: &str = "bright_pattern.chat_session_form_data";
+pub(crate) const FORM_DATA: &str = "bright_pattern.chat_session_form_data";
 /// Every kind the parser produces.
 pub const KINDS: &[&str] = &[
     STATUS,
@@ -67,7 +67,7 @@ pub const KINDS: &[&str] = &[
 
 /// The event names this version knows (server and client events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BpEventName {
+pub(crate) enum BpEventName {
     /// `chat_session_status` (server).
     Status,
     /// `chat_session_ended` (server): normal termination, e.g. closed by the agent.
@@ -102,7 +102,7 @@ pub enum BpEventName {
 
 impl BpEventName {
     /// Reads an event name, accepting the documented misspelling.
-    pub fn from_name(name: &str) -> Self {
+    pub(crate) fn from_name(name: &str) -> Self {
         match name {
             "chat_session_status" => Self::Status,
             "chat_session_ended" => Self::Ended,
@@ -146,7 +146,7 @@ impl BpEventName {
 
 /// One decoded Bright Pattern event. Fields that an event does not carry are `None`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BpEvent {
+pub(crate) struct BpEvent {
     /// `event` exactly as sent.
     pub name: String,
     /// What it is.
@@ -183,7 +183,7 @@ pub struct BpEvent {
 
 impl BpEvent {
     /// `msg_id` when present, else `{chat_id}:{event}:{timestamp}:{party_id}:{state}`.
-    pub fn delivery_key(&self, chat_id: &str) -> String {
+    pub(crate) fn delivery_key(&self, chat_id: &str) -> String {
         match &self.msg_id {
             Some(id) => id.clone(),
             None => format!(
@@ -197,7 +197,7 @@ impl BpEvent {
     }
 
     /// Display name of a joining party: `display_name`, else first + last name.
-    pub fn party_name(&self) -> Option<String> {
+    pub(crate) fn party_name(&self) -> Option<String> {
         self.display_name.clone().or_else(|| {
             let full = [self.first_name.as_deref(), self.last_name.as_deref()]
                 .into_iter()
@@ -210,7 +210,7 @@ impl BpEvent {
 }
 
 /// Decodes one event object; `path` is its JSON path in the body (`""` for a lone event, `events[2]`).
-pub fn decode_event(value: &Value, path: &str) -> Result<BpEvent, PayloadError> {
+pub(crate) fn decode_event(value: &Value, path: &str) -> Result<BpEvent, PayloadError> {
     let event_path = join_path(path, "event");
     let name = match value.get("event") {
         Some(Value::String(s)) => s.clone(),
@@ -335,7 +335,7 @@ pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
 }
 
 /// What one event means for the conversation.
-pub fn event_facts(ev: &BpEvent) -> Vec<Fact> {
+pub(crate) fn event_facts(ev: &BpEvent) -> Vec<Fact> {
     let system_text = |text: Option<&String>| {
         text.filter(|t| !t.is_empty())
             .map(|t| Fact::Message(MessageFact::text(Party::System, None, t.clone())))

@@ -13,23 +13,23 @@ use crate::chain::ErasedEvent;
 use crate::model::{event_id_for, NewEvent, Party, Platform, StreamKey};
 
 /// `ledger.linked`: these streams belong to one conversation.
-pub const LINKED: &str = "ledger.linked";
+pub(crate) const LINKED: &str = "ledger.linked";
 /// `ledger.queue_accepted`: a live backend accepted the hand-over.
-pub const QUEUE_ACCEPTED: &str = "ledger.queue_accepted";
+pub(crate) const QUEUE_ACCEPTED: &str = "ledger.queue_accepted";
 /// `ledger.queue_failed`: the hand-over failed.
-pub const QUEUE_FAILED: &str = "ledger.queue_failed";
+pub(crate) const QUEUE_FAILED: &str = "ledger.queue_failed";
 /// `ledger.command`: an outbound call recorded before it is attempted.
 pub const COMMAND: &str = "ledger.command";
 /// `ledger.command_result`: the outcome of an outbound call.
-pub const COMMAND_RESULT: &str = "ledger.command_result";
+pub(crate) const COMMAND_RESULT: &str = "ledger.command_result";
 /// `ledger.redriven`: a quarantined delivery was run through the parsers again.
-pub const REDRIVEN: &str = "ledger.redriven";
+pub(crate) const REDRIVEN: &str = "ledger.redriven";
 /// `ledger.erased`: an erasure replaced personal data by stubs (payload: [`ErasedPayload`]).
-pub const ERASED: &str = crate::chain::ERASED_KIND;
+pub(crate) const ERASED: &str = crate::chain::ERASED_KIND;
 /// `api.message`: a message posted through `POST /v1/conversations/{id}/messages`.
-pub const API_MESSAGE: &str = "api.message";
+pub(crate) const API_MESSAGE: &str = "api.message";
 /// `api.handoff_requested`: `POST /v1/conversations/{id}/handoff`.
-pub const API_HANDOFF: &str = "api.handoff_requested";
+pub(crate) const API_HANDOFF: &str = "api.handoff_requested";
 
 /// Payload of `ledger.queue_accepted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -234,12 +234,12 @@ pub struct KeptEvent {
 
 /// A fact with the time it happened. Most events give facts at their own `occurred_at`; a VCC body
 /// carries a whole chat, so its facts carry the times of its lines.
-pub type TimedFact = (DateTime<Utc>, Fact);
+pub(crate) type TimedFact = (DateTime<Utc>, Fact);
 
 /// Decodes the facts of a stored event by its platform. Unknown kinds and kinds without meaning
 /// for the projection give no facts. A payload that no longer parses gives no facts (it was
 /// validated when appended; a parser change must not make replay fail).
-pub fn facts_of(event: &StoredEvent) -> Vec<TimedFact> {
+pub(crate) fn facts_of(event: &StoredEvent) -> Vec<TimedFact> {
     let (kind, payload, at) = (event.kind.as_str(), &event.payload, event.occurred_at);
     match event.platform {
         Platform::Ultimate => ultimate::facts(kind, payload, at),
@@ -270,7 +270,7 @@ pub fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
 /// Seconds, milliseconds, microseconds or nanoseconds since the epoch, told apart by magnitude
 /// (Aivo sends 19-digit nanoseconds; Bright Pattern mixes seconds and milliseconds). Sub-microsecond
 /// digits are dropped so that both stores keep the same instant.
-pub fn epoch_to_utc(value: i64) -> Option<DateTime<Utc>> {
+pub(crate) fn epoch_to_utc(value: i64) -> Option<DateTime<Utc>> {
     let abs = value.unsigned_abs();
     let micros: i64 = if abs >= 100_000_000_000_000_000 {
         value / 1_000
@@ -290,7 +290,7 @@ pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// A field that may be a JSON number or a numeric string, as platforms are inconsistent about it.
-pub fn number_or_string(v: &Value) -> Option<i64> {
+pub(crate) fn number_or_string(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         Value::String(s) => s.trim().parse::<i64>().ok(),
@@ -300,7 +300,7 @@ pub fn number_or_string(v: &Value) -> Option<i64> {
 
 /// An integer as JSON Schema counts one: a number without fraction within `i64` (`72` and `72.0` alike), or a
 /// string of decimal digits (platforms are inconsistent about ids and times). `None` for anything else.
-pub fn json_integer(v: &Value) -> Option<i64> {
+pub(crate) fn json_integer(v: &Value) -> Option<i64> {
     // 2^63 as f64: every integral f64 strictly between -2^63 and 2^63 converts to i64 exactly. (-2^63 itself
     // is refused as a float: it is also what -2^63 - 1 rounds to; written as an integer it is read exactly.)
     const LIMIT: f64 = 9_223_372_036_854_775_808.0;
@@ -316,7 +316,7 @@ pub fn json_integer(v: &Value) -> Option<i64> {
 }
 
 /// A scalar rendered as text (ids come as numbers on some platforms and strings on others).
-pub fn scalar_text(v: &Value) -> Option<String> {
+pub(crate) fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -340,7 +340,7 @@ pub fn causal_time(platform_at: Option<DateTime<Utc>>, received_at: DateTime<Utc
 /// Builds the event a delivery gives: event id from the delivery key, `platform_at` the platform's
 /// own time (None when it gives none), `occurred_at` its [`causal_time`], times truncated to
 /// microseconds, the delivery's headers kept, no links.
-pub fn delivered_event(
+pub(crate) fn delivered_event(
     platform: Platform,
     external_id: impl Into<String>,
     kind: impl Into<String>,
@@ -365,17 +365,17 @@ pub fn delivered_event(
 }
 
 /// An optional string field: absent, null and non-strings read as `None`.
-pub fn opt_str(parent: &Value, key: &str) -> Option<String> {
+pub(crate) fn opt_str(parent: &Value, key: &str) -> Option<String> {
     parent.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
 /// An optional id-like field (string or number) as text: absent, null and empty strings read as `None`.
-pub fn opt_text(parent: &Value, key: &str) -> Option<String> {
+pub(crate) fn opt_text(parent: &Value, key: &str) -> Option<String> {
     parent.get(key).and_then(scalar_text).filter(|s| !s.is_empty())
 }
 
 /// A required string field; `path` is the JSON path named in the error.
-pub fn required_str(parent: &Value, key: &str, path: &str) -> Result<String, PayloadError> {
+pub(crate) fn required_str(parent: &Value, key: &str, path: &str) -> Result<String, PayloadError> {
     match parent.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) => Err(PayloadError::field(path, format!("`{path}` is required"))),
@@ -384,7 +384,7 @@ pub fn required_str(parent: &Value, key: &str, path: &str) -> Result<String, Pay
 }
 
 /// Joins a JSON path prefix and a key (`""` + `event` = `event`, `events[2]` + `event` = `events[2].event`).
-pub fn join_path(prefix: &str, key: &str) -> String {
+pub(crate) fn join_path(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
     } else {

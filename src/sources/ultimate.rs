@@ -16,21 +16,21 @@ use super::{
 use crate::model::{Button, Card, MessageKind, Party, Platform};
 
 /// Kind of the actions webhook event.
-pub const ACTION: &str = "ultimate.action";
+pub(crate) const ACTION: &str = "ultimate.action";
 /// Kind of `sendMessage`: a bot message.
-pub const SEND_MESSAGE: &str = "ultimate.send_message";
+pub(crate) const SEND_MESSAGE: &str = "ultimate.send_message";
 /// Kind of `escalate`: the bot hands over synchronously.
-pub const ESCALATE: &str = "ultimate.escalate";
+pub(crate) const ESCALATE: &str = "ultimate.escalate";
 /// Kind of `isTeamOnline`: the bot asks whether a team takes chats now.
-pub const IS_TEAM_ONLINE: &str = "ultimate.is_team_online";
+pub(crate) const IS_TEAM_ONLINE: &str = "ultimate.is_team_online";
 /// Kind of `widgetMessage`: the visitor wrote while handed off.
-pub const WIDGET_MESSAGE: &str = "ultimate.widget_message";
+pub(crate) const WIDGET_MESSAGE: &str = "ultimate.widget_message";
 /// Kind of `widgetEscalate`: the widget asks for a hand-over.
-pub const WIDGET_ESCALATE: &str = "ultimate.widget_escalate";
+pub(crate) const WIDGET_ESCALATE: &str = "ultimate.widget_escalate";
 /// Kind of `widgetEndSession`: the visitor left.
-pub const WIDGET_END_SESSION: &str = "ultimate.widget_end_session";
+pub(crate) const WIDGET_END_SESSION: &str = "ultimate.widget_end_session";
 /// Kind of a converse event whose `eventType` this version does not know.
-pub const UNKNOWN: &str = "ultimate.unknown";
+pub(crate) const UNKNOWN: &str = "ultimate.unknown";
 /// Every kind the parsers produce (converse and actions).
 pub const KINDS: &[&str] = &[
     SEND_MESSAGE,
@@ -45,7 +45,7 @@ pub const KINDS: &[&str] = &[
 
 /// A bot message (`sendMessage`) as the bot states it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BotMessage {
+pub(crate) struct BotMessage {
     /// `text` or `carousel`.
     pub message_type: Option<String>,
     /// The text; `None` when absent or empty.
@@ -71,7 +71,7 @@ impl BotMessage {
 
 /// The event a converse webhook carries.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ConverseEvent {
+pub(crate) enum ConverseEvent {
     /// `sendMessage`: the bot talks to the visitor.
     SendMessage(BotMessage),
     /// `escalate`: the bot asks for a human.
@@ -120,7 +120,7 @@ impl ConverseEvent {
 
 /// A decoded converse webhook body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Converse {
+pub(crate) struct Converse {
     /// `botId` (string or number, as text).
     pub bot_id: String,
     /// `data.platformConversationId`; `""` for an `isTeamOnline` that names no conversation.
@@ -132,7 +132,7 @@ pub struct Converse {
 }
 
 /// Decodes a converse webhook body, naming the offending field on error.
-pub fn decode_converse(value: &Value) -> Result<Converse, PayloadError> {
+pub(crate) fn decode_converse(value: &Value) -> Result<Converse, PayloadError> {
     if !value.is_object() {
         return Err(PayloadError::field("", "the body must be a JSON object"));
     }
@@ -218,7 +218,7 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
 
 /// One parameter of an action request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ActionParam {
+pub(crate) struct ActionParam {
     /// Parameter name.
     pub key: String,
     /// Its value as sent (the bot sends arrays of strings).
@@ -229,7 +229,7 @@ pub struct ActionParam {
 
 /// A decoded actions webhook body.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ActionRequest {
+pub(crate) struct ActionRequest {
     /// `botId` (string or number, as text).
     pub bot_id: String,
     /// `platformConversationId`.
@@ -241,7 +241,7 @@ pub struct ActionRequest {
 }
 
 /// Decodes an actions webhook body, naming the offending field on error.
-pub fn action_request(value: &Value) -> Result<ActionRequest, PayloadError> {
+pub(crate) fn action_request(value: &Value) -> Result<ActionRequest, PayloadError> {
     if !value.is_object() {
         return Err(PayloadError::field("", "the body must be a JSON object"));
     }
@@ -285,7 +285,7 @@ pub fn action_request(value: &Value) -> Result<ActionRequest, PayloadError> {
 }
 
 /// Parses an actions webhook delivery (`POST /webhooks/ultimate/actions`) into one `ultimate.action` event.
-pub fn parse_action(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadError> {
+pub(crate) fn parse_action(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadError> {
     let a = action_request(value)?;
     let event = delivered_event(
         Platform::Ultimate,
@@ -303,13 +303,13 @@ pub fn parse_action(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, Pa
 }
 
 /// The team a converse body names: `data.escalateTo` (escalations) or `data.teamId` (`isTeamOnline`).
-pub fn team_of(value: &Value) -> Option<String> {
+pub(crate) fn team_of(value: &Value) -> Option<String> {
     let data = value.get("data")?;
     opt_text(data, "escalateTo").or_else(|| opt_text(data, "teamId"))
 }
 
 /// The attributes a `setAttributes` action sets: one-element arrays are unwrapped, `saveAs` renames.
-pub fn action_attributes(request: &ActionRequest) -> BTreeMap<String, Value> {
+pub(crate) fn action_attributes(request: &ActionRequest) -> BTreeMap<String, Value> {
     request
         .data
         .iter()

@@ -15,7 +15,7 @@ use super::{
 use crate::model::{Agent, Party, Platform};
 
 /// The only kind this platform produces.
-pub const CHAT_CLOSED: &str = "vcc.chat_closed";
+pub(crate) const CHAT_CLOSED: &str = "vcc.chat_closed";
 
 /// One transcript line.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,7 @@ pub struct VccLine {
 
 impl VccLine {
     /// True for the visitor's lines; every other sender is an agent.
-    pub fn is_visitor(&self) -> bool {
+    pub(crate) fn is_visitor(&self) -> bool {
         self.from.eq_ignore_ascii_case("visitor")
     }
 }
@@ -67,7 +67,7 @@ impl VccChat {
     }
 
     /// When the chat ended as far as the body tells: its last line.
-    pub fn last_line_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn last_line_at(&self) -> Option<DateTime<Utc>> {
         self.lines.last().map(|l| l.at)
     }
 }
@@ -136,7 +136,7 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
 }
 
 /// Who closed the chat, from VCC's `disposition`.
-pub fn closed_by(disposition: Option<&str>) -> ClosedBy {
+pub(crate) fn closed_by(disposition: Option<&str>) -> ClosedBy {
     match disposition.map(|d| d.trim().to_ascii_lowercase()).as_deref() {
         Some("completed") => ClosedBy::Agent,
         Some("lost") => ClosedBy::Visitor,
@@ -157,7 +157,7 @@ pub fn facts(kind: &str, payload: &Value, at: DateTime<Utc>) -> Vec<TimedFact> {
 }
 
 /// The facts of a whole chat; `end` is when it closed (the stored event's `occurred_at`).
-pub fn chat_facts(chat: &VccChat, end: DateTime<Utc>) -> Vec<TimedFact> {
+pub(crate) fn chat_facts(chat: &VccChat, end: DateTime<Utc>) -> Vec<TimedFact> {
     let start = chat.lines.first().map(|l| l.at).unwrap_or(end);
     let mut out: Vec<TimedFact> = vec![(
         start,

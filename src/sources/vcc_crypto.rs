@@ -10,7 +10,7 @@ type Aes256Ctr = ctr::Ctr128BE<aes::Aes256>;
 
 /// A 32-byte AES-256 key read from hex.
 #[derive(Clone)]
-pub struct VccKey([u8; 32]);
+pub(crate) struct VccKey([u8; 32]);
 
 impl std::fmt::Debug for VccKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +38,7 @@ fn refused(message: &str) -> PayloadError {
 /// surrounding whitespace ignored) of AES-256-CTR ciphertext under `key` with the IV `iv_hex`
 /// (16 bytes as 32 hex digits). A bad IV or body is refused like bad JSON; a wrong key yields bytes
 /// that are not JSON, which the parser then refuses.
-pub fn decrypt(key: &VccKey, iv_hex: &str, body: &[u8]) -> Result<Vec<u8>, PayloadError> {
+pub(crate) fn decrypt(key: &VccKey, iv_hex: &str, body: &[u8]) -> Result<Vec<u8>, PayloadError> {
     let iv: [u8; 16] = hex::decode(iv_hex.trim())
         .ok()
         .and_then(|iv| iv.try_into().ok())

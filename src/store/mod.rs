@@ -48,7 +48,7 @@ pub enum StoreError {
 }
 
 /// Result alias for the store.
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// Filters of `GET /v1/conversations`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,7 +90,7 @@ pub struct ConversationPage {
 
 /// Where a transcript page starts: after the line at `(at micros, seq, position among the lines of
 /// that event at that time)`.
-pub type MessageCursor = (i64, i64, i64);
+pub(crate) type MessageCursor = (i64, i64, i64);
 
 /// One page of a transcript.
 #[derive(Debug, Clone, PartialEq)]

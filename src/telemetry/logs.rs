@@ -31,13 +31,13 @@ impl LogStream {
 
 /// Makes one [`ScrubbingWriter`] per log event.
 #[derive(Clone)]
-pub struct ScrubbingMakeWriter {
+pub(crate) struct ScrubbingMakeWriter {
     stream: LogStream,
     scrubber: Arc<Scrubber>,
 }
 
 /// Collects one event's formatted text and writes it, scrubbed, in one piece when dropped.
-pub struct ScrubbingWriter {
+pub(crate) struct ScrubbingWriter {
     stream: LogStream,
     scrubber: Arc<Scrubber>,
     buffer: Vec<u8>,

@@ -17,27 +17,27 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::model::Platform;
 
 /// `ledger_webhooks_total{platform,outcome}`: webhook deliveries by what became of them.
-pub const WEBHOOKS_TOTAL: &str = "ledger_webhooks_total";
+pub(crate) const WEBHOOKS_TOTAL: &str = "ledger_webhooks_total";
 /// `ledger_append_batch_size`: deliveries committed per writer transaction.
-pub const APPEND_BATCH_SIZE: &str = "ledger_append_batch_size";
+pub(crate) const APPEND_BATCH_SIZE: &str = "ledger_append_batch_size";
 /// `ledger_commit_seconds`: time of one writer transaction (append, project, commit).
-pub const COMMIT_SECONDS: &str = "ledger_commit_seconds";
+pub(crate) const COMMIT_SECONDS: &str = "ledger_commit_seconds";
 /// `ledger_writer_queue_depth`: deliveries waiting for the writer.
-pub const WRITER_QUEUE_DEPTH: &str = "ledger_writer_queue_depth";
+pub(crate) const WRITER_QUEUE_DEPTH: &str = "ledger_writer_queue_depth";
 /// `ledger_outbox_pending`: outbound commands recorded and not yet finished.
-pub const OUTBOX_PENDING: &str = "ledger_outbox_pending";
+pub(crate) const OUTBOX_PENDING: &str = "ledger_outbox_pending";
 /// `ledger_outbox_failed_total{backend}`: outbound commands that ended `failed` or `gave_up`.
-pub const OUTBOX_FAILED_TOTAL: &str = "ledger_outbox_failed_total";
+pub(crate) const OUTBOX_FAILED_TOTAL: &str = "ledger_outbox_failed_total";
 /// `ledger_pollers_active`: Bright Pattern chats being long-polled.
-pub const POLLERS_ACTIVE: &str = "ledger_pollers_active";
+pub(crate) const POLLERS_ACTIVE: &str = "ledger_pollers_active";
 /// `ledger_sink_lag_events`: events committed to the log and not yet shipped to ClickHouse.
-pub const SINK_LAG_EVENTS: &str = "ledger_sink_lag_events";
+pub(crate) const SINK_LAG_EVENTS: &str = "ledger_sink_lag_events";
 /// `ledger_http_request_seconds{route,status}`: HTTP answers by route pattern and status.
-pub const HTTP_REQUEST_SECONDS: &str = "ledger_http_request_seconds";
+pub(crate) const HTTP_REQUEST_SECONDS: &str = "ledger_http_request_seconds";
 /// `ledger_redrives_total{outcome}`: quarantined deliveries run again through the parsers.
-pub const REDRIVES_TOTAL: &str = "ledger_redrives_total";
+pub(crate) const REDRIVES_TOTAL: &str = "ledger_redrives_total";
 /// `ledger_command_retries_total`: outbound commands re-sent by an operator.
-pub const COMMAND_RETRIES_TOTAL: &str = "ledger_command_retries_total";
+pub(crate) const COMMAND_RETRIES_TOTAL: &str = "ledger_command_retries_total";
 
 /// Every series the service exports (the dashboard test checks its queries against these).
 pub const SERIES: &[&str] = &[
@@ -96,7 +96,7 @@ impl WebhookOutcome {
 }
 
 /// Platforms that deliver webhooks (the `platform` label of [`WEBHOOKS_TOTAL`]).
-pub const WEBHOOK_PLATFORMS: [Platform; 4] = [
+pub(crate) const WEBHOOK_PLATFORMS: [Platform; 4] = [
     Platform::Ultimate,
     Platform::AivoLive,
     Platform::Vcc,
@@ -104,7 +104,7 @@ pub const WEBHOOK_PLATFORMS: [Platform; 4] = [
 ];
 
 /// Outbound backends (the `backend` label of [`OUTBOX_FAILED_TOTAL`]).
-pub const OUTBOUND_BACKENDS: [&str; 3] = ["aivo_live", "bright_pattern", "ultimate"];
+pub(crate) const OUTBOUND_BACKENDS: [&str; 3] = ["aivo_live", "bright_pattern", "ultimate"];
 
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 const COMMIT_BUCKETS: &[f64] = &[
@@ -210,7 +210,7 @@ fn describe() {
 }
 
 /// The Prometheus text of every series; empty when no recorder is installed.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
 }
 
@@ -220,48 +220,48 @@ pub fn webhook(platform: Platform, outcome: WebhookOutcome) {
 }
 
 /// One writer transaction committed `deliveries` deliveries in `elapsed`.
-pub fn batch_committed(deliveries: usize, elapsed: Duration) {
+pub(crate) fn batch_committed(deliveries: usize, elapsed: Duration) {
     histogram!(APPEND_BATCH_SIZE).record(deliveries as f64);
     histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
 }
 
 /// Deliveries waiting for the writer now.
-pub fn writer_queue_depth(depth: usize) {
+pub(crate) fn writer_queue_depth(depth: usize) {
     gauge!(WRITER_QUEUE_DEPTH).set(depth as f64);
 }
 
 /// An outbound command was handed to the outbox.
-pub fn outbox_command_started() {
+pub(crate) fn outbox_command_started() {
     gauge!(OUTBOX_PENDING).increment(1.0);
 }
 
 /// An outbound command left the outbox (finished, or stopped by a shutdown to be re-sent at the next start).
-pub fn outbox_command_finished() {
+pub(crate) fn outbox_command_finished() {
     gauge!(OUTBOX_PENDING).decrement(1.0);
 }
 
 /// An outbound command to `backend` ended `failed` or `gave_up`.
-pub fn outbox_command_failed(backend: &str) {
+pub(crate) fn outbox_command_failed(backend: &str) {
     counter!(OUTBOX_FAILED_TOTAL, "backend" => backend.to_string()).increment(1);
 }
 
 /// A Bright Pattern poll loop started.
-pub fn poller_started() {
+pub(crate) fn poller_started() {
     gauge!(POLLERS_ACTIVE).increment(1.0);
 }
 
 /// A Bright Pattern poll loop ended.
-pub fn poller_stopped() {
+pub(crate) fn poller_stopped() {
     gauge!(POLLERS_ACTIVE).decrement(1.0);
 }
 
 /// Events committed and not yet shipped to ClickHouse.
-pub fn sink_lag(events: i64) {
+pub(crate) fn sink_lag(events: i64) {
     gauge!(SINK_LAG_EVENTS).set(events.max(0) as f64);
 }
 
 /// One HTTP request answered.
-pub fn http_request(route: &str, status: u16, elapsed: Duration) {
+pub(crate) fn http_request(route: &str, status: u16, elapsed: Duration) {
     histogram!(HTTP_REQUEST_SECONDS, "route" => route.to_string(), "status" => status.to_string())
         .record(elapsed.as_secs_f64());
 }
@@ -272,6 +272,6 @@ pub fn redrive(outcome: WebhookOutcome) {
 }
 
 /// An operator re-sent an outbound command.
-pub fn command_retried() {
+pub(crate) fn command_retried() {
     counter!(COMMAND_RETRIES_TOTAL).increment(1);
 }

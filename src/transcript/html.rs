@@ -11,7 +11,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use crate::model::{Agent, Button, Card, Conversation, Disposition, Handoff, Message, MessageKind, SlaStatus};
 
 /// The stylesheet shared by the printable transcript and the console (screen and print rules).
-pub const STYLE: &str = include_str!("transcript.css");
+pub(crate) const STYLE: &str = include_str!("transcript.css");
 
 /// The whole printable page.
 pub fn page(conversation: &Conversation, messages: &[Message], generated_at: DateTime<Utc>) -> String {
@@ -88,7 +88,7 @@ pub fn summary(c: &Conversation) -> Markup {
 }
 
 /// Every hand-over with its own timers, SLA status and disposition (the handoff timeline).
-pub fn handoffs_table(handoffs: &[Handoff]) -> Markup {
+pub(crate) fn handoffs_table(handoffs: &[Handoff]) -> Markup {
     html! {
         @if handoffs.is_empty() {
             p.none { "No handoff: the bot handled this conversation alone." }
@@ -222,7 +222,7 @@ pub fn agents(agents: &[Agent]) -> Markup {
 }
 
 /// The SLA status as a coloured badge.
-pub fn sla_badge(s: SlaStatus) -> Markup {
+pub(crate) fn sla_badge(s: SlaStatus) -> Markup {
     let label = match s {
         SlaStatus::Met => "met",
         SlaStatus::Breached => "breached",
@@ -233,7 +233,7 @@ pub fn sla_badge(s: SlaStatus) -> Markup {
 }
 
 /// The disposition as a coloured badge (`none` while open).
-pub fn disposition_badge(d: Option<Disposition>) -> Markup {
+pub(crate) fn disposition_badge(d: Option<Disposition>) -> Markup {
     html! {
         @match d {
             Some(d) => span class={ "badge disp-" (d.as_str()) } { (d.as_str()) },
@@ -277,7 +277,7 @@ fn opt_time(t: Option<DateTime<Utc>>) -> Markup {
 }
 
 /// A duration in seconds as `1 h 02 min 03 s`, `2 min 05 s` or `12.5 s`.
-pub fn duration(seconds: f64) -> String {
+pub(crate) fn duration(seconds: f64) -> String {
     if !seconds.is_finite() {
         return "—".into();
     }

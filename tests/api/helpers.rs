@@ -1,42 +1,18 @@
-//! Starts the real service on port 0 against a fresh SQLite file or a fresh PostgreSQL database.
+//! Starts the real service on port 0 against a fresh SQLite file or a fresh PostgreSQL database (the
+//! shared starter in tests/common), and the request helpers of the API tests.
 
-use std::path::PathBuf;
-
-use chrono::{DateTime, Utc};
-use handoff_ledger::api::AppState;
 use handoff_ledger::auth::key::new_key;
 use handoff_ledger::auth::Scope;
 use handoff_ledger::config::Config;
-use handoff_ledger::startup::Application;
-use serde_json::{json, Value};
-use tempfile::TempDir;
+use serde_json::Value;
 
+pub use crate::common::pg_admin_url;
+pub use crate::common::requests::{aivo, fixture, ultimate};
 /// Which store a test runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-pub use crate::common::{pg_admin_url, PgDatabase};
+pub use crate::common::StoreKind as Backend;
 
 /// A running service.
-pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
-    /// The running service's state (writer, store) for tests that record ledger facts directly.
-    pub state: AppState,
-    pub _dir: TempDir,
-    pub _pg: Option<PgDatabase>,
-}
-
-/// The text of a fixture under tests/fixtures.
-pub fn fixture(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
-}
+pub type TestApp = crate::common::TestService;
 
 /// Starts the service with a fresh store; `customize` adjusts the configuration first.
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Config)) -> TestApp {
@@ -51,24 +27,10 @@ pub async fn spawn_app_with_keys(
     keys: &[(&str, &[Scope])],
     customize: impl FnOnce(&mut Config),
 ) -> (TestApp, Vec<String>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::default();
-    config.server.bind = "127.0.0.1:0".into();
-    let pg = match backend {
-        Backend::Sqlite => {
-            config.store.url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-            None
-        }
-        Backend::Postgres => {
-            let db = PgDatabase::create().await;
-            config.store.url = db.url.clone();
-            Some(db)
-        }
-    };
-    customize(&mut config);
+    let fresh = crate::common::FreshStore::create(backend).await;
     let mut created = Vec::new();
     if !keys.is_empty() {
-        let store = handoff_ledger::store::open(&config.store.url, 1)
+        let store = handoff_ledger::store::open(&fresh.url, 1)
             .await
             .expect("open the store");
         store.migrate().await.expect("migrate the store");
@@ -78,18 +40,10 @@ pub async fn spawn_app_with_keys(
             created.push(key);
         }
     }
-    let app = Application::build(config).await.expect("build the application");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped());
-    let app = TestApp {
-        address,
-        client: reqwest::Client::new(),
-        state,
-        _dir: dir,
-        _pg: pg,
-    };
-    (app, created)
+    (
+        crate::common::start_on(fresh, Config::default(), customize).await,
+        created,
+    )
 }
 
 /// Starts the service with a fresh store and default configuration.
@@ -165,25 +119,6 @@ macro_rules! on_both_stores {
             )*
         }
     };
-}
-
-/// A time as Aivo Live stamps it: nanoseconds since the epoch.
-pub fn nanos(t: DateTime<Utc>) -> i64 {
-    t.timestamp_nanos_opt().expect("in range")
-}
-
-/// An Aivo Live webhook body.
-pub fn aivo(name: &str, room: &str, at: DateTime<Utc>, data: Value) -> Value {
-    json!({"name": name, "roomId": room, "timestamp": nanos(at), "botId": 1000, "eventTime": at.timestamp(), "data": data})
-}
-
-/// An Ultimate converse webhook body: `extra` is merged into `data`.
-pub fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Value {
-    let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
-    if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
-        d.extend(e.clone());
-    }
-    json!({"botId": "BOT", "channel": "chat", "data": data})
 }
 
 /// POSTs JSON and insists on `200`; the answer.

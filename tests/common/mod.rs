@@ -1,11 +1,18 @@
-//! Test support shared by the integration test crates: fresh PostgreSQL databases and the service
-//! binary run as a separate process.
+//! Test support shared by the integration test crates: fresh stores (a SQLite file, a PostgreSQL
+//! database, a ClickHouse database), and the one way each test starts the service: in this process on
+//! port 0 ([`start`]), or the binary as a separate process ([`service_command`], [`start_service`]).
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use handoff_ledger::api::AppState;
+use handoff_ledger::config::Config;
+use handoff_ledger::startup::Application;
 use sqlx::Connection;
+use tempfile::TempDir;
+
+pub mod requests;
 
 /// The admin URL of the local PostgreSQL (overridable with `LEDGER_TEST_PG_URL`).
 pub fn pg_admin_url() -> String {
@@ -68,15 +75,90 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Starts `handoff-ledger serve` as a separate process with extra arguments and environment.
-pub fn start_service(args: &[&str], env: &[(&str, &str)]) -> Child {
+/// Which store a service started by a test keeps its log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty store: a SQLite file in a temporary directory, or a PostgreSQL database.
+pub struct FreshStore {
+    pub url: String,
+    pub dir: TempDir,
+    pub pg: Option<PgDatabase>,
+}
+
+impl FreshStore {
+    pub async fn create(kind: StoreKind) -> FreshStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = match kind {
+            StoreKind::Sqlite => None,
+            StoreKind::Postgres => Some(PgDatabase::create().await),
+        };
+        let url = match &pg {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        };
+        FreshStore { url, dir, pg }
+    }
+}
+
+/// The service running in this process.
+pub struct TestService {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    pub client: reqwest::Client,
+    /// The running service's state (writer, store) for tests that record ledger facts directly.
+    pub state: AppState,
+    /// Its store's URL (to start another service on the same log).
+    pub store_url: String,
+    pub _dir: TempDir,
+    pub _pg: Option<PgDatabase>,
+}
+
+/// Starts the service in this process on a free port with `config` on a fresh store of `kind`;
+/// `customize` adjusts the configuration last.
+pub async fn start(kind: StoreKind, config: Config, customize: impl FnOnce(&mut Config)) -> TestService {
+    start_on(FreshStore::create(kind).await, config, customize).await
+}
+
+/// Starts the service in this process on a free port with `config` on `store` (a fresh one, or the
+/// store of a service that was stopped); `customize` adjusts the configuration last.
+pub async fn start_on(store: FreshStore, mut config: Config, customize: impl FnOnce(&mut Config)) -> TestService {
+    config.server.bind = "127.0.0.1:0".into();
+    config.store.url = store.url.clone();
+    customize(&mut config);
+    let app = Application::build(config).await.expect("build the application");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    tokio::spawn(app.run_until_stopped());
+    TestService {
+        address,
+        client: reqwest::Client::new(),
+        state,
+        store_url: store.url,
+        _dir: store.dir,
+        _pg: store.pg,
+    }
+}
+
+/// `handoff-ledger serve` with extra arguments, to run as a separate process (output discarded unless
+/// the caller pipes it).
+pub fn service_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_handoff-ledger"));
     command
         .arg("serve")
         .args(args)
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    command
+}
+
+/// Starts `handoff-ledger serve` as a separate process with extra arguments and environment.
+pub fn start_service(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut command = service_command(args);
+    command.env("RUST_LOG", "warn");
     for (key, value) in env {
         command.env(key, value);
     }

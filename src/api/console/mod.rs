@@ -46,7 +46,7 @@ pub struct Viewer {
 }
 
 /// Registers the console's routes under `/ui`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/ui", web::get().to(to_console))
         .route("/ui/assets/console.css", web::get().to(css))
         .route("/ui/login", web::get().to(login_form))

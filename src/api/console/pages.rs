@@ -34,7 +34,7 @@ pub struct Frame<'a> {
 }
 
 /// The page around every console view: top bar, navigation, who is signed in.
-pub fn layout(frame: &Frame, content: Markup) -> String {
+pub(crate) fn layout(frame: &Frame, content: Markup) -> String {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -431,7 +431,7 @@ fn redrive_form(frame: &Frame, q: &QuarantineSummary) -> Markup {
 }
 
 /// One quarantined delivery: its error, headers and body as kept.
-pub fn quarantine_entry(frame: &Frame, q: &QuarantineDetail) -> String {
+pub(crate) fn quarantine_entry(frame: &Frame, q: &QuarantineDetail) -> String {
     let s = &q.summary;
     let can_redrive = frame.viewer.is_some_and(|v| v.can_redrive);
     let content = html! {

@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The cookie's name.
-pub const COOKIE: &str = "ledger_session";
+pub(crate) const COOKIE: &str = "ledger_session";
 
 /// A session ends after this long without a request.
-pub const IDLE: Duration = Duration::from_secs(8 * 3600);
+pub(crate) const IDLE: Duration = Duration::from_secs(8 * 3600);
 
 /// Most sessions kept at once; the least recently used go first beyond it.
 const MAX_SESSIONS: usize = 10_000;
@@ -89,13 +89,13 @@ impl Sessions {
     }
 
     /// Takes the session's one-time message.
-    pub fn take_flash(&self, id: &str) -> Option<String> {
+    pub(crate) fn take_flash(&self, id: &str) -> Option<String> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get_mut(&digest(id)).and_then(|s| s.flash.take())
     }
 
     /// Leaves a one-time message for the session's next page.
-    pub fn set_flash(&self, id: &str, message: String) {
+    pub(crate) fn set_flash(&self, id: &str, message: String) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.get_mut(&digest(id)) {
             s.flash = Some(message);
@@ -110,7 +110,7 @@ impl Sessions {
 }
 
 /// Whether a form's token is the session's (constant time).
-pub fn csrf_matches(session: &Session, given: &str) -> bool {
+pub(crate) fn csrf_matches(session: &Session, given: &str) -> bool {
     let a = Sha256::digest(session.csrf.as_bytes());
     let b = Sha256::digest(given.as_bytes());
     bool::from(a.ct_eq(&b))

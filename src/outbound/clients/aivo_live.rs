@@ -25,7 +25,7 @@ pub fn user_hash(visitor_id: &str) -> String {
 }
 
 /// The exact `/queue/external` body.
-pub fn queue_body(config: &AivoLiveConfig, req: &QueueRequest) -> Value {
+pub(crate) fn queue_body(config: &AivoLiveConfig, req: &QueueRequest) -> Value {
     let contact = VisitorContact::from_attributes(&req.attributes);
     json!({
         "botId": config.bot_id,
@@ -46,12 +46,12 @@ pub fn queue_body(config: &AivoLiveConfig, req: &QueueRequest) -> Value {
 }
 
 /// The `/client/message` body for one visitor text.
-pub fn message_body(text: &str) -> Value {
+pub(crate) fn message_body(text: &str) -> Value {
     json!({"message": [{"action": "text", "value": text, "source": "user"}]})
 }
 
 /// Reads the queue answer: `conversationId` is the live id; the first group is the queue.
-pub fn parse_queue_answer(body: &str, groups: &[i64]) -> Result<QueueResult, BackendError> {
+pub(crate) fn parse_queue_answer(body: &str, groups: &[i64]) -> Result<QueueResult, BackendError> {
     let raw: Value =
         serde_json::from_str(body).map_err(|e| BackendError::Invalid(format!("queue answer is not JSON: {e}")))?;
     let live_id = match raw.get("conversationId") {

@@ -16,11 +16,11 @@ use crate::config::BrightPatternConfig;
 use crate::model::Backend;
 
 /// Error code: chat session not found.
-pub const ERROR_CHAT_NOT_FOUND: i64 = 5005;
+pub(crate) const ERROR_CHAT_NOT_FOUND: i64 = 5005;
 /// Error code: another poll is already waiting on this chat.
-pub const ERROR_CONCURRENT_POLL: i64 = 5509;
+pub(crate) const ERROR_CONCURRENT_POLL: i64 = 5509;
 /// Error code: the poll ended with no new events.
-pub const ERROR_NO_EVENTS: i64 = 5511;
+pub(crate) const ERROR_NO_EVENTS: i64 = 5511;
 
 /// What one long poll on a chat's events brought.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub fn error_code(body: &Value) -> Option<i64> {
 }
 
 /// The `/availability` answer as a yes/no.
-pub fn parse_availability(body: &str) -> Result<bool, BackendError> {
+pub(crate) fn parse_availability(body: &str) -> Result<bool, BackendError> {
     let value: Value = serde_json::from_str(body)
         .map_err(|e| BackendError::Invalid(format!("availability answer is not JSON: {e}")))?;
     match value.get("chat").and_then(Value::as_str) {
@@ -58,7 +58,7 @@ pub fn parse_availability(body: &str) -> Result<bool, BackendError> {
 }
 
 /// The exact `POST /chats` body.
-pub fn chat_request_body(req: &QueueRequest) -> Value {
+pub(crate) fn chat_request_body(req: &QueueRequest) -> Value {
     let contact = VisitorContact::from_attributes(&req.attributes);
     let mut parameters: Map<String, Value> = req
         .attributes
@@ -79,7 +79,7 @@ pub fn chat_request_body(req: &QueueRequest) -> Value {
 }
 
 /// Reads the `POST /chats` answer: `chat_id` is the live id.
-pub fn parse_chat_answer(body: &str, team: Option<&str>) -> Result<QueueResult, BackendError> {
+pub(crate) fn parse_chat_answer(body: &str, team: Option<&str>) -> Result<QueueResult, BackendError> {
     let raw: Value =
         serde_json::from_str(body).map_err(|e| BackendError::Invalid(format!("chat answer is not JSON: {e}")))?;
     let live_id = match raw.get("chat_id") {
@@ -96,7 +96,7 @@ pub fn parse_chat_answer(body: &str, team: Option<&str>) -> Result<QueueResult, 
 }
 
 /// Reads a long-poll answer into its outcome; anything else is an error.
-pub fn classify_poll(status: u16, body: String) -> Result<PollOutcome, BackendError> {
+pub(crate) fn classify_poll(status: u16, body: String) -> Result<PollOutcome, BackendError> {
     let parsed: Option<Value> = serde_json::from_str(&body).ok();
     match parsed.as_ref().and_then(error_code) {
         Some(ERROR_NO_EVENTS) => return Ok(PollOutcome::NoEvents),
@@ -128,7 +128,7 @@ pub fn classify_poll(status: u16, body: String) -> Result<PollOutcome, BackendEr
 }
 
 /// Reads a `POST .../events` answer: the raw body when it carries new server events.
-pub fn classify_send_answer(status: u16, body: String) -> Result<Option<String>, BackendError> {
+pub(crate) fn classify_send_answer(status: u16, body: String) -> Result<Option<String>, BackendError> {
     let parsed: Option<Value> = serde_json::from_str(&body).ok();
     if parsed.as_ref().and_then(error_code).is_some() {
         return Err(match classify_status(status, body) {
@@ -198,7 +198,7 @@ impl BrightPatternClient {
     }
 
     /// `POST /chats/{chat_id}/events`; returns the raw answer when it carries new server events.
-    pub async fn send_events(&self, chat_id: &str, events: &[Value]) -> Result<Option<String>, BackendError> {
+    pub(crate) async fn send_events(&self, chat_id: &str, events: &[Value]) -> Result<Option<String>, BackendError> {
         let path = format!("chats/{}/events", encode_segment(chat_id)?);
         let request = Self::with_body(
             self.request(Method::POST, &path, self.timeout),

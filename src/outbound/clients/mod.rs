@@ -24,7 +24,7 @@ pub use bright_pattern::{BrightPatternClient, PollOutcome};
 pub use ultimate_widget::{UltimateWidgetClient, WidgetUpdate};
 
 /// Hard deadline of the availability check behind `isTeamOnline`: the bot waits on it synchronously.
-pub const TEAM_ONLINE_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const TEAM_ONLINE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Why an outbound call failed. The outbox retries the transient ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +91,7 @@ pub(crate) fn http_client() -> Result<reqwest::Client, BackendError> {
 }
 
 /// Classifies an HTTP answer: 2xx gives the body back, anything else the matching error.
-pub fn classify_status(status: u16, body: String) -> Result<String, BackendError> {
+pub(crate) fn classify_status(status: u16, body: String) -> Result<String, BackendError> {
     match status {
         200..=299 => Ok(body),
         408 | 429 | 500..=599 => Err(BackendError::Transient { status, body }),
@@ -160,7 +160,7 @@ pub(crate) fn attribute_text(value: &Value) -> Option<String> {
 
 /// The visitor's contact details picked out of the bot's attributes (keys matched case-insensitively).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VisitorContact {
+pub(crate) struct VisitorContact {
     /// `firstname`, `first_name` or `name`, in that order of preference.
     pub firstname: Option<String>,
     /// `lastname` or `last_name`.
@@ -175,7 +175,7 @@ pub struct VisitorContact {
 
 impl VisitorContact {
     /// Splits attributes into contact fields and the rest.
-    pub fn from_attributes(attributes: &BTreeMap<String, Value>) -> VisitorContact {
+    pub(crate) fn from_attributes(attributes: &BTreeMap<String, Value>) -> VisitorContact {
         let mut used: Vec<&str> = Vec::new();
         let mut pick = |aliases: &[&str]| -> Option<String> {
             for alias in aliases {

@@ -55,7 +55,7 @@ fn parse_range(text: &str) -> Result<(u32, u32), String> {
 /// Whether `hours` is open at `now`, read on the local wall clock of its time zone (so a range means the
 /// same local times on either side of a DST change). A day absent from the schedule is closed. Every day and
 /// range is validated, not only today's, so a bad schedule fails the same way on every day.
-pub fn is_open(hours: &OpeningHours, now: DateTime<Utc>) -> Result<bool, String> {
+pub(crate) fn is_open(hours: &OpeningHours, now: DateTime<Utc>) -> Result<bool, String> {
     let tz: Tz = hours
         .timezone
         .trim()

@@ -56,7 +56,7 @@ impl WidgetUpdate {
 }
 
 /// The exact `send-message-to-widget` body: string values, absent keys omitted.
-pub fn widget_body(platform_conversation_id: &str, update: &WidgetUpdate) -> Value {
+pub(crate) fn widget_body(platform_conversation_id: &str, update: &WidgetUpdate) -> Value {
     let mut body = Map::new();
     let mut put = |key: &str, value: Option<String>| {
         if let Some(value) = value {
@@ -85,7 +85,7 @@ pub fn widget_body(platform_conversation_id: &str, update: &WidgetUpdate) -> Val
 }
 
 /// The exact `converse/chat` body.
-pub fn bot_body(platform_conversation_id: &str, event_type: &str, text: Option<&str>) -> Value {
+pub(crate) fn bot_body(platform_conversation_id: &str, event_type: &str, text: Option<&str>) -> Value {
     let mut body = Map::new();
     body.insert(
         "platformConversationId".into(),

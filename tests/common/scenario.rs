@@ -17,6 +17,10 @@
 //! instant a report credits (queued, attended, closed, first response) comes from a ledger event or a live
 //! platform's own timestamp, never from an Ultimate arrival, except the Ultimate `widgetEndSession` abandons,
 //! whose close is the arrival by definition.
+//!
+//! Test support: included by the ClickHouse and dashboard tests and by `examples/seed_reports.rs` with
+//! `#[path]`, so the library carries none of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -26,11 +30,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::config::SlaConfig;
-use crate::model::{event_id_for, NewEvent, Platform, StreamKey};
-use crate::sources::{self, ledger, Delivery, PayloadError};
-use crate::store::{Store, StoreError};
-use crate::writer::{WriteError, Writer};
+use handoff_ledger::config::SlaConfig;
+use handoff_ledger::model::{event_id_for, NewEvent, Platform, StreamKey};
+use handoff_ledger::sources::{self, ledger, Delivery, PayloadError};
+use handoff_ledger::store::{Store, StoreError};
+use handoff_ledger::writer::{WriteError, Writer};
 
 /// `botId` of the scenario's Ultimate bot.
 pub const BOT_ID: &str = "scenario-bot";
