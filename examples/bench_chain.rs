@@ -8,7 +8,7 @@
 //!
 //! Seeding appends Aivo-shaped events (about 400 bytes each, 50 per room) with `store.append_batch`, 1,000 per
 //! transaction, as the writer does (so each carries the hash the writer computes). Then, on the same rows:
-//! - read ceiling: every page read through `Store::chain_rows`, nothing computed;
+//! - read ceiling: every page read through `Store::chain_page` and split into rows, one page at a time, nothing hashed;
 //! - hash ceiling: SHA-256 of every payload in memory, the chain's own work without I/O;
 //! - `verify_log`, the code behind `handoff-ledger verify`: its rate, and its ratio to the read ceiling;
 //! - an erasure of a conversation of `--conversation-events` events (`Store::erase`, one transaction).
@@ -92,15 +92,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let total = store.last_seq().await? as u64;
 
-    // Read ceiling: the pages verify reads, nothing computed.
+    // Read ceiling: the pages verify reads, one after the other, nothing computed.
+    let page = i64::from(handoff_ledger::verify::PAGE);
     let started = Instant::now();
-    let (mut after, mut rows, mut bytes) = (0, 0u64, 0u64);
-    loop {
-        let page = store.chain_rows(after, 10_000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        rows += page.len() as u64;
-        bytes += page.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+    let (mut first, mut rows, mut bytes) = (1i64, 0u64, 0u64);
+    while first <= total as i64 {
+        let read = store.chain_page(first, first + page - 1).await?;
+        let links = read.rows()?;
+        rows += links.len() as u64;
+        bytes += links.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+        first += page;
     }
     let read_rate = rows as f64 / started.elapsed().as_secs_f64();
 
@@ -127,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
         "log: {total} events, {:.0} payload bytes on average",
         bytes as f64 / rows.max(1) as f64
     );
-    println!("read ceiling (chain_rows pages, no hashing): {read_rate:.0} events/s");
+    println!("read ceiling (chain_page pages in sequence, no hashing): {read_rate:.0} events/s");
     println!("hash ceiling (SHA-256 of payloads in memory): {hash_rate:.0} events/s");
     println!(
         "verify: {events} events in {verify_secs:.2} s = {verify_rate:.0} events/s ({:.2} of the read ceiling)",
