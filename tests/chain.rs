@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use handoff_ledger::chain::{self, BreakReason, ChainHead, ChainLink};
 use handoff_ledger::config::SlaConfig;
+use handoff_ledger::erasure::ErasureTarget;
 use handoff_ledger::model::{event_id_for, NewEvent, Platform, StreamKey};
 use handoff_ledger::store::{self, Store};
 use handoff_ledger::verify::{verify_log, verify_log_in_pages, Verdict};
@@ -130,6 +131,7 @@ on_both_stores!(
     the_verify_command_prints_ok_or_names_the_broken_seq,
     verify_reads_any_text_exactly_in_pages_of_any_size,
     verify_names_the_first_break_wherever_pages_end,
+    a_long_conversation_is_erased_whole_and_only_it,
 );
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -432,7 +434,9 @@ async fn the_verify_command_prints_ok_or_names_the_broken_seq(backend: Backend) 
 }
 
 async fn verdict_in_pages(store: &Arc<dyn Store>, page: u32) -> Verdict {
-    verify_log_in_pages(store.clone(), None, page, &|_, _| {}).await.unwrap()
+    verify_log_in_pages(store.clone(), None, page, &|_, _| {})
+        .await
+        .unwrap()
 }
 
 /// `verify` reads the log as pages of text the database builds: texts with spaces, digits, quotes,
@@ -477,7 +481,10 @@ async fn verify_reads_any_text_exactly_in_pages_of_any_size(backend: Backend) {
         let seen = seen.into_inner().unwrap();
         assert_eq!(seen.first(), Some(&(0, total)), "pages of {page}");
         assert_eq!(seen.last(), Some(&(total, total)), "pages of {page}");
-        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "progress only grows: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 <= w[1].0),
+            "progress only grows: {seen:?}"
+        );
     }
     // The page holds the texts exactly as stored: the rows read one by one agree.
     let rows = store.chain_rows(0, 100).await.unwrap();
@@ -487,7 +494,13 @@ async fn verify_reads_any_text_exactly_in_pages_of_any_size(backend: Backend) {
     for (link, row) in links.iter().zip(&rows) {
         assert_eq!(*link, row.link());
     }
-    assert!(store.chain_page(total as i64 + 1, total as i64 + 10).await.unwrap().rows().unwrap().is_empty());
+    assert!(store
+        .chain_page(total as i64 + 1, total as i64 + 10)
+        .await
+        .unwrap()
+        .rows()
+        .unwrap()
+        .is_empty());
 }
 
 /// Rows deleted or changed behind the guard are named at the same seq whether the damage lies inside a
@@ -503,17 +516,29 @@ async fn verify_names_the_first_break_wherever_pages_end(backend: Backend) {
     assert_eq!(db.execute("DELETE FROM events WHERE seq = 10").await, Ok(1));
     for page in pages {
         let b = broken(verdict_in_pages(&store, page).await);
-        assert_eq!((b.seq, b.reason), (10, BreakReason::Missing { found: 11 }), "pages of {page}");
+        assert_eq!(
+            (b.seq, b.reason),
+            (10, BreakReason::Missing { found: 11 }),
+            "pages of {page}"
+        );
     }
     // Seqs 10 to 21 gone: whole pages of every size up to 11 are empty.
-    assert_eq!(db.execute("DELETE FROM events WHERE seq > 10 AND seq < 22").await, Ok(11));
+    assert_eq!(
+        db.execute("DELETE FROM events WHERE seq > 10 AND seq < 22").await,
+        Ok(11)
+    );
     for page in pages {
         let b = broken(verdict_in_pages(&store, page).await);
-        assert_eq!((b.seq, b.reason), (10, BreakReason::Missing { found: 22 }), "pages of {page}");
+        assert_eq!(
+            (b.seq, b.reason),
+            (10, BreakReason::Missing { found: 22 }),
+            "pages of {page}"
+        );
     }
     // A change before the gap is named first.
     assert_eq!(
-        db.execute("UPDATE events SET received_at = received_at + 1 WHERE seq = 6").await,
+        db.execute("UPDATE events SET received_at = received_at + 1 WHERE seq = 6")
+            .await,
         Ok(1)
     );
     for page in pages {
@@ -533,4 +558,82 @@ async fn verify_names_the_first_break_wherever_pages_end(backend: Backend) {
             "pages of {page}"
         );
     }
+}
+
+/// An erasure replaces every payload of a long conversation (more events than any statement chunk) by
+/// its stub, touches no other conversation, keeps the chain, and a second erasure changes nothing.
+async fn a_long_conversation_is_erased_whole_and_only_it(backend: Backend) {
+    let db = Db::new(backend).await;
+    let store = db.store().await;
+    let n = 1_234usize;
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| event(Platform::Ultimate, "long", &format!("long{i}"), i as i64))
+        .chain((0..5).map(|i| event(Platform::Ultimate, "other", &format!("other{i}"), i as i64)))
+        .collect();
+    for batch in events.chunks(200) {
+        let groups: Vec<Vec<NewEvent>> = batch.iter().map(|e| vec![e.clone()]).collect();
+        store.append_batch(&groups, &SlaConfig::default()).await.unwrap();
+    }
+    let before: BTreeMap<i64, chain::ChainRow> = store
+        .chain_rows(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r))
+        .collect();
+    let target = ErasureTarget::Stream(StreamKey::new(Platform::Ultimate, "long"));
+    let erasure_id = Uuid::new_v4();
+    let at = handoff_ledger::sources::truncate_to_micros(Utc::now());
+    let certificate = store
+        .erase(&target, erasure_id, at, &SlaConfig::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(certificate.events.len(), n);
+    let after: BTreeMap<i64, chain::ChainRow> = store
+        .chain_rows(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r))
+        .collect();
+    let erased: BTreeMap<i64, String> = certificate
+        .events
+        .iter()
+        .map(|e| (e.seq, e.payload_sha256.clone()))
+        .collect();
+    for (seq, row) in &before {
+        let now = &after[seq];
+        match erased.get(seq) {
+            Some(digest) => {
+                assert_eq!(row.external_id, "long");
+                assert_eq!(
+                    digest,
+                    &chain::to_hex(&chain::payload_sha256(&row.payload)),
+                    "seq {seq}"
+                );
+                let stub = chain::ErasureStub::new(erasure_id, &chain::payload_sha256(&row.payload));
+                assert_eq!(now.payload, stub.to_payload(), "seq {seq}");
+                assert_eq!(
+                    (&now.hash, now.occurred_at, &now.kind),
+                    (&row.hash, row.occurred_at, &row.kind)
+                );
+            }
+            None => assert_eq!(now, row, "seq {seq} is not the erased conversation's"),
+        }
+    }
+    let head = store.chain_head().await.unwrap();
+    assert_eq!(head.as_ref(), Some(&certificate.chain_head));
+    assert!(matches!(
+        verdict(&store, None).await,
+        Verdict::Intact { events, .. } if events == n as u64 + 6
+    ));
+    // Again: the same certificate, nothing changed or appended.
+    let again = store
+        .erase(&target, Uuid::new_v4(), Utc::now(), &SlaConfig::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again == certificate, "a second erasure answers the first certificate");
+    assert_eq!(store.chain_head().await.unwrap(), head);
 }
