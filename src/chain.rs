@@ -430,8 +430,7 @@ pub fn check_run<'a>(
         pinned_seen: false,
         marks: Vec::new(),
     };
-    let mut next_seq = first_seq;
-    for row in rows {
+    for (next_seq, row) in (first_seq..).zip(rows) {
         report.first_found.get_or_insert(row.seq);
         if row.seq != next_seq {
             report.broken = Some(ChainBreak {
@@ -465,7 +464,6 @@ pub fn check_run<'a>(
         prev = hash;
         report.last = Some((row.seq, hash));
         report.checked += 1;
-        next_seq += 1;
     }
     report
 }
