@@ -56,6 +56,7 @@ fn event(room: &str, i: u64) -> NewEvent {
         stream: StreamKey::new(Platform::AivoLive, room),
         kind: "aivo_live.message_to_client".into(),
         occurred_at: at,
+        platform_at: None,
         received_at: at,
         payload: payload.to_string(),
         headers: Default::default(),

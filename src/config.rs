@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::model::Backend;
+
 /// A credential: its `Debug` and `Display` print `***`, so it cannot reach a log line by accident.
 /// Read it with [`Secret::expose`] where it is sent.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +157,8 @@ pub struct RetentionConfig {
     pub quarantine_days: u64,
     /// At most this many quarantine entries are kept (the oldest go first); 0 = no cap.
     pub quarantine_max_entries: u64,
+    /// Most bytes of a refused body kept in the quarantine (with the whole body's size and SHA-256).
+    pub quarantine_body_bytes: usize,
     /// Conversations closed (and untouched) longer ago than this many days are erased by a background
     /// job, as `POST /v1/erasures` would (checked hourly); 0 = never.
     pub erase_closed_after_days: u64,
@@ -165,6 +169,7 @@ impl Default for RetentionConfig {
         Self {
             quarantine_days: 30,
             quarantine_max_entries: 10_000,
+            quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
             erase_closed_after_days: 0,
         }
     }
@@ -446,8 +451,8 @@ impl Default for ClickHouseConfig {
 /// One route: which live backend and queue a team goes to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
-    /// `aivo_live` or `bright_pattern`.
-    pub backend: String,
+    /// `aivo_live` or `bright_pattern`; any other name is refused when the configuration loads.
+    pub backend: Backend,
     /// Aivo group ids.
     #[serde(default)]
     pub groups: Vec<i64>,
@@ -493,6 +498,8 @@ pub struct OutboxConfig {
     pub initial_backoff_ms: u64,
     /// Longest retry delay, milliseconds.
     pub max_backoff_ms: u64,
+    /// Most bytes of a platform's answer that are read; a longer answer fails the call (unparsable).
+    pub max_response_bytes: usize,
 }
 
 impl Default for OutboxConfig {
@@ -501,6 +508,7 @@ impl Default for OutboxConfig {
             max_attempts: 8,
             initial_backoff_ms: 200,
             max_backoff_ms: 30_000,
+            max_response_bytes: crate::outbound::clients::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }

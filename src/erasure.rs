@@ -249,7 +249,8 @@ mod tests {
     fn aivo_event(seq: i64, body: Value) -> crate::model::StoredEvent {
         let raw = body.to_string();
         let delivery = crate::sources::Delivery {
-            received_at: at() + chrono::Duration::seconds(seq),
+            // Well after the platform's times (a time after its arrival would be held back to it).
+            received_at: at() + chrono::Duration::seconds(100 + seq),
             ..Default::default()
         };
         let parsed = crate::sources::aivo_live::parse(&raw, &body, &delivery).unwrap();
@@ -265,11 +266,13 @@ mod tests {
             external_id: e.stream.external_id,
             kind: e.kind,
             occurred_at: e.occurred_at,
+            platform_at: e.platform_at,
             received_at: e.received_at,
             conversation_id: None,
             headers: e.headers,
             payload: serde_json::from_str(&e.payload).unwrap(),
             hash: None,
+            revision_of: None,
         }
     }
 

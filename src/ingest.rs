@@ -87,7 +87,8 @@ pub enum IngestError {
 /// What happens to newly appended events: the outbound relays.
 #[async_trait]
 pub trait Relay: Send + Sync {
-    /// Turns newly appended events into outbound commands (duplicates are skipped).
+    /// Sends the commands committed with newly appended events (planned in their transaction by the
+    /// writer's relay rules; see `store::RelayPlanner`).
     async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]);
 }
 
@@ -107,24 +108,46 @@ impl Pipeline {
 
     /// Decrypts, parses, quarantines a refusal, appends, then relays what is new.
     pub async fn receive(&self, inbound: Inbound, relay: &dyn Relay) -> Result<Ingested, IngestError> {
+        self.run(inbound, None, relay).await
+    }
+
+    /// Runs a delivery kept in the quarantine (`inbound.body` as kept, its `origin` the entry's path)
+    /// through the same steps as [`Pipeline::receive`], as if its platform had sent it again now. An
+    /// encrypted body is decrypted with the IV kept in its headers; a delivery without an idempotency
+    /// key of its own gets `default_key`. A refusal is not quarantined again: the caller records it on
+    /// the entry.
+    pub async fn redrive(
+        &self,
+        mut inbound: Inbound,
+        default_key: String,
+        relay: &dyn Relay,
+    ) -> Result<Ingested, IngestError> {
+        if inbound.encryption_iv.is_none() {
+            inbound.encryption_iv = inbound.headers.get(IV_HEADER).cloned();
+        }
+        self.run(inbound, Some(default_key), relay).await
+    }
+
+    /// The one script: decrypt, parse, keep a refusal (unless it is a redrive's), append, relay.
+    async fn run(
+        &self,
+        inbound: Inbound,
+        redrive_key: Option<String>,
+        relay: &dyn Relay,
+    ) -> Result<Ingested, IngestError> {
         let mut headers = inbound.headers.clone();
         // The quarantine keeps what was sent (an encrypted body stays encrypted there).
-        let decrypted = match self.decrypt(&inbound, &mut headers) {
-            Ok(decrypted) => decrypted,
-            Err(error) => {
-                self.quarantine_refusal(&inbound, headers, &error).await?;
-                return Err(IngestError::Refused(error));
-            }
-        };
-        let body: &[u8] = decrypted.as_deref().unwrap_or(&inbound.body);
-        let idempotency_key = headers.get("idempotency-key").cloned();
-        let delivery = Delivery {
-            received_at: sources::truncate_to_micros(inbound.received_at),
-            headers: headers.clone(),
-            idempotency_key: idempotency_key.as_deref(),
-            path_id: inbound.path_id.as_deref(),
-        };
-        let parsed = sources::parse_json(body).and_then(|value| {
+        let decrypted = self.decrypt(&inbound, &mut headers);
+        let idempotency_key = headers.get("idempotency-key").cloned().or_else(|| redrive_key.clone());
+        let parsed = decrypted.and_then(|decrypted| {
+            let body: &[u8] = decrypted.as_deref().unwrap_or(&inbound.body);
+            let delivery = Delivery {
+                received_at: sources::truncate_to_micros(inbound.received_at),
+                headers: headers.clone(),
+                idempotency_key: idempotency_key.as_deref(),
+                path_id: inbound.path_id.as_deref(),
+            };
+            let value = sources::parse_json(body)?;
             // parse_json succeeded, so the body is UTF-8.
             let text = String::from_utf8_lossy(body);
             (inbound.parse)(&text, &value, &delivery).map(|parsed| (value, parsed))
@@ -132,7 +155,9 @@ impl Pipeline {
         let (value, parsed) = match parsed {
             Ok(ok) => ok,
             Err(error) => {
-                self.quarantine_refusal(&inbound, headers, &error).await?;
+                if redrive_key.is_none() {
+                    self.quarantine_refusal(&inbound, headers, &error).await?;
+                }
                 return Err(IngestError::Refused(error));
             }
         };
@@ -213,15 +238,6 @@ impl Pipeline {
         let plain = self.decrypt_with_key(iv, &inbound.body)?;
         headers.insert(ENCRYPTED_HEADER.into(), "aes-256-ctr".into());
         Ok(Some(plain))
-    }
-
-    /// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept
-    /// in the stored headers), else as kept.
-    pub fn kept_body(&self, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, PayloadError> {
-        match headers.get(IV_HEADER) {
-            Some(iv) => self.decrypt_with_key(iv, &raw),
-            None => Ok(raw),
-        }
     }
 
     fn decrypt_with_key(&self, iv: &str, body: &[u8]) -> Result<Vec<u8>, PayloadError> {

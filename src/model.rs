@@ -73,6 +73,64 @@ impl FromStr for Platform {
     }
 }
 
+/// A live chat platform the ledger hands conversations to: the `backend` of a route, of a queue command
+/// and of the live chat a command goes to. Validated when the configuration loads; the names are the
+/// platforms' own (`aivo_live`, `bright_pattern`), so the stored commands and the config keep their words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Aivo Live.
+    AivoLive,
+    /// Bright Pattern.
+    BrightPattern,
+}
+
+impl Backend {
+    /// Every backend, in a stable order.
+    pub const ALL: [Backend; 2] = [Backend::AivoLive, Backend::BrightPattern];
+
+    /// The snake_case name, as in the config and the log.
+    pub fn as_str(self) -> &'static str {
+        self.platform().as_str()
+    }
+
+    /// The platform whose live chats it holds.
+    pub fn platform(self) -> Platform {
+        match self {
+            Backend::AivoLive => Platform::AivoLive,
+            Backend::BrightPattern => Platform::BrightPattern,
+        }
+    }
+
+    /// The backend of a live platform's chats; None for the bot, VCC and the ledger's own platforms.
+    pub fn of_platform(platform: Platform) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.platform() == platform)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown backend `{s}` (expected aivo_live or bright_pattern)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `(platform, external_id)`: the fact from a payload that files an event under a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub struct StreamKey {
@@ -118,8 +176,11 @@ pub struct NewEvent {
     pub stream: StreamKey,
     /// `<platform>.<event name in snake_case>`.
     pub kind: String,
-    /// When the platform says it happened (received time when it says nothing).
+    /// When it happened: the earlier of the platform's own time and `received_at` (an event cannot have
+    /// happened after we received it); `received_at` when the platform gives no time.
     pub occurred_at: DateTime<Utc>,
+    /// The platform's own time for it, as sent (None when it sends none).
+    pub platform_at: Option<DateTime<Utc>>,
     /// When this service received it.
     pub received_at: DateTime<Utc>,
     /// The body (or, for a body carrying several events, this event's own JSON text) exactly as received.
@@ -143,8 +204,12 @@ pub struct StoredEvent {
     pub external_id: String,
     /// `<platform>.<event name in snake_case>`, e.g. `aivo_live.message_to_client`.
     pub kind: String,
-    /// When it happened according to the platform.
+    /// When it happened: the earlier of `platform_at` and `received_at` (vendor clocks drift; an event
+    /// cannot have happened after we received it).
     pub occurred_at: DateTime<Utc>,
+    /// The platform's own time for it, as sent; null when the platform sends none.
+    #[serde(default)]
+    pub platform_at: Option<DateTime<Utc>>,
     /// When it was received.
     pub received_at: DateTime<Utc>,
     /// The conversation the stream belongs to now (null for events filed under no conversation).
@@ -159,6 +224,11 @@ pub struct StoredEvent {
     /// this event (see the README, "Verifying the log"). Null only for an event not read from the log.
     #[serde(default)]
     pub hash: Option<String>,
+    /// Present on a conflicting redelivery: a body that reused the delivery key of the event with this id
+    /// but differs from it. It is the newer version of that event (the projection takes the latest); both
+    /// stay in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_of: Option<Uuid>,
 }
 
 /// What the writer answers for one appended (or recognised duplicate) event.
@@ -170,8 +240,16 @@ pub struct AppendOutcome {
     pub seq: i64,
     /// True when the event was already stored and nothing was appended.
     pub duplicate: bool,
+    /// True when the body reused the delivery key of a stored event with different content: appended as a
+    /// new version of that event (see [`StoredEvent::revision_of`]).
+    #[serde(default)]
+    pub conflict: bool,
     /// The conversation it belongs to after this batch (None for events filed under no conversation).
     pub conversation_id: Option<Uuid>,
+    /// Seqs of the command records appended with it, in the same transaction (see
+    /// `store::RelayPlanner`): what the outbox sends for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<i64>,
 }
 
 /// Handoff state of a conversation.

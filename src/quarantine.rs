@@ -1,5 +1,5 @@
-//! Limits of the quarantine: a refused delivery keeps at most the first [`BODY_CAP`] bytes of its
-//! body plus the whole body's size and SHA-256; entries older than `retention.quarantine_days` are
+//! Limits of the quarantine: a refused delivery keeps at most the first `retention.quarantine_body_bytes`
+//! ([`DEFAULT_BODY_CAP`] unless configured) bytes of its body plus the whole body's size and SHA-256; entries older than `retention.quarantine_days` are
 //! deleted, and never more than `retention.quarantine_max_entries` are kept (a flood of junk cannot
 //! fill the disk).
 
@@ -15,21 +15,21 @@ use utoipa::ToSchema;
 use crate::config::RetentionConfig;
 use crate::store::Store;
 
-/// Most bytes of a refused body that are kept.
-pub const BODY_CAP: usize = 64 * 1024;
+/// Most bytes of a refused body that are kept unless `retention.quarantine_body_bytes` says otherwise.
+pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
 
 /// How often old quarantine entries are looked for.
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// What is kept of a body: at most [`BODY_CAP`] bytes (cut at a character boundary when the body is
-/// text), and the whole body's size and hex SHA-256.
-pub fn cap_body(body: &[u8]) -> (&[u8], i64, String) {
+/// What is kept of a body: at most `cap` bytes (cut at a character boundary when the body is text),
+/// and the whole body's size and hex SHA-256.
+pub fn cap_body(body: &[u8], cap: usize) -> (&[u8], i64, String) {
     let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
-    let sha = hex::encode(Sha256::digest(body));
-    if body.len() <= BODY_CAP {
+    let sha = body_sha256(body);
+    if body.len() <= cap {
         return (body, size, sha);
     }
-    let mut end = BODY_CAP;
+    let mut end = cap;
     if let Err(e) = std::str::from_utf8(&body[..end]) {
         // Text cut inside a character: keep the whole characters before it.
         if e.error_len().is_none() && std::str::from_utf8(&body[..e.valid_up_to()]).is_ok() {
@@ -37,6 +37,11 @@ pub fn cap_body(body: &[u8]) -> (&[u8], i64, String) {
         }
     }
     (&body[..end], size, sha)
+}
+
+/// Hex SHA-256 of a body.
+pub fn body_sha256(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
 }
 
 /// A refused delivery as listed: metadata only (the body at `GET /v1/quarantine/{id}`).
@@ -62,7 +67,7 @@ pub struct QuarantineSummary {
     pub body_size: i64,
     /// Hex SHA-256 of the whole body as received.
     pub body_sha256: String,
-    /// True when only the first 64 KiB of the body were kept.
+    /// True when only the first `retention.quarantine_body_bytes` (64 KiB by default) of the body were kept.
     pub body_truncated: bool,
     /// Every time it was run through the parsers again (`POST /v1/quarantine/{id}/redrive`), oldest first.
     #[serde(default)]
@@ -75,7 +80,7 @@ pub struct QuarantineDetail {
     /// Its metadata.
     #[serde(flatten)]
     pub summary: QuarantineSummary,
-    /// The kept body (the first 64 KiB at most), lossless: UTF-8 text when it is text, else base64.
+    /// The kept body (the first `retention.quarantine_body_bytes` at most), lossless: UTF-8 text when it is text, else base64.
     pub body: String,
     /// `utf8` or `base64`.
     pub body_encoding: String,
@@ -122,24 +127,26 @@ mod tests {
 
     #[test]
     fn small_bodies_are_kept_whole_and_large_ones_capped_with_the_whole_digest() {
-        let (kept, size, sha) = cap_body(b"not json");
+        let (kept, size, sha) = cap_body(b"not json", DEFAULT_BODY_CAP);
         assert_eq!((kept, size), (&b"not json"[..], 8));
         assert_eq!(sha, hex::encode(Sha256::digest(b"not json")));
 
-        let big = vec![b'x'; BODY_CAP * 3];
-        let (kept, size, sha) = cap_body(&big);
-        assert_eq!(kept.len(), BODY_CAP);
-        assert_eq!(size, (BODY_CAP * 3) as i64);
+        let big = vec![b'x'; DEFAULT_BODY_CAP * 3];
+        let (kept, size, sha) = cap_body(&big, DEFAULT_BODY_CAP);
+        assert_eq!(kept.len(), DEFAULT_BODY_CAP);
+        assert_eq!(size, (DEFAULT_BODY_CAP * 3) as i64);
         assert_eq!(sha, hex::encode(Sha256::digest(&big)));
     }
 
     #[test]
     fn text_is_cut_at_a_character_boundary() {
-        // 'é' is two bytes: one starts at BODY_CAP - 1 and would be split.
-        let mut body = vec![b'a'; BODY_CAP - 1];
-        body.extend("ééé".as_bytes());
-        let (kept, _, _) = cap_body(&body);
-        assert_eq!(kept.len(), BODY_CAP - 1);
-        assert!(std::str::from_utf8(kept).is_ok());
+        // 'é' is two bytes: one starts at the cap - 1 and would be split.
+        for cap in [DEFAULT_BODY_CAP, 10] {
+            let mut body = vec![b'a'; cap - 1];
+            body.extend("ééé".as_bytes());
+            let (kept, _, _) = cap_body(&body, cap);
+            assert_eq!(kept.len(), cap - 1);
+            assert!(std::str::from_utf8(kept).is_ok());
+        }
     }
 }

@@ -44,9 +44,14 @@ impl Application {
         let shown = crate::config::redact_url(&config.store.url);
         // The writer has a pool of its own, so readers can never take every connection from it; on
         // PostgreSQL the readers' statements are cut off after `store.read_timeout_ms`.
-        let writer_store = store::open(&config.store.url, WRITER_CONNECTIONS)
-            .await
-            .with_context(|| format!("opening the store at {shown}"))?;
+        // It also keeps the quarantine: at most `retention.quarantine_body_bytes` of each body.
+        let writer_store = store::open_keeping(
+            &config.store.url,
+            WRITER_CONNECTIONS,
+            config.retention.quarantine_body_bytes,
+        )
+        .await
+        .with_context(|| format!("opening the store at {shown}"))?;
         writer_store.migrate().await.context("applying store migrations")?;
         writer_store
             .rebuild_stale(&config.sla)
@@ -55,9 +60,17 @@ impl Application {
         let store = store::open(&config.store.reader_url(), config.store.max_connections)
             .await
             .with_context(|| format!("opening the store at {shown}"))?;
-        let (writer, writer_task) = Writer::spawn(writer_store, config.sla.clone(), config.server.max_batch)
-            .await
-            .context("starting the writer")?;
+        // The relay rules run inside the writer's transactions: an event's commands commit with it.
+        let rules = crate::outbound::relay::RelayRules::new(Arc::new(config.clone()))
+            .context("building the outbound clients")?;
+        let (writer, writer_task) = Writer::spawn_planned(
+            writer_store,
+            config.sla.clone(),
+            config.server.max_batch,
+            Some(Arc::new(rules)),
+        )
+        .await
+        .context("starting the writer")?;
         let listener =
             TcpListener::bind(&config.server.bind).with_context(|| format!("binding {}", config.server.bind))?;
         let local = listener.local_addr()?;
@@ -309,13 +322,22 @@ async fn wait_for_signal() -> &'static str {
     "ctrl-c"
 }
 
-/// Fails closed: on a non-loopback bind the API needs keys unless `auth.allow_anonymous` says
-/// otherwise. Says in the log when the API is open.
+/// Fails closed: on a non-loopback bind the API needs keys, and `auth.allow_anonymous` is refused
+/// (it would serve every transcript to anyone who reaches the port). Says in the log when the API is
+/// open.
 fn check_access(config: &Config, access: OpenAccess, key_count: usize) -> anyhow::Result<()> {
+    if access.allow_anonymous && !access.loopback {
+        anyhow::bail!(
+            "refusing to start: auth.allow_anonymous = true opens the API to anyone, and server.bind {} is not a \
+             loopback address; remove auth.allow_anonymous (or set it to false) and use API keys \
+             (`handoff-ledger keys create --name NAME --scope admin`), or bind to 127.0.0.1",
+            config.server.bind
+        );
+    }
     if access.allow_anonymous {
         tracing::warn!(
             bind = %config.server.bind,
-            "the API is open to anyone without a key (auth.allow_anonymous = true)"
+            "the API is open to anyone on this host without a key (auth.allow_anonymous = true, loopback bind)"
         );
     } else if key_count == 0 && access.loopback {
         tracing::warn!(
@@ -326,8 +348,7 @@ fn check_access(config: &Config, access: OpenAccess, key_count: usize) -> anyhow
     } else if key_count == 0 {
         anyhow::bail!(
             "refusing to start: server.bind {} is not a loopback address and no API key exists; create one with \
-             `handoff-ledger keys create --name NAME --scope admin`, or set auth.allow_anonymous = true to serve the \
-             API to anyone",
+             `handoff-ledger keys create --name NAME --scope admin`",
             config.server.bind
         );
     }

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::config::SlaConfig;
 use crate::erasure::{ErasureCertificate, ErasureTarget};
 use crate::model::{AppendOutcome, NewEvent, NewQuarantine};
-use crate::store::Store;
+use crate::store::{RelayPlanner, Store};
 
 /// Why a write was not done. The sender should retry: nothing was acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -53,9 +53,20 @@ impl Writer {
         sla: SlaConfig,
         max_batch: usize,
     ) -> Result<(Writer, JoinHandle<()>), crate::store::StoreError> {
+        Self::spawn_planned(store, sla, max_batch, None).await
+    }
+
+    /// [`Writer::spawn`], and every batch plans the commands its new events call for with `planner`,
+    /// inside its transaction (see [`RelayPlanner`]).
+    pub async fn spawn_planned(
+        store: Arc<dyn Store>,
+        sla: SlaConfig,
+        max_batch: usize,
+        planner: Option<Arc<dyn RelayPlanner>>,
+    ) -> Result<(Writer, JoinHandle<()>), crate::store::StoreError> {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         let (committed_tx, committed) = watch::channel(store.last_seq().await?);
-        let handle = tokio::spawn(run(store, sla, max_batch.max(1), rx, committed_tx));
+        let handle = tokio::spawn(run(store, sla, planner, max_batch.max(1), rx, committed_tx));
         Ok((Writer { tx, committed }, handle))
     }
 
@@ -113,6 +124,7 @@ impl Writer {
 async fn run(
     store: Arc<dyn Store>,
     sla: SlaConfig,
+    planner: Option<Arc<dyn RelayPlanner>>,
     max_batch: usize,
     mut rx: mpsc::Receiver<Job>,
     committed: watch::Sender<i64>,
@@ -156,7 +168,8 @@ async fn run(
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
         let started = std::time::Instant::now();
-        match append_guarded(store.as_ref(), &groups, &sla).await {
+        let planner = planner.as_deref();
+        match append_guarded(store.as_ref(), &groups, &sla, planner).await {
             Ok(outcomes) => {
                 crate::telemetry::batch_committed(groups.len(), started.elapsed());
                 for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
@@ -168,7 +181,7 @@ async fn run(
                 // One bad delivery must not fail its batch-mates: retry each on its own.
                 tracing::warn!(error = %e, size = groups.len(), "batch failed; retrying deliveries one by one");
                 for (group, (_, reply)) in groups.into_iter().zip(appends) {
-                    let result = append_guarded(store.as_ref(), std::slice::from_ref(&group), &sla)
+                    let result = append_guarded(store.as_ref(), std::slice::from_ref(&group), &sla, planner)
                         .await
                         .map(|mut v| v.pop().unwrap_or_default())
                         .map_err(|e| WriteError::Unavailable(e.to_string()));
@@ -212,8 +225,15 @@ async fn append_guarded(
     store: &dyn Store,
     groups: &[Vec<NewEvent>],
     sla: &SlaConfig,
+    planner: Option<&dyn RelayPlanner>,
 ) -> Result<Vec<Vec<AppendOutcome>>, crate::store::StoreError> {
-    let message = match catch_panic(store.append_batch(groups, sla)).await {
+    let appended = async {
+        match planner {
+            Some(planner) => store.append_batch_planned(groups, sla, planner).await,
+            None => store.append_batch(groups, sla).await,
+        }
+    };
+    let message = match catch_panic(appended).await {
         Ok(result) => return result,
         Err(message) => message,
     };
@@ -282,6 +302,7 @@ mod tests {
             },
             kind: "aivo_live.attended".into(),
             occurred_at: chrono::Utc::now(),
+            platform_at: None,
             received_at: chrono::Utc::now(),
             payload: r#"{"name":"attended","roomId":"room-1"}"#.into(),
             headers: [("user-agent".to_string(), "aivo".to_string())].into(),

@@ -214,7 +214,7 @@ async fn aivo_queue_failures_are_classified() {
 
 #[tokio::test]
 async fn an_answer_larger_than_the_cap_is_not_read() {
-    let huge = "x".repeat(handoff_ledger::outbound::clients::MAX_RESPONSE_BYTES + 1);
+    let huge = "x".repeat(handoff_ledger::outbound::clients::DEFAULT_MAX_RESPONSE_BYTES + 1);
     let e = aivo_queue_against(ResponseTemplate::new(200).set_body_string(huge))
         .await
         .unwrap_err();
@@ -222,6 +222,71 @@ async fn an_answer_larger_than_the_cap_is_not_read() {
         matches!(&e, BackendError::Invalid(m) if m.contains("larger than")),
         "{e:?}"
     );
+}
+
+/// A 200 answer of exactly `len` bytes that every client accepts: Aivo's queue answer, Bright Pattern's
+/// availability, anything for Ultimate.
+fn answer_of_len(len: usize) -> String {
+    let (head, tail) = (r#"{"conversationId":"c-1","chat":"available","pad":""#, r#""}"#);
+    format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()))
+}
+
+/// `outbox.max_response_bytes` reaches every client built from the configuration: an answer of the cap is
+/// read, one byte more fails the call (unparsable) and is not read further.
+#[tokio::test]
+async fn the_configured_response_cap_applies_to_every_client() {
+    const CAP: usize = 300;
+    for (len, fits) in [(CAP, true), (CAP + 1, false), (64 * 1024, false)] {
+        let server = MockServer::start().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(200).set_body_string(answer_of_len(len)))
+            .mount(&server)
+            .await;
+        let mut config = config_with(&server);
+        config.outbox.max_response_bytes = CAP;
+        let backends = Backends::from_config(&config).unwrap();
+        let outcomes: Vec<(&str, Result<(), BackendError>)> = vec![
+            (
+                "aivo_live",
+                backends
+                    .aivo
+                    .as_ref()
+                    .unwrap()
+                    .queue(&queue_request(full_attributes()))
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                "bright_pattern",
+                backends
+                    .bright_pattern
+                    .as_ref()
+                    .unwrap()
+                    .is_available()
+                    .await
+                    .map(|_| ()),
+            ),
+            (
+                "ultimate",
+                backends
+                    .widget
+                    .as_ref()
+                    .unwrap()
+                    .send("pcid-42", &WidgetUpdate::AgentDisconnect { agent: None })
+                    .await,
+            ),
+        ];
+        for (client, outcome) in outcomes {
+            if fits {
+                assert!(outcome.is_ok(), "{client}, {len} bytes: {outcome:?}");
+            } else {
+                assert!(
+                    matches!(&outcome, Err(BackendError::Invalid(m)) if m.contains("larger than 300 bytes")),
+                    "{client}, {len} bytes: {outcome:?}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -777,7 +842,7 @@ async fn widget_failures_are_classified() {
 
 fn route(backend: &str, hours: Option<OpeningHours>) -> Route {
     Route {
-        backend: backend.into(),
+        backend: backend.parse().expect("a backend name"),
         groups: vec![2179],
         hours,
     }
@@ -823,7 +888,8 @@ async fn backends_are_built_only_for_configured_base_urls_and_credentials() {
         Some("aivo_live")
     );
     assert!(backends.for_route(&route("bright_pattern", None)).is_none());
-    assert!(backends.for_route(&route("vcc", None)).is_none());
+    // A name that is no live backend cannot make a route: the configuration refuses it when it loads.
+    assert!("vcc".parse::<handoff_ledger::model::Backend>().is_err());
 
     let server = MockServer::start().await;
     let all = Backends::from_config(&config_with(&server)).unwrap();
@@ -873,7 +939,7 @@ async fn team_online_follows_opening_hours_and_the_default_route() {
         default: Some(route("aivo_live", Some(weekdays_9_to_17()))),
         teams: BTreeMap::from([
             ("night".to_string(), route("aivo_live", None)),
-            ("nowhere".to_string(), route("vcc", None)),
+            ("nowhere".to_string(), route("bright_pattern", None)),
             (
                 "broken".to_string(),
                 route(
@@ -895,7 +961,16 @@ async fn team_online_follows_opening_hours_and_the_default_route() {
     assert!(!backends.team_online(&routing, None, monday_evening).await);
     assert!(!backends.team_online(&routing, None, saturday).await);
     assert!(backends.team_online(&routing, Some("night"), saturday).await);
-    assert!(!backends.team_online(&routing, Some("nowhere"), monday_noon).await);
+    // A route to a backend this instance has no client for is offline.
+    let without_bright_pattern = Backends {
+        bright_pattern: None,
+        ..backends.clone()
+    };
+    assert!(
+        !without_bright_pattern
+            .team_online(&routing, Some("nowhere"), monday_noon)
+            .await
+    );
     assert!(!backends.team_online(&routing, Some("broken"), monday_noon).await);
     // Aivo has no availability call: none of this touched the network.
     assert!(server.received_requests().await.unwrap().is_empty());

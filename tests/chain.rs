@@ -144,6 +144,7 @@ fn event(platform: Platform, external_id: &str, key: &str, secs: i64) -> NewEven
         stream: StreamKey::new(platform, external_id),
         kind: format!("{platform}.test_event"),
         occurred_at: t(secs),
+        platform_at: None,
         received_at: t(secs) + chrono::Duration::milliseconds(250),
         payload: json!({"key": key, "text": format!("hello {key}")}).to_string(),
         headers: BTreeMap::from([("user-agent".to_string(), "test".to_string())]),

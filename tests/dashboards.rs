@@ -95,7 +95,7 @@ async fn bot_conversations(store: &dyn Store, since: DateTime<Utc>, until: DateT
     loop {
         let page = store
             .list_conversations(&ConversationFilter {
-                platform: Some(Platform::Ultimate.as_str().to_string()),
+                platform: Some(Platform::Ultimate),
                 since: Some(since),
                 until: Some(until),
                 limit: 500,

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use common::{free_port, start_service, wait_ready, PgDatabase};
 use handoff_ledger::api::AppState;
 use handoff_ledger::config::{Config, Route};
+use handoff_ledger::model::Backend;
 use handoff_ledger::outbound::clients::aivo_live::user_hash;
 use handoff_ledger::outbound::{Command, LiveTarget};
 use handoff_ledger::sources::ledger;
@@ -62,14 +63,14 @@ fn config_for(mock: &MockServer) -> Config {
     c.outbox.max_backoff_ms = 200;
     c.outbox.max_attempts = 4;
     c.routing.default = Some(Route {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         groups: vec![2179],
         hours: None,
     });
     c.routing.teams.insert(
         "support".into(),
         Route {
-            backend: "bright_pattern".into(),
+            backend: Backend::BrightPattern,
             groups: Vec::new(),
             hours: None,
         },
@@ -670,7 +671,7 @@ async fn widget_escalate_is_acknowledged_at_once_and_queued_in_the_background() 
         c.routing.teams.insert(
             "sales".into(),
             Route {
-                backend: "aivo_live".into(),
+                backend: Backend::AivoLive,
                 groups: vec![2179],
                 hours: None,
             },
@@ -1065,12 +1066,12 @@ async fn commands_recorded_before_a_crash_are_sent_after_the_restart() {
     let message = Command::VisitorMessage {
         text: "are you there?".into(),
         target: Some(LiveTarget {
-            backend: "aivo_live".into(),
+            backend: Backend::AivoLive,
             live_id: room.clone(),
         }),
     };
     let escalation = Command::Queue {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         team: None,
         groups: vec![2179],
         visitor_id: "pc-x".into(),
@@ -1310,14 +1311,6 @@ default = {{ backend = "aivo_live", groups = [2179] }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_resumes_after_a_restart_for_chats_still_open() {
     let mock = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/bp/chats/chat-9/events"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"events": [
-            {"event": "chat_session_message", "party_id": "p-2", "msg_id": "m-9", "msg": "Still there?", "timestamp": "1706293990000"},
-            {"event": "chat_session_ended"}
-        ]})))
-        .mount(&mock)
-        .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let mut config = config_for(&mock);
@@ -1349,6 +1342,17 @@ async fn polling_resumes_after_a_restart_for_chats_still_open() {
     let id = outcomes[1].conversation_id.unwrap().to_string();
     drop(first);
     assert!(mock.received_requests().await.unwrap().is_empty());
+    // What the agent wrote while we were down: after the queue call (its `chat_session_ended`, which carries
+    // no time of its own, goes with it).
+    let written = Utc::now().timestamp_millis().to_string();
+    Mock::given(method("GET"))
+        .and(path("/bp/chats/chat-9/events"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"events": [
+            {"event": "chat_session_message", "party_id": "p-2", "msg_id": "m-9", "msg": "Still there?", "timestamp": written},
+            {"event": "chat_session_ended"}
+        ]})))
+        .mount(&mock)
+        .await;
 
     let app = spawn_on(url, dir, None, &mock, |_| {}).await;
     wait_until("the chat polled and closed", || async {

@@ -720,6 +720,24 @@ days = { mon = ["18:00-09:00"] }
     assert_eq!(code, 1);
     assert!(stderr.contains("server.max_batch"), "{stderr}");
 
+    // Limits: a zero that would switch one off, or a size that bounds nothing, is named by its key.
+    let (code, _, stderr) = config_check(
+        None,
+        &[
+            ("LEDGER__RETENTION__QUARANTINE_BODY_BYTES", "0"),
+            ("LEDGER__OUTBOX__MAX_RESPONSE_BYTES", "4294967296"),
+            ("LEDGER__SERVER__COMMIT_DEADLINE_MS", "0"),
+        ],
+    );
+    assert_eq!(code, 1);
+    for expected in [
+        "retention.quarantine_body_bytes: 0 is out of range (1 to 16777216)",
+        "outbox.max_response_bytes: 4294967296 is out of range (1024 to 67108864)",
+        "server.commit_deadline_ms: 0 is out of range (1 to 3600000)",
+    ] {
+        assert!(stderr.contains(expected), "`{expected}` missing from:\n{stderr}");
+    }
+
     // `serve` runs the same checks and refuses before it binds.
     let port = free_port();
     let out = binary()

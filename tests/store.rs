@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use handoff_ledger::config::SlaConfig;
 use handoff_ledger::model::{
-    event_id_for, AppendOutcome, Conversation, HandoffState, Message, NewEvent, NewQuarantine, Party, Platform,
-    StreamKey,
+    event_id_for, AppendOutcome, Conversation, Disposition, HandoffState, Message, NewEvent, NewQuarantine, Party,
+    Platform, SlaStatus, StreamKey,
 };
 use handoff_ledger::sources::ledger::{self, QueueAccepted};
 use handoff_ledger::store::{self, ConversationFilter, SqliteStore, Store};
@@ -178,6 +178,10 @@ on_both_backends!(
         replay_rebuilds_exactly_what_appends_built,
         incremental_projection_equals_replay_on_random_logs,
         event_lines_are_the_lines_one_event_made,
+        same_key_same_body_is_a_duplicate_another_body_a_newer_version,
+        a_redelivery_of_an_erased_event_is_checked_against_its_digest,
+        a_status_without_id_or_time_seen_again_after_other_events_is_new,
+        commands_an_event_calls_for_commit_with_it,
     ],
     db: [
         the_event_log_refuses_update_and_delete,
@@ -206,6 +210,7 @@ fn event(platform: Platform, external_id: &str, key: &str, secs: i64) -> NewEven
         stream: StreamKey::new(platform, external_id),
         kind: format!("{platform}.test_event"),
         occurred_at: t(secs),
+        platform_at: None,
         received_at: t(secs) + chrono::Duration::milliseconds(250),
         payload: json!({"key": key, "zeta": 1, "alpha": [true, null]}).to_string(),
         headers: BTreeMap::from([("content-type".to_string(), "application/json".to_string())]),
@@ -316,8 +321,11 @@ async fn seq_is_gap_free_and_strictly_increasing_across_batches(store: Arc<dyn S
 
 async fn duplicates_are_recognised_within_and_across_batches(store: Arc<dyn Store>) {
     let a = bot("c1", "same-key", 0);
+    // A redelivery: the same key and body, arriving again later with other headers. (The same key with
+    // another body is a newer version: see `same_key_same_body_is_a_duplicate_another_body_a_newer_version`.)
     let mut a_again = bot("c1", "same-key", 0);
-    a_again.payload = r#"{"redelivered":true}"#.into();
+    a_again.received_at += chrono::Duration::seconds(5);
+    a_again.headers.insert("x-retry".into(), "1".into());
     let b = bot("c1", "other", 1);
     let out = append(&store, vec![vec![a.clone(), a_again], vec![b.clone()]]).await;
     let conversation = Some(ultimate("c1").conversation_id());
@@ -329,20 +337,26 @@ async fn duplicates_are_recognised_within_and_across_batches(store: Arc<dyn Stor
                     event_id: a.event_id,
                     seq: 1,
                     duplicate: false,
-                    conversation_id: conversation
+                    conflict: false,
+                    conversation_id: conversation,
+                    relays: vec![],
                 },
                 AppendOutcome {
                     event_id: a.event_id,
                     seq: 1,
                     duplicate: true,
-                    conversation_id: conversation
+                    conflict: false,
+                    conversation_id: conversation,
+                    relays: vec![],
                 },
             ],
             vec![AppendOutcome {
                 event_id: b.event_id,
                 seq: 2,
                 duplicate: false,
-                conversation_id: conversation
+                conflict: false,
+                conversation_id: conversation,
+                relays: vec![],
             }],
         ]
     );
@@ -806,27 +820,27 @@ async fn list_filters_and_cursor_pagination(store: Arc<dyn Store>) {
         f(&mut filter);
         filter
     };
-    assert_eq!(list(by(|f| f.platform = Some("vcc".into()))).await, vec![ce]);
+    assert_eq!(list(by(|f| f.platform = Some(Platform::Vcc))).await, vec![ce]);
     assert_eq!(
-        list(by(|f| f.platform = Some("aivo_live".into()))).await,
+        list(by(|f| f.platform = Some(Platform::AivoLive))).await,
         vec![first_tie, second_tie]
     );
     assert_eq!(list(by(|f| f.external_id = Some("room-c".into()))).await, vec![cc]);
     // platform and external_id name one stream together.
     assert_eq!(
         list(by(|f| {
-            f.platform = Some("ultimate".into());
+            f.platform = Some(Platform::Ultimate);
             f.external_id = Some("room-c".into());
         }))
         .await,
         Vec::<Uuid>::new()
     );
     assert_eq!(
-        list(by(|f| f.state = Some("escalation_requested".into()))).await,
+        list(by(|f| f.state = Some(HandoffState::EscalationRequested))).await,
         vec![cb]
     );
     assert_eq!(
-        list(by(|f| f.state = Some("attended".into()))).await,
+        list(by(|f| f.state = Some(HandoffState::Attended))).await,
         vec![first_tie, second_tie]
     );
     assert_eq!(list(by(|f| f.queue = Some("2179".into()))).await, vec![cc]);
@@ -834,11 +848,11 @@ async fn list_filters_and_cursor_pagination(store: Arc<dyn Store>) {
     assert_eq!(list(by(|f| f.agent = Some("ana".into()))).await, vec![cd]);
     assert_eq!(list(by(|f| f.agent = Some("An%".into()))).await, Vec::<Uuid>::new());
     assert_eq!(
-        list(by(|f| f.disposition = Some("completed".into()))).await,
+        list(by(|f| f.disposition = Some(Disposition::Completed))).await,
         Vec::<Uuid>::new()
     );
     assert_eq!(
-        list(by(|f| f.sla_status = Some("not_applicable".into()))).await.len(),
+        list(by(|f| f.sla_status = Some(SlaStatus::NotApplicable))).await.len(),
         3
     );
     assert_eq!(
@@ -1471,3 +1485,225 @@ mod random_logs {
 }
 
 use random_logs::incremental_projection_equals_replay_on_random_logs;
+
+// ---------------------------------------------------------------------------------------------
+// Content-checked idempotency
+// ---------------------------------------------------------------------------------------------
+
+/// A delivery parsed by its platform's parser, as if it arrived at `t(secs)`.
+fn delivered(platform: Platform, body: Value, path_id: Option<&str>, secs: i64) -> Vec<NewEvent> {
+    use handoff_ledger::sources::{self, Delivery};
+    let raw = body.to_string();
+    let d = Delivery {
+        received_at: t(secs),
+        path_id,
+        ..Delivery::default()
+    };
+    let parsed = match platform {
+        Platform::AivoLive => sources::aivo_live::parse(&raw, &body, &d),
+        Platform::BrightPattern => sources::bright_pattern::parse(&raw, &body, &d),
+        other => panic!("no parser here for {other}"),
+    };
+    parsed.unwrap_or_else(|e| panic!("{e}")).events
+}
+
+/// An Aivo agent message said at `t(1)` (its key: name, room and timestamp).
+fn agent_says(text: &str, secs: i64) -> NewEvent {
+    let body = json!({"name": "messageToClient", "roomId": "room-c", "timestamp": t(1).timestamp_nanos_opt(),
+        "data": {"action": "text", "value": text, "source": "agent", "agent": {"name": "Tomas"}}});
+    delivered(Platform::AivoLive, body, None, secs).remove(0)
+}
+
+async fn lines_of(store: &Arc<dyn Store>, id: Uuid) -> Vec<String> {
+    let (_, lines) = store.transcript(id).await.unwrap().unwrap();
+    lines.into_iter().map(|m| m.text.unwrap_or_default()).collect()
+}
+
+async fn same_key_same_body_is_a_duplicate_another_body_a_newer_version(store: Arc<dyn Store>) {
+    let first = append_one(&store, agent_says("Your balance is 10", 2)).await;
+    assert!(!first.duplicate && !first.conflict);
+    let id = first.conversation_id.unwrap();
+    // The same body again: a redelivery, nothing appended.
+    let again = append_one(&store, agent_says("Your balance is 10", 3)).await;
+    assert_eq!((again.duplicate, again.conflict, again.seq), (true, false, first.seq));
+    assert_eq!(store.last_seq().await.unwrap(), first.seq);
+    // The same key with another body: the platform corrected its record. Appended, marked, never dropped.
+    let corrected = append_one(&store, agent_says("Your balance is 100", 4)).await;
+    assert!(!corrected.duplicate && corrected.conflict, "{corrected:?}");
+    assert_eq!(corrected.seq, first.seq + 1);
+    assert_ne!(corrected.event_id, first.event_id);
+    assert_eq!(corrected.conversation_id, Some(id));
+    let events = store.conversation_events(id).await.unwrap().unwrap();
+    assert_eq!(events.len(), 2, "both versions stay in the log");
+    assert_eq!(events[0].revision_of, None);
+    assert_eq!(events[1].revision_of, Some(first.event_id));
+    assert_eq!(events[1].payload["data"]["value"], json!("Your balance is 100"));
+    // The projection takes the newer version: one line, the latest content.
+    assert_eq!(lines_of(&store, id).await, ["Your balance is 100"]);
+    let c = store.get_conversation(id).await.unwrap().unwrap();
+    assert_eq!(c.message_counts.agent, 1);
+    // Either version sent again is a redelivery of that version; a third body is a third version.
+    for (text, seq) in [
+        ("Your balance is 100", corrected.seq),
+        ("Your balance is 10", first.seq),
+    ] {
+        let o = append_one(&store, agent_says(text, 5)).await;
+        assert_eq!((o.duplicate, o.conflict, o.seq), (true, false, seq), "{text}");
+    }
+    let third = append_one(&store, agent_says("Your balance is 1000", 6)).await;
+    assert!(third.conflict);
+    assert_eq!(lines_of(&store, id).await, ["Your balance is 1000"]);
+    let events = store.conversation_events(id).await.unwrap().unwrap();
+    assert_eq!(
+        events[2].revision_of,
+        Some(first.event_id),
+        "every version names the first"
+    );
+    // Replay gives what the appends gave.
+    let before = store.get_conversation(id).await.unwrap();
+    store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!(store.get_conversation(id).await.unwrap(), before);
+    assert_eq!(lines_of(&store, id).await, ["Your balance is 1000"]);
+}
+
+async fn a_redelivery_of_an_erased_event_is_checked_against_its_digest(store: Arc<dyn Store>) {
+    let first = append_one(&store, agent_says("Call me on 555 0100", 2)).await;
+    let id = first.conversation_id.unwrap();
+    let certificate = store
+        .erase(
+            &handoff_ledger::erasure::ErasureTarget::Conversation(id),
+            Uuid::new_v4(),
+            t(50),
+            &sla(),
+        )
+        .await
+        .unwrap()
+        .expect("erased");
+    assert!(certificate.events.iter().any(|e| e.seq == first.seq));
+    // The stored payload is a stub now; the redelivery is compared with the original's digest.
+    let again = append_one(&store, agent_says("Call me on 555 0100", 60)).await;
+    assert_eq!((again.duplicate, again.conflict, again.seq), (true, false, first.seq));
+    let other = append_one(&store, agent_says("Call me tomorrow", 61)).await;
+    assert!(!other.duplicate && other.conflict, "{other:?}");
+}
+
+async fn a_status_without_id_or_time_seen_again_after_other_events_is_new(store: Arc<dyn Store>) {
+    let chat = Some("chat-q");
+    let queued = || json!({"events": [{"event": "chat_session_status", "state": "queued"}]});
+    let said = |msg_id: &str| {
+        json!({"events": [{"event": "chat_session_message", "msg_id": msg_id, "party_id": "p1", "msg": "one moment",
+            "timestamp": t(20).timestamp_millis()}]})
+    };
+    let deliver = |body: Value, secs: i64| delivered(Platform::BrightPattern, body, chat, secs);
+    let first = append(&store, vec![deliver(queued(), 10)]).await.remove(0).remove(0);
+    assert!(!first.duplicate);
+    // The same poll answer offered again (its append was not acknowledged): a redelivery.
+    let retry = append(&store, vec![deliver(queued(), 11)]).await.remove(0).remove(0);
+    assert_eq!((retry.duplicate, retry.seq), (true, first.seq));
+    // Other events of the chat, then `queued` again (after a transfer): a new event.
+    append(&store, vec![deliver(said("m1"), 30)]).await;
+    let requeued = append(&store, vec![deliver(queued(), 40)]).await.remove(0).remove(0);
+    assert!(!requeued.duplicate && !requeued.conflict, "{requeued:?}");
+    assert_ne!(requeued.event_id, first.event_id);
+    let retry = append(&store, vec![deliver(queued(), 41)]).await.remove(0).remove(0);
+    assert_eq!((retry.duplicate, retry.seq), (true, requeued.seq));
+    // Within one answer: the status, a message, the status again.
+    let answer = json!({"events": [
+        {"event": "chat_session_status", "state": "queued"},
+        {"event": "chat_session_message", "msg_id": "m2", "party_id": "p1", "msg": "transferring you",
+            "timestamp": t(45).timestamp_millis()},
+        {"event": "chat_session_status", "state": "queued"}
+    ]});
+    let outcomes = append(&store, vec![deliver(answer.clone(), 50)]).await.remove(0);
+    let dupes: Vec<bool> = outcomes.iter().map(|o| o.duplicate).collect();
+    assert_eq!(dupes, [true, false, false], "{outcomes:?}");
+    // That whole answer again: nothing new.
+    let outcomes = append(&store, vec![deliver(answer, 51)]).await.remove(0);
+    assert!(outcomes.iter().all(|o| o.duplicate), "{outcomes:?}");
+    assert_eq!(store.last_seq().await.unwrap(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactional relays
+// ---------------------------------------------------------------------------------------------
+
+/// Relay rules for the test: an agent's attend calls for one command naming the agent and the state the
+/// batch left the conversation in.
+struct AttendRelays;
+
+impl store::RelayPlanner for AttendRelays {
+    fn relays(&self, kind: &str) -> bool {
+        kind == "aivo_live.attended"
+    }
+
+    fn plan(
+        &self,
+        event: &handoff_ledger::model::StoredEvent,
+        conversation: &Conversation,
+        lines: &[Message],
+        queued: Option<&handoff_ledger::model::StoredEvent>,
+    ) -> Vec<NewEvent> {
+        let record = ledger::CommandRecord {
+            command_id: format!("success:{}", event.event_id),
+            action: "widget_escalation_success".into(),
+            outcome: None,
+            detail: Some(format!(
+                "{} {:?} lines={} queued={}",
+                event.payload["data"]["agent"]["name"].as_str().unwrap_or(""),
+                conversation.state,
+                lines.len(),
+                queued.is_some()
+            )),
+            body: None,
+            retry_of: None,
+        };
+        vec![ledger::command(
+            conversation.id,
+            ledger::COMMAND,
+            &record,
+            event.received_at,
+        )]
+    }
+}
+
+async fn commands_an_event_calls_for_commit_with_it(store: Arc<dyn Store>) {
+    let cu = ultimate("u-relay").conversation_id();
+    append_one(&store, bot("u-relay", "hi", 0)).await;
+    append_one(&store, queue_accepted(cu, "room-relay", "2179", 5)).await;
+    let planned = |events: Vec<NewEvent>| {
+        let store = store.clone();
+        async move {
+            store
+                .append_batch_planned(&[events], &sla(), &AttendRelays)
+                .await
+                .unwrap()
+                .remove(0)
+        }
+    };
+    // A batch of an event the rules ignore and an attend: the attend's command is appended in the same
+    // transaction, after the batch, and the outcome names it.
+    let out = planned(vec![
+        bot("u-relay", "still there?", 8),
+        attended("room-relay", "Tomas", 10),
+    ])
+    .await;
+    assert!(out[0].relays.is_empty());
+    assert_eq!(out[1].relays, vec![out[1].seq + 1], "{out:?}");
+    let events = store.conversation_events(cu).await.unwrap().unwrap();
+    let command = events.iter().find(|e| e.seq == out[1].seq + 1).expect("the command");
+    assert_eq!(command.kind, ledger::COMMAND);
+    assert_eq!(
+        command.payload["detail"],
+        json!("Tomas Attended lines=0 queued=true"),
+        "planned on the state the batch left"
+    );
+    assert_eq!(store.last_seq().await.unwrap(), out[1].seq + 1, "seq stays gap-free");
+    // The platform delivers the attend again: a duplicate calls for nothing, nothing is appended.
+    let again = planned(vec![attended("room-relay", "Tomas", 10)]).await;
+    assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+    assert_eq!(store.last_seq().await.unwrap(), out[1].seq + 1);
+    // Replay rebuilds what the appends built (the commands are events of the log like any other).
+    let before = store.get_conversation(cu).await.unwrap();
+    store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!(store.get_conversation(cu).await.unwrap(), before);
+}

@@ -79,7 +79,8 @@ pub struct TranscriptParams {
     /// `json` (default), `text`, `csv`, `jsonl` or `html` (a printable page).
     #[param(value_type = Option<TranscriptFormat>)]
     pub format: Option<String>,
-    /// At most this many lines (1 to 10000); default: every line.
+    /// At most this many lines (1 to 10000; default 10000), and fewer when they would pass
+    /// `server.max_answer_bytes`: the rest follows with the cursor.
     #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page (for `text`, `csv` and `jsonl`: the `x-next-cursor` answer header).
@@ -214,11 +215,11 @@ impl ListParams {
             since: parse_time("since", self.since.as_ref())?,
             until: parse_time("until", self.until.as_ref())?,
             after: self.cursor.as_deref().map(decode_cursor).transpose()?,
-            platform: platform.map(|p| p.as_str().to_string()),
+            platform,
             external_id: self.external_id,
-            state: state.map(|s| s.as_str().to_string()),
-            disposition: disposition.map(|d| d.as_str().to_string()),
-            sla_status: sla_status.map(|s| s.as_str().to_string()),
+            state,
+            disposition,
+            sla_status,
             now: Some(Utc::now()),
             queue: self.queue,
             agent: self.agent,
@@ -305,8 +306,9 @@ pub async fn transcript(
 }
 
 /// A conversation's transcript in one of its renderings (the API and the console's exports): the lines
-/// after `after`, at most `limit` (None: every line). The next page's cursor is `next_cursor` in JSON
-/// and the `x-next-cursor` answer header in every format.
+/// after `after`, at most `limit` (None: [`MAX_PAGE`]) and no more than fit in `server.max_answer_bytes`
+/// (an export is bounded like a list). The next page's cursor is `next_cursor` in JSON and the
+/// `x-next-cursor` answer header in every format.
 pub async fn render_transcript(
     state: &AppState,
     id: Uuid,
@@ -314,11 +316,22 @@ pub async fn render_transcript(
     after: Option<MessageCursor>,
     limit: Option<u32>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = state
+    let rows = limit.unwrap_or(MAX_PAGE);
+    let mut page = state
         .store
-        .transcript_page(id, after, limit)
+        .transcript_page(id, after, Some(rows))
         .await?
         .ok_or_else(|| not_found(id))?;
+    let fitting = super::fitting_len(&page.messages, state.config.server.max_answer_bytes);
+    if fitting < page.messages.len() {
+        // Read again up to the last line that fits, so that the store gives that line's cursor.
+        let fitting = u32::try_from(fitting).unwrap_or(rows);
+        page = state
+            .store
+            .transcript_page(id, after, Some(fitting))
+            .await?
+            .ok_or_else(|| not_found(id))?;
+    }
     let (conversation_id, messages) = (page.conversation_id, page.messages);
     let next_cursor = page.next.map(encode_line_cursor);
     let mut answer = HttpResponse::Ok();

@@ -296,7 +296,7 @@ mod tests {
         use crate::outbound::clients::BackendError;
         use crate::outbound::EscalationError;
         let status = |e: BackendError| {
-            ApiError::from(EscalationError::from_backend("aivo_live", &e))
+            ApiError::from(EscalationError::from_backend(crate::model::Backend::AivoLive, &e))
                 .status_code()
                 .as_u16()
         };
@@ -318,7 +318,7 @@ mod tests {
         );
         assert_eq!(status(BackendError::Invalid("no id".into())), 502);
         let message = ApiError::from(EscalationError::from_backend(
-            "aivo_live",
+            crate::model::Backend::AivoLive,
             &BackendError::Permanent {
                 status: 400,
                 body: "bad group".into(),

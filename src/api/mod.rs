@@ -113,17 +113,22 @@ pub async fn append(
 /// Keeps the leading items whose JSON fits in `max_bytes` (always at least the first, so a page
 /// moves on); true when some were cut. List answers stay bounded in bytes as well as rows.
 pub fn fit_bytes<T: serde::Serialize>(items: &mut Vec<T>, max_bytes: usize) -> bool {
+    let keep = fitting_len(items, max_bytes);
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
+}
+
+/// How many leading items [`fit_bytes`] would keep.
+pub fn fitting_len<T: serde::Serialize>(items: &[T], max_bytes: usize) -> usize {
     let mut total = 0usize;
-    let keep = items
+    items
         .iter()
         .position(|item| {
             total += serde_json::to_vec(item).map_or(0, |v| v.len() + 1);
             total > max_bytes
         })
-        .map_or(items.len(), |cut| cut.max(1));
-    let cut = keep < items.len();
-    items.truncate(keep);
-    cut
+        .map_or(items.len(), |cut| cut.max(1))
 }
 
 /// Answers unknown routes with the JSON error shape.

@@ -8,12 +8,12 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::webhooks::{self, Accepted, ActionResult, ActionResults, TeamOnline};
+use super::webhooks::{self, Accepted, ActionResult, ActionResults, Endpoint, TeamOnline};
 use super::AppState;
-use crate::ingest::Ingested;
+use crate::ingest::{Inbound, Ingested};
 use crate::model::Redrive;
 use crate::outbound::CommandRetry;
-use crate::sources::{self, ledger, Delivery};
+use crate::sources::{self, ledger};
 use crate::telemetry::{self, WebhookOutcome};
 
 fn key_name(req: &HttpRequest) -> Option<String> {
@@ -50,43 +50,35 @@ pub async fn redrive(
     let entry = state.store.quarantine_entry(id).await?.ok_or_else(not_found)?.summary;
     if entry.body_truncated {
         return Err(ApiError::Conflict(format!(
-            "entry {id} kept only the first {} bytes of its {}-byte body: the delivery cannot be reproduced",
-            crate::quarantine::BODY_CAP,
+            "entry {id} kept only the first part of its {}-byte body (retention.quarantine_body_bytes): the \
+             delivery cannot be reproduced",
             entry.body_size
         )));
     }
     let raw = state.store.quarantined_body(id).await?.ok_or_else(not_found)?;
-    let endpoint = webhooks::endpoint_of(&entry.path).ok_or_else(|| {
+    let (endpoint, path_id) = webhooks::endpoint_of(&entry.path).ok_or_else(|| {
         ApiError::Conflict(format!(
             "entry {id} was posted to {}, which this version does not serve",
             entry.path
         ))
     })?;
-    // A delivery without a key of its own gets the entry's: redriving it twice appends it once.
-    let idempotency_key = entry
-        .headers
-        .get("idempotency-key")
-        .cloned()
-        .unwrap_or_else(|| format!("quarantine-{id}"));
-    let delivery = Delivery {
-        received_at: sources::truncate_to_micros(entry.received_at),
+    let inbound = Inbound {
+        platform: endpoint.platform,
+        origin: entry.path.clone(),
+        received_at: entry.received_at,
         headers: entry.headers.clone(),
-        idempotency_key: Some(&idempotency_key),
-        path_id: endpoint.path_id,
+        body: raw,
+        path_id: path_id.map(str::to_string),
+        encryption_iv: None,
+        parse: endpoint.parse,
+        answered: None,
     };
-    let parsed = webhooks::kept_body(&state, &entry.headers, raw)
-        .and_then(|body| webhooks::parse_delivery(&body, &delivery, endpoint.parse));
-    let result = match parsed {
-        Ok((value, parsed)) => match state.writer.append(parsed.events.clone()).await {
-            Ok(outcomes) => Ok(Ingested {
-                value,
-                parsed,
-                outcomes,
-            }),
-            Err(e) => Err(ApiError::from(e)),
-        },
-        Err(e) => Err(e),
-    };
+    // A delivery without a key of its own gets the entry's: redriving it twice appends it once.
+    let result = state
+        .ingest
+        .redrive(inbound, format!("quarantine-{id}"), &state.outbound)
+        .await
+        .map_err(ApiError::from);
     let outcome = webhooks::webhook_outcome(&result);
     telemetry::redrive(outcome);
     let key = key_name(&req);
@@ -108,7 +100,7 @@ pub async fn redrive(
             (response, redrive)
         }
         Ok(ingested) => {
-            let response = redriven_answer(&state, &ingested, endpoint.actions, endpoint.multi).await?;
+            let response = redriven_answer(&state, &ingested, endpoint).await?;
             let last = ingested.outcomes.last();
             let redrive = Redrive {
                 at: Utc::now(),
@@ -146,28 +138,22 @@ pub async fn redrive(
     Ok(response)
 }
 
-/// The webhook's answer to a redriven delivery, after the same relays.
-async fn redriven_answer(
-    state: &AppState,
-    ingested: &Ingested,
-    actions: bool,
-    multi: bool,
-) -> Result<HttpResponse, ApiError> {
-    if actions {
+/// The webhook's answer to a redriven delivery (relayed by the pipeline like any other).
+async fn redriven_answer(state: &AppState, ingested: &Ingested, endpoint: &Endpoint) -> Result<HttpResponse, ApiError> {
+    if endpoint.actions {
         let action = sources::ultimate::action_request(&ingested.value)?;
         let conversation_id = ingested.outcomes.last().and_then(|o| o.conversation_id);
         let results = state.outbound.run_action(&action, conversation_id).await?;
         let results = results.into_iter().map(ActionResult::from).collect();
         return Ok(HttpResponse::Ok().json(ActionResults { results }));
     }
-    crate::ingest::Relay::relay(&state.outbound, &ingested.parsed.events, &ingested.outcomes).await;
     let kind = ingested.parsed.events.first().map(|e| e.kind.as_str());
     if kind == Some(sources::ultimate::IS_TEAM_ONLINE) {
         let team = sources::ultimate::team_of(&ingested.value);
         let is_online = state.outbound.team_online(team.as_deref()).await;
         return Ok(HttpResponse::Ok().json(TeamOnline { is_online }));
     }
-    Ok(webhooks::answer(ingested, multi))
+    Ok(webhooks::answer(ingested, endpoint.multi))
 }
 
 /// Re-sends an outbound command that ended `failed` or `gave_up` (a queue call, a widget update, a relayed

@@ -27,7 +27,7 @@ use crate::config::{Config, Tokens};
 use crate::ingest::{Inbound, Ingested, ParseFn};
 use crate::model::{AppendOutcome, Platform};
 use crate::outbound::actions::SessionVariable;
-use crate::sources::{self, Delivery, Parsed, PayloadError};
+use crate::sources::{self, PayloadError};
 use crate::telemetry::{self, WebhookOutcome};
 
 /// Headers kept with an event or a quarantined delivery (never credentials).
@@ -50,6 +50,10 @@ pub struct Accepted {
     pub seq: Option<i64>,
     /// True when every event of the delivery was already stored (nothing appended).
     pub duplicate: bool,
+    /// Present (true) when an event reused the delivery key of a stored one with a different body: it was
+    /// appended as the newer version of that event (the event feed names it in `revision_of`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conflict: bool,
     /// Conversation the (last) event belongs to; null for events filed under no conversation.
     pub conversation_id: Option<Uuid>,
     /// Number of events in a body that carries several (Bright Pattern, VCC).
@@ -65,6 +69,7 @@ impl Accepted {
             event_id: last.map(|o| o.event_id),
             seq: last.map(|o| o.seq),
             duplicate: !outcomes.is_empty() && outcomes.iter().all(|o| o.duplicate),
+            conflict: outcomes.iter().any(|o| o.conflict),
             conversation_id: last.and_then(|o| o.conversation_id),
             events: multi.then_some(outcomes.len()),
         }
@@ -195,6 +200,8 @@ async fn read_body(
 
 /// One webhook endpoint: who sends it, how its token is configured and passed, how its body is parsed.
 pub struct Endpoint {
+    /// Where it is served; `{chat_id}` is the path parameter.
+    pub path: &'static str,
     /// The sending platform.
     pub platform: Platform,
     /// The accepted tokens.
@@ -205,6 +212,8 @@ pub struct Endpoint {
     pub parse: ParseFn,
     /// Whether a body may carry several events (the answer then counts them).
     pub multi: bool,
+    /// The Ultimate actions webhook: answered with the action's results.
+    pub actions: bool,
 }
 
 /// A webhook endpoint, named by a type so that its token check is an extractor ([`Verified`]).
@@ -240,47 +249,57 @@ fn bright_pattern_tokens(c: &Config) -> &Tokens {
 // The table: platform, token, query-parameter names, parser, several events per body.
 impl Webhook for UltimateConverse {
     const ENDPOINT: Endpoint = Endpoint {
+        path: "/webhooks/ultimate/converse",
         platform: Platform::Ultimate,
         tokens: ultimate_tokens,
         query_names: &["token"],
         parse: sources::ultimate::parse,
         multi: false,
+        actions: false,
     };
 }
 impl Webhook for UltimateActions {
     const ENDPOINT: Endpoint = Endpoint {
+        path: "/webhooks/ultimate/actions",
         platform: Platform::Ultimate,
         tokens: ultimate_tokens,
         query_names: &["token"],
         parse: sources::ultimate::parse_action,
         multi: false,
+        actions: true,
     };
 }
 impl Webhook for AivoLive {
     const ENDPOINT: Endpoint = Endpoint {
+        path: "/webhooks/aivo-live",
         platform: Platform::AivoLive,
         tokens: aivo_live_tokens,
         query_names: &["token"],
         parse: sources::aivo_live::parse,
         multi: false,
+        actions: false,
     };
 }
 impl Webhook for VccChat {
     const ENDPOINT: Endpoint = Endpoint {
+        path: "/webhooks/vcc/chat",
         platform: Platform::Vcc,
         tokens: vcc_tokens,
         query_names: &["secret-key", "token"],
         parse: sources::vcc::parse,
         multi: true,
+        actions: false,
     };
 }
 impl Webhook for BrightPattern {
     const ENDPOINT: Endpoint = Endpoint {
+        path: "/webhooks/bright-pattern/{chat_id}",
         platform: Platform::BrightPattern,
         tokens: bright_pattern_tokens,
         query_names: &["token"],
         parse: sources::bright_pattern::parse,
         multi: true,
+        actions: false,
     };
 }
 
@@ -326,72 +345,35 @@ pub fn webhook_outcome(result: &Result<Ingested, ApiError>) -> WebhookOutcome {
     }
 }
 
-/// Parses a delivery's bytes with its endpoint's parser (pure).
-pub fn parse_delivery(body: &[u8], delivery: &Delivery, parse: ParseFn) -> Result<(Value, Parsed), ApiError> {
-    let value = sources::parse_json(body)?;
-    // parse_json succeeded, so the body is UTF-8.
-    let raw = String::from_utf8_lossy(body);
-    let parsed = parse(&raw, &value, delivery)?;
-    Ok((value, parsed))
-}
+/// Every webhook endpoint, in the order of the table above.
+const ENDPOINTS: [&Endpoint; 5] = [
+    &UltimateConverse::ENDPOINT,
+    &UltimateActions::ENDPOINT,
+    &AivoLive::ENDPOINT,
+    &VccChat::ENDPOINT,
+    &BrightPattern::ENDPOINT,
+];
 
-/// An endpoint a delivery can be kept from, with its parser.
-#[derive(Clone, Copy)]
-pub struct KeptEndpoint<'a> {
-    /// The platform it serves.
-    pub platform: Platform,
-    /// Its parser.
-    pub parse: ParseFn,
-    /// Whether a body may carry several events (the answer then counts them).
-    pub multi: bool,
-    /// The path parameter (Bright Pattern `chat_id`).
-    pub path_id: Option<&'a str>,
-    /// The Ultimate actions webhook (answered with the action's results).
-    pub actions: bool,
-}
-
-/// The endpoint a quarantined delivery was posted to (its stored `path`), or None for a path this
-/// version does not serve. Bright Pattern poll answers are kept as `poll:/chats/{chat_id}/events`.
-pub fn endpoint_of(path: &str) -> Option<KeptEndpoint<'_>> {
-    let endpoint = |platform, parse: ParseFn, multi| KeptEndpoint {
-        platform,
-        parse,
-        multi,
-        path_id: None,
-        actions: false,
-    };
-    match path {
-        "/webhooks/ultimate/converse" => Some(endpoint(Platform::Ultimate, sources::ultimate::parse, false)),
-        "/webhooks/ultimate/actions" => Some(KeptEndpoint {
-            actions: true,
-            ..endpoint(Platform::Ultimate, sources::ultimate::parse_action, false)
-        }),
-        "/webhooks/aivo-live" => Some(endpoint(Platform::AivoLive, sources::aivo_live::parse, false)),
-        "/webhooks/vcc/chat" => Some(endpoint(Platform::Vcc, sources::vcc::parse, true)),
-        _ => {
-            let chat_id = path
-                .strip_prefix("/webhooks/bright-pattern/")
-                .or_else(|| {
-                    path.strip_prefix("poll:/chats/")
-                        .and_then(|p| p.strip_suffix("/events"))
-                })
-                .filter(|id| !id.is_empty() && !id.contains('/'))?;
-            Some(KeptEndpoint {
-                path_id: Some(chat_id),
-                ..endpoint(Platform::BrightPattern, sources::bright_pattern::parse, true)
-            })
-        }
+/// The endpoint a quarantined delivery was posted to (its stored `path`) with its path parameter, or
+/// None for a path this version does not serve. Bright Pattern poll answers are kept as
+/// `poll:/chats/{chat_id}/events` and are read as its webhook's.
+pub fn endpoint_of(path: &str) -> Option<(&'static Endpoint, Option<&str>)> {
+    let chat_id = |id: &'_ str| !id.is_empty() && !id.contains('/');
+    if let Some(polled) = path
+        .strip_prefix("poll:/chats/")
+        .and_then(|p| p.strip_suffix("/events"))
+    {
+        return chat_id(polled).then_some((&BrightPattern::ENDPOINT, Some(polled)));
     }
-}
-
-/// Stored header with the IV of an encrypted delivery (not a secret), so that a quarantined encrypted
-/// body can be decrypted again when it is redriven.
-pub use crate::ingest::IV_HEADER;
-
-/// A kept delivery's body as its parser reads it: decrypted when it arrived encrypted (its IV kept in
-/// the stored headers), else as kept.
-pub fn kept_body(state: &AppState, headers: &BTreeMap<String, String>, raw: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-    Ok(state.ingest.kept_body(headers, raw)?)
+    ENDPOINTS
+        .into_iter()
+        .find_map(|endpoint| match endpoint.path.strip_suffix("{chat_id}") {
+            None => (endpoint.path == path).then_some((endpoint, None)),
+            Some(prefix) => {
+                let id = path.strip_prefix(prefix).filter(|id| chat_id(id))?;
+                Some((endpoint, Some(id)))
+            }
+        })
 }
 
 /// The status a webhook answers a refused body with (kept with it in the quarantine).

@@ -9,7 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::clients::WidgetUpdate;
-use crate::model::LEDGER_NAMESPACE;
+use crate::model::{Backend, LEDGER_NAMESPACE};
 use crate::sources::ledger::CommandRecord;
 
 /// How a command ended, as recorded in its `ledger.command_result`.
@@ -43,8 +43,8 @@ impl std::fmt::Display for Outcome {
 /// The live chat a command goes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveTarget {
-    /// `aivo_live` or `bright_pattern`.
-    pub backend: String,
+    /// Which live platform holds the chat.
+    pub backend: Backend,
     /// Aivo `conversationId` / Bright Pattern `chat_id`.
     pub live_id: String,
 }
@@ -128,8 +128,8 @@ impl WidgetCommand {
 pub enum Command {
     /// Queue the conversation with a live backend.
     Queue {
-        /// `aivo_live` or `bright_pattern`.
-        backend: String,
+        /// The routed live backend.
+        backend: Backend,
         /// Team the route was chosen for.
         #[serde(default)]
         team: Option<String>,
@@ -183,12 +183,12 @@ impl Command {
     }
 
     /// The outbound backend it calls (the `backend` label of the outbox metrics).
-    pub fn backend(&self) -> &str {
+    pub fn backend(&self) -> &'static str {
         match self {
-            Command::Queue { backend, .. } => backend,
+            Command::Queue { backend, .. } => backend.as_str(),
             Command::Widget { .. } => "ultimate",
             Command::VisitorMessage { target, .. } | Command::EndChat { target } => {
-                target.as_ref().map(|t| t.backend.as_str()).unwrap_or("unresolved")
+                target.as_ref().map_or("unresolved", |t| t.backend.as_str())
             }
         }
     }
@@ -240,7 +240,7 @@ mod tests {
     fn commands_round_trip_through_their_record() {
         let commands = [
             Command::Queue {
-                backend: "aivo_live".into(),
+                backend: Backend::AivoLive,
                 team: Some("sales".into()),
                 groups: vec![2179],
                 visitor_id: "pc-1".into(),
@@ -255,7 +255,7 @@ mod tests {
             Command::VisitorMessage {
                 text: "hi".into(),
                 target: Some(LiveTarget {
-                    backend: "bright_pattern".into(),
+                    backend: Backend::BrightPattern,
                     live_id: "chat-1".into(),
                 }),
             },

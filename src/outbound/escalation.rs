@@ -13,7 +13,7 @@ use super::commands::{command_id, Command};
 use super::plan::ultimate_id;
 use super::Outbound;
 use crate::config::RoutingConfig;
-use crate::model::{AppendOutcome, Conversation, HandoffState};
+use crate::model::{AppendOutcome, Backend, Conversation, HandoffState};
 use crate::sources::ledger;
 use crate::store::StoreError;
 use crate::writer::WriteError;
@@ -46,7 +46,7 @@ pub fn escalation_command(
     }
     let pcid = ultimate_id(conversation);
     Ok(Command::Queue {
-        backend: route.backend.clone(),
+        backend: route.backend,
         team: team.map(str::to_string),
         groups: route.groups.clone(),
         visitor_id: pcid.clone().unwrap_or_else(|| conversation.id.to_string()),
@@ -79,7 +79,7 @@ pub enum EscalationError {
     #[error("{backend} did not answer within {seconds} s; the outcome will be recorded on the conversation")]
     Deadline {
         /// The routed backend.
-        backend: String,
+        backend: Backend,
         /// The deadline.
         seconds: u64,
     },
@@ -87,13 +87,13 @@ pub enum EscalationError {
     #[error("{backend} did not answer the queue call in time")]
     Timeout {
         /// The routed backend.
-        backend: String,
+        backend: Backend,
     },
     /// The backend could not be reached.
     #[error("{backend} is unreachable: {error}")]
     Unreachable {
         /// The routed backend.
-        backend: String,
+        backend: Backend,
         /// The network error.
         error: String,
     },
@@ -101,7 +101,7 @@ pub enum EscalationError {
     #[error("{backend} refused the hand-over: HTTP {status}: {body}")]
     Refused {
         /// The routed backend.
-        backend: String,
+        backend: Backend,
         /// Its HTTP status.
         status: u16,
         /// Its answer.
@@ -111,7 +111,7 @@ pub enum EscalationError {
     #[error("{backend} answered the queue call unexpectedly: {error}")]
     Unexpected {
         /// The routed backend.
-        backend: String,
+        backend: Backend,
         /// What was wrong with the answer.
         error: String,
     },
@@ -125,8 +125,7 @@ pub enum EscalationError {
 
 impl EscalationError {
     /// How a failed queue call on `backend` is told.
-    pub fn from_backend(backend: &str, error: &BackendError) -> EscalationError {
-        let backend = backend.to_string();
+    pub fn from_backend(backend: Backend, error: &BackendError) -> EscalationError {
         match error {
             BackendError::Timeout => EscalationError::Timeout { backend },
             BackendError::Network(e) => EscalationError::Unreachable {
@@ -221,11 +220,11 @@ impl Outbound {
                     .config
                     .routing
                     .resolve(team)
-                    .map(|r| r.backend.clone())
+                    .map(|r| r.backend.as_str())
                     .unwrap_or_default();
                 self.append_durably(vec![ledger::queue_failed(
                     conversation.id,
-                    &backend,
+                    backend,
                     &reason,
                     Utc::now(),
                 )])
@@ -233,10 +232,10 @@ impl Outbound {
                 return Err(EscalationError::NoRoute(reason));
             }
         };
-        let backend = match &command {
-            Command::Queue { backend, .. } => backend.clone(),
-            _ => String::new(),
+        let Command::Queue { backend, .. } = &command else {
+            return Err(EscalationError::NoRoute("an escalation is a queue command".to_string()));
         };
+        let backend = *backend;
         let id = command_id(&trigger.to_string(), &command.action());
         let (tx, rx) = oneshot::channel();
         let submitted = self
@@ -248,7 +247,7 @@ impl Outbound {
         let deadline = Duration::from_secs(self.inner.config.ultimate.escalate_deadline_seconds.max(1));
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(EscalationError::from_backend(&backend, &e)),
+            Ok(Ok(Err(e))) => Err(EscalationError::from_backend(backend, &e)),
             Ok(Err(_)) => Err(EscalationError::Interrupted),
             Err(_) => Err(EscalationError::Deadline {
                 backend,

@@ -78,7 +78,10 @@ impl Outbound {
         let bright_pattern = if config.bright_pattern.base_url.trim().is_empty() {
             None
         } else {
-            Some(Arc::new(BrightPatternClient::new(&config.bright_pattern)?))
+            Some(Arc::new(
+                BrightPatternClient::new(&config.bright_pattern)?
+                    .with_max_response_bytes(config.outbox.max_response_bytes),
+            ))
         };
         let policy = RetryPolicy::from_config(&config.outbox);
         Ok(Outbound {

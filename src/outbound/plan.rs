@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::clients::WidgetUpdate;
 use super::commands::{Command, LiveTarget, WidgetCommand};
-use crate::model::{Conversation, HandoffState, Message, Party, Platform, StoredEvent, StreamKey};
+use crate::model::{Backend, Conversation, HandoffState, Message, Party, Platform, StoredEvent, StreamKey};
 use crate::sources::ledger::{self, QueueAccepted};
 use crate::sources::{self, aivo_live, bright_pattern, ultimate};
 
@@ -40,20 +40,18 @@ pub fn live_target(events: &[StoredEvent], streams: &[StreamKey]) -> Option<Live
         .filter(|e| e.kind == ledger::QUEUE_ACCEPTED)
         .max_by_key(|e| e.seq)
         .and_then(|e| serde_json::from_value::<QueueAccepted>(e.payload.clone()).ok());
-    if let Some(q) = accepted {
+    if let Some((backend, q)) = accepted.and_then(|q| Some((q.backend.parse::<Backend>().ok()?, q))) {
         return Some(LiveTarget {
-            backend: q.backend,
+            backend,
             live_id: q.live_id,
         });
     }
-    streams
-        .iter()
-        .rev()
-        .find(|s| matches!(s.platform, Platform::AivoLive | Platform::BrightPattern))
-        .map(|s| LiveTarget {
-            backend: s.platform.as_str().to_string(),
+    streams.iter().rev().find_map(|s| {
+        Backend::of_platform(s.platform).map(|backend| LiveTarget {
+            backend,
             live_id: s.external_id.clone(),
         })
+    })
 }
 
 fn is_open(state: HandoffState) -> bool {
@@ -156,7 +154,7 @@ pub fn plan_relay(kind: &str, payload: &Value, ctx: RelayContext<'_>) -> Vec<Com
                 .handoffs
                 .last()
                 .is_some_and(|h| h.close_reason.as_deref() == Some("visitor_left"));
-            let aivo_without_close = ctx.target.is_some_and(|t| t.backend == "aivo_live") && !ctx.aivo_close;
+            let aivo_without_close = ctx.target.is_some_and(|t| t.backend == Backend::AivoLive) && !ctx.aivo_close;
             (closed_by_visitor && !aivo_without_close).then(|| Command::EndChat {
                 target: ctx.target.cloned(),
             })

@@ -10,7 +10,7 @@ use super::bright_pattern_poller::{EventSource, PollSink};
 use super::commands::{Command, Outcome};
 use super::runner::Job;
 use super::Outbound;
-use crate::model::{Platform, StoredEvent};
+use crate::model::{HandoffState, Platform, StoredEvent};
 use crate::sources::ledger::{self, CommandRecord};
 use crate::store::{ConversationFilter, StoreResult};
 
@@ -154,10 +154,10 @@ impl Outbound {
             return Ok(0);
         }
         let mut started = 0;
-        for state in ["queued", "attended"] {
+        for state in [HandoffState::Queued, HandoffState::Attended] {
             let mut filter = ConversationFilter {
-                platform: Some("bright_pattern".into()),
-                state: Some(state.into()),
+                platform: Some(Platform::BrightPattern),
+                state: Some(state),
                 limit: 500,
                 ..Default::default()
             };
@@ -205,11 +205,13 @@ mod tests {
             external_id: conversation.to_string(),
             kind: kind.to_string(),
             occurred_at: Utc::now(),
+            platform_at: None,
             received_at: Utc::now(),
             conversation_id: Some(conversation),
             headers: BTreeMap::new(),
             payload: serde_json::to_value(record).unwrap(),
             hash: None,
+            revision_of: None,
         }
     }
 

@@ -1,81 +1,87 @@
-//! Relaying: reads what the relay rules of [`super::plan`] need (the conversation, the transcript line,
-//! the live chat) for each newly appended event, and submits the commands they call for.
+//! Relaying: the relay rules of [`super::plan`] as the write path runs them ([`RelayRules`], planned inside
+//! the transaction that appends an event, committed with it), and the sending of what was committed.
 
-use chrono::Utc;
-use serde_json::{json, Value};
+use std::sync::Arc;
+
+use serde_json::Value;
 use uuid::Uuid;
 
-use super::clients::WidgetUpdate;
+use super::clients::{BackendError, Backends, WidgetUpdate};
 use super::commands::{command_id, Command, WidgetCommand};
 use super::escalation::{escalation_command, NoRoute};
 use super::plan::{live_target, plan_relay, ultimate_id, RelayContext, RELAYED_KINDS};
+use super::runner::Job;
 use super::Outbound;
-use crate::model::{AppendOutcome, Conversation, HandoffState, NewEvent, Party};
+use crate::config::Config;
+use crate::model::{AppendOutcome, Conversation, HandoffState, Message, NewEvent, Party, StoredEvent};
+use crate::sources::ledger::CommandRecord;
 use crate::sources::{self, aivo_live, bright_pattern, ledger, ultimate};
+use crate::store::RelayPlanner;
 
-impl Outbound {
-    /// Turns newly appended events into commands (duplicates are skipped: they were relayed when first
-    /// appended). Only records and dispatches: never waits for a backend.
-    pub async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]) {
-        for (event, outcome) in events.iter().zip(outcomes) {
-            if outcome.duplicate || !RELAYED_KINDS.contains(&event.kind.as_str()) {
-                continue;
-            }
-            let Some(conversation_id) = outcome.conversation_id else {
-                continue;
-            };
-            let payload: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
-            if let Err(e) = self
-                .relay_one(conversation_id, outcome.event_id, outcome.seq, &event.kind, &payload)
-                .await
-            {
-                tracing::error!(error = %e, event_id = %outcome.event_id, kind = %event.kind, "relay failed");
-            }
-        }
+/// The relay rules as the write path runs them (see [`RelayPlanner`]): inside the transaction that appends
+/// an event, on the conversation as that batch leaves it. Pure: routing and the configured backends are
+/// read, nothing is called.
+pub struct RelayRules {
+    config: Arc<Config>,
+    backends: Backends,
+}
+
+impl RelayRules {
+    /// The rules for `config` (its routing, its configured backends, `aivo_live.close_path`).
+    pub fn new(config: Arc<Config>) -> Result<RelayRules, BackendError> {
+        let backends = Backends::from_config(&config)?;
+        Ok(RelayRules { config, backends })
     }
 
-    async fn relay_one(
+    /// The `ledger.command` event recording `command`, triggered by the event `trigger`.
+    fn record(conversation: &Conversation, trigger: &StoredEvent, command: &Command) -> NewEvent {
+        let id = command_id(&trigger.event_id.to_string(), &command.action());
+        ledger::command(
+            conversation.id,
+            ledger::COMMAND,
+            &command.record(&id),
+            trigger.received_at,
+        )
+    }
+}
+
+impl RelayPlanner for RelayRules {
+    fn relays(&self, kind: &str) -> bool {
+        RELAYED_KINDS.contains(&kind)
+    }
+
+    fn plan(
         &self,
-        conversation_id: Uuid,
-        event_id: Uuid,
-        seq: i64,
-        kind: &str,
-        payload: &Value,
-    ) -> anyhow::Result<()> {
-        let store = &self.inner.store;
-        let Some(conversation) = store.get_conversation(conversation_id).await? else {
-            return Ok(());
-        };
-        let trigger = event_id.to_string();
+        event: &StoredEvent,
+        conversation: &Conversation,
+        lines: &[Message],
+        queued: Option<&StoredEvent>,
+    ) -> Vec<NewEvent> {
+        let kind = event.kind.as_str();
         if kind == ultimate::WIDGET_ESCALATE {
             if conversation.state != HandoffState::EscalationRequested {
-                return Ok(());
+                return Vec::new();
             }
-            let team = sources::ultimate::team_of(payload);
-            let commands = match escalation_command(
-                &self.inner.config.routing,
-                &self.inner.backends,
+            let team = sources::ultimate::team_of(&event.payload);
+            return match escalation_command(
+                &self.config.routing,
+                &self.backends,
                 team.as_deref(),
-                &conversation,
+                conversation,
                 true,
                 false,
             ) {
-                Ok(command) => vec![(command_id(&trigger, &command.action()), command)],
+                Ok(command) => vec![Self::record(conversation, event, &command)],
                 Err(NoRoute(reason)) => {
-                    self.append_durably(vec![ledger::queue_failed(conversation.id, "", &reason, Utc::now())])
-                        .await;
-                    let failed = ultimate_id(&conversation).map(|pcid| Command::Widget {
+                    let failed = ultimate_id(conversation).map(|pcid| Command::Widget {
                         platform_conversation_id: pcid,
                         update: WidgetCommand::from_update(&WidgetUpdate::Failed { text: None }),
                     });
-                    failed
-                        .into_iter()
-                        .map(|c| (command_id(&trigger, &c.action()), c))
+                    std::iter::once(ledger::queue_failed(conversation.id, "", &reason, event.received_at))
+                        .chain(failed.map(|c| Self::record(conversation, event, &c)))
                         .collect()
                 }
             };
-            self.submit(conversation.id, commands).await?;
-            return Ok(());
         }
         let needs_line = matches!(
             kind,
@@ -86,36 +92,71 @@ impl Outbound {
             ultimate::WIDGET_MESSAGE | ultimate::WIDGET_END_SESSION | ledger::API_MESSAGE
         );
         let line = if needs_line && conversation.state == HandoffState::Attended {
-            // Only the event's own lines: reading the whole transcript would make a relay cost the
-            // length of its conversation.
-            store
-                .event_lines(conversation.id, seq)
-                .await?
-                .into_iter()
-                .find(|m| m.event_id == event_id)
+            lines.iter().find(|m| m.event_id == event.event_id)
         } else {
             None
         };
         let target = if needs_target {
-            let events = store.conversation_events(conversation.id).await?.unwrap_or_default();
-            live_target(&events, &conversation.streams)
+            live_target(
+                queued.map(std::slice::from_ref).unwrap_or_default(),
+                &conversation.streams,
+            )
         } else {
             None
         };
         let ctx = RelayContext {
-            conversation: &conversation,
-            line: line.as_ref(),
+            conversation,
+            line,
             target: target.as_ref(),
-            aivo_close: !self.inner.config.aivo_live.close_path.trim().is_empty(),
+            aivo_close: !self.config.aivo_live.close_path.trim().is_empty(),
         };
-        let commands: Vec<(String, Command)> = plan_relay(kind, payload, ctx)
-            .into_iter()
-            .map(|c| (command_id(&trigger, &c.action()), c))
-            .collect();
-        if !commands.is_empty() {
-            self.submit(conversation.id, commands).await?;
+        plan_relay(kind, &event.payload, ctx)
+            .iter()
+            .map(|c| Self::record(conversation, event, c))
+            .collect()
+    }
+}
+
+impl Outbound {
+    /// Sends what the write path committed for newly appended events: the commands planned in the
+    /// transaction that appended them ([`AppendOutcome::relays`]). A duplicate has none (it was relayed
+    /// when first appended), nor has a newer version of an event. Only dispatches: never waits for a
+    /// backend. Should this never run (a crash right after the commit), the start-up recovery sends them.
+    pub async fn relay(&self, _events: &[NewEvent], outcomes: &[AppendOutcome]) {
+        let seqs: Vec<i64> = outcomes.iter().flat_map(|o| o.relays.iter().copied()).collect();
+        let (Some(first), Some(last)) = (seqs.iter().min(), seqs.iter().max()) else {
+            return;
+        };
+        let span = u32::try_from(last - first + 1).unwrap_or(u32::MAX);
+        let events = match self.inner.store.events_after(first - 1, span).await {
+            Ok(events) => events,
+            Err(e) => {
+                // Recorded: the start-up recovery sends them.
+                tracing::error!(error = %e, "reading committed commands failed");
+                return;
+            }
+        };
+        for event in events
+            .iter()
+            .filter(|e| seqs.contains(&e.seq) && e.kind == ledger::COMMAND)
+        {
+            let Ok(record) = serde_json::from_value::<CommandRecord>(event.payload.clone()) else {
+                continue;
+            };
+            let Some(command) = Command::from_record(&record) else {
+                continue;
+            };
+            let conversation_id = event
+                .conversation_id
+                .or_else(|| event.external_id.parse().ok())
+                .unwrap_or_else(Uuid::nil);
+            self.dispatch(Job {
+                conversation_id,
+                command_id: record.command_id,
+                command,
+                reply: None,
+            });
         }
-        Ok(())
     }
 
     /// The race: an agent attended before the queue call returned, so the attend was filed under a
@@ -154,31 +195,15 @@ impl Outbound {
         Ok(())
     }
 
-    /// Relays a message posted through the API to the live agent, when handed off.
+    /// Relays a message posted through the API to the live agent, when handed off: sends the commands
+    /// its append committed.
     pub async fn relay_api_message(
         &self,
-        conversation: &Conversation,
-        party: Party,
-        text: &str,
+        _conversation: &Conversation,
+        _party: Party,
+        _text: &str,
         outcomes: &[AppendOutcome],
     ) {
-        let Some(outcome) = outcomes.first() else { return };
-        if outcome.duplicate {
-            return;
-        }
-        let conversation_id = outcome.conversation_id.unwrap_or(conversation.id);
-        let payload = json!({"party": party, "text": text});
-        if let Err(e) = self
-            .relay_one(
-                conversation_id,
-                outcome.event_id,
-                outcome.seq,
-                ledger::API_MESSAGE,
-                &payload,
-            )
-            .await
-        {
-            tracing::error!(error = %e, "relaying an API message failed");
-        }
+        self.relay(&[], outcomes).await;
     }
 }

@@ -23,7 +23,7 @@ use super::commands::{command_id, Command, LiveTarget, Outcome, WidgetCommand};
 use super::plan::{ewt_minutes, live_target};
 use super::Outbound;
 use crate::config::OutboxConfig;
-use crate::model::{AppendOutcome, NewEvent, Platform, StreamKey};
+use crate::model::{AppendOutcome, Backend, NewEvent, StreamKey};
 use crate::sources::ledger::{self, CommandRecord, QueueAccepted};
 use crate::telemetry;
 use crate::writer::WriteError;
@@ -295,15 +295,13 @@ impl Outbound {
             match &result {
                 Ok(Executed::Queued(q)) => {
                     let accepted = QueueAccepted {
-                        backend: backend.clone(),
+                        backend: backend.to_string(),
                         queue: q.queue.clone(),
                         live_id: q.live_id.clone(),
                         team: team.clone(),
                     };
-                    if let Some(platform) = live_platform(backend) {
-                        let live = StreamKey::new(platform, q.live_id.clone());
-                        effects.push(ledger::queue_accepted(job.conversation_id, &accepted, live, now));
-                    }
+                    let live = StreamKey::new(backend.platform(), q.live_id.clone());
+                    effects.push(ledger::queue_accepted(job.conversation_id, &accepted, live, now));
                     if let Some(pcid) = notify_widget {
                         let update = WidgetUpdate::QueueUpdate {
                             queue_position: None,
@@ -315,7 +313,7 @@ impl Outbound {
                 Err(e) => {
                     effects.push(ledger::queue_failed(
                         job.conversation_id,
-                        backend,
+                        backend.as_str(),
                         &format!("{backend} queue call {outcome}: {e}"),
                         now,
                     ));
@@ -362,7 +360,7 @@ impl Outbound {
         match result {
             Ok(Executed::Queued(q)) => {
                 if let Command::Queue { backend, .. } = &job.command {
-                    if backend == "bright_pattern" {
+                    if *backend == Backend::BrightPattern {
                         self.poll(&q.live_id);
                     }
                 }
@@ -393,7 +391,7 @@ impl Outbound {
                 attributes,
                 ..
             } => {
-                let client = self.live(backend).ok_or_else(|| not_configured(backend))?;
+                let client = self.live(*backend).ok_or_else(|| not_configured(backend.as_str()))?;
                 let request = QueueRequest {
                     conversation_id: job.conversation_id,
                     visitor_id: visitor_id.clone(),
@@ -421,7 +419,7 @@ impl Outbound {
             }
             Command::VisitorMessage { text, target } => {
                 let target = self.resolve(job.conversation_id, target).await?;
-                if target.backend == "bright_pattern" {
+                if target.backend == Backend::BrightPattern {
                     if let Some(bp) = &self.inner.bright_pattern {
                         let events = bp.send_message(&target.live_id, &job.command_id, text).await?;
                         return Ok(Executed::Done {
@@ -430,8 +428,8 @@ impl Outbound {
                     }
                 }
                 let client = self
-                    .live(&target.backend)
-                    .ok_or_else(|| not_configured(&target.backend))?;
+                    .live(target.backend)
+                    .ok_or_else(|| not_configured(target.backend.as_str()))?;
                 client
                     .send_visitor_message(&target.live_id, &job.command_id, text)
                     .await?;
@@ -439,7 +437,7 @@ impl Outbound {
             }
             Command::EndChat { target } => {
                 let target = self.resolve(job.conversation_id, target).await?;
-                if target.backend == "bright_pattern" {
+                if target.backend == Backend::BrightPattern {
                     if let Some(bp) = &self.inner.bright_pattern {
                         let events = bp.end_chat(&target.live_id).await?;
                         return Ok(Executed::Done {
@@ -448,20 +446,16 @@ impl Outbound {
                     }
                 }
                 let client = self
-                    .live(&target.backend)
-                    .ok_or_else(|| not_configured(&target.backend))?;
+                    .live(target.backend)
+                    .ok_or_else(|| not_configured(target.backend.as_str()))?;
                 client.end(&target.live_id, &job.command_id).await?;
                 Ok(Executed::Done { server_events: None })
             }
         }
     }
 
-    fn live(&self, backend: &str) -> Option<Arc<dyn LiveBackend>> {
-        match backend {
-            "aivo_live" => self.inner.backends.aivo.clone(),
-            "bright_pattern" => self.inner.backends.bright_pattern.clone(),
-            _ => None,
-        }
+    fn live(&self, backend: Backend) -> Option<Arc<dyn LiveBackend>> {
+        self.inner.backends.live(backend)
     }
 
     /// The recorded target, else the conversation's live chat now (the queue call ran before, in order).
@@ -541,14 +535,6 @@ fn widget_command(parent: &str, pcid: &str, update: &WidgetUpdate) -> (String, C
     (command_id(parent, &command.action()), command)
 }
 
-fn live_platform(backend: &str) -> Option<Platform> {
-    match backend {
-        "aivo_live" => Some(Platform::AivoLive),
-        "bright_pattern" => Some(Platform::BrightPattern),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +557,7 @@ mod tests {
             max_attempts: 0,
             initial_backoff_ms: 50,
             max_backoff_ms: 10,
+            ..OutboxConfig::default()
         };
         let p = RetryPolicy::from_config(&config);
         assert_eq!(p.max_attempts, 1);

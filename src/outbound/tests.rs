@@ -13,7 +13,7 @@ use super::escalation::escalation_command;
 use super::plan::{agent_name, ewt_minutes, live_target, plan_relay, RelayContext, RELAYED_KINDS};
 use crate::config::{Config, Route};
 use crate::model::{Agent, Disposition, Handoff as HandoffRecord, MessageCounts, MessageKind, SlaStatus};
-use crate::model::{Conversation, HandoffState, Message, Party, Platform, StoredEvent, StreamKey};
+use crate::model::{Backend, Conversation, HandoffState, Message, Party, Platform, StoredEvent, StreamKey};
 use crate::sources::ledger;
 
 fn conversation(state: HandoffState, streams: Vec<StreamKey>) -> Conversation {
@@ -60,7 +60,7 @@ fn bot_and_room() -> Vec<StreamKey> {
 
 fn aivo_target() -> LiveTarget {
     LiveTarget {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         live_id: "room-1".into(),
     }
 }
@@ -346,7 +346,7 @@ fn the_visitor_leaving_ends_the_live_chat_when_the_platform_can_be_told() {
         failure: None,
     });
     let bp = LiveTarget {
-        backend: "bright_pattern".into(),
+        backend: Backend::BrightPattern,
         live_id: "chat-1".into(),
     };
     assert_eq!(
@@ -384,11 +384,13 @@ fn stored(seq: i64, kind: &str, payload: Value) -> StoredEvent {
         external_id: "c".into(),
         kind: kind.into(),
         occurred_at: Utc::now(),
+        platform_at: None,
         received_at: Utc::now(),
         conversation_id: None,
         headers: BTreeMap::new(),
         payload,
         hash: None,
+        revision_of: None,
     }
 }
 
@@ -403,7 +405,7 @@ fn the_live_target_is_the_latest_accepted_queue_call() {
     assert_eq!(
         live_target(&events, &[]),
         Some(LiveTarget {
-            backend: "aivo_live".into(),
+            backend: Backend::AivoLive,
             live_id: "room-2".into()
         })
     );
@@ -414,7 +416,7 @@ fn the_live_target_is_the_latest_accepted_queue_call() {
     assert_eq!(
         live_target(&[], &streams),
         Some(LiveTarget {
-            backend: "bright_pattern".into(),
+            backend: Backend::BrightPattern,
             live_id: "chat-9".into()
         })
     );
@@ -427,14 +429,14 @@ fn escalations_resolve_through_routing_to_a_configured_backend() {
     config.bright_pattern.base_url = String::new();
     config.aivo_live.bot_token = "token".into();
     config.routing.default = Some(Route {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         groups: vec![2179],
         hours: None,
     });
     config.routing.teams.insert(
         "support".into(),
         Route {
-            backend: "bright_pattern".into(),
+            backend: Backend::BrightPattern,
             groups: Vec::new(),
             hours: None,
         },
@@ -445,7 +447,7 @@ fn escalations_resolve_through_routing_to_a_configured_backend() {
     assert_eq!(
         command,
         Command::Queue {
-            backend: "aivo_live".into(),
+            backend: Backend::AivoLive,
             team: Some("sales".into()),
             groups: vec![2179],
             visitor_id: "pc-1".into(),
@@ -526,7 +528,7 @@ fn kinds_outside_the_relayed_list_never_plan_a_command() {
     let payload = json!({"party": "visitor", "text": "hi", "state": "queued", "msg": "x", "party_id": "p-1",
         "data": {"action": "text", "value": "x", "source": "agent", "agent": {"name": "A"}}});
     let target = LiveTarget {
-        backend: "aivo_live".into(),
+        backend: Backend::AivoLive,
         live_id: "room-1".into(),
     };
     let agent_line = line(Party::Agent, Some("A"), "x");

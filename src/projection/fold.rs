@@ -9,7 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::metrics::seconds_between;
-use super::{Input, LogExtent, Projection};
+use super::{Clocks, Input, LogExtent, Projection};
 use crate::config::SlaConfig;
 use crate::model::{
     event_id_for, Agent, Conversation, Disposition, Handoff, HandoffState, Message, MessageCounts, Party, Platform,
@@ -110,9 +110,41 @@ pub struct FoldState {
     /// Seqs of erased events: their transcript lines keep party, kind and time only.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     erased: BTreeSet<i64>,
+    /// The live platforms' clock lags, per stream (see `projection::clock`).
+    #[serde(default, skip_serializing_if = "Clocks::is_empty")]
+    clocks: Clocks,
 }
 
 impl FoldState {
+    /// Folds stored events (any order) from nothing, at their causal times; returns the state and every
+    /// transcript line.
+    pub fn build_events(extent: LogExtent, events: &[crate::model::StoredEvent]) -> (FoldState, Vec<Message>) {
+        let mut clocks = Clocks::default();
+        let inputs = clocks.inputs(events);
+        let (mut state, messages) = FoldState::build(extent, inputs);
+        state.clocks = clocks;
+        (state, messages)
+    }
+
+    /// The clocks as they stand, to time the facts of the next events with ([`Clocks::inputs`]).
+    pub fn clocks(&self) -> &Clocks {
+        &self.clocks
+    }
+
+    /// [`FoldState::extend`] with facts timed by `clocks` (these clocks, having learnt from the new
+    /// events): kept when the increment applies.
+    pub fn extend_timed(
+        &mut self,
+        extent: LogExtent,
+        inputs: Vec<Input>,
+        clocks: Clocks,
+        folded: &dyn Fn(Uuid) -> bool,
+    ) -> Result<Vec<Message>, Refold> {
+        let messages = self.extend(extent, inputs, folded)?;
+        self.clocks = clocks;
+        Ok(messages)
+    }
+
     /// Folds `inputs` (any order) from nothing; returns the state and every transcript line.
     pub fn build(extent: LogExtent, mut inputs: Vec<Input>) -> (FoldState, Vec<Message>) {
         // A stable sort keeps equal keys in the order given, so the result depends on the keys only.

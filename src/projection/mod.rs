@@ -73,6 +73,7 @@
 //! answer-time promise was broken; service level still counts them); then the platform's SLA value,
 //! when known, overrides.
 
+pub mod clock;
 mod fold;
 pub mod metrics;
 #[cfg(test)]
@@ -87,6 +88,7 @@ use crate::config::SlaConfig;
 use crate::model::{Conversation, Message, Platform, StoredEvent, StreamKey};
 use crate::sources::{self, Fact, KeptEvent};
 
+pub use clock::Clocks;
 pub use fold::{echo_of, fold, FoldState, Refold};
 
 /// The projected conversation and its transcript.
@@ -173,9 +175,12 @@ impl LogExtent {
 
 /// Flattens stored events into fold inputs (unsorted): every fact of every event, with its position.
 /// An erased event's payload (a stub) gives no facts; the facts its `ledger.erased` event kept stand in
-/// for them, at their original times and positions.
+/// for them, at their original times and positions. Of an event and its newer versions (conflicting
+/// redeliveries, [`StoredEvent::revision_of`]) only the latest counts.
 pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
+    let superseded = superseded(events);
     let mut inputs = facts_of_events(events);
+    inputs.retain(|i| !superseded.contains(&i.seq));
     let kept: Vec<KeptEvent> = inputs
         .iter()
         .filter_map(|i| match &i.fact {
@@ -190,7 +195,10 @@ pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
     let present: BTreeSet<i64> = events.iter().map(|e| e.seq).collect();
     let erased: BTreeSet<i64> = kept.iter().map(|k| k.seq).collect();
     inputs.retain(|i| !erased.contains(&i.seq));
-    for k in kept.into_iter().filter(|k| present.contains(&k.seq)) {
+    for k in kept
+        .into_iter()
+        .filter(|k| present.contains(&k.seq) && !superseded.contains(&k.seq))
+    {
         inputs.extend(k.facts.into_iter().enumerate().map(|(index, (at, fact))| Input {
             at,
             seq: k.seq,
@@ -201,6 +209,28 @@ pub fn inputs_of(events: &[StoredEvent]) -> Vec<Input> {
         }));
     }
     inputs
+}
+
+/// Seqs of events a newer version (a later event revising the same one) replaces.
+fn superseded(events: &[StoredEvent]) -> BTreeSet<i64> {
+    let mut latest: std::collections::BTreeMap<Uuid, i64> = std::collections::BTreeMap::new();
+    if events.iter().all(|e| e.revision_of.is_none()) {
+        return BTreeSet::new();
+    }
+    for e in events {
+        let root = e.revision_of.unwrap_or(e.event_id);
+        let seq = latest.entry(root).or_insert(e.seq);
+        *seq = (*seq).max(e.seq);
+    }
+    events
+        .iter()
+        .filter(|e| {
+            latest
+                .get(&e.revision_of.unwrap_or(e.event_id))
+                .is_some_and(|s| *s != e.seq)
+        })
+        .map(|e| e.seq)
+        .collect()
 }
 
 fn facts_of_events(events: &[StoredEvent]) -> Vec<Input> {
@@ -222,9 +252,11 @@ fn facts_of_events(events: &[StoredEvent]) -> Vec<Input> {
         .collect()
 }
 
-/// Folds `events` (any order: they are sorted by `occurred_at`, then `seq`) into a conversation
-/// with id `id` made of `streams`. Returns None when there are no events.
+/// Folds `events` (any order: their facts are sorted by causal time, then `seq`; see [`clock`]) into a
+/// conversation with id `id` made of `streams`. Returns None when there are no events.
 pub fn project(id: Uuid, streams: &[StreamKey], events: &[StoredEvent], sla: &SlaConfig) -> Option<Projection> {
     let extent = LogExtent::of_events(events)?;
-    fold(id, streams, Some(extent), inputs_of(events), sla)
+    let (state, messages) = FoldState::build_events(extent, events);
+    let conversation = state.conversation(id, streams, sla)?;
+    Some(Projection { conversation, messages })
 }

@@ -364,11 +364,13 @@ fn stored(seq: i64, e: NewEvent) -> StoredEvent {
         external_id: e.stream.external_id,
         kind: e.kind,
         occurred_at: e.occurred_at,
+        platform_at: e.platform_at,
         received_at: e.received_at,
         conversation_id: Some(conv_id()),
         headers: e.headers,
         payload: serde_json::from_str::<Value>(&e.payload).unwrap(),
         hash: None,
+        revision_of: None,
     }
 }
 

@@ -173,14 +173,14 @@ pub fn decode(value: &Value) -> Result<AivoWebhook, PayloadError> {
 pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadError> {
     let w = decode(value)?;
     let key = w.delivery_key();
-    let occurred_at = w.occurred_at().unwrap_or(d.received_at);
     let unknown = matches!(w.event, AivoEvent::Unknown { .. });
+    let platform_at = w.occurred_at();
     let event = delivered_event(
         Platform::AivoLive,
         w.room_id,
         w.event.kind(),
         Some(&key),
-        occurred_at,
+        platform_at,
         raw,
         d,
     );
@@ -400,6 +400,28 @@ mod tests {
             PayloadError::InvalidPayload { field, .. } => field,
             other => panic!("expected InvalidPayload, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_platform_time_after_the_arrival_is_kept_but_the_event_happened_by_its_arrival() {
+        let ahead = received() + chrono::Duration::seconds(10);
+        let body = serde_json::json!({"name": "attended", "roomId": "r", "timestamp": ahead.timestamp_nanos_opt(),
+            "data": {"agent": {"name": "T"}}})
+        .to_string();
+        let e = &run(&body).unwrap().events[0];
+        assert_eq!((e.occurred_at, e.platform_at), (received(), Some(ahead)));
+        let behind = received() - chrono::Duration::seconds(10);
+        let body = body.replace(
+            &ahead.timestamp_nanos_opt().unwrap_or_default().to_string(),
+            &behind.timestamp_nanos_opt().unwrap_or_default().to_string(),
+        );
+        let e = &run(&body).unwrap().events[0];
+        assert_eq!((e.occurred_at, e.platform_at), (behind, Some(behind)));
+        // No time at all: the arrival, and no platform time.
+        let e = &run(r#"{"name": "close", "roomId": "r", "timestamp": 0}"#)
+            .unwrap()
+            .events[0];
+        assert_eq!((e.occurred_at, e.platform_at), (received(), None));
     }
 
     #[test]

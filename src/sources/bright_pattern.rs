@@ -301,7 +301,7 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
             chat_id,
             ev.event.kind(),
             Some(&key),
-            ev.at.unwrap_or(d.received_at),
+            ev.at,
             text,
             d,
         ));
@@ -310,6 +310,16 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
         events,
         unknown: all_unknown,
     })
+}
+
+/// Whether an event (its own JSON text) carries neither an id nor a time: its delivery key then says
+/// what it is (`chat_session_status` `queued`), not which one, so the same key seen again after other
+/// events of its chat is a new event (queued again after a transfer), not a redelivery.
+pub fn identified_by_position(payload: &str) -> bool {
+    serde_json::from_str::<Value>(payload)
+        .ok()
+        .and_then(|v| decode_event(&v, "").ok())
+        .is_some_and(|ev| ev.msg_id.is_none() && ev.at.is_none())
 }
 
 /// The facts of one stored event of this platform.
@@ -467,8 +477,9 @@ mod tests {
 
     const CHAT: &str = "9F3A1C2B";
 
+    /// After every time the bodies below carry (a platform time after it would be clamped to it).
     fn received() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
+        Utc.with_ymd_and_hms(2024, 3, 1, 13, 0, 0).unwrap()
     }
 
     fn delivery(path_id: Option<&str>) -> Delivery<'_> {

@@ -250,6 +250,13 @@ pub fn facts_of(event: &StoredEvent) -> Vec<TimedFact> {
     }
 }
 
+/// Whether an event carries neither an id nor a time of its own (see
+/// [`bright_pattern::identified_by_position`]): a repeat of its delivery key after other events of its
+/// stream is a new event.
+pub fn identified_by_position(event: &NewEvent) -> bool {
+    event.stream.platform == Platform::BrightPattern && bright_pattern::identified_by_position(&event.payload)
+}
+
 /// Parses raw bytes as UTF-8 JSON, with the error this service answers for each failure.
 pub fn parse_json(body: &[u8]) -> Result<Value, PayloadError> {
     if body.is_empty() {
@@ -323,23 +330,34 @@ pub fn stream(platform: Platform, external_id: impl Into<String>) -> StreamKey {
     StreamKey::new(platform, external_id)
 }
 
-/// Builds the event a delivery gives: event id from the delivery key, times truncated to microseconds,
-/// the delivery's headers kept, no links.
+/// When an event happened, causally: the platform's own time, but never after we received it (vendor
+/// clocks drift; one running ahead must not stamp events after what we do next); the received time
+/// when the platform gives none.
+pub fn causal_time(platform_at: Option<DateTime<Utc>>, received_at: DateTime<Utc>) -> DateTime<Utc> {
+    platform_at.map_or(received_at, |at| at.min(received_at))
+}
+
+/// Builds the event a delivery gives: event id from the delivery key, `platform_at` the platform's
+/// own time (None when it gives none), `occurred_at` its [`causal_time`], times truncated to
+/// microseconds, the delivery's headers kept, no links.
 pub fn delivered_event(
     platform: Platform,
     external_id: impl Into<String>,
     kind: impl Into<String>,
     delivery_key: Option<&str>,
-    occurred_at: DateTime<Utc>,
+    platform_at: Option<DateTime<Utc>>,
     payload: &str,
     d: &Delivery,
 ) -> NewEvent {
+    let platform_at = platform_at.map(truncate_to_micros);
+    let received_at = truncate_to_micros(d.received_at);
     NewEvent {
         event_id: crate::model::event_id_for(platform, delivery_key),
         stream: StreamKey::new(platform, external_id),
         kind: kind.into(),
-        occurred_at: truncate_to_micros(occurred_at),
-        received_at: truncate_to_micros(d.received_at),
+        occurred_at: causal_time(platform_at, received_at),
+        platform_at,
+        received_at,
         payload: payload.to_string(),
         headers: d.headers.clone(),
         links: Vec::new(),

@@ -206,7 +206,7 @@ pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadEr
         c.platform_conversation_id,
         c.event.kind(),
         key,
-        d.received_at,
+        None,
         raw,
         d,
     );
@@ -292,7 +292,7 @@ pub fn parse_action(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, Pa
         a.platform_conversation_id,
         ACTION,
         d.idempotency_key,
-        d.received_at,
+        None,
         raw,
         d,
     );

@@ -120,8 +120,15 @@ pub fn decode(value: &Value) -> Result<VccChat, PayloadError> {
 pub fn parse(raw: &str, value: &Value, d: &Delivery) -> Result<Parsed, PayloadError> {
     let chat = decode(value)?;
     let key = chat.key();
-    let occurred_at = chat.last_line_at().unwrap_or(d.received_at);
-    let event = delivered_event(Platform::Vcc, key.clone(), CHAT_CLOSED, Some(&key), occurred_at, raw, d);
+    let event = delivered_event(
+        Platform::Vcc,
+        key.clone(),
+        CHAT_CLOSED,
+        Some(&key),
+        chat.last_line_at(),
+        raw,
+        d,
+    );
     Ok(Parsed {
         events: vec![event],
         unknown: false,

@@ -8,10 +8,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
-use crate::model::{Conversation, Message, NewEvent, Platform, QuarantineEntry, Redrive, StoredEvent, StreamKey};
+use crate::model::{
+    Conversation, Disposition, HandoffState, Message, NewEvent, Platform, QuarantineEntry, Redrive, SlaStatus,
+    StoredEvent, StreamKey,
+};
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
-/// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation_id, hash)`.
+/// `(seq, event_id, platform, external_id, kind, occurred_at, platform_at, received_at, payload, headers,
+/// conversation_id, hash, revision_of)`.
 pub(crate) type EventRow = (
     i64,
     String,
@@ -19,16 +23,18 @@ pub(crate) type EventRow = (
     String,
     String,
     i64,
+    Option<i64>,
     i64,
     String,
     String,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
 
 /// The select list matching [`EventRow`], for `events e` joined with `streams s`.
 pub(crate) const EVENT_COLUMNS: &str = "e.seq, e.event_id, e.platform, e.external_id, e.kind, e.occurred_at, \
-     e.received_at, e.payload, e.headers, s.conversation_id, e.hash";
+     e.platform_at, e.received_at, e.payload, e.headers, s.conversation_id, e.hash, e.revision_of";
 
 /// Columns of a quarantine row:
 /// `(id, received_at, path, platform, error_code, error_message, status, headers, body)`.
@@ -96,15 +102,18 @@ pub(crate) const EVENT_INSERT_COLUMNS: &[&str] = &[
     "external_id",
     "kind",
     "occurred_at",
+    "platform_at",
     "received_at",
     "payload",
     "headers",
     "links",
     "hash",
+    "revision_of",
 ];
 
-/// The row an event is appended as, at `seq`, with its chain `hash`. Every column the log keeps is built here.
-pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<Row> {
+/// The row an event is appended as, at `seq`, with its chain `hash` (and the event it revises, for a
+/// conflicting redelivery). Every column the log keeps is built here.
+pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str, revision_of: Option<Uuid>) -> StoreResult<Row> {
     Ok(vec![
         Bind::Int(seq),
         Bind::Text(event.event_id.to_string()),
@@ -112,11 +121,13 @@ pub(crate) fn event_row(seq: i64, event: &NewEvent, hash: &str) -> StoreResult<R
         Bind::Text(event.stream.external_id.clone()),
         Bind::Text(event.kind.clone()),
         Bind::Int(to_micros(event.occurred_at)),
+        Bind::OptInt(event.platform_at.map(to_micros)),
         Bind::Int(to_micros(event.received_at)),
         Bind::Text(event.payload.clone()),
         Bind::Text(to_json("headers", &event.headers)?),
         Bind::Text(to_json("links", &event.links)?),
         Bind::Text(hash.to_string()),
+        Bind::OptText(revision_of.map(|id| id.to_string())),
     ])
 }
 
@@ -126,6 +137,7 @@ pub(crate) fn stored_event(
     event: &NewEvent,
     conversation_id: Option<Uuid>,
     hash: Option<String>,
+    revision_of: Option<Uuid>,
 ) -> StoreResult<StoredEvent> {
     Ok(StoredEvent {
         seq,
@@ -134,11 +146,13 @@ pub(crate) fn stored_event(
         external_id: event.stream.external_id.clone(),
         kind: event.kind.clone(),
         occurred_at: event.occurred_at,
+        platform_at: event.platform_at,
         received_at: event.received_at,
         conversation_id,
         headers: event.headers.clone(),
         payload: from_json("payload", &event.payload)?,
         hash,
+        revision_of,
     })
 }
 
@@ -425,8 +439,21 @@ pub(crate) fn pick_survivor(a: (Uuid, Option<i64>), b: (Uuid, Option<i64>)) -> (
 
 /// An event row as the domain type; the payload text is parsed back into JSON.
 pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
-    let (seq, event_id, platform, external_id, kind, occurred_at, received_at, payload, headers, conversation, hash) =
-        row;
+    let (
+        seq,
+        event_id,
+        platform,
+        external_id,
+        kind,
+        occurred_at,
+        platform_at,
+        received_at,
+        payload,
+        headers,
+        conversation,
+        hash,
+        revision_of,
+    ) = row;
     Ok(StoredEvent {
         seq,
         event_id: parse_uuid(&event_id)?,
@@ -434,11 +461,13 @@ pub(crate) fn decode_event(row: EventRow) -> StoreResult<StoredEvent> {
         external_id,
         kind,
         occurred_at: from_micros(occurred_at)?,
+        platform_at: platform_at.map(from_micros).transpose()?,
         received_at: from_micros(received_at)?,
         conversation_id: conversation.as_deref().map(parse_uuid).transpose()?,
         headers: from_json("headers", &headers)?,
         payload: from_json("payload", &payload)?,
         hash,
+        revision_of: revision_of.as_deref().map(parse_uuid).transpose()?,
     })
 }
 
@@ -557,14 +586,14 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
         (platform, Some(external_id)) => {
             sql.push_str(" AND c.id IN (SELECT s.conversation_id FROM streams s WHERE");
             if let Some(platform) = platform {
-                let p = bind(&mut binds, Bind::Text(platform.clone()));
+                let p = bind(&mut binds, Bind::Text(platform.as_str().to_string()));
                 sql.push_str(&format!(" s.platform = {p} AND"));
             }
             let p = bind(&mut binds, Bind::Text(external_id.clone()));
             sql.push_str(&format!(" s.external_id = {p})"));
         }
         (Some(platform), None) => {
-            let p = bind(&mut binds, Bind::Text(platform.clone()));
+            let p = bind(&mut binds, Bind::Text(platform.as_str().to_string()));
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM streams s WHERE s.conversation_id = c.id AND s.platform = {p})"
             ));
@@ -572,27 +601,27 @@ pub(crate) fn list_conversations_query(filter: &ConversationFilter) -> (String, 
         (None, None) => {}
     }
     // `pending` and `breached` are read as of now: a handoff waiting past its target reads `breached`.
-    match (filter.sla_status.as_deref(), filter.now) {
-        (Some("pending"), Some(now)) => {
+    match (filter.sla_status, filter.now) {
+        (Some(SlaStatus::Pending), Some(now)) => {
             let p = bind(&mut binds, Bind::Int(to_micros(now)));
             sql.push_str(&format!(
                 " AND c.sla_status = 'pending' AND (c.sla_deadline IS NULL OR c.sla_deadline > {p})"
             ));
         }
-        (Some("breached"), Some(now)) => breached_by = Some(bind(&mut binds, Bind::Int(to_micros(now)))),
+        (Some(SlaStatus::Breached), Some(now)) => breached_by = Some(bind(&mut binds, Bind::Int(to_micros(now)))),
         (Some(status), _) => {
-            let p = bind(&mut binds, Bind::Text(status.to_string()));
+            let p = bind(&mut binds, Bind::Text(status.as_str().to_string()));
             sql.push_str(&format!(" AND c.sla_status = {p}"));
         }
         (None, _) => {}
     }
     for (column, value) in [
-        ("state", &filter.state),
-        ("disposition", &filter.disposition),
-        ("queue", &filter.queue),
+        ("state", filter.state.map(HandoffState::as_str)),
+        ("disposition", filter.disposition.map(Disposition::as_str)),
+        ("queue", filter.queue.as_deref()),
     ] {
         if let Some(value) = value {
-            let p = bind(&mut binds, Bind::Text(value.clone()));
+            let p = bind(&mut binds, Bind::Text(value.to_string()));
             sql.push_str(&format!(" AND c.{column} = {p}"));
         }
     }
@@ -822,9 +851,9 @@ mod tests {
     #[test]
     fn list_query_numbers_its_placeholders_in_bind_order() {
         let filter = ConversationFilter {
-            platform: Some("aivo_live".into()),
+            platform: Some(Platform::AivoLive),
             external_id: Some("room".into()),
-            state: Some("closed".into()),
+            state: Some(HandoffState::Closed),
             since: Some(from_micros(10).unwrap()),
             limit: 2,
             after: Some((50, Uuid::from_u128(9))),
@@ -884,14 +913,17 @@ mod tests {
             "room".into(),
             "aivo_live.attended".into(),
             1_000_000,
+            Some(3_000_000),
             2_000_000,
             r#"{"b":1,"a":[true]}"#.into(),
             r#"{"content-type":"application/json"}"#.into(),
             Some(Uuid::from_u128(8).to_string()),
             Some("ab".repeat(32)),
+            None,
         );
         let e = decode_event(row).unwrap();
         assert_eq!(e.hash, Some("ab".repeat(32)));
+        assert_eq!(e.platform_at.map(|t| t.timestamp_micros()), Some(3_000_000));
         assert_eq!(e.seq, 4);
         assert_eq!(e.event_id, id);
         assert_eq!(e.platform, Platform::AivoLive);

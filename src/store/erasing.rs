@@ -82,7 +82,7 @@ pub(super) fn certificate(row: ErasureRow, events: Vec<(i64, String)>) -> StoreR
 
 /// The payload text of an event row (the digest is taken of the text exactly as stored).
 pub(super) fn payload_text(row: &EventRow) -> &str {
-    &row.7
+    &row.8
 }
 
 pub(super) fn missing_hash(seq: i64) -> StoreError {
@@ -231,7 +231,7 @@ macro_rules! erasing_store {
                     kept,
                 };
                 let event = crate::sources::ledger::erased(conversation, &record);
-                let outcome = Self::append_in(conn, &[vec![event]], sla).await?;
+                let outcome = Self::append_in(conn, &[vec![event]], sla, None).await?;
                 let seq = outcome.first().and_then(|o| o.first()).map_or(0, |o| o.seq);
                 let (hash,): (Option<String>,) = sqlx::query_as(erasing::SQL_EVENT_HASH)
                     .bind(seq)

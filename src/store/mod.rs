@@ -22,7 +22,8 @@ use crate::chain::{ChainHead, ChainRow};
 use crate::config::SlaConfig;
 use crate::erasure::{ErasureCertificate, ErasureTarget};
 use crate::model::{
-    AppendOutcome, Conversation, Message, NewEvent, NewQuarantine, QuarantineEntry, Redrive, StoredEvent,
+    AppendOutcome, Conversation, Disposition, HandoffState, Message, NewEvent, NewQuarantine, Platform,
+    QuarantineEntry, Redrive, SlaStatus, StoredEvent,
 };
 
 pub use chained::ChainPage;
@@ -54,15 +55,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConversationFilter {
     /// Conversations with a stream of this platform.
-    pub platform: Option<String>,
+    pub platform: Option<Platform>,
     /// Conversations with a stream of this external id.
     pub external_id: Option<String>,
     /// Handoff state.
-    pub state: Option<String>,
+    pub state: Option<HandoffState>,
     /// Disposition.
-    pub disposition: Option<String>,
+    pub disposition: Option<Disposition>,
     /// SLA status; `pending` / `breached` are judged as of `now` when it is given.
-    pub sla_status: Option<String>,
+    pub sla_status: Option<SlaStatus>,
     /// The time `pending` / `breached` are judged at (a handoff waiting past its target reads `breached`).
     pub now: Option<DateTime<Utc>>,
     /// Queue of the latest handoff.
@@ -112,6 +113,25 @@ pub struct ReplayStats {
     pub conversations: u64,
 }
 
+/// The relay rules as the write path runs them: pure, inside the transaction that appends an event, so the
+/// commands an event calls for are committed with it (the outbox sends what is committed; a crash between
+/// the commit and the send loses nothing: the start-up recovery re-sends commands without a result).
+pub trait RelayPlanner: Send + Sync {
+    /// Whether an event of this kind can call for commands (the others skip the planner's reads).
+    fn relays(&self, kind: &str) -> bool;
+
+    /// The ledger events (command records, and notes such as a failed routing) a newly appended `event`
+    /// calls for, given its conversation as the batch leaves it, the transcript lines the event made and
+    /// the conversation's latest accepted queue call (`ledger.queue_accepted`), if any.
+    fn plan(
+        &self,
+        event: &StoredEvent,
+        conversation: &Conversation,
+        lines: &[Message],
+        queued: Option<&StoredEvent>,
+    ) -> Vec<NewEvent>;
+}
+
 /// The event log and projections (and the API keys, [`KeyStore`], and the quarantine's limits, [`QuarantineStore`]).
 #[async_trait]
 pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
@@ -130,6 +150,16 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// assigns gap-free `seq`s, re-projects every touched conversation, and commits. Returns one
     /// outcome per event, grouped as given.
     async fn append_batch(&self, groups: &[Vec<NewEvent>], sla: &SlaConfig) -> StoreResult<Vec<Vec<AppendOutcome>>>;
+
+    /// [`Store::append_batch`], and in the same transaction the commands `planner` plans for each newly
+    /// appended event (duplicates and newer versions of an event call for none), appended after the
+    /// batch; each outcome names the seqs of the commands its event called for ([`AppendOutcome::relays`]).
+    async fn append_batch_planned(
+        &self,
+        groups: &[Vec<NewEvent>],
+        sla: &SlaConfig,
+        planner: &dyn RelayPlanner,
+    ) -> StoreResult<Vec<Vec<AppendOutcome>>>;
 
     /// Keeps a refused delivery.
     async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64>;
@@ -233,10 +263,22 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
 
 /// Opens the store a URL names, creating an SQLite file (and its directory) when missing.
 pub async fn open(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
+    open_keeping(url, max_connections, crate::quarantine::DEFAULT_BODY_CAP).await
+}
+
+/// Opens the store as [`open`] does, keeping at most `quarantine_body_bytes` of each body it puts in the
+/// quarantine (`retention.quarantine_body_bytes`; the writer's store is the one that writes there).
+pub async fn open_keeping(
+    url: &str,
+    max_connections: u32,
+    quarantine_body_bytes: usize,
+) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+        let store = SqliteStore::connect(url, max_connections).await?;
+        Ok(Arc::new(store.with_quarantine_body_bytes(quarantine_body_bytes)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(PostgresStore::connect(url, max_connections).await?))
+        let store = PostgresStore::connect(url, max_connections).await?;
+        Ok(Arc::new(store.with_quarantine_body_bytes(quarantine_body_bytes)))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }

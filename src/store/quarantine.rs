@@ -37,7 +37,7 @@ fn decode_summary(row: SummaryRow, body: Option<&[u8]>) -> StoreResult<Quarantin
     let (id, received_at, path, platform, error_code, error_message, status, headers, size, sha, kept) = row;
     let body_sha256 = match (sha, body) {
         (Some(sha), _) => sha,
-        (None, Some(body)) => crate::quarantine::cap_body(body).2,
+        (None, Some(body)) => crate::quarantine::body_sha256(body),
         (None, None) => String::new(),
     };
     Ok(QuarantineSummary {

@@ -29,7 +29,8 @@ use super::chained::{self, chained_store};
 use super::codec::{self, Bind, EventRow, MessageRow, QuarantineRow, Row, EVENT_COLUMNS};
 use super::erasing::{self, erasing_store};
 use super::{
-    ConversationFilter, ConversationPage, MessageCursor, ReplayStats, Store, StoreError, StoreResult, TranscriptPage,
+    ConversationFilter, ConversationPage, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError, StoreResult,
+    TranscriptPage,
 };
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
@@ -152,6 +153,26 @@ fn events_by_id_sql(n: usize) -> String {
     )
 }
 
+fn known_events_sql(n: usize) -> String {
+    format!(
+        "SELECT e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, x.payload_sha256, \
+         e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq WHERE e.event_id IN ({})",
+        placeholders(1, n)
+    )
+}
+
+/// Whether a stream has an event after `$3` from another delivery than the one received at `$4`.
+const SQL_STREAM_MOVED_ON: &str = "SELECT seq FROM events WHERE platform = $1 AND external_id = $2 \
+     AND seq > $3 AND received_at <> $4 LIMIT 1";
+
+fn latest_queue_call_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE s.conversation_id = $1 AND e.kind = $2 ORDER BY e.seq DESC LIMIT 1"
+    )
+}
+
 fn aliases_sql(n: usize) -> String {
     format!(
         "SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})",
@@ -200,7 +221,43 @@ struct Pending {
     event_id: Uuid,
     seq: i64,
     duplicate: bool,
+    conflict: bool,
     stream: Option<StreamKey>,
+}
+
+/// An event in the log (or appended earlier in this batch) as deduplication reads it.
+#[derive(Debug, Clone)]
+struct Known {
+    seq: i64,
+    stream: Option<StreamKey>,
+    /// Micros.
+    received_at: i64,
+    /// Of its payload as received (an erased event's: the digest its erasure kept).
+    payload_sha256: chain::Sha256Digest,
+    revision_of: Option<Uuid>,
+}
+
+/// What a delivered event is to the log.
+enum Verdict {
+    /// Already stored: the event with this id.
+    Duplicate(Uuid, Known),
+    /// New, appended under this id; `revision_of`: the event it is a newer version of.
+    Append { id: Uuid, revision_of: Option<Uuid> },
+}
+
+/// The id of the version of event `root` whose payload has digest `sha`: a redelivery of that very
+/// version finds it, any other body makes another.
+fn revision_id(root: Uuid, sha: &chain::Sha256Digest) -> Uuid {
+    Uuid::new_v5(
+        &crate::model::LEDGER_NAMESPACE,
+        format!("revision:{root}:{}", chain::to_hex(sha)).as_bytes(),
+    )
+}
+
+/// The id of the next occurrence of an event identified by its position (see
+/// [`crate::sources::identified_by_position`]) after the one with id `previous`.
+fn repeat_id(previous: Uuid) -> Uuid {
+    Uuid::new_v5(&crate::model::LEDGER_NAMESPACE, format!("repeat:{previous}").as_bytes())
 }
 
 /// What one batch (or one replay chunk) knows of the streams it files: the stream -> conversation
@@ -268,12 +325,24 @@ macro_rules! sql_store {
         #[derive(Clone)]
         pub struct $name {
             pool: sqlx::Pool<$db>,
+            /// Most bytes of a quarantined body that are kept (`retention.quarantine_body_bytes`).
+            quarantine_body_bytes: usize,
         }
 
         impl $name {
             /// Wraps an open pool (migrations are applied by [`Store::migrate`]).
             pub fn from_pool(pool: sqlx::Pool<$db>) -> Self {
-                Self { pool }
+                Self {
+                    pool,
+                    quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
+                }
+            }
+
+            /// Keeps at most `bytes` of each quarantined body from now on (with the whole body's size
+            /// and SHA-256).
+            pub fn with_quarantine_body_bytes(mut self, bytes: usize) -> Self {
+                self.quarantine_body_bytes = bytes.max(1);
+                self
             }
 
             /// The underlying pool, for tools and tests.
@@ -567,6 +636,137 @@ macro_rules! sql_store {
                 Ok(Some(conversation))
             }
 
+            /// What deduplication needs of every id of `ids` already in the log, in few round trips.
+            async fn known_events(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+            ) -> StoreResult<HashMap<Uuid, Known>> {
+                type KnownRow = (String, i64, String, String, i64, String, Option<String>, Option<String>);
+                let mut found = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = known_events_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, KnownRow>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, seq, platform, external_id, received_at, payload, erased_sha, revision_of) in
+                        query.fetch_all(&mut *conn).await?
+                    {
+                        let stream = if external_id.is_empty() {
+                            None
+                        } else {
+                            Some(codec::stream_key(&platform, external_id)?)
+                        };
+                        let payload_sha256 = match erased_sha {
+                            Some(hex) => chain::from_hex(&hex).ok_or_else(|| {
+                                StoreError::Corrupt(format!("bad payload digest of erased event {seq}"))
+                            })?,
+                            None => chain::payload_sha256(&payload),
+                        };
+                        let known = Known {
+                            seq,
+                            stream,
+                            received_at,
+                            payload_sha256,
+                            revision_of: revision_of.as_deref().map(codec::parse_uuid).transpose()?,
+                        };
+                        found.insert(codec::parse_uuid(&id)?, known);
+                    }
+                }
+                Ok(found)
+            }
+
+            /// One id, from what the batch knows or else the log.
+            async fn known_event(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                known: &mut HashMap<Uuid, Known>,
+                id: Uuid,
+            ) -> StoreResult<Option<Known>> {
+                if let Some(k) = known.get(&id) {
+                    return Ok(Some(k.clone()));
+                }
+                let found = Self::known_events(conn, &[id]).await?.remove(&id);
+                if let Some(k) = &found {
+                    known.insert(id, k.clone());
+                }
+                Ok(found)
+            }
+
+            /// Whether the stream of `occurrence` has moved on since it: an event of another delivery
+            /// after it, or (when it came in this batch) any event after it. `batch`: the `(seq, stream,
+            /// received_at)` of what this batch appended so far; `batch_from`: its first seq.
+            async fn moved_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                batch: &[(i64, StreamKey, i64)],
+                batch_from: i64,
+                occurrence: &Known,
+            ) -> StoreResult<bool> {
+                let Some(stream) = &occurrence.stream else {
+                    return Ok(false);
+                };
+                let in_batch = occurrence.seq >= batch_from;
+                if batch.iter().any(|(seq, s, received)| {
+                    *seq > occurrence.seq && s == stream && (in_batch || *received != occurrence.received_at)
+                }) {
+                    return Ok(true);
+                }
+                if in_batch {
+                    return Ok(false);
+                }
+                let later: Option<(i64,)> = sqlx::query_as(SQL_STREAM_MOVED_ON)
+                    .bind(stream.platform.as_str())
+                    .bind(&stream.external_id)
+                    .bind(occurrence.seq)
+                    .bind(occurrence.received_at)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(later.is_some())
+            }
+
+            /// Content-checked idempotency: the same delivery key and the same body is a redelivery;
+            /// the same key and another body is a newer version of that event (appended, marked); an
+            /// event identified by its position (no id, no time) seen again after its stream moved on
+            /// is a new occurrence.
+            async fn verdict(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                known: &mut HashMap<Uuid, Known>,
+                batch: &[(i64, StreamKey, i64)],
+                batch_from: i64,
+                event: &NewEvent,
+                sha: &chain::Sha256Digest,
+            ) -> StoreResult<Verdict> {
+                let Some(first) = known.get(&event.event_id).cloned() else {
+                    return Ok(Verdict::Append {
+                        id: event.event_id,
+                        revision_of: None,
+                    });
+                };
+                let (mut id, mut stored) = (event.event_id, first);
+                if crate::sources::identified_by_position(event) {
+                    while let Some(next) = Self::known_event(conn, known, repeat_id(id)).await? {
+                        (id, stored) = (repeat_id(id), next);
+                    }
+                    if Self::moved_on(conn, batch, batch_from, &stored).await? {
+                        return Ok(Verdict::Append {
+                            id: repeat_id(id),
+                            revision_of: None,
+                        });
+                    }
+                }
+                if stored.payload_sha256 == *sha {
+                    return Ok(Verdict::Duplicate(id, stored));
+                }
+                let root = stored.revision_of.unwrap_or(id);
+                let revision = revision_id(root, sha);
+                Ok(match Self::known_event(conn, known, revision).await? {
+                    Some(version) => Verdict::Duplicate(revision, version),
+                    None => Verdict::Append {
+                        id: revision,
+                        revision_of: Some(root),
+                    },
+                })
+            }
+
             /// The stored `(seq, stream)` of every id of `ids` already in the log, in few round trips.
             async fn stored_events(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -641,7 +841,7 @@ macro_rules! sql_store {
                         let Some(extent) = LogExtent::of_events(&events) else {
                             continue;
                         };
-                        let (fold, lines) = FoldState::build(extent, projection::inputs_of(&events));
+                        let (fold, lines) = FoldState::build_events(extent, &events);
                         let Some(conversation) = fold.conversation(*id, &streams, sla) else {
                             continue;
                         };
@@ -665,7 +865,8 @@ macro_rules! sql_store {
                 increments: BTreeMap<Uuid, Vec<StoredEvent>>,
                 refold: BTreeSet<Uuid>,
                 sla: &SlaConfig,
-            ) -> StoreResult<()> {
+                keep: bool,
+            ) -> StoreResult<HashMap<Uuid, (Conversation, Vec<Message>)>> {
                 let ids: Vec<Uuid> = increments.keys().copied().filter(|id| !refold.contains(id)).collect();
                 let mut folds: HashMap<Uuid, String> = HashMap::new();
                 for chunk in ids.chunks(IN_CHUNK) {
@@ -678,14 +879,36 @@ macro_rules! sql_store {
                         folds.insert(codec::parse_uuid(&id)?, fold);
                     }
                 }
-                let increments: Vec<(Uuid, Option<LogExtent>, Vec<projection::Input>)> = increments
+                let mut kept: HashMap<Uuid, FoldState> = HashMap::new();
+                let mut stale: Vec<Uuid> = Vec::new();
+                for (id, text) in folds {
+                    match text.as_str() {
+                        // Not built by this version (or wrecked): rebuilt from its events.
+                        "" => stale.push(id),
+                        text => {
+                            kept.insert(id, codec::from_json::<FoldState>("fold state", text)?);
+                        }
+                    }
+                }
+                let revised: HashSet<Uuid> = increments
+                    .iter()
+                    .filter(|(_, events)| events.iter().any(|e| e.revision_of.is_some()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                // Each increment's facts at their causal times, by the clocks its conversation kept.
+                type Increment = (Uuid, Option<LogExtent>, Vec<projection::Input>, projection::Clocks);
+                let increments: Vec<Increment> = increments
                     .into_iter()
-                    .map(|(id, events)| (id, LogExtent::of_events(&events), projection::inputs_of(&events)))
+                    .map(|(id, events)| {
+                        let mut clocks = kept.get(&id).map(|f| f.clocks().clone()).unwrap_or_default();
+                        let inputs = clocks.inputs(&events);
+                        (id, LogExtent::of_events(&events), inputs, clocks)
+                    })
                     .collect();
                 // Relays whose echo may already be folded: asked about in one round trip.
                 let echoes: Vec<Uuid> = increments
                     .iter()
-                    .flat_map(|(_, _, inputs)| inputs.iter().filter_map(|i| projection::echo_of(&i.fact)))
+                    .flat_map(|(_, _, inputs, _)| inputs.iter().filter_map(|i| projection::echo_of(&i.fact)))
                     .collect();
                 let stored_echoes: HashSet<Uuid> = if echoes.is_empty() {
                     HashSet::new()
@@ -695,26 +918,23 @@ macro_rules! sql_store {
                 let mut streams = Self::streams_of(conn, &ids).await?;
                 let mut to_refold: Vec<Uuid> = refold.into_iter().collect();
                 let mut written = Vec::with_capacity(increments.len());
-                for (id, extent, inputs) in increments {
+                for (id, extent, inputs, clocks) in increments {
                     if to_refold.contains(&id) {
                         continue;
                     }
-                    let mut fold = match folds.get(&id).map(String::as_str) {
-                        // A conversation this batch starts.
-                        None => FoldState::default(),
-                        // Not built by this version (or wrecked): rebuilt from its events.
-                        Some("") => {
-                            to_refold.push(id);
-                            continue;
-                        }
-                        Some(text) => codec::from_json::<FoldState>("fold state", text)?,
-                    };
+                    // Stale, or a newer version of an event already folded: refolded from its events.
+                    if stale.contains(&id) || revised.contains(&id) {
+                        to_refold.push(id);
+                        continue;
+                    }
+                    // None: a conversation this batch starts.
+                    let mut fold = kept.remove(&id).unwrap_or_default();
                     let Some(extent) = extent else {
                         continue;
                     };
                     let before = (fold.handoff_count(), fold.agents().to_vec(), fold.started_at());
                     let folded = |echo: Uuid| stored_echoes.contains(&echo);
-                    match fold.extend(extent, inputs, &folded) {
+                    match fold.extend_timed(extent, inputs, clocks, &folded) {
                         Ok(lines) => {
                             let streams = streams.remove(&id).unwrap_or_default();
                             let Some(conversation) = fold.conversation(id, &streams, sla) else {
@@ -737,7 +957,30 @@ macro_rules! sql_store {
                     }
                 }
                 written.extend(Self::refold(conn, &to_refold, sla).await?);
-                Self::write(conn, written, &to_refold).await
+                // What the relay planner reads: each conversation as the batch leaves it, with its new lines.
+                let kept: HashMap<Uuid, (Conversation, Vec<Message>)> = if keep {
+                    written
+                        .iter()
+                        .map(|w| (w.conversation.id, (w.conversation.clone(), w.lines.clone())))
+                        .collect()
+                } else {
+                    HashMap::new()
+                };
+                Self::write(conn, written, &to_refold).await?;
+                Ok(kept)
+            }
+
+            /// The latest accepted queue call of a conversation (the live chat its relays go to).
+            async fn latest_queue_call(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                conversation: Uuid,
+            ) -> StoreResult<Option<StoredEvent>> {
+                let row: Option<EventRow> = sqlx::query_as(&latest_queue_call_sql())
+                    .bind(conversation.to_string())
+                    .bind(crate::sources::ledger::QUEUE_ACCEPTED)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.map(codec::decode_event).transpose()
             }
 
             /// Writes projected conversations: everything of a refolded one is deleted first, then
@@ -789,34 +1032,53 @@ macro_rules! sql_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 groups: &[Vec<NewEvent>],
                 sla: &SlaConfig,
+                planner: Option<&dyn RelayPlanner>,
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 let mut next = Self::last_seq_in(conn).await? + 1;
+                let batch_from = next;
                 // Chained here, by the only writer, so each hash follows its predecessor's.
                 let mut prev = Self::prev_hash_in(conn).await?;
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
-                let mut known = Self::stored_events(conn, &ids).await?;
+                let mut known = Self::known_events(conn, &ids).await?;
+                // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
+                let mut batch: Vec<(i64, StreamKey, i64)> = Vec::new();
                 let keys: Vec<&StreamKey> = groups
                     .iter()
                     .flatten()
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
                 let mut filing = Self::load_filing(conn, &keys).await?;
-                let mut appended: Vec<(i64, &NewEvent, String)> = Vec::new();
+                let mut appended: Vec<(i64, std::borrow::Cow<'_, NewEvent>, String, Option<Uuid>)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
                     let mut filed = Vec::with_capacity(group.len());
                     for event in group {
-                        if let Some((seq, stream)) = known.get(&event.event_id) {
-                            filed.push(Pending {
-                                event_id: event.event_id,
-                                seq: *seq,
-                                duplicate: true,
-                                stream: stream.clone(),
-                            });
-                            continue;
-                        }
+                        let sha = chain::payload_sha256(&event.payload);
+                        let (id, revision_of) =
+                            match Self::verdict(conn, &mut known, &batch, batch_from, event, &sha).await? {
+                                Verdict::Duplicate(stored_id, stored) => {
+                                    filed.push(Pending {
+                                        event_id: stored_id,
+                                        seq: stored.seq,
+                                        duplicate: true,
+                                        conflict: false,
+                                        stream: stored.stream,
+                                    });
+                                    continue;
+                                }
+                                Verdict::Append { id, revision_of } => (id, revision_of),
+                            };
+                        // A new version or occurrence is appended under its own id.
+                        let event: std::borrow::Cow<'_, NewEvent> = if id == event.event_id {
+                            std::borrow::Cow::Borrowed(event)
+                        } else {
+                            std::borrow::Cow::Owned(NewEvent {
+                                event_id: id,
+                                ..event.clone()
+                            })
+                        };
                         let seq = next;
                         next += 1;
                         Self::file_event(conn, &mut filing, seq, &event.stream, &event.links).await?;
@@ -830,40 +1092,78 @@ macro_rules! sql_store {
                                 kind: &event.kind,
                                 occurred_at: codec::to_micros(event.occurred_at),
                                 received_at: codec::to_micros(event.received_at),
-                                payload_sha256: chain::payload_sha256(&event.payload),
+                                payload_sha256: sha,
                             },
                         );
                         let hash = chain::to_hex(&prev);
-                        filing.events.push(codec::event_row(seq, event, &hash)?);
+                        filing.events.push(codec::event_row(seq, &event, &hash, revision_of)?);
                         let stream = (!event.stream.external_id.is_empty()).then(|| event.stream.clone());
-                        known.insert(event.event_id, (seq, stream.clone()));
-                        appended.push((seq, event, hash));
+                        known.insert(
+                            id,
+                            Known {
+                                seq,
+                                stream: stream.clone(),
+                                received_at: codec::to_micros(event.received_at),
+                                payload_sha256: sha,
+                                revision_of,
+                            },
+                        );
+                        if let Some(stream) = &stream {
+                            batch.push((seq, stream.clone(), codec::to_micros(event.received_at)));
+                        }
                         filed.push(Pending {
-                            event_id: event.event_id,
+                            event_id: id,
                             seq,
                             duplicate: false,
+                            conflict: revision_of.is_some(),
                             stream,
                         });
+                        appended.push((seq, event, hash, revision_of));
                     }
                     pending.push(filed);
                 }
                 Self::flush(conn, &mut filing).await?;
                 // Each new event joins the increment of the conversation its stream ends up in.
                 let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
-                for (seq, event, hash) in appended {
+                // New events that may call for commands, as stored: planned once projected.
+                let mut to_plan: Vec<StoredEvent> = Vec::new();
+                for (seq, event, hash, revision_of) in appended {
                     let Some(Some(conversation)) = filing.streams.get(&event.stream).copied() else {
                         continue;
                     };
-                    increments
-                        .entry(conversation)
-                        .or_default()
-                        .push(codec::stored_event(seq, event, Some(conversation), Some(hash))?);
+                    let stored = codec::stored_event(seq, &event, Some(conversation), Some(hash), revision_of)?;
+                    if planner.is_some_and(|p| revision_of.is_none() && p.relays(&event.kind)) {
+                        to_plan.push(stored.clone());
+                    }
+                    increments.entry(conversation).or_default().push(stored);
                 }
                 for survivor in &filing.merged {
                     increments.entry(*survivor).or_default();
                 }
                 let refold = filing.merged.clone();
-                Self::project(conn, increments, refold, sla).await?;
+                let projected = Self::project(conn, increments, refold, sla, !to_plan.is_empty()).await?;
+                // The commands each new event calls for, planned on the state it left: appended in this
+                // same transaction, after the batch.
+                let mut planned: Vec<NewEvent> = Vec::new();
+                let mut planned_for: HashMap<i64, std::ops::Range<usize>> = HashMap::new();
+                if let Some(planner) = planner {
+                    let mut queue_calls: HashMap<Uuid, Option<StoredEvent>> = HashMap::new();
+                    for event in &to_plan {
+                        let Some(id) = event.conversation_id else { continue };
+                        let Some((conversation, lines)) = projected.get(&id) else {
+                            continue;
+                        };
+                        if !queue_calls.contains_key(&id) {
+                            let latest = Self::latest_queue_call(conn, id).await?;
+                            queue_calls.insert(id, latest);
+                        }
+                        let queued = queue_calls.get(&id).and_then(Option::as_ref);
+                        let lines: Vec<Message> = lines.iter().filter(|m| m.seq == event.seq).cloned().collect();
+                        let commands = planner.plan(event, conversation, &lines, queued);
+                        planned_for.insert(event.seq, planned.len()..planned.len() + commands.len());
+                        planned.extend(commands);
+                    }
+                }
                 // A redelivery's stream as stored: looked up when the batch did not file it.
                 for p in pending.iter().flatten() {
                     if let Some(stream) = &p.stream {
@@ -879,11 +1179,31 @@ macro_rules! sql_store {
                                 event_id: p.event_id,
                                 seq: p.seq,
                                 duplicate: p.duplicate,
+                                conflict: p.conflict,
                                 conversation_id: p.stream.and_then(|s| filing.streams.get(&s).copied().flatten()),
+                                relays: Vec::new(),
                             })
                             .collect()
                     })
                     .collect();
+                let mut outcomes: Vec<Vec<AppendOutcome>> = outcomes;
+                if !planned.is_empty() {
+                    // Command ids are derived from their trigger: one already recorded is not appended again.
+                    let recorded = Box::pin(Self::append_in(conn, &[planned], sla, None)).await?;
+                    let recorded: Vec<AppendOutcome> = recorded.into_iter().flatten().collect();
+                    for outcome in outcomes.iter_mut().flatten() {
+                        if outcome.duplicate {
+                            continue;
+                        }
+                        if let Some(range) = planned_for.get(&outcome.seq) {
+                            outcome.relays = recorded[range.clone()]
+                                .iter()
+                                .filter(|r| !r.duplicate)
+                                .map(|r| r.seq)
+                                .collect();
+                        }
+                    }
+                }
                 Ok(outcomes)
             }
 
@@ -981,14 +1301,26 @@ macro_rules! sql_store {
 
             async fn append_batch(&self, groups: &[Vec<NewEvent>], sla: &SlaConfig) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 let mut tx = self.begin_write().await?;
-                let outcomes = Self::append_in(&mut *tx, groups, sla).await?;
+                let outcomes = Self::append_in(&mut *tx, groups, sla, None).await?;
+                tx.commit().await?;
+                Ok(outcomes)
+            }
+
+            async fn append_batch_planned(
+                &self,
+                groups: &[Vec<NewEvent>],
+                sla: &SlaConfig,
+                planner: &dyn RelayPlanner,
+            ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
+                let mut tx = self.begin_write().await?;
+                let outcomes = Self::append_in(&mut *tx, groups, sla, Some(planner)).await?;
                 tx.commit().await?;
                 Ok(outcomes)
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
-                // At most the first 64 KiB are kept, with the whole body's size and SHA-256.
-                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body);
+                // At most the first `quarantine_body_bytes` are kept, with the whole body's size and SHA-256.
+                let (kept, size, sha) = crate::quarantine::cap_body(&entry.body, self.quarantine_body_bytes);
                 let (id,): (i64,) = sqlx::query_as(SQL_INSERT_QUARANTINE)
                     .bind(codec::to_micros(entry.received_at))
                     .bind(&entry.path)
@@ -1304,7 +1636,7 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 }
 
@@ -1315,7 +1647,7 @@ impl PostgresStore {
             .max_connections(max_connections.max(1))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 }
 
@@ -1324,6 +1656,7 @@ mod tests {
     use chrono::{DateTime, Utc};
 
     use super::*;
+    use crate::model::{Disposition, HandoffState, Platform, SlaStatus};
 
     /// SQLite's plan of a list query: every table is reached through an index (a full scan of the
     /// conversations would grow with the table); only the page-sized subqueries of `breached` are scanned.
@@ -1341,7 +1674,7 @@ mod tests {
         let filters = [
             ConversationFilter { ..base.clone() },
             ConversationFilter {
-                platform: text("aivo_live"),
+                platform: Some(Platform::AivoLive),
                 ..base.clone()
             },
             ConversationFilter {
@@ -1349,28 +1682,28 @@ mod tests {
                 ..base.clone()
             },
             ConversationFilter {
-                platform: text("aivo_live"),
+                platform: Some(Platform::AivoLive),
                 external_id: text("room-1"),
                 ..base.clone()
             },
             ConversationFilter {
-                state: text("closed"),
+                state: Some(HandoffState::Closed),
                 ..base.clone()
             },
             ConversationFilter {
-                disposition: text("abandoned"),
+                disposition: Some(Disposition::Abandoned),
                 ..base.clone()
             },
             ConversationFilter {
-                sla_status: text("met"),
+                sla_status: Some(SlaStatus::Met),
                 ..base.clone()
             },
             ConversationFilter {
-                sla_status: text("pending"),
+                sla_status: Some(SlaStatus::Pending),
                 ..base.clone()
             },
             ConversationFilter {
-                sla_status: text("breached"),
+                sla_status: Some(SlaStatus::Breached),
                 ..base.clone()
             },
             ConversationFilter {

@@ -9,7 +9,7 @@ use handoff_ledger::auth::Scope;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{fixture, spawn_app, spawn_app_with, Backend, TestApp};
+use crate::helpers::{fixture, spawn_app, spawn_app_with, spawn_app_with_keys, Backend, TestApp};
 use crate::on_both_stores;
 
 /// Sends a request with an optional key; status and JSON body (Null when not JSON).
@@ -124,6 +124,127 @@ async fn each_scope_opens_its_operations_and_no_others(backend: Backend) {
     assert_eq!(call(&app, Method::GET, "/readyz", None, None).await.0, 200);
     let (status, _) = app.post_raw("/webhooks/aivo-live", fixture("aivo_close.json")).await;
     assert_eq!(status, 200);
+}
+
+/// The operations [`operations`] leaves out (they change state, or need an entry to act on): each is
+/// refused `403` to every key without its scope, before anything happens, and passes the check with it.
+/// Then erasures (`admin` only) and the console's sign-in (`conversations:read`).
+async fn admin_only_operations_and_the_console_follow_their_scopes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = seed_conversation(&app).await;
+    let (status, _) = app.post_raw("/webhooks/aivo-live", "not json").await;
+    assert_eq!(status, 400);
+    let mut keys = Vec::new();
+    for scope in Scope::ALL {
+        keys.push((
+            scope,
+            add_key(&app, &format!("key-{}", scope.as_str().replace(':', "-")), &[scope]).await,
+        ));
+    }
+    let admin = keys[4].1.clone();
+    assert_eq!(keys[4].0, Scope::Admin);
+    let (_, quarantine) = call(&app, Method::GET, "/v1/quarantine", Some(&admin), None).await;
+    let entry = quarantine["items"][0]["id"].as_i64().expect("a quarantine entry");
+    let unknown = uuid::Uuid::new_v4();
+    let checks: Vec<(Method, String, Option<Value>, Scope)> = vec![
+        (Method::GET, format!("/v1/quarantine/{entry}"), None, Scope::EventsRead),
+        (
+            Method::POST,
+            format!("/v1/conversations/{id}/handoff"),
+            Some(json!({})),
+            Scope::CommandsWrite,
+        ),
+        (
+            Method::POST,
+            format!("/v1/quarantine/{entry}/redrive"),
+            None,
+            Scope::Admin,
+        ),
+        (
+            Method::POST,
+            format!("/v1/conversations/{id}/commands/{unknown}/retry"),
+            None,
+            Scope::Admin,
+        ),
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            Some(json!({"name": "made", "scopes": ["reports:read"]})),
+            Scope::Admin,
+        ),
+        (Method::DELETE, "/v1/keys/made".into(), None, Scope::Admin),
+        (Method::GET, format!("/v1/erasures/{unknown}"), None, Scope::Admin),
+    ];
+    for (method, path, body, needed) in checks {
+        for (scope, key) in &keys {
+            let (status, answer) = call(&app, method.clone(), &path, Some(key), body.clone()).await;
+            if *scope == needed || *scope == Scope::Admin {
+                assert!(
+                    ![401, 403].contains(&status),
+                    "{method} {path} with {scope}: {status} {answer}"
+                );
+            } else {
+                assert_eq!(status, 403, "{method} {path} with {scope}: {answer}");
+                assert_eq!(answer["error"]["code"], "forbidden");
+            }
+        }
+        let (status, _) = call(&app, method.clone(), &path, None, body.clone()).await;
+        assert_eq!(status, 401, "{method} {path} without a key");
+    }
+    // Refused redrives were not run: only the admin's is recorded.
+    let (_, kept) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/quarantine/{entry}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(kept["redrives"].as_array().map(Vec::len), Some(1), "{kept}");
+
+    // Erasure: every key without `admin` is 403 and nothing is erased; admin erases (201).
+    let erase = json!({"conversation_id": id});
+    let events = format!("/v1/conversations/{id}/events");
+    let (_, before) = call(&app, Method::GET, &events, Some(&admin), None).await;
+    for (scope, key) in keys.iter().filter(|(s, _)| *s != Scope::Admin) {
+        let (status, answer) = call(&app, Method::POST, "/v1/erasures", Some(key), Some(erase.clone())).await;
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (403, json!("forbidden")),
+            "POST /v1/erasures with {scope}: {answer}"
+        );
+    }
+    let (status, _) = call(&app, Method::POST, "/v1/erasures", None, Some(erase.clone())).await;
+    assert_eq!(status, 401);
+    let (_, after) = call(&app, Method::GET, &events, Some(&admin), None).await;
+    assert_eq!(after, before, "a refused erasure changed the events");
+    assert!(before["items"][0]["payload"]["erased"].is_null(), "{before}");
+    let (status, certificate) = call(&app, Method::POST, "/v1/erasures", Some(&admin), Some(erase)).await;
+    assert_eq!(status, 201, "{certificate}");
+    let cert = format!("/v1/erasures/{}", certificate["id"].as_str().unwrap());
+    for (scope, key) in &keys {
+        let (status, _) = call(&app, Method::GET, &cert, Some(key), None).await;
+        let want = if *scope == Scope::Admin { 200 } else { 403 };
+        assert_eq!(status, want, "GET {cert} with {scope}");
+    }
+
+    // The console signs in a key with conversations:read (or admin) only.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |key: String| {
+        let req = no_redirects.post(app.url("/ui/login")).form(&[("key", key)]);
+        async move { req.send().await.expect("send").status().as_u16() }
+    };
+    for (scope, key) in &keys {
+        let want = match scope {
+            Scope::ConversationsRead | Scope::Admin => 303,
+            _ => 403,
+        };
+        assert_eq!(sign_in(key.clone()).await, want, "console sign-in with {scope}");
+    }
+    assert_eq!(sign_in("hlk_nope".into()).await, 401);
 }
 
 async fn wrong_revoked_and_malformed_keys_are_401(backend: Backend) {
@@ -307,26 +428,32 @@ async fn openapi_declares_the_bearer_scheme_and_each_scope(backend: Backend) {
     assert!(security("/healthz", "get").is_null());
 }
 
-/// A service on every interface (`0.0.0.0`): not loopback.
-async fn spawn_public(backend: Backend, customize: impl FnOnce(&mut handoff_ledger::config::Config)) -> TestApp {
-    spawn_app_with(backend, |c| {
+/// A service on every interface (`0.0.0.0`): not loopback, so it starts only with a key (here one
+/// `admin` key, created before it starts); the app and that key.
+async fn spawn_public(
+    backend: Backend,
+    customize: impl FnOnce(&mut handoff_ledger::config::Config),
+) -> (TestApp, String) {
+    let (app, keys) = spawn_app_with_keys(backend, &[("operator", &[Scope::Admin])], |c| {
         c.server.bind = "0.0.0.0:0".into();
-        c.auth.allow_anonymous = true;
         customize(c);
     })
-    .await
+    .await;
+    let key = keys.into_iter().next().expect("the admin key");
+    (app, key)
 }
 
 async fn webhooks_without_a_token_are_refused_on_a_public_bind(backend: Backend) {
-    let app = spawn_public(backend, |_| {}).await;
+    let (app, key) = spawn_public(backend, |_| {}).await;
     let (status, body) = app.post_raw("/webhooks/aivo-live", fixture("aivo_attended.json")).await;
     assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
     let (status, _) = app.post_raw("/webhooks/vcc/chat", fixture("vcc_chat.json")).await;
     assert_eq!(status, 401);
-    let (_, events) = call(&app, Method::GET, "/v1/events", None, None).await;
+    let (status, events) = call(&app, Method::GET, "/v1/events", Some(&key), None).await;
+    assert_eq!(status, 200, "{events}");
     assert_eq!(events["items"], json!([]));
 
-    let open = spawn_public(backend, |c| c.auth.open_webhooks = true).await;
+    let (open, _) = spawn_public(backend, |c| c.auth.open_webhooks = true).await;
     let (status, _) = open
         .post_raw("/webhooks/aivo-live", fixture("aivo_attended.json"))
         .await;
@@ -334,7 +461,7 @@ async fn webhooks_without_a_token_are_refused_on_a_public_bind(backend: Backend)
 }
 
 async fn webhook_tokens_rotate_as_a_list(backend: Backend) {
-    let app = spawn_public(backend, |c| {
+    let (app, _) = spawn_public(backend, |c| {
         c.aivo_live.webhook_token = vec!["old-token", "new-token"].into();
     })
     .await;
@@ -486,10 +613,63 @@ async fn a_public_bind_without_keys_refuses_to_start(backend: Backend) {
     let _ = service.wait();
 }
 
+/// `auth.allow_anonymous` is for a loopback bind only: on any other address the service refuses to
+/// start, whether keys exist or not, and says which key to change.
+async fn allow_anonymous_on_a_public_bind_refuses_to_start(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store_url, _pg) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}", dir.path().join("anon.db").display()), None),
+        Backend::Postgres => {
+            let db = crate::common::PgDatabase::create().await;
+            (db.url.clone(), Some(db))
+        }
+    };
+    let port = crate::common::free_port();
+    let bind = format!("0.0.0.0:{port}");
+    let serve = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_handoff-ledger"))
+            .arg("serve")
+            .env("LEDGER__SERVER__BIND", &bind)
+            .env("LEDGER__STORE__URL", &store_url)
+            .env("LEDGER__AUTH__ALLOW_ANONYMOUS", "true")
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run handoff-ledger")
+    };
+    // Without a key, and with one: refused before it binds, naming the key.
+    for with_key in [false, true] {
+        if with_key {
+            let out = cli(&store_url, &["keys", "create", "--name", "admin", "--scope", "admin"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out = serve();
+        assert!(!out.status.success(), "it started (key: {with_key})");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("auth.allow_anonymous"), "{stderr}");
+        assert!(stderr.contains("not a loopback address"), "{stderr}");
+    }
+    // The service itself refuses too (a host name is only resolved when it binds).
+    let mut config = handoff_ledger::config::Config::default();
+    config.server.bind = "0.0.0.0:0".into();
+    config.store.url = store_url.clone();
+    config.auth.allow_anonymous = true;
+    let error = match handoff_ledger::startup::Application::build(config).await {
+        Ok(_) => panic!("the service started with allow_anonymous on 0.0.0.0"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("refusing to start") && error.contains("auth.allow_anonymous"),
+        "{error}"
+    );
+    // On loopback the same setting starts: allow_anonymous_opens_the_api_even_with_keys.
+}
+
 on_both_stores!(
+    allow_anonymous_on_a_public_bind_refuses_to_start,
     cli_keys_work_on_a_fresh_store_and_while_the_service_runs,
     a_public_bind_without_keys_refuses_to_start,
     each_scope_opens_its_operations_and_no_others,
+    admin_only_operations_and_the_console_follow_their_scopes,
     wrong_revoked_and_malformed_keys_are_401,
     loopback_without_keys_is_open_until_a_key_exists,
     allow_anonymous_opens_the_api_even_with_keys,

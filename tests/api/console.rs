@@ -9,10 +9,23 @@ use std::collections::BTreeMap;
 
 use handoff_ledger::auth::key::new_key;
 use handoff_ledger::auth::Scope;
-use handoff_ledger::model::{NewQuarantine, Platform};
+use handoff_ledger::model::{NewQuarantine, Platform, StreamKey};
+use handoff_ledger::sources::{ledger, Delivery};
 
 use crate::browser::Browser;
 use crate::helpers::{aivo, fixture, spawn_app_with, ultimate, Backend, TestApp};
+
+/// Records an Ultimate webhook body as having arrived at `at`; its conversation.
+async fn bot_said(app: &TestApp, at: DateTime<Utc>, body: Value) -> Uuid {
+    let raw = body.to_string();
+    let delivery = Delivery {
+        received_at: at,
+        ..Delivery::default()
+    };
+    let parsed = handoff_ledger::sources::ultimate::parse(&raw, &body, &delivery).expect("an Ultimate body");
+    let outcomes = app.state.writer.append(parsed.events).await.expect("appended");
+    outcomes[0].conversation_id.expect("a conversation")
+}
 
 async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
     let (status, answer) = app.post_json(path, body).await;
@@ -46,34 +59,39 @@ async fn support_day() -> SupportDay {
         c.ultimate.api_key = "key".into();
         c.sla.queues.insert("2179".into(), 30);
         c.routing.default = Some(handoff_ledger::config::Route {
-            backend: "aivo_live".into(),
+            backend: handoff_ledger::model::Backend::AivoLive,
             groups: vec![2179],
             hours: None,
         });
     })
     .await;
     let pcid = format!("pc-{}", Uuid::new_v4());
-    let first = post_ok(
+    // The day is in the past: an event cannot have happened after it reached us, so the bot's part (its
+    // events carry no time of their own: they are stamped when they arrive) is recorded as having
+    // arrived five minutes ago, and the queue call's answer with it; Aivo's webhooks below carry their
+    // own times, minutes old.
+    let day = Utc::now() - Duration::seconds(300);
+    let first = bot_said(
         &app,
-        "/webhooks/ultimate/converse",
-        &ultimate(
+        day,
+        ultimate(
             "sendMessage",
             &pcid,
             json!({"messageId": "m1", "type": "text", "text": "Hi! I'm the billing assistant. How can I help?"}),
         ),
     )
     .await;
-    let handoff_id = first["conversation_id"].as_str().expect("id").to_string();
-    post_ok(
+    let handoff_id = first.to_string();
+    bot_said(
         &app,
-        "/webhooks/ultimate/converse",
-        &ultimate("widgetMessage", &pcid, json!({"text": "My invoice is wrong <again>"})),
+        day + Duration::seconds(1),
+        ultimate("widgetMessage", &pcid, json!({"text": "My invoice is wrong <again>"})),
     )
     .await;
-    post_ok(
+    bot_said(
         &app,
-        "/webhooks/ultimate/converse",
-        &ultimate(
+        day + Duration::seconds(2),
+        ultimate(
             "sendMessage",
             &pcid,
             json!({"messageId": "m2", "type": "text", "text": "Which plan are you on?",
@@ -85,10 +103,10 @@ async fn support_day() -> SupportDay {
         ),
     )
     .await;
-    post_ok(
+    bot_said(
         &app,
-        "/webhooks/ultimate/converse",
-        &ultimate(
+        day + Duration::seconds(3),
+        ultimate(
             "sendMessage",
             &pcid,
             json!({"messageId": "m3", "type": "text", "text": "Shall I get you a person?",
@@ -96,12 +114,23 @@ async fn support_day() -> SupportDay {
         ),
     )
     .await;
-    post_ok(
-        &app,
-        "/webhooks/ultimate/converse",
-        &ultimate("escalate", &pcid, json!({})),
-    )
-    .await;
+    bot_said(&app, day + Duration::seconds(4), ultimate("escalate", &pcid, json!({}))).await;
+    let accepted = ledger::QueueAccepted {
+        backend: "aivo_live".into(),
+        queue: Some("2179".into()),
+        live_id: room.clone(),
+        team: None,
+    };
+    app.state
+        .writer
+        .append(vec![ledger::queue_accepted(
+            first,
+            &accepted,
+            StreamKey::new(Platform::AivoLive, room.clone()),
+            day + Duration::seconds(5),
+        )])
+        .await
+        .expect("queue call recorded");
     let (_, queued) = app.get_json(&format!("/v1/conversations/{handoff_id}")).await;
     let t0 = DateTime::parse_from_rfc3339(queued["queued_at"].as_str().expect("queued"))
         .expect("time")

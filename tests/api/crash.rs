@@ -291,7 +291,111 @@ async fn replay_command_rebuilds_identical_projections(backend: Backend) {
     drop(pg);
 }
 
+/// The commands an event calls for commit with it: killed right after acknowledging an agent's attend
+/// (its widget update still on the wire, no result recorded), the service sends it after the restart, and
+/// the platform's redelivery of the attend then is a duplicate that relays nothing again.
+async fn an_acknowledged_event_keeps_its_relay_across_a_crash(backend: Backend) {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store_url, _pg) = fresh_store(backend, dir.path(), "relay.db").await;
+    let room = format!("room-{}", uuid::Uuid::new_v4());
+    let aivo = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
+        .mount(&aivo)
+        .await;
+    // The widget API: before the crash it never answers in time; after it, it answers at once.
+    let stuck = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(120)))
+        .mount(&stuck)
+        .await;
+    let widget = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(&widget)
+        .await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("ledger.toml");
+    let write_config = |widget_url: &str| {
+        let text = format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[store]\nurl = \"{store_url}\"\n\
+             [aivo_live]\nbase_url = \"{}\"\nbot_token = \"t\"\n\
+             [ultimate]\napi_url = \"{widget_url}\"\napi_key = \"k\"\n\
+             [routing]\ndefault = {{ backend = \"aivo_live\", groups = [2179] }}\n",
+            aivo.uri()
+        );
+        std::fs::write(&config, text).expect("config written");
+    };
+    let config_arg = config.display().to_string();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let post = |body: Value, path: &'static str| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let res = client.post(url).json(&body).send().await.expect("posted");
+            assert_eq!(res.status().as_u16(), 200);
+            res.json::<Value>().await.expect("an answer")
+        }
+    };
+    let pcid = format!("pc-{}", uuid::Uuid::new_v4());
+    let ultimate = |event_type: &str| {
+        json!({"botId": "BOT", "channel": "chat", "data": {"eventType": event_type, "platformConversationId": pcid,
+            "messageId": format!("{event_type}-1"), "type": "text", "text": "hello", "buttons": []}})
+    };
+    let attended = json!({"name": "attended", "roomId": room, "timestamp": 1_700_000_000_000_000_000_i64,
+        "data": {"agent": {"name": "Tomas", "groupId": 2179}}});
+
+    write_config(&stuck.uri());
+    let mut child = start_service(&["--config", &config_arg], &[]);
+    wait_ready(&client, &base).await;
+    post(ultimate("sendMessage"), "/webhooks/ultimate/converse").await;
+    post(ultimate("escalate"), "/webhooks/ultimate/converse").await;
+    let answer = post(attended.clone(), "/webhooks/aivo-live").await;
+    assert_eq!(answer["duplicate"], json!(false));
+    // The widget update is out (and hangs): the service dies with it unanswered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while stuck.received_requests().await.unwrap_or_default().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the widget update never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+
+    write_config(&widget.uri());
+    let mut child = start_service(&["--config", &config_arg], &[]);
+    wait_ready(&client, &base).await;
+    let sent = || async {
+        widget
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("Tomas"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while sent().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the relay was lost in the crash");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Aivo delivers the attend again: recognised, relayed no second time.
+    let again = post(attended, "/webhooks/aivo-live").await;
+    assert_eq!(again["duplicate"], json!(true));
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(sent().await, 1, "relayed once");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 on_both_stores!(
     acknowledged_webhooks_survive_sigkill,
-    replay_command_rebuilds_identical_projections
+    replay_command_rebuilds_identical_projections,
+    an_acknowledged_event_keeps_its_relay_across_a_crash,
 );

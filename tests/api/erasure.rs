@@ -62,7 +62,7 @@ async fn handed_off_with(backend: Backend, customize: impl FnOnce(&mut handoff_l
         c.routing.teams.insert(
             "sales".into(),
             handoff_ledger::config::Route {
-                backend: "aivo_live".into(),
+                backend: handoff_ledger::model::Backend::AivoLive,
                 groups: vec![2179],
                 hours: None,
             },

@@ -14,6 +14,19 @@ fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_milliseconds() as f64 / 1000.0
 }
 
+/// The time an Aivo Live body carries.
+fn aivo_time(body: &Value) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(body["timestamp"].as_i64().expect("an Aivo timestamp"))
+}
+
+/// Sleeps until `at` has passed on our clock.
+async fn sleep_until(at: DateTime<Utc>) {
+    let left = at - Utc::now() + Duration::milliseconds(5);
+    if let Ok(left) = left.to_std() {
+        tokio::time::sleep(left).await;
+    }
+}
+
 fn time(v: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
         .expect("RFC 3339")
@@ -38,7 +51,7 @@ async fn full_handoff_across_platforms(backend: Backend) {
         c.routing.teams.insert(
             "sales".into(),
             handoff_ledger::config::Route {
-                backend: "aivo_live".into(),
+                backend: handoff_ledger::model::Backend::AivoLive,
                 groups: vec![2179],
                 hours: None,
             },
@@ -74,13 +87,35 @@ async fn full_handoff_across_platforms(backend: Backend) {
     assert_eq!(queued["state"], json!("queued"), "{queued}");
     let t0 = time(&queued["queued_at"]);
 
+    // The visitor writes through the widget while waiting for the agent.
+    post_ok(
+        &app,
+        "/webhooks/ultimate/converse",
+        &ultimate(
+            "widgetMessage",
+            &pcid,
+            json!({"type": "text", "text": "I need my balance", "buttons": []}),
+        ),
+    )
+    .await;
+    let (status, _) = app
+        .post_json(
+            &format!("/v1/conversations/{id}/messages"),
+            &json!({"party": "visitor", "text": "Account 42"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // Aivo's webhooks carry Aivo's times, and an event cannot have happened after it reached us (a time
+    // after its arrival would be held back to the arrival): each is sent once its time has come. The
+    // 12 s wait and the 4 s first response are waited for; the rest of the chat follows quickly.
     let t_att = t0 + Duration::seconds(12);
     let t_trigger = t_att + Duration::milliseconds(500);
     let t_agent = t_att + Duration::seconds(4);
-    let t_transfer = t_att + Duration::seconds(30);
-    let t_att2 = t_transfer + Duration::seconds(40);
-    let t_agent2 = t_att2 + Duration::seconds(3);
-    let t_close = t_att2 + Duration::seconds(100);
+    let t_transfer = t_agent + Duration::milliseconds(100);
+    let t_att2 = t_transfer + Duration::milliseconds(100);
+    let t_agent2 = t_att2 + Duration::milliseconds(100);
+    let t_close = t_agent2 + Duration::milliseconds(100);
     let tomas = json!({"name": "Tomas", "nickname": "Tomas NICKK", "groupId": 2179});
     let lucia = json!({"name": "Lucia", "nickname": "Lu", "groupId": 5});
     for body in [
@@ -110,34 +145,12 @@ async fn full_handoff_across_platforms(backend: Backend) {
             t_agent2,
             json!({"action": "image", "value": "https://files.example/receipt.png", "source": "agent", "agent": lucia}),
         ),
+        aivo("close", &room, t_close, json!({"reason": "agent", "agent": {}})),
     ] {
+        sleep_until(aivo_time(&body)).await;
         let answer = post_ok(&app, "/webhooks/aivo-live", &body).await;
         assert_eq!(conv(&answer), id, "the room is part of the bot conversation");
     }
-    // The visitor writes through the widget while the agent attends.
-    post_ok(
-        &app,
-        "/webhooks/ultimate/converse",
-        &ultimate(
-            "widgetMessage",
-            &pcid,
-            json!({"type": "text", "text": "I need my balance", "buttons": []}),
-        ),
-    )
-    .await;
-    let (status, _) = app
-        .post_json(
-            &format!("/v1/conversations/{id}/messages"),
-            &json!({"party": "visitor", "text": "Account 42"}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    post_ok(
-        &app,
-        "/webhooks/aivo-live",
-        &aivo("close", &room, t_close, json!({"reason": "agent", "agent": {}})),
-    )
-    .await;
 
     let (status, c) = app.get_json(&format!("/v1/conversations/{id}")).await;
     assert_eq!(status, 200);
@@ -268,7 +281,21 @@ async fn full_handoff_across_platforms(backend: Backend) {
         assert_eq!(body["error"]["code"], json!("invalid_parameter"), "{bad}");
     }
 
-    // Raw events, in seq order, payloads as received.
+    // Raw events, in seq order, payloads as received. (Once the outbox has recorded every result: the log
+    // must not grow between the reads compared below.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+        let count = |kind: &str| {
+            events["items"]
+                .as_array()
+                .map_or(0, |items| items.iter().filter(|e| e["kind"] == json!(kind)).count())
+        };
+        if count("ledger.command") == count("ledger.command_result") || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
     assert_eq!(events["next_cursor"], Value::Null);
     let mut paged = Vec::new();
@@ -344,7 +371,12 @@ async fn live_webhook_before_the_link_merges(backend: Backend) {
     )
     .await;
     let bot_id: Uuid = bot["conversation_id"].as_str().unwrap().parse().unwrap();
-    let t0 = Utc::now() + Duration::seconds(2);
+    // Aivo's times are never after their arrival (an event cannot have happened after it reached us),
+    // within the half second of delivery delay that is not taken for a lagging clock, and after the bot's
+    // first message (the bot conversation started first); the queue call is our own record, 5 s before.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let attended = Utc::now() - Duration::milliseconds(500);
+    let t0 = attended - Duration::seconds(5);
     let early = post_ok(
         &app,
         "/webhooks/aivo-live",
@@ -358,6 +390,7 @@ async fn live_webhook_before_the_link_merges(backend: Backend) {
     .await;
     let room_id = early["conversation_id"].as_str().unwrap().to_string();
     assert_ne!(room_id, bot_id.to_string());
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     post_ok(
         &app,
         "/webhooks/aivo-live",
@@ -415,7 +448,7 @@ async fn live_webhook_before_the_link_merges(backend: Backend) {
     let later = post_ok(
         &app,
         "/webhooks/aivo-live",
-        &aivo("close", &room, t0 + Duration::seconds(60), json!({"reason": "agent"})),
+        &aivo("close", &room, Utc::now(), json!({"reason": "agent"})),
     )
     .await;
     assert_eq!(later["conversation_id"], json!(bot_id.to_string()));
@@ -447,7 +480,8 @@ fn without_positions(mut v: Value) -> Value {
 async fn shuffled_and_duplicated_delivery_gives_the_same_result(backend: Backend) {
     let pcid = "pc-shuffle";
     let room = "room-shuffle";
-    let t0 = DateTime::parse_from_rfc3339("2030-01-01T10:00:00Z")
+    // In the past: an event cannot have happened after it reached us.
+    let t0 = DateTime::parse_from_rfc3339("2025-01-01T10:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
     let live: Vec<(&str, Value)> = vec![
@@ -516,7 +550,18 @@ async fn shuffled_and_duplicated_delivery_gives_the_same_result(backend: Backend
     ];
     let mut results = Vec::new();
     for shuffle in [false, true] {
-        let app = spawn_app(backend).await;
+        // The widget takes the relays: no failed relay notes a failure on the handoff (notes made now, after
+        // the live side's times, would mark it in whichever order the relays ran).
+        let widget = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({})))
+            .mount(&widget)
+            .await;
+        let app = spawn_app_with(backend, |c| {
+            c.ultimate.api_url = widget.uri();
+            c.ultimate.api_key = "key".into();
+        })
+        .await;
         let bot = post_ok(
             &app,
             "/webhooks/ultimate/converse",
@@ -528,6 +573,18 @@ async fn shuffled_and_duplicated_delivery_gives_the_same_result(backend: Backend
         )
         .await;
         let bot_id: Uuid = bot["conversation_id"].as_str().unwrap().parse().unwrap();
+        // The bot conversation began before the live chat (our own record of it, in the past like the
+        // live side's times), so it is the one that survives the link in either order.
+        app.state
+            .writer
+            .append(vec![ledger::linked(
+                bot_id,
+                vec![StreamKey::new(Platform::Ultimate, pcid)],
+                "the bot conversation began",
+                t0 - Duration::seconds(60),
+            )])
+            .await
+            .unwrap();
         let link = ledger::queue_accepted(
             bot_id,
             &ledger::QueueAccepted {
@@ -627,9 +684,238 @@ async fn waiting_past_the_target_reads_breached(backend: Backend) {
     assert_eq!(listed(&pending), vec![ids[1].clone()]);
 }
 
+/// A live platform whose clock runs 10 s ahead of ours, then one whose clock runs 10 s behind: one
+/// handoff, the transcript in the order things were said, timers as they happened, and the visitor's
+/// leaving of the attended chat ends the live chat.
+async fn a_live_clock_ahead_or_behind_keeps_one_handoff_in_order(backend: Backend) {
+    for skew in [Duration::seconds(10), Duration::seconds(-10)] {
+        let room = format!("room-{}", Uuid::new_v4());
+        let live = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
+            .mount(&live)
+            .await;
+        let app = spawn_app_with(backend, |c| {
+            c.aivo_live.base_url = live.uri();
+            c.aivo_live.bot_token = "token".into();
+            c.aivo_live.close_path = "/conversations/{conversationId}/close".into();
+            c.ultimate.api_url = live.uri();
+            c.ultimate.api_key = "key".into();
+            c.routing.teams.insert(
+                "sales".into(),
+                handoff_ledger::config::Route {
+                    backend: handoff_ledger::model::Backend::AivoLive,
+                    groups: vec![2179],
+                    hours: None,
+                },
+            );
+        })
+        .await;
+        let pcid = format!("pc-{}", Uuid::new_v4());
+        let say = |text: &str| ultimate("widgetMessage", &pcid, json!({"type": "text", "text": text}));
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(400));
+        let first = post_ok(
+            &app,
+            "/webhooks/ultimate/converse",
+            &ultimate(
+                "sendMessage",
+                &pcid,
+                json!({"messageId": "m1", "type": "text", "text": "Hi!", "buttons": []}),
+            ),
+        )
+        .await;
+        let id = first["conversation_id"].as_str().expect("conversation id").to_string();
+        post_ok(
+            &app,
+            "/webhooks/ultimate/converse",
+            &ultimate("escalate", &pcid, json!({"escalateTo": "sales"})),
+        )
+        .await;
+        post_ok(&app, "/webhooks/ultimate/converse", &say("I need my balance")).await;
+        pause().await;
+        // Aivo stamps by its own clock.
+        let attended_sent = Utc::now();
+        post_ok(
+            &app,
+            "/webhooks/aivo-live",
+            &aivo(
+                "attended",
+                &room,
+                attended_sent + skew,
+                json!({"agent": {"name": "Tomas", "groupId": 2179}}),
+            ),
+        )
+        .await;
+        pause().await;
+        let answered_sent = Utc::now();
+        post_ok(
+            &app,
+            "/webhooks/aivo-live",
+            &aivo(
+                "messageToClient",
+                &room,
+                answered_sent + skew,
+                json!({"action": "text", "value": "Hi, Tomas here", "source": "agent", "agent": {"name": "Tomas"}}),
+            ),
+        )
+        .await;
+        pause().await;
+        post_ok(&app, "/webhooks/ultimate/converse", &say("Thanks")).await;
+        pause().await;
+        let left = Utc::now();
+        post_ok(
+            &app,
+            "/webhooks/ultimate/converse",
+            &ultimate("widgetEndSession", &pcid, json!({})),
+        )
+        .await;
+
+        // The live chat is ended: the close call reaches Aivo.
+        let close_path = format!("/conversations/{room}/close");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let requests = live.received_requests().await.unwrap_or_default();
+            if requests.iter().any(|r| r.url.path() == close_path) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "skew {skew}: no close call in {requests:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Aivo's own close comes after: the handoff is over already.
+        post_ok(
+            &app,
+            "/webhooks/aivo-live",
+            &aivo("close", &room, Utc::now() + skew, json!({"reason": "user left"})),
+        )
+        .await;
+
+        let (_, c) = app.get_json(&format!("/v1/conversations/{id}")).await;
+        assert_eq!(c["handoffs"].as_array().map(Vec::len), Some(1), "skew {skew}: {c}");
+        assert_eq!(c["state"], json!("closed"), "skew {skew}: {c}");
+        assert_eq!(c["disposition"], json!("completed"), "skew {skew}: {c}");
+        assert_eq!(c["close_reason"], json!("visitor_left"), "skew {skew}: {c}");
+        let queued = time(&c["queued_at"]);
+        let attended = time(&c["first_attended_at"]);
+        let closed = time(&c["closed_at"]);
+        // As they happened on our clock, within the delivery's own delay.
+        let near = |at: DateTime<Utc>, sent: DateTime<Utc>| (at - sent).num_milliseconds().abs() < 300;
+        assert!(
+            near(attended, attended_sent),
+            "skew {skew}: attended {attended}, sent {attended_sent}"
+        );
+        assert!(near(closed, left), "skew {skew}: closed {closed}, left {left}");
+        let wait = c["wait_seconds"].as_f64().expect("a wait");
+        assert!(
+            (wait - secs(queued, attended_sent)).abs() < 0.3,
+            "skew {skew}: wait {wait}"
+        );
+        let response = c["first_response_seconds"].as_f64().expect("a first response");
+        assert!(
+            (response - secs(attended_sent, answered_sent)).abs() < 0.3,
+            "skew {skew}: first response {response}"
+        );
+        assert!(
+            c["handle_seconds"].as_f64().is_some_and(|h| h > 0.0),
+            "skew {skew}: {c}"
+        );
+
+        let (_, t) = app.get_json(&format!("/v1/conversations/{id}/transcript")).await;
+        let lines: Vec<(&str, &str)> = t["messages"]
+            .as_array()
+            .expect("lines")
+            .iter()
+            .map(|m| (m["party"].as_str().unwrap_or(""), m["text"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("bot", "Hi!"),
+                ("visitor", "I need my balance"),
+                ("agent", "Hi, Tomas here"),
+                ("visitor", "Thanks")
+            ],
+            "skew {skew}"
+        );
+
+        // The log keeps Aivo's own times beside when it happened.
+        let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+        let items = events["items"].as_array().expect("events");
+        let attend = items
+            .iter()
+            .find(|e| e["kind"] == json!("aivo_live.attended"))
+            .expect("the attend");
+        assert_eq!(
+            time(&attend["platform_at"]),
+            handoff_ledger::sources::truncate_to_micros(attended_sent + skew)
+        );
+        assert!(time(&attend["occurred_at"]) <= time(&attend["received_at"]));
+        assert_eq!(
+            time(&attend["occurred_at"]),
+            time(&attend["platform_at"]).min(time(&attend["received_at"]))
+        );
+        let bot = items
+            .iter()
+            .find(|e| e["platform"] == json!("ultimate"))
+            .expect("a bot event");
+        assert_eq!(bot["platform_at"], Value::Null);
+    }
+}
+
+/// A Bright Pattern history answer of an old chat: the status events and the visitor's own messages carry
+/// no time; they keep their place in the answer (with the nearest timed event after them, else before
+/// them), not the arrival time, years later.
+async fn untimed_events_of_a_history_answer_keep_their_place(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ms = |secs: i64| (1_709_294_400 + secs) * 1000;
+    let history = json!({"events": [
+        {"event": "chat_session_status", "state": "queued"},
+        {"event": "chat_session_message", "msg_id": "v1", "msg": "hello?"},
+        {"event": "chat_session_party_joined", "party_id": "p1", "first_name": "Ana", "type": "internal",
+            "timestamp": ms(30)},
+        {"event": "chat_session_message", "msg_id": "a1", "party_id": "p1", "msg": "Hi, Ana here", "timestamp": ms(35)},
+        {"event": "chat_session_message", "msg_id": "v2", "msg": "my order"},
+        {"event": "chat_session_message", "msg_id": "a2", "party_id": "p1", "msg": "on its way", "timestamp": ms(50)},
+        {"event": "chat_session_message", "msg_id": "v3", "msg": "thanks"}
+    ]});
+    let answer = post_ok(&app, "/webhooks/bright-pattern/chat-old", &history).await;
+    let id = answer["conversation_id"].as_str().expect("conversation id").to_string();
+    let (_, t) = app.get_json(&format!("/v1/conversations/{id}/transcript")).await;
+    let lines: Vec<(String, DateTime<Utc>)> = t["messages"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap_or("").to_string(), time(&m["at"])))
+        .collect();
+    let at = |secs: i64| DateTime::from_timestamp(1_709_294_400 + secs, 0).expect("a time");
+    let expected: Vec<(String, DateTime<Utc>)> = [
+        ("hello?", at(30)),
+        ("Hi, Ana here", at(35)),
+        ("my order", at(50)),
+        ("on its way", at(50)),
+        ("thanks", at(50)),
+    ]
+    .iter()
+    .map(|(text, at)| (text.to_string(), *at))
+    .collect();
+    assert_eq!(lines, expected);
+    let (_, c) = app.get_json(&format!("/v1/conversations/{id}")).await;
+    assert_eq!(time(&c["queued_at"]), at(30));
+    assert_eq!(c["first_response_seconds"], json!(5.0));
+    // The log says what was sent: no time of their own, so `occurred_at` is the arrival.
+    let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+    let first = &events["items"][0];
+    assert_eq!(first["platform_at"], Value::Null);
+    assert_eq!(first["occurred_at"], first["received_at"]);
+}
+
 on_both_stores!(
+    untimed_events_of_a_history_answer_keep_their_place,
     full_handoff_across_platforms,
     live_webhook_before_the_link_merges,
     shuffled_and_duplicated_delivery_gives_the_same_result,
     waiting_past_the_target_reads_breached,
+    a_live_clock_ahead_or_behind_keeps_one_handoff_in_order,
 );

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use handoff_ledger::api::AppState;
+use handoff_ledger::auth::key::new_key;
+use handoff_ledger::auth::Scope;
 use handoff_ledger::config::Config;
 use handoff_ledger::startup::Application;
 use serde_json::{json, Value};
@@ -38,6 +40,17 @@ pub fn fixture(name: &str) -> String {
 
 /// Starts the service with a fresh store; `customize` adjusts the configuration first.
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with_keys(backend, &[], customize).await.0
+}
+
+/// Starts the service with a fresh store in which `keys` (name, scopes) exist before it starts (as
+/// `handoff-ledger keys create` would make them: a non-loopback bind refuses to start without one);
+/// the app and the keys, in the same order.
+pub async fn spawn_app_with_keys(
+    backend: Backend,
+    keys: &[(&str, &[Scope])],
+    customize: impl FnOnce(&mut Config),
+) -> (TestApp, Vec<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config::default();
     config.server.bind = "127.0.0.1:0".into();
@@ -53,17 +66,30 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Config
         }
     };
     customize(&mut config);
+    let mut created = Vec::new();
+    if !keys.is_empty() {
+        let store = handoff_ledger::store::open(&config.store.url, 1)
+            .await
+            .expect("open the store");
+        store.migrate().await.expect("migrate the store");
+        for (name, scopes) in keys {
+            let (stored, key) = new_key(name, scopes).expect("new key");
+            assert!(store.create_key(&stored).await.expect("create key"));
+            created.push(key);
+        }
+    }
     let app = Application::build(config).await.expect("build the application");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
     tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let app = TestApp {
         address,
         client: reqwest::Client::new(),
         state,
         _dir: dir,
         _pg: pg,
-    }
+    };
+    (app, created)
 }
 
 /// Starts the service with a fresh store and default configuration.

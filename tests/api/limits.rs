@@ -127,6 +127,64 @@ async fn postgres_readers_have_a_statement_timeout() {
     sqlx::query("SELECT pg_sleep(0.5)").execute(&mut writer).await.unwrap();
 }
 
+/// Readers cannot starve the writer: with every reader connection stuck (the readers' pool of one, held
+/// by a request waiting on a lock), a delivery is still committed through the writer's own pool.
+#[tokio::test]
+async fn stuck_readers_do_not_starve_the_writer() {
+    let app = spawn_app_with(Backend::Postgres, |c| c.store.max_connections = 1).await;
+    let url = app.state.config.store.url.clone();
+    // Every API request reads the keys first: with their table locked, a request holds the only
+    // reader connection until the lock goes.
+    let mut lock = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let stuck = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/v1/conversations"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stuck.is_finished(), "the reader was not held");
+    let started = Instant::now();
+    let delivery = tokio::spawn({
+        let (client, url) = (app.client.clone(), app.url("/webhooks/aivo-live"));
+        async move {
+            let res = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(fixture("aivo_attended.json"))
+                .send()
+                .await
+                .expect("an answer");
+            (res.status().as_u16(), res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    });
+    // Committed while the readers are stuck (seen from a connection of neither pool).
+    let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+    loop {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "nothing committed after {:?} while the readers were stuck",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let (status, answer) = delivery.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["seq"].is_i64(), "{answer}");
+    assert_eq!(stuck.await.unwrap().unwrap(), 200);
+}
+
 async fn connections_past_the_cap_wait_for_a_free_slot(backend: Backend) {
     let app = spawn_app_with(backend, |c| {
         c.server.workers = 1;
@@ -252,6 +310,38 @@ async fn a_junk_flood_cannot_grow_the_quarantine_past_its_limits(backend: Backen
     assert_eq!(status, 404);
 }
 
+/// `retention.quarantine_body_bytes`: a body is kept up to the configured size (with the whole body's size
+/// and SHA-256); one of exactly that size is kept whole.
+async fn the_quarantine_keeps_the_configured_body_bytes(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.retention.quarantine_body_bytes = 1000).await;
+    let junk = vec![b'#'; 5000];
+    let (status, _) = app.post_raw("/webhooks/aivo-live", junk.clone()).await;
+    assert_eq!(status, 400);
+    let (_, list) = app.get_json("/v1/quarantine").await;
+    let item = &list["items"][0];
+    assert_eq!(
+        (item["body_size"].clone(), item["body_truncated"].clone()),
+        (json!(5000), json!(true))
+    );
+    assert_eq!(item["body_sha256"], json!(hex::encode(Sha256::digest(&junk))));
+    let id = item["id"].as_i64().unwrap();
+    let (_, entry) = app.get_json(&format!("/v1/quarantine/{id}")).await;
+    assert_eq!(entry["body"].as_str().unwrap(), "#".repeat(1000));
+    // A truncated entry cannot be redriven: the delivery is not all there.
+    let (status, answer) = app.post_json(&format!("/v1/quarantine/{id}/redrive"), &json!({})).await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (409, json!("conflict")),
+        "{answer}"
+    );
+    // Exactly the cap: kept whole.
+    let (status, _) = app.post_raw("/webhooks/aivo-live", vec![b'#'; 1000]).await;
+    assert_eq!(status, 400);
+    let (_, list) = app.get_json("/v1/quarantine").await;
+    assert_eq!(list["items"][0]["body_truncated"], json!(false));
+    assert_eq!(list["items"][0]["body_size"], json!(1000));
+}
+
 async fn quarantine_entries_older_than_retention_are_deleted(backend: Backend) {
     let app = spawn_app_with(backend, |c| c.retention.quarantine_days = 30).await;
     let (status, _) = app.post_raw("/webhooks/aivo-live", "not json").await;
@@ -310,6 +400,66 @@ async fn a_clickhouse_that_never_answers_falls_back_to_the_store(backend: Backen
         .await
         .expect("an answer, not a hang");
     assert_eq!(res.status().as_u16(), 503);
+}
+
+/// An address nothing can connect to, without any network: a listener with a backlog of one that never
+/// accepts, its queue filled first, so the kernel drops every further SYN and a connect hangs. Keep the
+/// returned listener and connections alive for as long as the address is used.
+async fn unconnectable() -> (String, tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..64 {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connecting to fill the backlog: {e}"),
+            // The queue is full: connects hang from here on.
+            Err(_) => return (format!("http://{address}"), listener, queued),
+        }
+    }
+    panic!("the backlog never filled ({} connections queued)", queued.len());
+}
+
+async fn a_clickhouse_that_cannot_be_connected_to_falls_back_within_the_connect_timeout(backend: Backend) {
+    let (url, _listener, _queued) = unconnectable().await;
+    let app = spawn_app_with(backend, |c| {
+        c.clickhouse.url = url;
+        c.clickhouse.connect_timeout_ms = 300;
+        // Far longer than the test waits: only the connect timeout can end the attempt in time.
+        c.clickhouse.query_timeout_ms = 120_000;
+    })
+    .await;
+    let started = Instant::now();
+    let res = app
+        .client
+        .get(app.url("/v1/reports/sla"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let took = started.elapsed();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["source"], "store");
+    // It waited for the connect timeout (the connect hung rather than being refused), and no longer.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "fell back after {took:?}"
+    );
+    // Asked for ClickHouse explicitly: 503 as soon as the connect gives up.
+    let started = Instant::now();
+    let res = app
+        .client
+        .get(app.url("/v1/reports/dispositions?source=clickhouse"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let took = started.elapsed();
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
 }
 
 async fn report_ranges_are_capped(backend: Backend) {
@@ -382,6 +532,62 @@ async fn list_answers_stop_at_their_byte_cap(backend: Backend) {
         }
     }
     assert_eq!(ids.len(), 10);
+}
+
+/// A transcript export is bounded like a list: without a `limit`, a page stops before it passes
+/// `server.max_answer_bytes`, in every format, and the cursor gives the rest.
+async fn transcript_exports_stop_at_their_byte_cap(backend: Backend) {
+    let app = spawn_app_with(backend, |c| c.server.max_answer_bytes = 4096).await;
+    let mut id = String::new();
+    for i in 0..10 {
+        let body = json!({
+            "botId": "b",
+            "data": {"eventType": "sendMessage", "platformConversationId": "pc-long",
+                     "messageId": format!("m-{i}"), "text": format!("{i}:{}", "x".repeat(1000))}
+        });
+        let (status, answer) = app.post_json("/webhooks/ultimate/converse", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        id = answer["conversation_id"].as_str().unwrap().to_string();
+    }
+    // JSON: pages under the cap that, followed by their cursor, give every line once, in order.
+    let (mut cursor, mut texts) = (None::<String>, Vec::new());
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/conversations/{id}/transcript?cursor={c}"),
+            None => format!("/v1/conversations/{id}/transcript"),
+        };
+        let res = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let text = res.text().await.unwrap();
+        assert!(text.len() < 4096 + 2048, "{} bytes", text.len());
+        let page: Value = serde_json::from_str(&text).unwrap();
+        let lines = page["messages"].as_array().unwrap();
+        assert!(!lines.is_empty() && lines.len() < 10, "{} lines", lines.len());
+        texts.extend(
+            lines
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().split(':').next().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(texts, expected);
+    // Text and CSV: cut the same way, the cursor in `x-next-cursor`.
+    for format in ["text", "csv", "jsonl"] {
+        let res = app
+            .client
+            .get(app.url(&format!("/v1/conversations/{id}/transcript?format={format}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.headers().get("x-next-cursor").is_some(), "{format}");
+        let body = res.text().await.unwrap();
+        assert!(body.len() < 4096 + 2048, "{format}: {} bytes", body.len());
+        assert!(body.contains("0:xxx") && !body.contains("9:xxx"), "{format}");
+    }
 }
 
 async fn the_conversations_csv_is_streamed_in_order_across_windows(backend: Backend) {
@@ -486,11 +692,14 @@ on_both_stores!(
     idle_keep_alive_connections_are_closed,
     the_conversations_csv_is_streamed_in_order_across_windows,
     a_clickhouse_that_never_answers_falls_back_to_the_store,
+    a_clickhouse_that_cannot_be_connected_to_falls_back_within_the_connect_timeout,
     report_ranges_are_capped,
     list_answers_stop_at_their_byte_cap,
+    transcript_exports_stop_at_their_byte_cap,
     killing_the_writer_makes_readyz_fail_and_the_service_exit,
     slow_clients_are_cut_off_while_others_are_served,
     a_stuck_commit_is_503_with_retry_after,
     a_junk_flood_cannot_grow_the_quarantine_past_its_limits,
+    the_quarantine_keeps_the_configured_body_bytes,
     quarantine_entries_older_than_retention_are_deleted,
 );

@@ -29,7 +29,7 @@ async fn every_documented_event_is_stored_with_its_kind(backend: Backend) {
         // Aivo Live has no availability call: a configured route within its hours is online.
         c.aivo_live.bot_token = "token".into();
         c.routing.default = Some(handoff_ledger::config::Route {
-            backend: "aivo_live".into(),
+            backend: handoff_ledger::model::Backend::AivoLive,
             groups: vec![2179],
             hours: None,
         })
@@ -395,9 +395,47 @@ async fn query_api_answers_errors_as_json(backend: Backend) {
     assert!(html.contains("swagger"), "{html}");
 }
 
+/// A body that reuses a delivery key with other content is a newer version of that event: appended (the
+/// answer says `conflict`), shown in the event feed, and the transcript shows its content once.
+async fn a_redelivery_with_another_body_is_a_newer_version(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let said = |text: &str| {
+        json!({"name": "messageToClient", "roomId": "room-v", "timestamp": 1_706_293_970_842_633_079_i64,
+            "data": {"action": "text", "value": text, "source": "agent", "agent": {"name": "Tomas"}}})
+    };
+    let (s1, first) = app.post_json("/webhooks/aivo-live", &said("See you at 5")).await;
+    let (s2, second) = app.post_json("/webhooks/aivo-live", &said("See you at 6")).await;
+    let (s3, third) = app.post_json("/webhooks/aivo-live", &said("See you at 6")).await;
+    assert_eq!((s1, s2, s3), (200, 200, 200));
+    assert_eq!(first.get("conflict"), None, "{first}");
+    assert_eq!(
+        (&second["duplicate"], &second["conflict"]),
+        (&json!(false), &json!(true)),
+        "{second}"
+    );
+    assert_ne!(second["event_id"], first["event_id"]);
+    assert_eq!(second["conversation_id"], first["conversation_id"]);
+    assert_eq!(
+        third["duplicate"],
+        json!(true),
+        "the corrected body again is a redelivery: {third}"
+    );
+    assert_eq!(third["event_id"], second["event_id"]);
+    assert_eq!(event_count(&app).await, 2);
+    let id = first["conversation_id"].as_str().unwrap();
+    let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items[0].get("revision_of"), None);
+    assert_eq!(items[1]["revision_of"], first["event_id"]);
+    let (_, t) = app.get_json(&format!("/v1/conversations/{id}/transcript")).await;
+    let texts: Vec<&Value> = t["messages"].as_array().unwrap().iter().map(|m| &m["text"]).collect();
+    assert_eq!(texts, [&json!("See you at 6")]);
+}
+
 on_both_stores!(
     every_documented_event_is_stored_with_its_kind,
     redelivery_is_a_duplicate_and_appends_nothing,
+    a_redelivery_with_another_body_is_a_newer_version,
     unknown_event_types_are_kept_and_answered_202,
     bad_input_gets_its_status_and_is_quarantined,
     webhook_tokens_are_enforced,

@@ -12,6 +12,7 @@ use super::{
     QueueResult, VisitorContact,
 };
 use crate::config::AivoLiveConfig;
+use crate::model::Backend;
 
 /// Aivo requires this exact value for external queueing.
 const PROTOCOL_ID: i64 = 28;
@@ -70,6 +71,7 @@ pub struct AivoLiveClient {
     http: reqwest::Client,
     config: AivoLiveConfig,
     timeout: Duration,
+    max_response_bytes: usize,
 }
 
 impl AivoLiveClient {
@@ -80,7 +82,14 @@ impl AivoLiveClient {
             http,
             config: config.clone(),
             timeout: Duration::from_secs(config.timeout_seconds),
+            max_response_bytes: super::DEFAULT_MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes.max(1);
+        self
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> Result<String, BackendError> {
@@ -89,7 +98,7 @@ impl AivoLiveClient {
             .post(join_url(&self.config.base_url, path))
             .timeout(self.timeout)
             .json(body);
-        let (status, body) = send_and_read(request).await?;
+        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
         classify_status(status, body)
     }
 }
@@ -97,7 +106,7 @@ impl AivoLiveClient {
 #[async_trait]
 impl LiveBackend for AivoLiveClient {
     fn name(&self) -> &'static str {
-        "aivo_live"
+        Backend::AivoLive.as_str()
     }
 
     async fn queue(&self, req: &QueueRequest) -> Result<QueueResult, BackendError> {

@@ -13,6 +13,7 @@ use super::{
     QueueRequest, QueueResult, VisitorContact,
 };
 use crate::config::BrightPatternConfig;
+use crate::model::Backend;
 
 /// Error code: chat session not found.
 pub const ERROR_CHAT_NOT_FOUND: i64 = 5005;
@@ -150,6 +151,7 @@ pub struct BrightPatternClient {
     config: BrightPatternConfig,
     timeout: Duration,
     poll_timeout: Duration,
+    max_response_bytes: usize,
 }
 
 impl BrightPatternClient {
@@ -161,7 +163,14 @@ impl BrightPatternClient {
             config: config.clone(),
             timeout: Duration::from_secs(config.timeout_seconds),
             poll_timeout: Duration::from_secs(config.poll_timeout_seconds),
+            max_response_bytes: super::DEFAULT_MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes.max(1);
+        self
     }
 
     /// `Authorization` value of the mobile API.
@@ -195,7 +204,7 @@ impl BrightPatternClient {
             self.request(Method::POST, &path, self.timeout),
             &json!({ "events": events }),
         )?;
-        let (status, body) = send_and_read(request).await?;
+        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
         classify_send_answer(status, body)
     }
 
@@ -213,7 +222,11 @@ impl BrightPatternClient {
     /// One long poll on `GET /chats/{chat_id}/events`, under `poll_timeout_seconds`.
     pub async fn poll_events(&self, chat_id: &str) -> Result<PollOutcome, BackendError> {
         let path = format!("chats/{}/events", encode_segment(chat_id)?);
-        let (status, body) = send_and_read(self.request(Method::GET, &path, self.poll_timeout)).await?;
+        let (status, body) = send_and_read(
+            self.request(Method::GET, &path, self.poll_timeout),
+            self.max_response_bytes,
+        )
+        .await?;
         classify_poll(status, body)
     }
 }
@@ -221,7 +234,7 @@ impl BrightPatternClient {
 #[async_trait]
 impl LiveBackend for BrightPatternClient {
     fn name(&self) -> &'static str {
-        "bright_pattern"
+        Backend::BrightPattern.as_str()
     }
 
     async fn queue(&self, req: &QueueRequest) -> Result<QueueResult, BackendError> {
@@ -229,7 +242,7 @@ impl LiveBackend for BrightPatternClient {
             self.request(Method::POST, "chats", self.timeout),
             &chat_request_body(req),
         )?;
-        let (status, body) = send_and_read(request).await?;
+        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
         let body = classify_status(status, body)?;
         parse_chat_answer(&body, req.team.as_deref())
     }
@@ -243,7 +256,11 @@ impl LiveBackend for BrightPatternClient {
     }
 
     async fn is_available(&self) -> Result<bool, BackendError> {
-        let (status, body) = send_and_read(self.request(Method::GET, "availability", self.timeout)).await?;
+        let (status, body) = send_and_read(
+            self.request(Method::GET, "availability", self.timeout),
+            self.max_response_bytes,
+        )
+        .await?;
         parse_availability(&classify_status(status, body)?)
     }
 }

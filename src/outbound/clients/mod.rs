@@ -17,6 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::{Config, Route, RoutingConfig};
+use crate::model::Backend;
 
 pub use aivo_live::AivoLiveClient;
 pub use bright_pattern::{BrightPatternClient, PollOutcome};
@@ -98,15 +99,20 @@ pub fn classify_status(status: u16, body: String) -> Result<String, BackendError
     }
 }
 
-/// Sends a request and reads the whole answer (status and body) under the request's own timeout.
-pub(crate) async fn send_and_read(request: reqwest::RequestBuilder) -> Result<(u16, String), BackendError> {
+/// Sends a request and reads the whole answer (status and body) under the request's own timeout, up to
+/// `max_bytes` of body (`outbox.max_response_bytes`): a longer answer is not read further and fails the call.
+pub(crate) async fn send_and_read(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+) -> Result<(u16, String), BackendError> {
     let mut response = request.send().await.map_err(from_reqwest)?;
     let status = response.status().as_u16();
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(from_reqwest)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+        if body.len() + chunk.len() > max_bytes {
             return Err(BackendError::Invalid(format!(
-                "the answer (HTTP {status}) is larger than {MAX_RESPONSE_BYTES} bytes; not read further"
+                "the answer (HTTP {status}) is larger than {max_bytes} bytes (outbox.max_response_bytes); not \
+                 read further"
             )));
         }
         body.extend_from_slice(&chunk);
@@ -114,8 +120,9 @@ pub(crate) async fn send_and_read(request: reqwest::RequestBuilder) -> Result<(u
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Most bytes of a platform's answer that are read: a peer cannot make the service buffer more.
-pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Most bytes of a platform's answer that are read unless `outbox.max_response_bytes` says otherwise: a peer
+/// cannot make the service buffer more.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Joins a base URL and a relative path with exactly one slash between them.
 pub(crate) fn join_url(base: &str, path: &str) -> String {
@@ -287,17 +294,22 @@ impl Backends {
             if config.aivo_live.base_url.trim().is_empty() || config.aivo_live.bot_token.is_empty() {
                 None
             } else {
-                Some(Arc::new(AivoLiveClient::new(&config.aivo_live)?))
+                Some(Arc::new(
+                    AivoLiveClient::new(&config.aivo_live)?.with_max_response_bytes(config.outbox.max_response_bytes),
+                ))
             };
         let bright_pattern: Option<Arc<dyn LiveBackend>> = if config.bright_pattern.base_url.trim().is_empty() {
             None
         } else {
-            Some(Arc::new(BrightPatternClient::new(&config.bright_pattern)?))
+            Some(Arc::new(
+                BrightPatternClient::new(&config.bright_pattern)?
+                    .with_max_response_bytes(config.outbox.max_response_bytes),
+            ))
         };
         let widget = if config.ultimate.api_url.trim().is_empty() || config.ultimate.api_key.is_empty() {
             None
         } else {
-            Some(UltimateWidgetClient::new(&config.ultimate)?)
+            Some(UltimateWidgetClient::new(&config.ultimate)?.with_max_response_bytes(config.outbox.max_response_bytes))
         };
         Ok(Backends {
             aivo,
@@ -308,10 +320,14 @@ impl Backends {
 
     /// The backend a route names, when it is configured.
     pub fn for_route(&self, route: &Route) -> Option<Arc<dyn LiveBackend>> {
-        match route.backend.as_str() {
-            "aivo_live" => self.aivo.clone(),
-            "bright_pattern" => self.bright_pattern.clone(),
-            _ => None,
+        self.live(route.backend)
+    }
+
+    /// The client of a live backend, when it is configured.
+    pub fn live(&self, backend: Backend) -> Option<Arc<dyn LiveBackend>> {
+        match backend {
+            Backend::AivoLive => self.aivo.clone(),
+            Backend::BrightPattern => self.bright_pattern.clone(),
         }
     }
 

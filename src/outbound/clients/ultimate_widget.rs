@@ -104,6 +104,7 @@ pub struct UltimateWidgetClient {
     http: reqwest::Client,
     config: UltimateConfig,
     timeout: Duration,
+    max_response_bytes: usize,
 }
 
 impl UltimateWidgetClient {
@@ -114,7 +115,14 @@ impl UltimateWidgetClient {
             http,
             config: config.clone(),
             timeout: Duration::from_secs(config.timeout_seconds),
+            max_response_bytes: super::DEFAULT_MAX_RESPONSE_BYTES,
         })
+    }
+
+    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
+    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes.max(1);
+        self
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(), BackendError> {
@@ -125,7 +133,7 @@ impl UltimateWidgetClient {
             .header("botid", &self.config.bot_id)
             .timeout(self.timeout)
             .json(body);
-        let (status, body) = send_and_read(request).await?;
+        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
         classify_status(status, body).map(|_| ())
     }
 
