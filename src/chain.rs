@@ -273,13 +273,210 @@ impl fmt::Display for ChainBreak {
     }
 }
 
-/// Walks the log in `seq` order and checks every link. Feed it every row with [`check`](Self::check),
-/// then call [`finish`](Self::finish).
+/// A row of the log as stored, borrowed from what the store read: the fields the chain covers, the
+/// payload (its digest is what the chain covers), and the stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredLink<'a> {
+    /// `seq`.
+    pub seq: i64,
+    /// `event_id` as stored.
+    pub event_id: &'a str,
+    /// `platform`.
+    pub platform: &'a str,
+    /// `external_id`.
+    pub external_id: &'a str,
+    /// `kind`.
+    pub kind: &'a str,
+    /// `occurred_at`, micros.
+    pub occurred_at: i64,
+    /// `received_at`, micros.
+    pub received_at: i64,
+    /// `payload` text.
+    pub payload: &'a str,
+    /// `hash` hex (None: never hashed).
+    pub hash: Option<&'a str>,
+}
+
+impl ChainRow {
+    /// The row as the checks read it.
+    pub fn link(&self) -> StoredLink<'_> {
+        StoredLink {
+            seq: self.seq,
+            event_id: &self.event_id,
+            platform: &self.platform,
+            external_id: &self.external_id,
+            kind: &self.kind,
+            occurred_at: self.occurred_at,
+            received_at: self.received_at,
+            payload: &self.payload,
+            hash: self.hash.as_deref(),
+        }
+    }
+}
+
+/// Checks one row against the hash of the row before it: its hash (which is the stored one), and
+/// the stub it holds when its payload is an erasure stub chained with the original's digest.
+///
+/// Every row can be checked this way on its own, against its predecessor's *stored* hash: when all
+/// rows before it hold, that is the hash a walk from the start computes, so the first row failing
+/// here is the first row at which the chain breaks. That is what lets `verify` check pages in parallel.
+fn check_link(prev: &Sha256Digest, row: &StoredLink<'_>) -> Result<(Sha256Digest, Option<ErasureStub>), BreakReason> {
+    let stored = row.hash.ok_or(BreakReason::Unhashed)?;
+    let event_id = Uuid::parse_str(row.event_id)
+        .map_err(|e| BreakReason::Unreadable(format!("event_id `{}`: {e}", row.event_id)))?;
+    let mut link = ChainLink {
+        seq: row.seq,
+        event_id,
+        platform: row.platform,
+        external_id: row.external_id,
+        kind: row.kind,
+        occurred_at: row.occurred_at,
+        received_at: row.received_at,
+        payload_sha256: [0; 32],
+    };
+    let stored_digest = from_hex(stored);
+    // A stub chains with the original's digest. A platform body that merely looks like a stub
+    // chains with its own digest, and is tried second.
+    let stub = ErasureStub::parse(row.payload);
+    if let Some(digest) = stub.as_ref().and_then(ErasureStub::digest) {
+        link.payload_sha256 = digest;
+        let hash = event_hash(prev, &link);
+        if Some(hash) == stored_digest {
+            return Ok((hash, stub));
+        }
+    }
+    link.payload_sha256 = payload_sha256(row.payload);
+    let hash = event_hash(prev, &link);
+    if Some(hash) == stored_digest {
+        return Ok((hash, None));
+    }
+    Err(BreakReason::Mismatch {
+        expected: to_hex(&hash),
+        stored: stored.to_string(),
+    })
+}
+
+/// What a walk must remember of a checked row to judge erasure stubs at the end, in seq order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mark {
+    /// A row holding an erasure stub: (seq, erasure, hex digest of the original).
+    Stub(i64, Uuid, String),
+    /// A `ledger.erased` event: the stubs it records.
+    Record(ErasureRecord),
+}
+
+/// Marks of a checked row (none for most rows).
+fn marks_of(row: &StoredLink<'_>, stub: Option<ErasureStub>, out: &mut Vec<Mark>) {
+    if let Some(stub) = stub {
+        out.push(Mark::Stub(row.seq, stub.erasure_id, stub.payload_sha256));
+    }
+    if row.kind == ERASED_KIND {
+        if let Ok(record) = serde_json::from_str::<ErasureRecord>(row.payload) {
+            out.push(Mark::Record(record));
+        }
+    }
+}
+
+/// The check of one run of the log: the rows stored with `first_seq <= seq <= last_seq`, each checked
+/// against its predecessor's stored hash, independently of every other run ([`check_run`]). A
+/// [`Verifier`] takes runs in seq order and decides where the chain first breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    /// The first seq of the run's range.
+    first_seq: i64,
+    /// The seq of the first row read in the range (None: no row in it).
+    first_found: Option<i64>,
+    /// Rows that hold, from the start of the run.
+    checked: u64,
+    /// The last of them: seq and hash.
+    last: Option<(i64, Sha256Digest)>,
+    /// The first row that does not hold (every row after it is ignored).
+    broken: Option<ChainBreak>,
+    /// Whether the row at the pinned seq was checked (and carries the pinned hash).
+    pinned_seen: bool,
+    /// Stubs and erasure records among the rows that hold, in seq order.
+    marks: Vec<Mark>,
+}
+
+impl RunReport {
+    /// Rows of the run that hold.
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
+}
+
+/// Checks the rows of the range `first_seq..` (in seq order, the range's rows only). `anchor` is the
+/// stored row just before the range when the store has it (ignored when `first_seq` is 1: the first
+/// row chains to [`GENESIS`]); when it is not the row at `first_seq - 1`, a row is missing there,
+/// which the [`Verifier`] reports before anything this run found.
+pub fn check_run<'a>(
+    first_seq: i64,
+    anchor: Option<&StoredLink<'a>>,
+    rows: impl IntoIterator<Item = StoredLink<'a>>,
+    pinned: Option<&ChainHead>,
+) -> RunReport {
+    let mut prev = match anchor {
+        _ if first_seq <= 1 => GENESIS,
+        Some(a) if a.seq == first_seq - 1 => a.hash.and_then(from_hex).unwrap_or(GENESIS),
+        // Missing predecessor: the verifier reports it; what this run finds does not count.
+        _ => GENESIS,
+    };
+    let mut report = RunReport {
+        first_seq,
+        first_found: None,
+        checked: 0,
+        last: None,
+        broken: None,
+        pinned_seen: false,
+        marks: Vec::new(),
+    };
+    for (next_seq, row) in (first_seq..).zip(rows) {
+        report.first_found.get_or_insert(row.seq);
+        if row.seq != next_seq {
+            report.broken = Some(ChainBreak {
+                seq: next_seq,
+                reason: BreakReason::Missing { found: row.seq },
+            });
+            break;
+        }
+        let (hash, stub) = match check_link(&prev, &row) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                report.broken = Some(ChainBreak { seq: row.seq, reason });
+                break;
+            }
+        };
+        if let Some(pin) = pinned.filter(|p| p.seq == row.seq) {
+            let stored = row.hash.unwrap_or_default();
+            if stored != pin.hash {
+                report.broken = Some(ChainBreak {
+                    seq: row.seq,
+                    reason: BreakReason::PinMismatch {
+                        pinned: pin.hash.clone(),
+                        stored: stored.to_string(),
+                    },
+                });
+                break;
+            }
+            report.pinned_seen = true;
+        }
+        marks_of(&row, stub, &mut report.marks);
+        prev = hash;
+        report.last = Some((row.seq, hash));
+        report.checked += 1;
+    }
+    report
+}
+
+/// Walks the log in `seq` order and checks every link. Feed it every row with [`check`](Self::check)
+/// or runs of rows checked apart with [`absorb`](Self::absorb) (in seq order), then call
+/// [`finish`](Self::finish).
 #[derive(Debug, Clone)]
 pub struct Verifier {
     prev: Sha256Digest,
     next_seq: i64,
     checked: u64,
+    pinned_seen: bool,
     /// Stubs seen and not yet recorded by a `ledger.erased` event: seq -> (erasure, digest).
     unrecorded: BTreeMap<i64, (Uuid, String)>,
 }
@@ -297,6 +494,7 @@ impl Verifier {
             prev: GENESIS,
             next_seq: 1,
             checked: 0,
+            pinned_seen: false,
             unrecorded: BTreeMap::new(),
         }
     }
@@ -311,64 +509,76 @@ impl Verifier {
         self.prev
     }
 
+    /// The seq the next row must have.
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
+    /// Whether a run absorbed so far checked the row at the pinned seq.
+    pub fn pinned_seen(&self) -> bool {
+        self.pinned_seen
+    }
+
     /// Checks the next row.
     pub fn check(&mut self, row: &ChainRow) -> Result<(), ChainBreak> {
-        let broken = |reason| ChainBreak { seq: row.seq, reason };
+        let row = row.link();
         if row.seq != self.next_seq {
             return Err(ChainBreak {
                 seq: self.next_seq,
                 reason: BreakReason::Missing { found: row.seq },
             });
         }
-        let stored = row.hash.as_deref().ok_or_else(|| broken(BreakReason::Unhashed))?;
-        let event_id = Uuid::parse_str(&row.event_id)
-            .map_err(|e| broken(BreakReason::Unreadable(format!("event_id `{}`: {e}", row.event_id))))?;
-        let mut link = ChainLink {
-            seq: row.seq,
-            event_id,
-            platform: &row.platform,
-            external_id: &row.external_id,
-            kind: &row.kind,
-            occurred_at: row.occurred_at,
-            received_at: row.received_at,
-            payload_sha256: [0; 32],
-        };
-        let stored_digest = from_hex(stored);
-        let stub = ErasureStub::parse(&row.payload);
-        // A stub chains with the original's digest. A platform body that merely looks like a stub
-        // chains with its own digest, and is tried second.
-        let mut matched = None;
-        let candidates = stub.iter().filter_map(|s| s.digest().map(|d| (d, true)));
-        for (digest, is_stub) in candidates.chain(std::iter::once((payload_sha256(&row.payload), false))) {
-            link.payload_sha256 = digest;
-            let hash = event_hash(&self.prev, &link);
-            if Some(hash) == stored_digest {
-                matched = Some((hash, is_stub));
-                break;
-            }
-        }
-        let Some((hash, is_stub)) = matched else {
-            return Err(broken(BreakReason::Mismatch {
-                expected: to_hex(&event_hash(&self.prev, &link)),
-                stored: stored.to_string(),
-            }));
-        };
-        if let (true, Some(stub)) = (is_stub, stub) {
-            self.unrecorded.insert(row.seq, (stub.erasure_id, stub.payload_sha256));
-        }
-        if row.kind == ERASED_KIND {
-            if let Ok(record) = serde_json::from_str::<ErasureRecord>(&row.payload) {
-                for e in &record.events {
-                    if self.unrecorded.get(&e.seq) == Some(&(record.erasure_id, e.payload_sha256.clone())) {
-                        self.unrecorded.remove(&e.seq);
-                    }
-                }
-            }
-        }
+        let (hash, stub) = check_link(&self.prev, &row).map_err(|reason| ChainBreak { seq: row.seq, reason })?;
+        let mut marks = Vec::new();
+        marks_of(&row, stub, &mut marks);
+        self.apply(marks);
         self.prev = hash;
         self.next_seq += 1;
         self.checked += 1;
         Ok(())
+    }
+
+    /// Takes the next run (runs in seq order, each starting where the previous range ended). A run
+    /// whose range starts after a row the walk has not seen reports that row as missing.
+    pub fn absorb(&mut self, run: RunReport) -> Result<(), ChainBreak> {
+        if run.first_seq != self.next_seq {
+            // Rows before the run's range are missing; its first row is the next one read.
+            return match run.first_found {
+                Some(found) => Err(ChainBreak {
+                    seq: self.next_seq,
+                    reason: BreakReason::Missing { found },
+                }),
+                None => Ok(()),
+            };
+        }
+        self.apply(run.marks);
+        self.checked += run.checked;
+        self.pinned_seen |= run.pinned_seen;
+        if let Some((seq, hash)) = run.last {
+            self.prev = hash;
+            self.next_seq = seq + 1;
+        }
+        match run.broken {
+            Some(broken) => Err(broken),
+            None => Ok(()),
+        }
+    }
+
+    fn apply(&mut self, marks: Vec<Mark>) {
+        for mark in marks {
+            match mark {
+                Mark::Stub(seq, erasure_id, digest) => {
+                    self.unrecorded.insert(seq, (erasure_id, digest));
+                }
+                Mark::Record(record) => {
+                    for e in record.events {
+                        if self.unrecorded.get(&e.seq) == Some(&(record.erasure_id, e.payload_sha256.clone())) {
+                            self.unrecorded.remove(&e.seq);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Ends the walk: fails on a stub no `ledger.erased` event recorded; else the number of rows checked.
@@ -435,6 +645,85 @@ mod tests {
             v.check(r)?;
         }
         v.finish()
+    }
+
+    /// The verdict of runs of `page` seqs (ranges from 1 to the highest seq), each checked apart with
+    /// the row before its range, as `verify` reads them.
+    fn verify_in_runs(rows: &[ChainRow], page: i64, pinned: Option<&ChainHead>) -> Result<u64, ChainBreak> {
+        let mut v = Verifier::new();
+        let end = rows.iter().map(|r| r.seq).max().unwrap_or(0);
+        let mut first = 1;
+        while first <= end {
+            let last = first + page - 1;
+            let anchor = rows.iter().find(|r| r.seq == first - 1).map(ChainRow::link);
+            let run = rows
+                .iter()
+                .filter(|r| (first..=last).contains(&r.seq))
+                .map(ChainRow::link);
+            v.absorb(check_run(first, anchor.as_ref(), run, pinned))?;
+            first = last + 1;
+        }
+        v.finish()
+    }
+
+    /// Logs with every kind of damage, each judged the same walked row by row and in runs of any size.
+    #[test]
+    fn runs_checked_apart_give_the_verdict_of_one_walk() {
+        let original = "{\"text\":\"my phone is 555-0100\"}";
+        let base = log(&["{}", "{\"a\":1}", original, "{\"b\":2}", "{}", "{\"c\":3}", "{}", "{}"]);
+        let stubbed = |rows: &mut Vec<ChainRow>| {
+            rows[2].payload = ErasureStub::new(Uuid::from_u128(7), &payload_sha256(original)).to_payload();
+        };
+        let mut logs: Vec<(&str, Vec<ChainRow>)> = vec![("intact", base.clone())];
+        let mut changed = base.clone();
+        changed[4].payload = "{\"x\":1}".into();
+        logs.push(("changed payload", changed));
+        for gone in [0, 1, 3, 4, 7] {
+            let mut deleted = base.clone();
+            deleted.remove(gone);
+            logs.push(("deleted row", deleted));
+        }
+        let mut several = base.clone();
+        several.drain(2..6);
+        logs.push(("deleted rows", several));
+        let mut unhashed = base.clone();
+        unhashed[5].hash = None;
+        logs.push(("unhashed", unhashed));
+        let mut malformed = base.clone();
+        malformed[3].hash = Some("zz".into());
+        logs.push(("malformed hash", malformed));
+        let mut bad_id = base.clone();
+        bad_id[6].event_id = "not-a-uuid".into();
+        logs.push(("bad id", bad_id));
+        let mut unrecorded = base.clone();
+        stubbed(&mut unrecorded);
+        logs.push(("unrecorded stub", unrecorded));
+        let mut both = base.clone();
+        stubbed(&mut both);
+        both[5].payload = "{}".into();
+        logs.push(("stub then change", both));
+        for (what, rows) in &logs {
+            let walked = verify(rows);
+            for page in 1..=9 {
+                assert_eq!(verify_in_runs(rows, page, None), walked, "{what}, runs of {page}");
+            }
+        }
+        assert_eq!(verify_in_runs(&base, 3, None), Ok(8));
+        // A pinned head is checked wherever it falls.
+        let pin = ChainHead {
+            seq: 5,
+            hash: base[4].hash.clone().unwrap(),
+        };
+        let wrong = ChainHead {
+            hash: "ab".repeat(32),
+            ..pin.clone()
+        };
+        for page in 1..=9 {
+            assert_eq!(verify_in_runs(&base, page, Some(&pin)), Ok(8));
+            let broken = verify_in_runs(&base, page, Some(&wrong)).unwrap_err();
+            assert_eq!(broken.seq, 5);
+            assert!(matches!(broken.reason, BreakReason::PinMismatch { .. }));
+        }
     }
 
     #[test]
@@ -579,6 +868,9 @@ mod tests {
         erased.hash = Some(to_hex(&event_hash(&prev, &link)));
         rows.push(erased);
         assert_eq!(verify(&rows), Ok(4));
+        for page in 1..=5 {
+            assert_eq!(verify_in_runs(&rows, page, None), Ok(4), "runs of {page}");
+        }
     }
 
     #[test]

@@ -10,12 +10,25 @@ use crate::erasure::ErasureCertificate;
 
 pub(super) const SQL_STREAMS_OF: &str =
     "SELECT platform, external_id FROM streams WHERE conversation_id = $1 ORDER BY first_seq";
-pub(super) const SQL_INSERT_ERASED_EVENT: &str =
-    "INSERT INTO erased_events (seq, erasure_id, payload_sha256) VALUES ($1, $2, $3)";
-// The one UPDATE the append-only guard lets through (it checks the stub against erased_events).
-pub(super) const SQL_STUB_PAYLOAD: &str = "UPDATE events SET payload = $1, headers = '{}' WHERE seq = $2";
+// What an erasure reads: the conversation's events no erasure replaced yet.
+pub(super) fn events_to_erase_sql() -> String {
+    format!(
+        "SELECT {} FROM events e \
+         JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE s.conversation_id = $1 AND e.kind <> $2 \
+         AND NOT EXISTS (SELECT 1 FROM erased_events x WHERE x.seq = e.seq) ORDER BY e.seq",
+        codec::EVENT_COLUMNS
+    )
+}
+pub(super) const ERASED_EVENT_COLUMNS: [&str; 3] = ["seq", "erasure_id", "payload_sha256"];
+// The one UPDATE the append-only guard lets through: every payload the erasure registered in
+// erased_events becomes exactly the stub the guard expects there (`ErasureStub::to_payload`'s text),
+// in one statement whatever the number of events.
+pub(super) const SQL_STUB_PAYLOADS: &str = "UPDATE events SET headers = '{}', payload = (\
+     SELECT '{\"erased\":true,\"erasure_id\":\"' || x.erasure_id || '\",\"payload_sha256\":\"' \
+     || x.payload_sha256 || '\"}' FROM erased_events x WHERE x.seq = events.seq) \
+     WHERE seq IN (SELECT seq FROM erased_events WHERE erasure_id = $1)";
 pub(super) const SQL_QUARANTINE_PAGE: &str = "SELECT id, path, body FROM quarantine WHERE id > $1 ORDER BY id LIMIT $2";
-pub(super) const SQL_DELETE_QUARANTINE: &str = "DELETE FROM quarantine WHERE id = $1";
 pub(super) const SQL_EVENT_HASH: &str = "SELECT hash FROM events WHERE seq = $1";
 pub(super) const SQL_INSERT_ERASURE: &str =
     "INSERT INTO erasures (id, at, conversation_ids, seq, chain_head) VALUES ($1, $2, $3, $4, $5)";
@@ -36,9 +49,9 @@ pub(super) const SQL_TO_ERASE: &str = "SELECT c.id FROM conversations c \
 /// Quarantine rows read per round trip while looking for a conversation's deliveries.
 pub(super) const QUARANTINE_PAGE: i64 = 500;
 
-pub(super) fn erased_seqs_sql(n: usize) -> String {
+pub(super) fn delete_quarantine_sql(n: usize) -> String {
     format!(
-        "SELECT seq FROM erased_events WHERE seq IN ({})",
+        "DELETE FROM quarantine WHERE id IN ({})",
         super::sql::placeholders(1, n)
     )
 }
@@ -97,23 +110,6 @@ macro_rules! erasing_store {
                 erasing::certificate(row, events).map(Some)
             }
 
-            /// Seqs among `seqs` an earlier erasure already replaced.
-            async fn already_erased(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                seqs: &[i64],
-            ) -> StoreResult<std::collections::BTreeSet<i64>> {
-                let mut found = std::collections::BTreeSet::new();
-                for chunk in seqs.chunks(IN_CHUNK) {
-                    let sql = erasing::erased_seqs_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (i64,)>(&sql);
-                    for seq in chunk {
-                        query = query.bind(*seq);
-                    }
-                    found.extend(query.fetch_all(&mut *conn).await?.into_iter().map(|(s,)| s));
-                }
-                Ok(found)
-            }
-
             /// Deletes the quarantined deliveries of `streams`; returns how many.
             async fn delete_quarantined(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -137,11 +133,13 @@ macro_rules! erasing_store {
                     );
                     after = last;
                 }
-                for id in &doomed {
-                    sqlx::query(erasing::SQL_DELETE_QUARANTINE)
-                        .bind(id)
-                        .execute(&mut *conn)
-                        .await?;
+                for chunk in doomed.chunks(IN_CHUNK) {
+                    let sql = erasing::delete_quarantine_sql(chunk.len());
+                    let mut query = sqlx::query(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *conn).await?;
                 }
                 Ok(doomed.len() as u64)
             }
@@ -181,17 +179,11 @@ macro_rules! erasing_store {
                     .into_iter()
                     .map(|(platform, external_id)| codec::stream_key(&platform, external_id))
                     .collect::<StoreResult<Vec<StreamKey>>>()?;
-                let rows: Vec<EventRow> = sqlx::query_as(&conversation_events_sql(false))
+                let rows: Vec<EventRow> = sqlx::query_as(&erasing::events_to_erase_sql())
                     .bind(conversation.to_string())
-                    .bind(0i64)
+                    .bind(crate::chain::ERASED_KIND)
                     .fetch_all(&mut *conn)
                     .await?;
-                let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-                let done = Self::already_erased(conn, &seqs).await?;
-                let rows: Vec<EventRow> = rows
-                    .into_iter()
-                    .filter(|r| r.4 != crate::chain::ERASED_KIND && !done.contains(&r.0))
-                    .collect();
                 if rows.is_empty() {
                     // Erased before and nothing new since: the earlier certificate stands.
                     let latest: Option<(String,)> = sqlx::query_as(erasing::SQL_LATEST_ERASURE_OF)
@@ -204,9 +196,9 @@ macro_rules! erasing_store {
                 }
                 let mut erased = Vec::with_capacity(rows.len());
                 let mut kept = Vec::with_capacity(rows.len());
+                let mut registered = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let digest = crate::chain::payload_sha256(erasing::payload_text(&row));
-                    let stub = crate::chain::ErasureStub::new(erasure_id, &digest);
+                    let digest = crate::chain::to_hex(&crate::chain::payload_sha256(erasing::payload_text(&row)));
                     let event = codec::decode_event(row)?;
                     kept.push(crate::sources::KeptEvent {
                         seq: event.seq,
@@ -214,22 +206,22 @@ macro_rules! erasing_store {
                         platform: event.platform,
                         facts: crate::erasure::kept_facts(crate::sources::facts_of(&event)),
                     });
-                    sqlx::query(erasing::SQL_INSERT_ERASED_EVENT)
-                        .bind(event.seq)
-                        .bind(erasure_id.to_string())
-                        .bind(&stub.payload_sha256)
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query(erasing::SQL_STUB_PAYLOAD)
-                        .bind(stub.to_payload())
-                        .bind(event.seq)
-                        .execute(&mut *conn)
-                        .await?;
+                    registered.push(vec![
+                        Bind::Int(event.seq),
+                        Bind::Text(erasure_id.to_string()),
+                        Bind::Text(digest.clone()),
+                    ]);
                     erased.push(crate::chain::ErasedEvent {
                         seq: event.seq,
-                        payload_sha256: stub.payload_sha256,
+                        payload_sha256: digest,
                     });
                 }
+                // Registered first: the guard lets a payload become only the stub registered for it.
+                Self::insert_rows(conn, "erased_events", &erasing::ERASED_EVENT_COLUMNS, registered, "").await?;
+                sqlx::query(erasing::SQL_STUB_PAYLOADS)
+                    .bind(erasure_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
                 let quarantined = Self::delete_quarantined(conn, &streams).await?;
                 let record = crate::sources::ledger::ErasedPayload {
                     erasure_id,

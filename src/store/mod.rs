@@ -26,6 +26,7 @@ use crate::model::{
     QuarantineEntry, Redrive, SlaStatus, StoredEvent,
 };
 
+pub use chained::ChainPage;
 pub use keys::KeyStore;
 pub use quarantine::QuarantineStore;
 pub use sql::{PostgresStore, SqliteStore};
@@ -225,6 +226,10 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
 
     /// The log's rows as the chain covers them, `seq > after_seq`, at most `limit`, in seq order.
     async fn chain_rows(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<ChainRow>>;
+
+    /// The rows with `first_seq <= seq <= last_seq` as the chain covers them, read as one page
+    /// (what `verify` walks: many thousands of rows per round trip).
+    async fn chain_page(&self, first_seq: i64, last_seq: i64) -> StoreResult<ChainPage>;
 
     /// Erases the conversation `target` names, in one transaction (see `crate::erasure`); None when
     /// there is no such conversation. A conversation erased before with nothing new since answers the

@@ -1511,6 +1511,10 @@ macro_rules! sql_store {
                 self.chain_rows_of(after_seq, limit).await
             }
 
+            async fn chain_page(&self, first_seq: i64, last_seq: i64) -> StoreResult<super::ChainPage> {
+                self.chain_page_of(first_seq, last_seq).await
+            }
+
             async fn erase(
                 &self,
                 target: &crate::erasure::ErasureTarget,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, Row};
 use uuid::Uuid;
 
+use handoff_ledger::transcript::TranscriptFormat;
 use handoff_ledger::verify::{verify_log, Verdict};
 
 use crate::helpers::{aivo, post_ok, spawn_app_with, ultimate, Backend, TestApp};
@@ -194,7 +195,6 @@ async fn handed_off_with(backend: Backend, customize: impl FnOnce(&mut handoff_l
     }
 }
 
-/// Everything the API answers about the conversation and the log, as one text per place.
 /// A report range around now (the test's events happen now) within `server.max_report_days`.
 fn report_range() -> String {
     let now = Utc::now();
@@ -206,20 +206,33 @@ fn report_range() -> String {
     )
 }
 
+/// The API's answers, every transcript export, and the support console's pages (the test service is
+/// open, so the console serves them without signing in).
 async fn answers(app: &TestApp, id: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    let exports = TranscriptFormat::ALL.into_iter().flat_map(|f| {
+        [
+            format!("/v1/conversations/{id}/transcript?format={}", f.as_str()),
+            format!("/ui/conversations/{id}/transcript.{}", f.as_str()),
+        ]
+    });
     for path in [
         format!("/v1/conversations/{id}"),
-        format!("/v1/conversations/{id}/transcript"),
-        format!("/v1/conversations/{id}/transcript?format=text"),
-        format!("/v1/conversations/{id}/transcript?format=csv"),
-        format!("/v1/conversations/{id}/transcript?format=jsonl"),
         format!("/v1/conversations/{id}/events"),
         "/v1/conversations?limit=500".to_string(),
         "/v1/events?limit=1000".to_string(),
         "/v1/quarantine?limit=500".to_string(),
         format!("/v1/reports/conversations.csv?{}", report_range()),
-    ] {
+        format!("/ui/conversations/{id}"),
+        format!("/ui/conversations/{id}/conversation.json"),
+        format!("/ui/conversations/{id}/events"),
+        format!("/ui/conversations/{id}/events.json"),
+        "/ui/".to_string(),
+        "/ui/quarantine".to_string(),
+    ]
+    .into_iter()
+    .chain(exports)
+    {
         let (status, _, body) = app.get_text(&path).await;
         assert_eq!(status, 200, "{path}: {body}");
         out.insert(path, body);
