@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::metrics::seconds_between;
+use super::metrics::{is_short_abandon, seconds_between, unanswered_wait_seconds};
 use super::{Clocks, Input, LogExtent, Projection};
 use crate::config::SlaConfig;
 use crate::model::{
@@ -419,7 +419,7 @@ impl Draft {
         } else {
             let queue = self.answered_in.as_deref().or(h.queue.as_deref());
             let target = sla.target_for(queue);
-            let computed = computed_sla(h, target as f64, sla.short_abandon_seconds as f64);
+            let computed = computed_sla(h, target as f64, sla);
             h.sla_deadline = (computed == SlaStatus::Pending)
                 .then(|| h.queued_at.map(|q| q + chrono::Duration::seconds(target as i64)))
                 .flatten();
@@ -433,7 +433,8 @@ impl Draft {
 }
 
 /// METRICS.md's SLA rule for a handoff that did not fail, before any platform value.
-fn computed_sla(h: &Handoff, target: f64, short_abandon: f64) -> SlaStatus {
+/// Short abandons and the timers are [`super::metrics`]' definitions.
+fn computed_sla(h: &Handoff, target: f64, sla: &SlaConfig) -> SlaStatus {
     let Some(queued) = h.queued_at else {
         return SlaStatus::NotApplicable;
     };
@@ -444,12 +445,13 @@ fn computed_sla(h: &Handoff, target: f64, short_abandon: f64) -> SlaStatus {
             SlaStatus::Breached
         };
     }
-    let Some(closed) = h.closed_at else {
+    let Some(waited) = unanswered_wait_seconds(h) else {
         return SlaStatus::Pending;
     };
-    let waited = seconds_between(queued, closed);
+    if is_short_abandon(h, sla) {
+        return SlaStatus::NotApplicable;
+    }
     match h.disposition {
-        Some(Disposition::Abandoned) if waited < short_abandon => SlaStatus::NotApplicable,
         Some(Disposition::Abandoned | Disposition::Missed) if waited > target => SlaStatus::Breached,
         _ => SlaStatus::NotApplicable,
     }
