@@ -179,6 +179,13 @@ macro_rules! seed_raw {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // `RUST_LOG=sqlx=debug` shows every statement with its time (where an erasure spends it).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let store = store::open(&args.store_url, 4).await?;
     store.migrate().await?;
     let have = store.last_seq().await? as u64;
