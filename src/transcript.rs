@@ -14,7 +14,7 @@ use crate::model::{Message, MessageKind};
 /// The renderings of a transcript (`?format=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum TranscriptFormat {
+pub enum TranscriptFormat {
     /// `{"conversation_id", "messages": [Message]}`.
     #[default]
     Json,
