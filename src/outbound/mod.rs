@@ -37,6 +37,7 @@ use crate::sources;
 use crate::store::Store;
 use crate::writer::Writer;
 use bright_pattern_poller::{body_ends_chat, PollSink, Pollers};
+use clients::ResponseCap;
 use clients::{BackendError, Backends, BrightPatternClient};
 use runner::{Job, RetryPolicy, SerialExecutor};
 

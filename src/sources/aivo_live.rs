@@ -289,7 +289,7 @@ fn agent(value: Option<&Value>) -> AivoAgent {
 mod tests {
     use super::*;
     use crate::model::{event_id_for, StreamKey};
-    use crate::sources::parse_json;
+    use crate::sources::testing::{self, field_of, utc};
     use chrono::TimeZone;
     use serde_json::json;
     use std::collections::BTreeMap;
@@ -371,35 +371,15 @@ mod tests {
     }
 
     fn delivery() -> Delivery<'static> {
-        Delivery {
-            received_at: received(),
-            headers: BTreeMap::from([("user-agent".to_string(), "aivo".to_string())]),
-            idempotency_key: None,
-            path_id: None,
-        }
+        testing::delivery(received(), ("user-agent", "aivo"), None)
     }
 
     fn run(raw: &str) -> Result<Parsed, PayloadError> {
-        let value = parse_json(raw.as_bytes())?;
-        parse(raw, &value, &delivery())
+        testing::run(parse, raw, &delivery())
     }
 
     fn stored_facts(raw: &str) -> Vec<TimedFact> {
-        let parsed = run(raw).unwrap();
-        let e = &parsed.events[0];
-        let value: Value = serde_json::from_str(&e.payload).unwrap();
-        facts(&e.kind, &value, e.occurred_at)
-    }
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn field_of(err: PayloadError) -> String {
-        match err {
-            PayloadError::InvalidPayload { field, .. } => field,
-            other => panic!("expected InvalidPayload, got {other:?}"),
-        }
+        testing::first_facts(&run(raw).unwrap(), facts)
     }
 
     #[test]

@@ -472,6 +472,7 @@ mod tests {
     use super::*;
     use crate::model::{event_id_for, StreamKey};
     use crate::sources::parse_json;
+    use crate::sources::testing::{self, field_of, utc};
     use serde_json::json;
     use std::collections::BTreeMap;
 
@@ -483,38 +484,20 @@ mod tests {
     }
 
     fn delivery(path_id: Option<&str>) -> Delivery<'_> {
-        Delivery {
-            received_at: received(),
-            headers: BTreeMap::from([("content-type".to_string(), "application/json".to_string())]),
-            idempotency_key: None,
-            path_id,
-        }
+        testing::delivery(received(), ("content-type", "application/json"), path_id)
     }
 
     fn run(raw: &str) -> Result<Parsed, PayloadError> {
-        let value = parse_json(raw.as_bytes())?;
-        parse(raw, &value, &delivery(Some(CHAT)))
+        testing::run(parse, raw, &delivery(Some(CHAT)))
     }
 
     fn one(raw: &str) -> (String, Vec<Fact>) {
         let parsed = run(raw).unwrap();
         assert_eq!(parsed.events.len(), 1, "{raw}");
         let e = &parsed.events[0];
-        let value: Value = serde_json::from_str(&e.payload).unwrap();
-        let facts = facts(&e.kind, &value, e.occurred_at);
+        let facts = testing::first_facts(&parsed, facts);
         assert!(facts.iter().all(|(t, _)| *t == e.occurred_at));
         (e.kind.clone(), facts.into_iter().map(|(_, f)| f).collect())
-    }
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn field_of(err: PayloadError) -> String {
-        match err {
-            PayloadError::InvalidPayload { field, .. } => field,
-            other => panic!("expected InvalidPayload, got {other:?}"),
-        }
     }
 
     /// The documented formats, curly quotes straightened, placeholders kept as written.

@@ -13,6 +13,9 @@ pub mod ultimate;
 pub mod vcc;
 pub mod vcc_crypto;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};

@@ -436,6 +436,7 @@ mod tests {
     use super::*;
     use crate::model::{event_id_for, StreamKey};
     use crate::sources::parse_json;
+    use crate::sources::testing::{self, field_of};
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -598,34 +599,18 @@ mod tests {
     }
 
     fn delivery() -> Delivery<'static> {
-        Delivery {
-            received_at: received(),
-            headers: BTreeMap::from([("content-type".to_string(), "application/json".to_string())]),
-            idempotency_key: None,
-            path_id: None,
-        }
+        testing::delivery(received(), ("content-type", "application/json"), None)
     }
 
     fn run(raw: &str, d: &Delivery) -> Result<Parsed, PayloadError> {
-        let value = parse_json(raw.as_bytes())?;
-        parse(raw, &value, d)
+        testing::run(parse, raw, d)
     }
 
     fn facts_of_raw(raw: &str) -> Vec<Fact> {
-        let parsed = run(raw, &delivery()).unwrap();
-        let e = &parsed.events[0];
-        let value: Value = serde_json::from_str(&e.payload).unwrap();
-        facts(&e.kind, &value, e.occurred_at)
+        testing::first_facts(&run(raw, &delivery()).unwrap(), facts)
             .into_iter()
             .map(|(_, f)| f)
             .collect()
-    }
-
-    fn field_of(err: PayloadError) -> String {
-        match err {
-            PayloadError::InvalidPayload { field, .. } => field,
-            other => panic!("expected InvalidPayload, got {other:?}"),
-        }
     }
 
     fn button(text: &str) -> Button {

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    classify_status, encode_segment, http_client, join_url, send_and_read, BackendError, LiveBackend, QueueRequest,
-    QueueResult, VisitorContact,
+    classify_status, encode_segment, join_url, BackendError, LiveBackend, QueueRequest, QueueResult, ResponseCap,
+    Transport, VisitorContact,
 };
 use crate::config::AivoLiveConfig;
 use crate::model::Backend;
@@ -68,38 +68,32 @@ pub(crate) fn parse_queue_answer(body: &str, groups: &[i64]) -> Result<QueueResu
 /// Aivo Live over HTTP.
 #[derive(Debug, Clone)]
 pub struct AivoLiveClient {
-    http: reqwest::Client,
+    transport: Transport,
     config: AivoLiveConfig,
-    timeout: Duration,
-    max_response_bytes: usize,
 }
 
 impl AivoLiveClient {
     /// A client for `config.base_url`.
     pub fn new(config: &AivoLiveConfig) -> Result<Self, BackendError> {
-        let http = http_client()?;
         Ok(AivoLiveClient {
-            http,
+            transport: Transport::new(config.timeout_seconds)?,
             config: config.clone(),
-            timeout: Duration::from_secs(config.timeout_seconds),
-            max_response_bytes: super::DEFAULT_MAX_RESPONSE_BYTES,
         })
-    }
-
-    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
-    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
-        self.max_response_bytes = bytes.max(1);
-        self
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> Result<String, BackendError> {
         let request = self
-            .http
-            .post(join_url(&self.config.base_url, path))
-            .timeout(self.timeout)
+            .transport
+            .request(reqwest::Method::POST, join_url(&self.config.base_url, path))
             .json(body);
-        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
+        let (status, body) = self.transport.send(request).await?;
         classify_status(status, body)
+    }
+}
+
+impl ResponseCap for AivoLiveClient {
+    fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
     }
 }
 

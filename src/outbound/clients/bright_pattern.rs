@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::{
-    attribute_text, classify_status, encode_segment, http_client, join_url, send_and_read, BackendError, LiveBackend,
-    QueueRequest, QueueResult, VisitorContact,
+    attribute_text, classify_status, encode_segment, join_url, BackendError, LiveBackend, QueueRequest, QueueResult,
+    ResponseCap, Transport, VisitorContact,
 };
 use crate::config::BrightPatternConfig;
 use crate::model::Backend;
@@ -147,30 +147,25 @@ pub(crate) fn classify_send_answer(status: u16, body: String) -> Result<Option<S
 /// Bright Pattern over HTTP.
 #[derive(Debug, Clone)]
 pub struct BrightPatternClient {
-    http: reqwest::Client,
+    transport: Transport,
     config: BrightPatternConfig,
-    timeout: Duration,
     poll_timeout: Duration,
-    max_response_bytes: usize,
+}
+
+impl ResponseCap for BrightPatternClient {
+    fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
 }
 
 impl BrightPatternClient {
     /// A client for `config.base_url`.
     pub fn new(config: &BrightPatternConfig) -> Result<Self, BackendError> {
-        let http = http_client()?;
         Ok(BrightPatternClient {
-            http,
+            transport: Transport::new(config.timeout_seconds)?,
             config: config.clone(),
-            timeout: Duration::from_secs(config.timeout_seconds),
             poll_timeout: Duration::from_secs(config.poll_timeout_seconds),
-            max_response_bytes: super::DEFAULT_MAX_RESPONSE_BYTES,
         })
-    }
-
-    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
-    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
-        self.max_response_bytes = bytes.max(1);
-        self
     }
 
     /// `Authorization` value of the mobile API.
@@ -181,15 +176,14 @@ impl BrightPatternClient {
         )
     }
 
-    fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
-        self.http
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.transport
             .request(method, join_url(&self.config.base_url, path))
             .query(&[("tenantUrl", self.config.tenant_url.as_str())])
             .header(reqwest::header::AUTHORIZATION, self.authorization())
             .header(reqwest::header::CONTENT_TYPE, "application/json; charset=UTF-8")
             // Proxies have been seen caching polls.
             .header(reqwest::header::CACHE_CONTROL, "no-cache")
-            .timeout(timeout)
     }
 
     fn with_body(request: reqwest::RequestBuilder, body: &Value) -> Result<reqwest::RequestBuilder, BackendError> {
@@ -200,11 +194,8 @@ impl BrightPatternClient {
     /// `POST /chats/{chat_id}/events`; returns the raw answer when it carries new server events.
     pub(crate) async fn send_events(&self, chat_id: &str, events: &[Value]) -> Result<Option<String>, BackendError> {
         let path = format!("chats/{}/events", encode_segment(chat_id)?);
-        let request = Self::with_body(
-            self.request(Method::POST, &path, self.timeout),
-            &json!({ "events": events }),
-        )?;
-        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
+        let request = Self::with_body(self.request(Method::POST, &path), &json!({ "events": events }))?;
+        let (status, body) = self.transport.send(request).await?;
         classify_send_answer(status, body)
     }
 
@@ -222,11 +213,10 @@ impl BrightPatternClient {
     /// One long poll on `GET /chats/{chat_id}/events`, under `poll_timeout_seconds`.
     pub async fn poll_events(&self, chat_id: &str) -> Result<PollOutcome, BackendError> {
         let path = format!("chats/{}/events", encode_segment(chat_id)?);
-        let (status, body) = send_and_read(
-            self.request(Method::GET, &path, self.poll_timeout),
-            self.max_response_bytes,
-        )
-        .await?;
+        let (status, body) = self
+            .transport
+            .send(self.request(Method::GET, &path).timeout(self.poll_timeout))
+            .await?;
         classify_poll(status, body)
     }
 }
@@ -238,11 +228,8 @@ impl LiveBackend for BrightPatternClient {
     }
 
     async fn queue(&self, req: &QueueRequest) -> Result<QueueResult, BackendError> {
-        let request = Self::with_body(
-            self.request(Method::POST, "chats", self.timeout),
-            &chat_request_body(req),
-        )?;
-        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
+        let request = Self::with_body(self.request(Method::POST, "chats"), &chat_request_body(req))?;
+        let (status, body) = self.transport.send(request).await?;
         let body = classify_status(status, body)?;
         parse_chat_answer(&body, req.team.as_deref())
     }
@@ -256,11 +243,7 @@ impl LiveBackend for BrightPatternClient {
     }
 
     async fn is_available(&self) -> Result<bool, BackendError> {
-        let (status, body) = send_and_read(
-            self.request(Method::GET, "availability", self.timeout),
-            self.max_response_bytes,
-        )
-        .await?;
+        let (status, body) = self.transport.send(self.request(Method::GET, "availability")).await?;
         parse_availability(&classify_status(status, body)?)
     }
 }

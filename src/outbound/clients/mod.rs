@@ -124,6 +124,48 @@ pub(crate) async fn send_and_read(
 /// cannot make the service buffer more.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// How every platform client sends: the shared HTTP client, its platform's request timeout and the
+/// answer cap (`outbox.max_response_bytes`).
+#[derive(Debug, Clone)]
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    timeout: std::time::Duration,
+    max_response_bytes: usize,
+}
+
+impl Transport {
+    /// Requests time out after `timeout_seconds`; answers are read up to [`DEFAULT_MAX_RESPONSE_BYTES`].
+    pub(crate) fn new(timeout_seconds: u64) -> Result<Self, BackendError> {
+        Ok(Transport {
+            http: http_client()?,
+            timeout: std::time::Duration::from_secs(timeout_seconds),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+    }
+
+    /// A request to `url` under the platform's timeout (a caller may set another).
+    pub(crate) fn request(&self, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+        self.http.request(method, url).timeout(self.timeout)
+    }
+
+    /// Sends `request` and reads its answer up to the cap ([`send_and_read`]).
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), BackendError> {
+        send_and_read(request, self.max_response_bytes).await
+    }
+}
+
+/// A platform client whose answers are read up to a cap.
+pub(crate) trait ResponseCap: Sized {
+    /// The client's transport.
+    fn transport_mut(&mut self) -> &mut Transport;
+
+    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
+    fn with_max_response_bytes(mut self, bytes: usize) -> Self {
+        self.transport_mut().max_response_bytes = bytes.max(1);
+        self
+    }
+}
+
 /// Joins a base URL and a relative path with exactly one slash between them.
 pub(crate) fn join_url(base: &str, path: &str) -> String {
     format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{classify_status, http_client, join_url, send_and_read, BackendError};
+use super::{classify_status, join_url, BackendError, ResponseCap, Transport};
 use crate::config::UltimateConfig;
 
 /// An agent-side update for the visitor's widget.
@@ -101,39 +101,33 @@ pub(crate) fn bot_body(platform_conversation_id: &str, event_type: &str, text: O
 /// The Ultimate API over HTTP.
 #[derive(Debug, Clone)]
 pub struct UltimateWidgetClient {
-    http: reqwest::Client,
+    transport: Transport,
     config: UltimateConfig,
-    timeout: Duration,
-    max_response_bytes: usize,
+}
+
+impl ResponseCap for UltimateWidgetClient {
+    fn transport_mut(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
 }
 
 impl UltimateWidgetClient {
     /// A client for `config.api_url`.
     pub fn new(config: &UltimateConfig) -> Result<Self, BackendError> {
-        let http = http_client()?;
         Ok(UltimateWidgetClient {
-            http,
+            transport: Transport::new(config.timeout_seconds)?,
             config: config.clone(),
-            timeout: Duration::from_secs(config.timeout_seconds),
-            max_response_bytes: super::DEFAULT_MAX_RESPONSE_BYTES,
         })
-    }
-
-    /// Reads at most `bytes` of each answer (`outbox.max_response_bytes`); a longer one fails the call.
-    pub fn with_max_response_bytes(mut self, bytes: usize) -> Self {
-        self.max_response_bytes = bytes.max(1);
-        self
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<(), BackendError> {
         let request = self
-            .http
-            .post(join_url(&self.config.api_url, path))
+            .transport
+            .request(reqwest::Method::POST, join_url(&self.config.api_url, path))
             .header(reqwest::header::AUTHORIZATION, self.config.api_key.expose())
             .header("botid", &self.config.bot_id)
-            .timeout(self.timeout)
             .json(body);
-        let (status, body) = send_and_read(request, self.max_response_bytes).await?;
+        let (status, body) = self.transport.send(request).await?;
         classify_status(status, body).map(|_| ())
     }
 
