@@ -289,10 +289,10 @@ fn agent(value: Option<&Value>) -> AivoAgent {
 mod tests {
     use super::*;
     use crate::model::{event_id_for, StreamKey};
+    use crate::sources::parse_json;
     use crate::sources::testing::{self, field_of, utc};
     use chrono::TimeZone;
     use serde_json::json;
-    use std::collections::BTreeMap;
 
     // The documents' examples lack their opening brace (a copy-paste artefact): restored here.
     const ATTENDED: &str = r#"{

@@ -474,7 +474,6 @@ mod tests {
     use crate::sources::parse_json;
     use crate::sources::testing::{self, field_of, utc};
     use serde_json::json;
-    use std::collections::BTreeMap;
 
     const CHAT: &str = "9F3A1C2B";
 

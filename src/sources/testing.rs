@@ -15,7 +15,7 @@ pub(crate) type ParseFn = fn(&str, &Value, &Delivery) -> Result<Parsed, PayloadE
 pub(crate) type FactsFn = fn(&str, &Value, DateTime<Utc>) -> Vec<TimedFact>;
 
 /// A delivery that arrived at `received_at` carrying one header worth keeping, with no idempotency key.
-pub(crate) fn delivery(received_at: DateTime<Utc>, header: (&str, &str), path_id: Option<&str>) -> Delivery<'_> {
+pub(crate) fn delivery<'a>(received_at: DateTime<Utc>, header: (&str, &str), path_id: Option<&'a str>) -> Delivery<'a> {
     Delivery {
         received_at,
         headers: BTreeMap::from([(header.0.to_string(), header.1.to_string())]),

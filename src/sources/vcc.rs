@@ -273,6 +273,7 @@ fn line(i: usize, item: &Value) -> Result<VccLine, PayloadError> {
 mod tests {
     use super::*;
     use crate::model::{event_id_for, MessageKind, StreamKey};
+    use crate::sources::parse_json;
     use crate::sources::testing::{self, field_of, utc};
     use chrono::TimeZone;
     use serde_json::json;

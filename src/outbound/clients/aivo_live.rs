@@ -1,8 +1,6 @@
 //! Aivo Live client: queue a conversation (`/queue/external`), pass the visitor's messages
 //! (`/{conversationId}/client/message`) and, when configured, the undocumented close call.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

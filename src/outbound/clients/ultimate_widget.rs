@@ -1,8 +1,6 @@
 //! Ultimate (Zendesk AI agents) widget escalation API: agent-side updates to the visitor's widget, and visitor
 //! text back to the bot. The key goes raw in `Authorization`; every body value is a string.
 
-use std::time::Duration;
-
 use serde_json::{Map, Value};
 
 use super::{classify_status, join_url, BackendError, ResponseCap, Transport};
