@@ -165,11 +165,18 @@ fn known_events_sql(n: usize) -> String {
 const SQL_STREAM_MOVED_ON: &str = "SELECT seq FROM events WHERE platform = $1 AND external_id = $2 \
      AND seq > $3 AND received_at <> $4 LIMIT 1";
 
+/// The latest accepted queue call of conversation `$1`: for each of its streams the highest seq of its
+/// queue calls (one lookup in the partial index `events_queue_calls`, whose condition names the kind as
+/// a literal so that both databases use it), the highest of those, then that event. Written per stream
+/// so that neither database can plan it as a backward walk of the whole log, or a scan of every queue call.
 fn latest_queue_call_sql() -> String {
+    let kind = crate::sources::ledger::QUEUE_ACCEPTED;
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
-         WHERE s.conversation_id = $1 AND e.kind = $2 ORDER BY e.seq DESC LIMIT 1"
+         WHERE e.seq = (SELECT MAX((SELECT MAX(q.seq) FROM events q WHERE q.platform = qs.platform \
+           AND q.external_id = qs.external_id AND q.kind = '{kind}')) \
+           FROM streams qs WHERE qs.conversation_id = $1)"
     )
 }
 
@@ -998,7 +1005,6 @@ macro_rules! sql_store {
             ) -> StoreResult<Option<StoredEvent>> {
                 let row: Option<EventRow> = sqlx::query_as(&latest_queue_call_sql())
                     .bind(conversation.to_string())
-                    .bind(crate::sources::ledger::QUEUE_ACCEPTED)
                     .fetch_optional(&mut *conn)
                     .await?;
                 row.map(codec::decode_event).transpose()
@@ -1780,5 +1786,25 @@ mod tests {
                 assert!(!full_scan, "{filter:?}: {step} in {plan:?}");
             }
         }
+    }
+
+    /// The relay planner's lookup of a conversation's latest queue call (once per relayed delivery, in
+    /// the append transaction) reads the conversation's streams and, per stream, the partial index of
+    /// queue calls: nothing that grows with the log.
+    #[tokio::test]
+    async fn the_latest_queue_call_is_found_through_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:", 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {}", latest_queue_call_sql());
+        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain)
+            .bind(Uuid::new_v4().to_string())
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.3)
+            .collect();
+        assert!(plan.iter().all(|step| !step.starts_with("SCAN ")), "{plan:?}");
+        assert!(plan.iter().any(|step| step.contains("events_queue_calls")), "{plan:?}");
     }
 }
