@@ -19,7 +19,7 @@
 //!   Bright Pattern poller.
 //! - [`analytics`]: the ClickHouse sink tailing the log, and the reports read from it.
 //!
-//! [`config`] and [`startup`] build the service. Dependencies point one way: `api` -> `ingest`, `outbound` ->
+//! [`config`] and [`api::startup`] (the composition root, inside `api`) build the service. Dependencies point one way: `api` -> `ingest`, `outbound` ->
 //! `writer`, `store`, `sources`, `projection`; nothing outside `api` imports it. The design documents (API contract,
 //! architecture, metrics) are in `docs/design/`.
 
@@ -40,9 +40,11 @@ pub mod quarantine;
 pub mod redact;
 pub mod retention;
 pub mod sources;
-pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod transcript;
 pub mod verify;
 pub mod writer;
+
+/// The composition root lives with the HTTP layer that it builds (nothing outside `api` imports `api`).
+pub use api::startup;

@@ -12,6 +12,7 @@ pub mod observe;
 pub mod openapi;
 pub mod operations;
 pub mod reports;
+pub mod startup;
 pub mod webhooks;
 
 use std::sync::Arc;
