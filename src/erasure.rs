@@ -259,21 +259,7 @@ mod tests {
     }
 
     fn stored(seq: i64, e: crate::model::NewEvent) -> crate::model::StoredEvent {
-        crate::model::StoredEvent {
-            seq,
-            event_id: e.event_id,
-            platform: e.stream.platform,
-            external_id: e.stream.external_id,
-            kind: e.kind,
-            occurred_at: e.occurred_at,
-            platform_at: e.platform_at,
-            received_at: e.received_at,
-            conversation_id: None,
-            headers: e.headers,
-            payload: serde_json::from_str(&e.payload).unwrap(),
-            hash: None,
-            revision_of: None,
-        }
+        e.stored(seq).unwrap()
     }
 
     /// What the pure fold does with an erasure: the same metrics from the kept facts, lines without content,

@@ -191,6 +191,28 @@ pub struct NewEvent {
     pub links: Vec<StreamKey>,
 }
 
+impl NewEvent {
+    /// The event as the log keeps it at `seq`, filed under no conversation yet, with no hash and no
+    /// earlier version; fails when its payload is not JSON.
+    pub fn stored(&self, seq: i64) -> serde_json::Result<StoredEvent> {
+        Ok(StoredEvent {
+            seq,
+            event_id: self.event_id,
+            platform: self.stream.platform,
+            external_id: self.stream.external_id.clone(),
+            kind: self.kind.clone(),
+            occurred_at: self.occurred_at,
+            platform_at: self.platform_at,
+            received_at: self.received_at,
+            conversation_id: None,
+            headers: self.headers.clone(),
+            payload: serde_json::from_str(&self.payload)?,
+            hash: None,
+            revision_of: None,
+        })
+    }
+}
+
 /// An event as stored in the immutable log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StoredEvent {

@@ -146,21 +146,8 @@ mod tests {
     }
 
     fn stored(seq: i64, e: NewEvent) -> StoredEvent {
-        StoredEvent {
-            seq,
-            event_id: e.event_id,
-            platform: e.stream.platform,
-            external_id: e.stream.external_id,
-            kind: e.kind,
-            occurred_at: e.occurred_at,
-            platform_at: e.platform_at,
-            received_at: e.received_at,
-            conversation_id: None,
-            headers: e.headers,
-            payload: serde_json::from_str(&e.payload).unwrap_or(Value::Null),
-            hash: None,
-            revision_of: None,
-        }
+        e.stored(seq)
+            .unwrap_or_else(|err| panic!("a fixture's payload is JSON: {err}"))
     }
 
     /// An Aivo Live webhook stamped `said` by its own clock, received at `received` by ours.

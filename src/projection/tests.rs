@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::metrics::is_short_abandon;
@@ -358,19 +358,8 @@ fn facts_of_one_event_keep_their_order_within_the_event() {
 
 fn stored(seq: i64, e: NewEvent) -> StoredEvent {
     StoredEvent {
-        seq,
-        event_id: e.event_id,
-        platform: e.stream.platform,
-        external_id: e.stream.external_id,
-        kind: e.kind,
-        occurred_at: e.occurred_at,
-        platform_at: e.platform_at,
-        received_at: e.received_at,
         conversation_id: Some(conv_id()),
-        headers: e.headers,
-        payload: serde_json::from_str::<Value>(&e.payload).unwrap(),
-        hash: None,
-        revision_of: None,
+        ..e.stored(seq).unwrap()
     }
 }
 

@@ -139,20 +139,14 @@ pub(crate) fn stored_event(
     hash: Option<String>,
     revision_of: Option<Uuid>,
 ) -> StoreResult<StoredEvent> {
+    let stored = event
+        .stored(seq)
+        .map_err(|e| StoreError::Corrupt(format!("bad payload JSON: {e}")))?;
     Ok(StoredEvent {
-        seq,
-        event_id: event.event_id,
-        platform: event.stream.platform,
-        external_id: event.stream.external_id.clone(),
-        kind: event.kind.clone(),
-        occurred_at: event.occurred_at,
-        platform_at: event.platform_at,
-        received_at: event.received_at,
         conversation_id,
-        headers: event.headers.clone(),
-        payload: from_json("payload", &event.payload)?,
         hash,
         revision_of,
+        ..stored
     })
 }
 
