@@ -94,33 +94,16 @@ impl Outbound {
             }
             Some(_) => {}
         }
-        let command = match Command::from_record(latest) {
-            // Nobody waits for a retried escalation: it gets the outbox's retries like any other call.
-            Some(Command::Queue {
-                backend,
-                team,
-                groups,
-                visitor_id,
-                attributes,
-                notify_widget,
-                ..
-            }) => Command::Queue {
-                backend,
-                team,
-                groups,
-                visitor_id,
-                attributes,
-                notify_widget,
-                synchronous: false,
-            },
-            Some(other) => other,
-            None => {
-                return Err(RetryError::Conflict(format!(
-                    "command {} cannot be read by this version",
-                    latest.command_id
-                )))
-            }
+        let Some(mut command) = Command::from_record(latest) else {
+            return Err(RetryError::Conflict(format!(
+                "command {} cannot be read by this version",
+                latest.command_id
+            )));
         };
+        // Nobody waits for a retried escalation: it gets the outbox's retries like any other call.
+        if let Command::Queue { synchronous, .. } = &mut command {
+            *synchronous = false;
+        }
         let retry_id = command_id_for_retry(&root, chain.len());
         let mut record = command.record(&retry_id);
         record.retry_of = Some(root.clone());
