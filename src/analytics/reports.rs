@@ -540,23 +540,9 @@ pub(crate) async fn conversations_started(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> StoreResult<Vec<Conversation>> {
-    let mut filter = ConversationFilter {
-        since: Some(since),
-        until: Some(until),
-        limit: 500,
-        ..ConversationFilter::default()
-    };
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    loop {
-        let page = store.list_conversations(&filter).await?;
-        let last_page = page.next.is_none() || page.items.is_empty();
-        out.extend(page.items.into_iter().filter(|c| seen.insert(c.id)));
-        if last_page {
-            return Ok(out);
-        }
-        filter.after = page.next;
-    }
+    Ok(conversations_started_at_most(store, since, until, usize::MAX)
+        .await?
+        .unwrap_or_default())
 }
 
 /// Conversations that may credit something inside the query's range (see [`STORE_LOOKBACK`]).
@@ -884,7 +870,8 @@ impl StoreCsvRows {
     }
 }
 
-/// Conversations started in `[since, until)`, or None when there are more than `max`.
+/// Conversations started in `[since, until)`, read page by page, each once; None when there are more
+/// than `max`.
 async fn conversations_started_at_most(
     store: &dyn Store,
     since: DateTime<Utc>,
@@ -894,7 +881,7 @@ async fn conversations_started_at_most(
     let mut filter = ConversationFilter {
         since: Some(since),
         until: Some(until),
-        limit: u32::try_from(max + 1).unwrap_or(500).min(500),
+        limit: u32::try_from(max.saturating_add(1)).unwrap_or(500).min(500),
         ..ConversationFilter::default()
     };
     let mut out = Vec::new();
