@@ -13,7 +13,7 @@ use handoff_ledger::model::{NewQuarantine, Platform, StreamKey};
 use handoff_ledger::sources::{ledger, Delivery};
 
 use crate::browser::Browser;
-use crate::helpers::{aivo, fixture, spawn_app_with, ultimate, Backend, TestApp};
+use crate::helpers::{aivo, fixture, live_platforms, spawn_app_with, ultimate, Backend, TestApp};
 
 /// Records an Ultimate webhook body as having arrived at `at`; its conversation.
 async fn bot_said(app: &TestApp, at: DateTime<Utc>, body: Value) -> Uuid {
@@ -46,11 +46,7 @@ struct SupportDay {
 
 async fn support_day() -> SupportDay {
     let room = format!("room-{}", Uuid::new_v4());
-    let live = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
-        .mount(&live)
-        .await;
+    let live = live_platforms(&room).await;
     let uri = live.uri();
     let app = spawn_app_with(Backend::Sqlite, move |c| {
         c.aivo_live.base_url = uri.clone();

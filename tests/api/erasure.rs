@@ -15,7 +15,7 @@ use uuid::Uuid;
 use handoff_ledger::transcript::TranscriptFormat;
 use handoff_ledger::verify::{verify_log, Verdict};
 
-use crate::helpers::{aivo, post_ok, spawn_app_with, ultimate, Backend, TestApp};
+use crate::helpers::{aivo, live_platforms, post_ok, route_sales_to_aivo, spawn_app_with, ultimate, Backend, TestApp};
 use crate::on_both_stores;
 
 const NAME: &str = "Jane Roe";
@@ -49,24 +49,9 @@ async fn handed_off(backend: Backend) -> Handoff {
 
 async fn handed_off_with(backend: Backend, customize: impl FnOnce(&mut handoff_ledger::config::Config)) -> Handoff {
     let room = format!("room-{}", Uuid::new_v4());
-    let live = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
-        .mount(&live)
-        .await;
+    let live = live_platforms(&room).await;
     let app = spawn_app_with(backend, |c| {
-        c.aivo_live.base_url = live.uri();
-        c.aivo_live.bot_token = "token".into();
-        c.ultimate.api_url = live.uri();
-        c.ultimate.api_key = "key".into();
-        c.routing.teams.insert(
-            "sales".into(),
-            handoff_ledger::config::Route {
-                backend: handoff_ledger::model::Backend::AivoLive,
-                groups: vec![2179],
-                hours: None,
-            },
-        );
+        route_sales_to_aivo(c, &live.uri());
         customize(c);
     })
     .await;

@@ -7,7 +7,9 @@ use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{aivo, post_ok, spawn_app, spawn_app_with, ultimate, Backend};
+use crate::helpers::{
+    aivo, live_platforms, post_ok, route_sales_to_aivo, spawn_app, spawn_app_with, ultimate, Backend, TestApp,
+};
 use crate::on_both_stores;
 
 fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
@@ -36,26 +38,11 @@ fn time(v: &Value) -> DateTime<Utc> {
 async fn full_handoff_across_platforms(backend: Backend) {
     let room = format!("room-{}", Uuid::new_v4());
     // Aivo Live and the Ultimate widget API: the escalate's queue call returns the room.
-    let live = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
-        .mount(&live)
-        .await;
+    let live = live_platforms(&room).await;
     let app = spawn_app_with(backend, |c| {
-        c.aivo_live.base_url = live.uri();
-        c.aivo_live.bot_token = "token".into();
-        c.ultimate.api_url = live.uri();
-        c.ultimate.api_key = "key".into();
+        route_sales_to_aivo(c, &live.uri());
         c.sla.answer_seconds = 60;
         c.sla.queues.insert("2179".into(), 30);
-        c.routing.teams.insert(
-            "sales".into(),
-            handoff_ledger::config::Route {
-                backend: handoff_ledger::model::Backend::AivoLive,
-                groups: vec![2179],
-                hours: None,
-            },
-        );
     })
     .await;
     let pcid = format!("pc-{}", Uuid::new_v4());
@@ -262,18 +249,13 @@ async fn full_handoff_across_platforms(backend: Backend) {
 
     // Paged two lines at a time, following `next_cursor`: the same lines; without `limit`, no cursor.
     assert_eq!(t["next_cursor"], Value::Null);
-    let mut paged = Vec::new();
-    let mut url = format!("/v1/conversations/{id}/transcript?limit=2");
-    loop {
-        let (status, page) = app.get_json(&url).await;
-        assert_eq!(status, 200);
-        assert!(page["messages"].as_array().unwrap().len() <= 2);
-        paged.extend(page["messages"].as_array().unwrap().clone());
-        match page["next_cursor"].as_str() {
-            Some(c) => url = format!("/v1/conversations/{id}/transcript?limit=2&cursor={c}"),
-            None => break,
-        }
-    }
+    let paged = follow_pages(
+        &app,
+        &format!("/v1/conversations/{id}/transcript?limit=2"),
+        "messages",
+        2,
+    )
+    .await;
     assert_eq!(paged, t["messages"].as_array().unwrap().clone());
     for bad in ["limit=0", "limit=10001", "cursor=nope", "cursor=1_2"] {
         let (status, body) = app.get_json(&format!("/v1/conversations/{id}/transcript?{bad}")).await;
@@ -298,18 +280,7 @@ async fn full_handoff_across_platforms(backend: Backend) {
     }
     let (_, events) = app.get_json(&format!("/v1/conversations/{id}/events")).await;
     assert_eq!(events["next_cursor"], Value::Null);
-    let mut paged = Vec::new();
-    let mut url = format!("/v1/conversations/{id}/events?limit=5");
-    loop {
-        let (status, page) = app.get_json(&url).await;
-        assert_eq!(status, 200);
-        assert!(page["items"].as_array().unwrap().len() <= 5);
-        paged.extend(page["items"].as_array().unwrap().clone());
-        match page["next_cursor"].as_str() {
-            Some(c) => url = format!("/v1/conversations/{id}/events?limit=5&cursor={c}"),
-            None => break,
-        }
-    }
+    let paged = follow_pages(&app, &format!("/v1/conversations/{id}/events?limit=5"), "items", 5).await;
     assert_eq!(&paged, events["items"].as_array().unwrap());
     let (status, _) = app.get_json(&format!("/v1/conversations/{id}/events?cursor=x")).await;
     assert_eq!(status, 400);
@@ -690,25 +661,10 @@ async fn waiting_past_the_target_reads_breached(backend: Backend) {
 async fn a_live_clock_ahead_or_behind_keeps_one_handoff_in_order(backend: Backend) {
     for skew in [Duration::seconds(10), Duration::seconds(-10)] {
         let room = format!("room-{}", Uuid::new_v4());
-        let live = wiremock::MockServer::start().await;
-        wiremock::Mock::given(wiremock::matchers::method("POST"))
-            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"conversationId": room})))
-            .mount(&live)
-            .await;
+        let live = live_platforms(&room).await;
         let app = spawn_app_with(backend, |c| {
-            c.aivo_live.base_url = live.uri();
-            c.aivo_live.bot_token = "token".into();
+            route_sales_to_aivo(c, &live.uri());
             c.aivo_live.close_path = "/conversations/{conversationId}/close".into();
-            c.ultimate.api_url = live.uri();
-            c.ultimate.api_key = "key".into();
-            c.routing.teams.insert(
-                "sales".into(),
-                handoff_ledger::config::Route {
-                    backend: handoff_ledger::model::Backend::AivoLive,
-                    groups: vec![2179],
-                    hours: None,
-                },
-            );
         })
         .await;
         let pcid = format!("pc-{}", Uuid::new_v4());
@@ -919,3 +875,21 @@ on_both_stores!(
     waiting_past_the_target_reads_breached,
     a_live_clock_ahead_or_behind_keeps_one_handoff_in_order,
 );
+
+/// Every item under `key` of the pages from `first` (a path ending in `?...limit=N`) on, following
+/// `next_cursor`; each page answers 200 with at most `limit` items.
+async fn follow_pages(app: &TestApp, first: &str, key: &str, limit: usize) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut url = first.to_string();
+    loop {
+        let (status, page) = app.get_json(&url).await;
+        assert_eq!(status, 200, "{url}");
+        let got = page[key].as_array().unwrap();
+        assert!(got.len() <= limit, "{url}");
+        items.extend(got.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => url = format!("{first}&cursor={c}"),
+            None => return items,
+        }
+    }
+}

@@ -127,3 +127,30 @@ pub async fn post_ok(app: &TestApp, path: &str, body: &Value) -> Value {
     assert_eq!(status, 200, "{path} {body}: {answer}");
     answer
 }
+
+/// A fake Aivo Live and Ultimate API: every POST answers 200, a queue call with the live chat `room`.
+pub async fn live_platforms(room: &str) -> wiremock::MockServer {
+    let live = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({"conversationId": room})))
+        .mount(&live)
+        .await;
+    live
+}
+
+/// Points Aivo Live and the Ultimate widget API at `uri`, with credentials, and routes the team `sales`
+/// to Aivo Live's group 2179.
+pub fn route_sales_to_aivo(c: &mut Config, uri: &str) {
+    c.aivo_live.base_url = uri.to_string();
+    c.aivo_live.bot_token = "token".into();
+    c.ultimate.api_url = uri.to_string();
+    c.ultimate.api_key = "key".into();
+    c.routing.teams.insert(
+        "sales".into(),
+        handoff_ledger::config::Route {
+            backend: handoff_ledger::model::Backend::AivoLive,
+            groups: vec![2179],
+            hours: None,
+        },
+    );
+}
