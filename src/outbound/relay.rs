@@ -50,6 +50,14 @@ impl RelayPlanner for RelayRules {
         RELAYED_KINDS.contains(&kind)
     }
 
+    /// The visitor's side goes to the live chat of the latest queue call.
+    fn reads_queue_call(&self, kind: &str) -> bool {
+        matches!(
+            kind,
+            ultimate::WIDGET_MESSAGE | ultimate::WIDGET_END_SESSION | ledger::API_MESSAGE
+        )
+    }
+
     fn plan(
         &self,
         event: &StoredEvent,
@@ -87,10 +95,7 @@ impl RelayPlanner for RelayRules {
             kind,
             aivo_live::MESSAGE_TO_CLIENT | bright_pattern::MESSAGE | bright_pattern::FILE
         );
-        let needs_target = matches!(
-            kind,
-            ultimate::WIDGET_MESSAGE | ultimate::WIDGET_END_SESSION | ledger::API_MESSAGE
-        );
+        let needs_target = self.reads_queue_call(kind);
         let line = if needs_line && conversation.state == HandoffState::Attended {
             lines.iter().find(|m| m.event_id == event.event_id)
         } else {

@@ -226,6 +226,12 @@ impl FoldState {
         self.handoffs.len()
     }
 
+    /// What the stored handoff rows of this state, and the conversation's indexed columns, follow
+    /// from: how many handoffs there are and the latest one (the earlier ones no longer change).
+    pub fn handoff_mark(&self) -> HandoffMark {
+        HandoffMark(self.handoffs.len(), self.handoffs.last().cloned())
+    }
+
     /// The agents who attended, first seen first.
     pub fn agents(&self) -> &[Agent] {
         &self.agents
@@ -329,6 +335,17 @@ pub(crate) fn platform_sla(value: &str) -> Option<SlaStatus> {
         Some(SlaStatus::Breached)
     } else {
         None
+    }
+}
+
+/// See [`FoldState::handoff_mark`]: equal marks, equal handoff rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandoffMark(usize, Option<Draft>);
+
+impl HandoffMark {
+    /// How many handoffs the state has.
+    pub fn count(&self) -> usize {
+        self.0
     }
 }
 

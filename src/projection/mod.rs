@@ -89,7 +89,7 @@ use crate::model::{Conversation, Message, Platform, StoredEvent, StreamKey};
 use crate::sources::{self, Fact, KeptEvent};
 
 pub use clock::Clocks;
-pub use fold::{echo_of, fold, FoldState, Refold};
+pub use fold::{echo_of, fold, FoldState, HandoffMark, Refold};
 
 /// The projected conversation and its transcript.
 #[derive(Debug, Clone, PartialEq)]

@@ -120,6 +120,12 @@ pub trait RelayPlanner: Send + Sync {
     /// Whether an event of this kind can call for commands (the others skip the planner's reads).
     fn relays(&self, kind: &str) -> bool;
 
+    /// Whether planning for an event of this kind reads its conversation's latest queue call (the
+    /// `queued` of [`RelayPlanner::plan`]; None is passed to the others, and the store skips the read).
+    fn reads_queue_call(&self, kind: &str) -> bool {
+        self.relays(kind)
+    }
+
     /// The ledger events (command records, and notes such as a failed routing) a newly appended `event`
     /// calls for, given its conversation as the batch leaves it, the transcript lines the event made and
     /// the conversation's latest accepted queue call (`ledger.queue_accepted`), if any.

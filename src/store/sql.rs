@@ -7,16 +7,19 @@
 //!
 //! A batch costs a constant number of round trips, whatever its size and however long its
 //! conversations are:
-//! 1. the ids already stored, and the stream -> conversation map of every stream the batch names,
-//!    are read once ([`Filing`]);
+//! 1. the log's head (last seq and hash), the ids already stored, and the stream -> conversation map
+//!    of every stream the batch names are read once ([`Filing`]);
 //! 2. each event is filed in memory (new streams, links); only a merge (rare) goes to the database
 //!    at once, after flushing what is pending so it sees the log as it stands;
-//! 3. events and new streams are inserted with multi-row statements;
-//! 4. every touched conversation's kept fold state is read in one statement and the new events'
-//!    facts are applied to it ([`projection::FoldState::extend`]); a conversation that merged, or
-//!    whose new facts sort before its watermark, is refolded from its events instead;
-//! 5. conversation rows, new transcript lines, handoff rows and agent rows are written with
-//!    multi-row statements.
+//! 3. every touched conversation's kept fold state and stored streams are read in one statement and
+//!    the new events' facts are applied to it ([`projection::FoldState::extend`]); a conversation
+//!    that merged, or whose new facts sort before its watermark, is refolded from its events instead
+//!    (after the batch's rows are written, so the refold reads them);
+//! 4. events, new streams, conversation rows, new transcript lines, changed handoff rows and agent
+//!    rows are written with multi-row statements, gathered in [`Writes`] and run together: on SQLite
+//!    one call; a conversation whose indexed columns did not change updates none of its indexes;
+//! 5. the relay planner's reads (the latest queue call of the conversations that need it) are one
+//!    statement, and the commands it plans are appended in the same transaction.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
@@ -165,18 +168,20 @@ fn known_events_sql(n: usize) -> String {
 const SQL_STREAM_MOVED_ON: &str = "SELECT seq FROM events WHERE platform = $1 AND external_id = $2 \
      AND seq > $3 AND received_at <> $4 LIMIT 1";
 
-/// The latest accepted queue call of conversation `$1`: for each of its streams the highest seq of its
-/// queue calls (one lookup in the partial index `events_queue_calls`, whose condition names the kind as
-/// a literal so that both databases use it), the highest of those, then that event. Written per stream
-/// so that neither database can plan it as a backward walk of the whole log, or a scan of every queue call.
-fn latest_queue_call_sql() -> String {
+/// The latest accepted queue call of each stream of the conversations `$1..$n`: for each stream the
+/// highest seq of its queue calls (one lookup in the partial index `events_queue_calls`, whose condition
+/// names the kind as a literal so that both databases use it), then those events; the caller keeps the
+/// highest per conversation. Written per stream so that neither database can plan it as a backward walk
+/// of the whole log, or a scan of every queue call.
+fn latest_queue_calls_sql(n: usize) -> String {
     let kind = crate::sources::ledger::QUEUE_ACCEPTED;
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
-         WHERE e.seq = (SELECT MAX((SELECT MAX(q.seq) FROM events q WHERE q.platform = qs.platform \
-           AND q.external_id = qs.external_id AND q.kind = '{kind}')) \
-           FROM streams qs WHERE qs.conversation_id = $1)"
+         WHERE e.seq IN (SELECT (SELECT MAX(q.seq) FROM events q WHERE q.platform = qs.platform \
+           AND q.external_id = qs.external_id AND q.kind = '{kind}') \
+           FROM streams qs WHERE qs.conversation_id IN ({}))",
+        placeholders(1, n)
     )
 }
 
@@ -204,10 +209,14 @@ fn events_of_sql(n: usize) -> String {
     )
 }
 
-fn folds_sql(n: usize) -> String {
+/// The streams (`conversation_id, platform, external_id, NULL`) and the kept fold state
+/// (`id, NULL, NULL, fold`) of conversations `$1..$n`, given twice (`$n+1..$2n`).
+fn folds_and_streams_sql(n: usize) -> String {
     format!(
-        "SELECT id, fold FROM conversations WHERE id IN ({})",
-        placeholders(1, n)
+        "SELECT conversation_id, platform, external_id, NULL FROM streams WHERE conversation_id IN ({}) \
+         UNION ALL SELECT id, NULL, NULL, fold FROM conversations WHERE id IN ({})",
+        placeholders(1, n),
+        placeholders(n + 1, n)
     )
 }
 
@@ -278,8 +287,8 @@ pub(super) struct Filing {
     aliases: HashMap<Uuid, Option<Uuid>>,
     /// Event rows to append.
     events: Vec<Row>,
-    /// Stream rows to insert.
-    new_streams: Vec<Row>,
+    /// Streams filed and not inserted yet: `(stream, conversation, first seq)`.
+    new_streams: Vec<(StreamKey, Uuid, i64)>,
     /// Survivors of merges made by this batch: refolded from their events.
     merged: BTreeSet<Uuid>,
 }
@@ -294,7 +303,22 @@ impl Filing {
 
     fn file(&mut self, stream: &StreamKey, conversation: Uuid, seq: i64) {
         self.streams.insert(stream.clone(), Some(conversation));
-        self.new_streams.push(codec::stream_row(stream, conversation, seq));
+        self.new_streams.push((stream.clone(), conversation, seq));
+    }
+
+    /// Moves the rows waiting to be inserted into `writes`.
+    fn defer(&mut self, writes: &mut Writes) {
+        writes.insert(
+            "events",
+            codec::EVENT_INSERT_COLUMNS,
+            std::mem::take(&mut self.events),
+            "",
+        );
+        let streams = std::mem::take(&mut self.new_streams)
+            .iter()
+            .map(|(stream, conversation, seq)| codec::stream_row(stream, *conversation, *seq))
+            .collect();
+        writes.insert("streams", codec::STREAM_COLUMNS, streams, "");
     }
 
     fn absorbed(&mut self, absorbed: Uuid, survivor: Uuid) {
@@ -320,10 +344,55 @@ struct Written {
     fold: FoldState,
     /// New transcript lines (all of them when refolded).
     lines: Vec<Message>,
-    /// Handoffs before this one are stored as they are.
-    handoffs_from: usize,
+    /// Handoffs before this one are stored as they are (None: every handoff row is as stored).
+    handoffs_from: Option<usize>,
     /// Its agent rows must be rewritten.
     agents_changed: bool,
+    /// A column some index covers (state, disposition, SLA status, queue, start) may have changed, or
+    /// the row is new; otherwise only the columns no index covers are set, and no index is touched.
+    indexed_changed: bool,
+}
+
+/// What a batch has filed but not written yet, as projecting it needs to know: the statements
+/// that insert its events and streams (run with the projection's, or before a refold reads), the
+/// streams it filed `(stream, conversation)`, and the ids of the events it appended.
+pub(super) struct Unwritten<'a> {
+    writes: &'a mut Writes,
+    streams: &'a [(StreamKey, Uuid)],
+    events: &'a HashSet<Uuid>,
+}
+
+/// The columns of a conversation row no index covers: what a delivery that changed none of the
+/// indexed ones sets.
+const CONVERSATION_UNINDEXED: [&str; 4] = ["updated_at", "last_seq", "doc", "fold"];
+
+/// Statements waiting to run, in order, each with its values. A batch gathers its inserts and
+/// upserts here and runs them at once: on SQLite as one multi-statement call (one trip to the
+/// connection's thread), on PostgreSQL one after the other.
+#[derive(Default)]
+pub(super) struct Writes {
+    statements: Vec<(String, Vec<Bind>)>,
+}
+
+impl Writes {
+    /// `rows` into `table`, with as few multi-row statements as the bind limit allows.
+    fn insert(&mut self, table: &str, columns: &[&str], rows: Vec<Row>, suffix: &str) {
+        let per_statement = (codec::MAX_BINDS / columns.len()).max(1);
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<Row> = rows.by_ref().take(per_statement).collect();
+            let sql = codec::insert_sql(table, columns, chunk.len(), suffix);
+            self.statements.push((sql, chunk.into_iter().flatten().collect()));
+        }
+    }
+
+    /// `sql(n)` (a statement over `IN ($1..$n)`) for `ids`, a chunk at a time.
+    fn for_ids(&mut self, ids: &[Uuid], sql: impl Fn(usize) -> String) {
+        for chunk in ids.chunks(IN_CHUNK) {
+            let values = chunk.iter().map(|id| Bind::Text(id.to_string())).collect();
+            self.statements.push((sql(chunk.len()), values));
+        }
+    }
 }
 
 /// `sql` with every `$N` placeholder written `?`: the same statement on SQLite when each placeholder
@@ -406,35 +475,37 @@ macro_rules! sql_store {
                 rows: Vec<Row>,
                 suffix: &str,
             ) -> StoreResult<()> {
-                let per_statement = (codec::MAX_BINDS / columns.len()).max(1);
-                let mut rows = rows.into_iter().peekable();
-                while rows.peek().is_some() {
-                    let chunk: Vec<Row> = rows.by_ref().take(per_statement).collect();
-                    let mut sql = codec::insert_sql(table, columns, chunk.len(), suffix);
-                    if <$db as sqlx::Database>::NAME == "SQLite" {
-                        sql = anonymous_placeholders(&sql);
-                    }
+                let mut writes = Writes::default();
+                writes.insert(table, columns, rows, suffix);
+                Self::run_writes(conn, &mut writes).await
+            }
+
+            /// Runs the statements `writes` gathered, in order, and empties it. SQLite runs them as one
+            /// multi-statement call: each placeholder is written `?` and takes the next value, across
+            /// statements. PostgreSQL prepares one statement per call, so they go one by one.
+            async fn run_writes(conn: &mut <$db as sqlx::Database>::Connection, writes: &mut Writes) -> StoreResult<()> {
+                let statements = std::mem::take(&mut writes.statements);
+                if statements.is_empty() {
+                    return Ok(());
+                }
+                if <$db as sqlx::Database>::NAME == "SQLite" {
+                    let sql = statements
+                        .iter()
+                        .map(|(sql, _)| anonymous_placeholders(sql))
+                        .collect::<Vec<_>>()
+                        .join(";\n");
                     // Statements of every batch size would crowd the prepared statement cache.
                     let mut query = sqlx::query(&sql).persistent(false);
-                    for value in chunk.into_iter().flatten() {
+                    for value in statements.into_iter().flat_map(|(_, values)| values) {
                         query = Self::bind(query, value);
                     }
                     query.execute(&mut *conn).await?;
+                    return Ok(());
                 }
-                Ok(())
-            }
-
-            /// Runs `sql(n)` (a statement over `IN ($1..$n)`) for `ids`, a chunk at a time.
-            async fn execute_in(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                ids: &[Uuid],
-                sql: impl Fn(usize) -> String,
-            ) -> StoreResult<()> {
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = sql(chunk.len());
+                for (sql, values) in statements {
                     let mut query = sqlx::query(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
+                    for value in values {
+                        query = Self::bind(query, value);
                     }
                     query.execute(&mut *conn).await?;
                 }
@@ -576,11 +647,9 @@ macro_rules! sql_store {
 
             /// Inserts the rows the batch has filed so far.
             async fn flush(conn: &mut <$db as sqlx::Database>::Connection, filing: &mut Filing) -> StoreResult<()> {
-                let events = std::mem::take(&mut filing.events);
-                Self::insert_rows(conn, "events", codec::EVENT_INSERT_COLUMNS, events, "").await?;
-                let streams = std::mem::take(&mut filing.new_streams);
-                Self::insert_rows(conn, "streams", codec::STREAM_COLUMNS, streams, "").await?;
-                Ok(())
+                let mut writes = Writes::default();
+                filing.defer(&mut writes);
+                Self::run_writes(conn, &mut writes).await
             }
 
             /// Merges two conversations; returns the survivor. The absorbed one's projection is
@@ -877,8 +946,9 @@ macro_rules! sql_store {
                             conversation,
                             fold,
                             lines,
-                            handoffs_from: 0,
+                            handoffs_from: Some(0),
                             agents_changed: true,
+                            indexed_changed: true,
                         });
                     }
                 }
@@ -894,18 +964,37 @@ macro_rules! sql_store {
                 refold: BTreeSet<Uuid>,
                 sla: &SlaConfig,
                 keep: bool,
+                batch: Unwritten<'_>,
             ) -> StoreResult<HashMap<Uuid, (Conversation, Vec<Message>)>> {
+                let Unwritten { writes, streams: filed, events: appended } = batch;
                 let ids: Vec<Uuid> = increments.keys().copied().filter(|id| !refold.contains(id)).collect();
+                // Kept fold states and stored streams, in one read; the batch's own streams are not written yet.
                 let mut folds: HashMap<Uuid, String> = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = folds_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
+                let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK / 2) {
+                    let sql = folds_and_streams_sql(chunk.len());
+                    type FoldOrStream = (String, Option<String>, Option<String>, Option<String>);
+                    let mut query = sqlx::query_as::<_, FoldOrStream>(&sql).persistent(false);
+                    for _ in 0..2 {
+                        for id in chunk {
+                            query = query.bind(id.to_string());
+                        }
                     }
-                    for (id, fold) in query.fetch_all(&mut *conn).await? {
-                        folds.insert(codec::parse_uuid(&id)?, fold);
+                    for (id, platform, external_id, fold) in query.fetch_all(&mut *conn).await? {
+                        let id = codec::parse_uuid(&id)?;
+                        match (platform, external_id, fold) {
+                            (Some(platform), Some(external_id), _) => {
+                                streams.entry(id).or_default().push(codec::stream_key(&platform, external_id)?);
+                            }
+                            (_, _, Some(fold)) => {
+                                folds.insert(id, fold);
+                            }
+                            _ => {}
+                        }
                     }
+                }
+                for (stream, id) in filed {
+                    streams.entry(*id).or_default().push(stream.clone());
                 }
                 let mut kept: HashMap<Uuid, FoldState> = HashMap::new();
                 let mut stale: Vec<Uuid> = Vec::new();
@@ -933,17 +1022,18 @@ macro_rules! sql_store {
                         (id, LogExtent::of_events(&events), inputs, clocks)
                     })
                     .collect();
-                // Relays whose echo may already be folded: asked about in one round trip.
+                // Relays whose echo may already be folded (stored, or appended by this batch): the
+                // stored ones asked about in one round trip.
                 let echoes: Vec<Uuid> = increments
                     .iter()
                     .flat_map(|(_, _, inputs, _)| inputs.iter().filter_map(|i| projection::echo_of(&i.fact)))
+                    .filter(|echo| !appended.contains(echo))
                     .collect();
                 let stored_echoes: HashSet<Uuid> = if echoes.is_empty() {
                     HashSet::new()
                 } else {
                     Self::stored_events(conn, &echoes).await?.into_keys().collect()
                 };
-                let mut streams = Self::streams_of(conn, &ids).await?;
                 let mut to_refold: Vec<Uuid> = refold.into_iter().collect();
                 let mut written = Vec::with_capacity(increments.len());
                 for (id, extent, inputs, clocks) in increments {
@@ -956,26 +1046,32 @@ macro_rules! sql_store {
                         continue;
                     }
                     // None: a conversation this batch starts.
-                    let mut fold = kept.remove(&id).unwrap_or_default();
+                    let kept_fold = kept.remove(&id);
+                    let new = kept_fold.is_none();
+                    let mut fold = kept_fold.unwrap_or_default();
                     let Some(extent) = extent else {
                         continue;
                     };
-                    let before = (fold.handoff_count(), fold.agents().to_vec(), fold.started_at());
-                    let folded = |echo: Uuid| stored_echoes.contains(&echo);
+                    let (handoffs, agents, started_at) =
+                        (fold.handoff_mark(), fold.agents().to_vec(), fold.started_at());
+                    let folded = |echo: Uuid| appended.contains(&echo) || stored_echoes.contains(&echo);
                     match fold.extend_timed(extent, inputs, clocks, &folded) {
                         Ok(lines) => {
                             let streams = streams.remove(&id).unwrap_or_default();
                             let Some(conversation) = fold.conversation(id, &streams, sla) else {
                                 continue;
                             };
-                            let agents_changed = before.1 != fold.agents() || before.2 != fold.started_at();
+                            let agents_changed = agents != fold.agents() || started_at != fold.started_at();
+                            // The indexed columns follow from the latest handoff and the start alone.
+                            let handoffs_changed = handoffs != fold.handoff_mark();
                             written.push(Written {
                                 conversation,
-                                fold,
                                 lines,
                                 // Only the latest handoff and new ones can change.
-                                handoffs_from: before.0.saturating_sub(1),
+                                handoffs_from: handoffs_changed.then(|| handoffs.count().saturating_sub(1)),
                                 agents_changed,
+                                indexed_changed: new || handoffs_changed || started_at != fold.started_at(),
+                                fold,
                             });
                         }
                         Err(why) => {
@@ -984,7 +1080,11 @@ macro_rules! sql_store {
                         }
                     }
                 }
-                written.extend(Self::refold(conn, &to_refold, sla).await?);
+                if !to_refold.is_empty() {
+                    // A refold reads the conversation's events and streams: the batch's go in first.
+                    Self::run_writes(conn, writes).await?;
+                    written.extend(Self::refold(conn, &to_refold, sla).await?);
+                }
                 // What the relay planner reads: each conversation as the batch leaves it, with its new lines.
                 let kept: HashMap<Uuid, (Conversation, Vec<Message>)> = if keep {
                     written
@@ -994,20 +1094,33 @@ macro_rules! sql_store {
                 } else {
                     HashMap::new()
                 };
-                Self::write(conn, written, &to_refold).await?;
+                Self::write_into(writes, written, &to_refold)?;
+                Self::run_writes(conn, writes).await?;
                 Ok(kept)
             }
 
-            /// The latest accepted queue call of a conversation (the live chat its relays go to).
-            async fn latest_queue_call(
+            /// The latest accepted queue call of each conversation of `ids` that has one (the live chat
+            /// its relays go to), in few round trips.
+            async fn latest_queue_calls(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                conversation: Uuid,
-            ) -> StoreResult<Option<StoredEvent>> {
-                let row: Option<EventRow> = sqlx::query_as(&latest_queue_call_sql())
-                    .bind(conversation.to_string())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                row.map(codec::decode_event).transpose()
+                ids: &[Uuid],
+            ) -> StoreResult<HashMap<Uuid, StoredEvent>> {
+                let mut latest: HashMap<Uuid, StoredEvent> = HashMap::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = latest_queue_calls_sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(&mut *conn).await? {
+                        let event = codec::decode_event(row)?;
+                        let Some(id) = event.conversation_id else { continue };
+                        if latest.get(&id).is_none_or(|known| known.seq < event.seq) {
+                            latest.insert(id, event);
+                        }
+                    }
+                }
+                Ok(latest)
             }
 
             /// Writes projected conversations: everything of a refolded one is deleted first, then
@@ -1017,41 +1130,63 @@ macro_rules! sql_store {
                 written: Vec<Written>,
                 refolded: &[Uuid],
             ) -> StoreResult<()> {
+                let mut writes = Writes::default();
+                Self::write_into(&mut writes, written, refolded)?;
+                Self::run_writes(conn, &mut writes).await
+            }
+
+            /// The statements that write projected conversations: everything of a refolded one is
+            /// deleted first, then rows are written with multi-row statements. A conversation whose
+            /// indexed columns did not change sets only the others, so no index entry is rewritten.
+            fn write_into(writes: &mut Writes, written: Vec<Written>, refolded: &[Uuid]) -> StoreResult<()> {
                 for table in ["messages", "handoffs"] {
-                    Self::execute_in(conn, refolded, |n| delete_in_sql(table, "conversation_id", n)).await?;
+                    writes.for_ids(refolded, |n| delete_in_sql(table, "conversation_id", n));
                 }
                 let agents_changed: Vec<Uuid> =
                     written.iter().filter(|w| w.agents_changed).map(|w| w.conversation.id).collect();
-                Self::execute_in(conn, &agents_changed, |n| delete_in_sql("conversation_agents", "conversation_id", n))
-                    .await?;
-                let mut conversations = Vec::with_capacity(written.len());
+                writes.for_ids(&agents_changed, |n| delete_in_sql("conversation_agents", "conversation_id", n));
+                let (mut indexed, mut unindexed) = (Vec::new(), Vec::new());
                 let (mut messages, mut handoffs, mut agents) = (Vec::new(), Vec::new(), Vec::new());
                 for w in &written {
-                    conversations.push(codec::conversation_row(&w.conversation, &w.fold)?);
+                    let row = codec::conversation_row(&w.conversation, &w.fold)?;
+                    if w.indexed_changed {
+                        indexed.push(row);
+                    } else {
+                        unindexed.push(row);
+                    }
                     messages.extend(codec::message_rows(w.conversation.id, &w.lines)?);
-                    handoffs.extend(codec::handoff_rows(&w.conversation)?.into_iter().skip(w.handoffs_from));
+                    if let Some(from) = w.handoffs_from {
+                        handoffs.extend(codec::handoff_rows(&w.conversation)?.into_iter().skip(from));
+                    }
                     if w.agents_changed {
                         agents.extend(codec::agent_rows(&w.conversation));
                     }
                 }
-                Self::insert_rows(
-                    conn,
+                writes.insert(
                     "conversations",
                     codec::CONVERSATION_COLUMNS,
-                    conversations,
+                    indexed,
                     &codec::upsert_clause(&["id"], codec::CONVERSATION_COLUMNS),
-                )
-                .await?;
-                Self::insert_rows(conn, "messages", codec::MESSAGE_COLUMNS, messages, "").await?;
-                Self::insert_rows(
-                    conn,
+                );
+                let unindexed_set: Vec<&str> = codec::CONVERSATION_COLUMNS
+                    .iter()
+                    .copied()
+                    .filter(|c| *c == "id" || CONVERSATION_UNINDEXED.contains(c))
+                    .collect();
+                writes.insert(
+                    "conversations",
+                    codec::CONVERSATION_COLUMNS,
+                    unindexed,
+                    &codec::upsert_clause(&["id"], &unindexed_set),
+                );
+                writes.insert("messages", codec::MESSAGE_COLUMNS, messages, "");
+                writes.insert(
                     "handoffs",
                     codec::HANDOFF_COLUMNS,
                     handoffs,
                     &codec::upsert_clause(&["conversation_id", "ordinal"], codec::HANDOFF_COLUMNS),
-                )
-                .await?;
-                Self::insert_rows(conn, "conversation_agents", codec::AGENT_COLUMNS, agents, "").await?;
+                );
+                writes.insert("conversation_agents", codec::AGENT_COLUMNS, agents, "");
                 Ok(())
             }
 
@@ -1062,10 +1197,10 @@ macro_rules! sql_store {
                 planner: Option<&dyn RelayPlanner>,
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
-                let mut next = Self::last_seq_in(conn).await? + 1;
-                let batch_from = next;
                 // Chained here, by the only writer, so each hash follows its predecessor's.
-                let mut prev = Self::prev_hash_in(conn).await?;
+                let (last, mut prev) = Self::head_in(conn).await?;
+                let mut next = last + 1;
+                let batch_from = next;
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
                 let mut known = Self::known_events(conn, &ids).await?;
@@ -1149,7 +1284,11 @@ macro_rules! sql_store {
                     }
                     pending.push(filed);
                 }
-                Self::flush(conn, &mut filing).await?;
+                // Inserted with the projection's rows (one call on SQLite), or before a refold reads the log.
+                let filed: Vec<(StreamKey, Uuid)> =
+                    filing.new_streams.iter().map(|(stream, id, _)| (stream.clone(), *id)).collect();
+                let mut writes = Writes::default();
+                filing.defer(&mut writes);
                 // Each new event joins the increment of the conversation its stream ends up in.
                 let mut increments: BTreeMap<Uuid, Vec<StoredEvent>> = BTreeMap::new();
                 // New events that may call for commands, as stored: planned once projected.
@@ -1168,23 +1307,33 @@ macro_rules! sql_store {
                     increments.entry(*survivor).or_default();
                 }
                 let refold = filing.merged.clone();
-                let projected = Self::project(conn, increments, refold, sla, !to_plan.is_empty()).await?;
+                let appended_ids: HashSet<Uuid> = pending.iter().flatten().filter(|p| !p.duplicate).map(|p| p.event_id).collect();
+                let batch = Unwritten {
+                    writes: &mut writes,
+                    streams: &filed,
+                    events: &appended_ids,
+                };
+                let projected = Self::project(conn, increments, refold, sla, !to_plan.is_empty(), batch).await?;
                 // The commands each new event calls for, planned on the state it left: appended in this
                 // same transaction, after the batch.
                 let mut planned: Vec<NewEvent> = Vec::new();
                 let mut planned_for: HashMap<i64, std::ops::Range<usize>> = HashMap::new();
                 if let Some(planner) = planner {
-                    let mut queue_calls: HashMap<Uuid, Option<StoredEvent>> = HashMap::new();
+                    // The latest queue call of every conversation whose events plan with it, in one read.
+                    let mut asking: Vec<Uuid> = to_plan
+                        .iter()
+                        .filter(|e| planner.reads_queue_call(&e.kind))
+                        .filter_map(|e| e.conversation_id)
+                        .collect();
+                    asking.sort_unstable();
+                    asking.dedup();
+                    let queue_calls = Self::latest_queue_calls(conn, &asking).await?;
                     for event in &to_plan {
                         let Some(id) = event.conversation_id else { continue };
                         let Some((conversation, lines)) = projected.get(&id) else {
                             continue;
                         };
-                        if !queue_calls.contains_key(&id) {
-                            let latest = Self::latest_queue_call(conn, id).await?;
-                            queue_calls.insert(id, latest);
-                        }
-                        let queued = queue_calls.get(&id).and_then(Option::as_ref);
+                        let queued = queue_calls.get(&id);
                         let lines: Vec<Message> = lines.iter().filter(|m| m.seq == event.seq).cloned().collect();
                         let commands = planner.plan(event, conversation, &lines, queued);
                         planned_for.insert(event.seq, planned.len()..planned.len() + commands.len());
@@ -1659,7 +1808,9 @@ impl SqliteStore {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
             }
         }
+        // A local file does not go away between statements: no test query before every acquire.
         let pool = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?;
@@ -1795,8 +1946,9 @@ mod tests {
     async fn the_latest_queue_call_is_found_through_indexes() {
         let store = SqliteStore::connect("sqlite::memory:", 1).await.unwrap();
         store.migrate().await.unwrap();
-        let explain = format!("EXPLAIN QUERY PLAN {}", latest_queue_call_sql());
+        let explain = format!("EXPLAIN QUERY PLAN {}", latest_queue_calls_sql(2));
         let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain)
+            .bind(Uuid::new_v4().to_string())
             .bind(Uuid::new_v4().to_string())
             .fetch_all(store.pool())
             .await
