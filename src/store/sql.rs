@@ -413,6 +413,71 @@ fn anonymous_placeholders(sql: &str) -> String {
     out
 }
 
+/// PostgreSQL's form of a run of statements: each statement that is not an insert on its own, in
+/// order, and each run of inserts between them as one statement of data-modifying `WITH` clauses (one
+/// round trip; the inserts touch distinct rows, so running them in one statement changes nothing),
+/// placeholders renumbered, at most [`codec::MAX_BINDS`] values each.
+fn combine_inserts(statements: Vec<(String, Vec<Bind>)>) -> Vec<(String, Vec<Bind>)> {
+    let mut out: Vec<(String, Vec<Bind>)> = Vec::new();
+    let mut run: Vec<(String, Vec<Bind>)> = Vec::new();
+    fn close(run: &mut Vec<(String, Vec<Bind>)>, out: &mut Vec<(String, Vec<Bind>)>) {
+        let Some((last_sql, last_values)) = run.pop() else {
+            return;
+        };
+        if run.is_empty() {
+            out.push((last_sql, last_values));
+            return;
+        }
+        let (mut clauses, mut values) = (Vec::new(), Vec::new());
+        for (i, (sql, v)) in run.drain(..).enumerate() {
+            clauses.push(format!("w{i} AS ({})", renumber_placeholders(&sql, values.len())));
+            values.extend(v);
+        }
+        let main = renumber_placeholders(&last_sql, values.len());
+        values.extend(last_values);
+        out.push((format!("WITH {} {main}", clauses.join(", ")), values));
+    }
+    let mut binds = 0;
+    for (sql, values) in statements {
+        if !sql.starts_with("INSERT ") {
+            close(&mut run, &mut out);
+            binds = 0;
+            out.push((sql, values));
+            continue;
+        }
+        if binds + values.len() > codec::MAX_BINDS {
+            close(&mut run, &mut out);
+            binds = 0;
+        }
+        binds += values.len();
+        run.push((sql, values));
+    }
+    close(&mut run, &mut out);
+    out
+}
+
+/// `sql` with every `$N` placeholder written `$(N + offset)`.
+fn renumber_placeholders(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + sql.len() / 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0usize;
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                n = n * 10 + d.to_digit(10).map_or(0, |d| d as usize);
+            }
+            out.push('$');
+            out.push_str(&(n + offset).to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 macro_rules! sql_store {
     ($name:ident, $db:ty, begin = $begin:expr, lock = $lock:expr, migrator = $migrator:expr) => {
         /// The store on this backend: the event log and its projections.
@@ -502,7 +567,7 @@ macro_rules! sql_store {
                     query.execute(&mut *conn).await?;
                     return Ok(());
                 }
-                for (sql, values) in statements {
+                for (sql, values) in combine_inserts(statements) {
                     let mut query = sqlx::query(&sql).persistent(false);
                     for value in values {
                         query = Self::bind(query, value);
@@ -1835,6 +1900,42 @@ mod tests {
 
     use super::*;
     use crate::model::{Disposition, HandoffState, Platform, SlaStatus};
+
+    #[test]
+    fn postgres_runs_of_inserts_become_one_statement_with_renumbered_placeholders() {
+        let insert = |table: &str, values: Vec<i64>| {
+            let sql = codec::insert_sql(table, &["a"], values.len(), "");
+            (sql, values.into_iter().map(Bind::Int).collect::<Vec<_>>())
+        };
+        let delete = ("DELETE FROM t WHERE a IN ($1)".to_string(), vec![Bind::Int(9)]);
+        let combined = combine_inserts(vec![
+            delete.clone(),
+            insert("t", vec![1, 2]),
+            insert("u", vec![3]),
+            insert("v", vec![4]),
+            delete.clone(),
+            insert("w", vec![5]),
+        ]);
+        assert_eq!(
+            combined,
+            vec![
+                delete.clone(),
+                (
+                    "WITH w0 AS (INSERT INTO t (a) VALUES ($1), ($2)), w1 AS (INSERT INTO u (a) VALUES ($3)) \
+                     INSERT INTO v (a) VALUES ($4)"
+                        .to_string(),
+                    vec![Bind::Int(1), Bind::Int(2), Bind::Int(3), Bind::Int(4)]
+                ),
+                delete,
+                ("INSERT INTO w (a) VALUES ($1)".to_string(), vec![Bind::Int(5)]),
+            ]
+        );
+        assert_eq!(renumber_placeholders("x = $1 AND y = $12", 30), "x = $31 AND y = $42");
+        // A run past the bind limit is split.
+        let big = |n: usize| insert("t", vec![1; n]);
+        let split = combine_inserts(vec![big(codec::MAX_BINDS - 1), big(2)]);
+        assert_eq!(split.len(), 2);
+    }
 
     #[test]
     fn sqlite_inserts_bind_plain_placeholders_in_order() {
