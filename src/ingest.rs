@@ -27,6 +27,10 @@ pub const ENCRYPTED_HEADER: &str = "x-ledger-encrypted";
 /// body can be decrypted again when it is redriven.
 pub const IV_HEADER: &str = "x-ledger-iv";
 
+/// Stored header of an event appended by a redrive of a quarantined delivery (its value: the redrive's
+/// key). Such an event is recorded and relayed, but a redriven `escalate` does not queue: nobody waits for it.
+pub const REDRIVE_HEADER: &str = "x-ledger-redrive";
+
 /// One body as it arrived, with what the pipeline needs to know about it.
 pub struct Inbound {
     /// The platform that sent it (its quarantine entries are filed under it).
@@ -139,6 +143,9 @@ impl Pipeline {
         // The quarantine keeps what was sent (an encrypted body stays encrypted there).
         let decrypted = self.decrypt(&inbound, &mut headers);
         let idempotency_key = headers.get("idempotency-key").cloned().or_else(|| redrive_key.clone());
+        if let Some(key) = &redrive_key {
+            headers.insert(REDRIVE_HEADER.to_string(), key.clone());
+        }
         let parsed = decrypted.and_then(|decrypted| {
             let body: &[u8] = decrypted.as_deref().unwrap_or(&inbound.body);
             let delivery = Delivery {

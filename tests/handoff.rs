@@ -1090,6 +1090,157 @@ async fn commands_recorded_before_a_crash_are_sent_after_the_restart() {
     drop(again);
 }
 
+/// The queue call of a synchronous escalation is the command committed with the escalation: the bot's
+/// `escalate` sent again, and the API's handoff retried with its `Idempotency-Key`, are answered as the first
+/// one was and queue nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_escalation_is_answered_as_the_first_and_queues_once() {
+    let mock = MockServer::start().await;
+    let room = format!("room-{}", Uuid::new_v4());
+    mount_aivo_queue(&mock, &room, Duration::ZERO).await;
+    let app = spawn(Store::Sqlite, &mock, |_| {}).await;
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let escalate = ultimate("escalate", &pcid, json!({"escalateTo": "sales", "messageId": "esc-1"}));
+    let first = app.post_ok("/webhooks/ultimate/converse", &escalate).await;
+    let id = conv(&first);
+    assert_eq!(app.conversation(&id).await["state"], json!("queued"));
+    let again = app.post_ok("/webhooks/ultimate/converse", &escalate).await;
+    assert_eq!(again["duplicate"], json!(true));
+    let handoff = |key: &'static str| {
+        let client = app.client.clone();
+        let url = format!("{}/v1/conversations/{id}/handoff", app.address);
+        async move {
+            let res = client
+                .post(url)
+                .header("idempotency-key", key)
+                .json(&json!({"team": "sales"}))
+                .send()
+                .await
+                .expect("send");
+            (res.status().as_u16(), res.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, answer) = handoff("h-1").await;
+    assert_eq!(status, 200, "already with a live team: {answer}");
+    let (status, answer) = handoff("h-1").await;
+    assert_eq!((status, &answer["duplicate"]), (200, &json!(true)), "{answer}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(received(&mock, "/aivo/queue").await.len(), 1, "queued once");
+    assert_eq!(app.commands(&id).await, vec!["aivo_live_queue"]);
+}
+
+/// The relays an event calls for commit with it, so none waits on a handler: here the instance stops right
+/// after committing the deliveries of the race (an agent attended before the queue call returned, then the
+/// link merged the room in) without sending anything. The next start tells the widget, once; redeliveries of
+/// the attend and of the link relay nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_committed_with_its_trigger_is_sent_after_a_crash_and_only_once() {
+    let mock = MockServer::start().await;
+    mount_ok(&mock, "/ultimate/").await;
+    let store = FreshStore::create(Store::Sqlite).await;
+    let mut config = config_for(&mock);
+    config.store.url = store.url.clone();
+    let first = Application::build(config).await.expect("build");
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let room = format!("room-{}", Uuid::new_v4());
+    // The deliveries as the webhooks append them (parsed, through the writer and its relay rules); the
+    // instance never gets to send what they committed.
+    let parsed = |parse: handoff_ledger::ingest::ParseFn, body: &Value| {
+        let delivery = handoff_ledger::sources::Delivery {
+            received_at: Utc::now(),
+            ..Default::default()
+        };
+        parse(&body.to_string(), body, &delivery).expect("parses").events
+    };
+    let writer = first.state().writer.clone();
+    let escalated = writer
+        .append(parsed(
+            handoff_ledger::sources::ultimate::parse,
+            &ultimate("escalate", &pcid, json!({})),
+        ))
+        .await
+        .unwrap();
+    let id = escalated[0].conversation_id.unwrap();
+    let queue = first
+        .state()
+        .store
+        .events_after(escalated[0].relays[0] - 1, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let mut queue_result: ledger::CommandRecord = serde_json::from_value(queue.payload.clone()).unwrap();
+    assert_eq!(queue_result.action, "aivo_live_queue");
+    queue_result.outcome = Some("ok".into());
+    let attended = aivo(
+        "attended",
+        &room,
+        Utc::now(),
+        json!({"agent": {"name": "Tomas", "groupId": 2179}}),
+    );
+    let early = writer
+        .append(parsed(handoff_ledger::sources::aivo_live::parse, &attended))
+        .await
+        .unwrap();
+    assert_ne!(
+        early[0].conversation_id,
+        Some(id),
+        "the room is a conversation of its own"
+    );
+    assert!(early[0].relays.is_empty(), "no widget to tell yet");
+    let link = || {
+        let accepted = ledger::QueueAccepted {
+            backend: "aivo_live".into(),
+            queue: Some("2179".into()),
+            live_id: room.clone(),
+            team: None,
+        };
+        let live = handoff_ledger::model::StreamKey::new(handoff_ledger::model::Platform::AivoLive, room.clone());
+        ledger::queue_accepted(id, &accepted, live, Utc::now())
+    };
+    // The queue call's result and its link, in one append (as the outbox records them).
+    let linked = writer
+        .append(vec![
+            ledger::command(id, "ledger.command_result", &queue_result, Utc::now()),
+            link(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(linked[1].relays.len(), 1, "the widget's update committed with the link");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        mock.received_requests().await.unwrap().is_empty(),
+        "nothing sent before the restart"
+    );
+    drop(first);
+
+    let app = spawn_on(store, &mock, |_| {}).await;
+    let calls = wait_widget_calls(&mock, 1).await;
+    assert_eq!(
+        calls,
+        vec![json!({"platformConversationId": pcid, "eventType": "escalationSuccess", "agent": "Tomas"})]
+    );
+    // The platform delivers the attend again, and the link is recorded again: duplicates, nothing relayed.
+    let again = app.post_ok("/webhooks/aivo-live", &attended).await;
+    assert_eq!(again["duplicate"], json!(true));
+    let relinked = app.state.writer.append(vec![link()]).await.unwrap();
+    assert!(relinked[0].duplicate && relinked[0].relays.is_empty(), "{relinked:?}");
+    wait_until("both results", || async {
+        app.results(&id.to_string()).await.len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(widget_calls(&mock).await.len(), 1, "told once");
+    assert_eq!(
+        app.commands(&id.to_string()).await,
+        vec!["aivo_live_queue", "widget_escalation_success"]
+    );
+    assert!(app.results(&id.to_string()).await.iter().all(|(_, o)| o == "ok"));
+    assert!(
+        received(&mock, "/aivo/").await.is_empty(),
+        "the settled queue call is not sent again"
+    );
+}
+
 /// `isTeamOnline` asks Bright Pattern for availability and answers false when it does not answer in 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn is_team_online_asks_the_routed_backend() {

@@ -182,6 +182,7 @@ on_both_backends!(
         a_redelivery_of_an_erased_event_is_checked_against_its_digest,
         a_status_without_id_or_time_seen_again_after_other_events_is_new,
         commands_an_event_calls_for_commit_with_it,
+        the_planner_is_handed_the_attends_it_asks_for,
     ],
     db: [
         the_event_log_refuses_update_and_delete,
@@ -1642,6 +1643,7 @@ impl store::RelayPlanner for AttendRelays {
         conversation: &Conversation,
         lines: &[Message],
         queued: Option<&handoff_ledger::model::StoredEvent>,
+        _attends: &[handoff_ledger::model::StoredEvent],
     ) -> Vec<NewEvent> {
         let record = ledger::CommandRecord {
             command_id: format!("success:{}", event.event_id),
@@ -1706,4 +1708,94 @@ async fn commands_an_event_calls_for_commit_with_it(store: Arc<dyn Store>) {
     let before = store.get_conversation(cu).await.unwrap();
     store.replay(&sla(), &|_, _| {}).await.unwrap();
     assert_eq!(store.get_conversation(cu).await.unwrap(), before);
+}
+
+/// Relay rules for the test: an accepted queue call asks for its conversation's attends and records the
+/// agents they name, newest first, with the state the batch left the conversation in.
+struct LinkRelays;
+
+impl store::RelayPlanner for LinkRelays {
+    fn relays(&self, kind: &str) -> bool {
+        kind == "ledger.queue_accepted" || kind == "aivo_live.attended"
+    }
+
+    fn reads_attends(&self, event: &handoff_ledger::model::StoredEvent, _conversation: &Conversation) -> bool {
+        event.kind == "ledger.queue_accepted"
+    }
+
+    fn plan(
+        &self,
+        event: &handoff_ledger::model::StoredEvent,
+        conversation: &Conversation,
+        _lines: &[Message],
+        _queued: Option<&handoff_ledger::model::StoredEvent>,
+        attends: &[handoff_ledger::model::StoredEvent],
+    ) -> Vec<NewEvent> {
+        let agents: Vec<&str> = attends
+            .iter()
+            .map(|a| a.payload["data"]["agent"]["name"].as_str().unwrap_or("?"))
+            .collect();
+        let record = ledger::CommandRecord {
+            command_id: format!("planned:{}", event.event_id),
+            action: "test".into(),
+            outcome: None,
+            detail: Some(format!(
+                "{} {:?} attends={}",
+                event.kind,
+                conversation.state,
+                agents.join(",")
+            )),
+            body: None,
+            retry_of: None,
+        };
+        vec![ledger::command(
+            conversation.id,
+            ledger::COMMAND,
+            &record,
+            event.received_at,
+        )]
+    }
+}
+
+/// The attends the planner asks for are the conversation's own (those of the live chat a link merged in
+/// included), newest first, read in the append's transaction; a planner that does not ask gets none.
+async fn the_planner_is_handed_the_attends_it_asks_for(store: Arc<dyn Store>) {
+    let cu = ultimate("u-attends").conversation_id();
+    append_one(&store, bot("u-attends", "hi", 0)).await;
+    // Agents attend the room before the queue call returned: the room is a conversation of its own.
+    append_one(&store, attended("room-attends", "Tomas", 5)).await;
+    append_one(&store, attended("room-attends", "Ana", 6)).await;
+    // Another chat's attend is not this conversation's.
+    append_one(&store, attended("room-elsewhere", "Zoe", 7)).await;
+    let planned = |events: Vec<NewEvent>| {
+        let store = store.clone();
+        async move {
+            store
+                .append_batch_planned(&[events], &sla(), &LinkRelays)
+                .await
+                .unwrap()
+                .remove(0)
+        }
+    };
+    let link = planned(vec![queue_accepted(cu, "room-attends", "2179", 8)]).await;
+    let merged = link[0].conversation_id.expect("filed");
+    assert_eq!(link[0].relays, vec![link[0].seq + 1], "{link:?}");
+    let events = store.conversation_events(merged).await.unwrap().unwrap();
+    let command = events.iter().find(|e| e.seq == link[0].seq + 1).expect("the command");
+    assert_eq!(command.kind, ledger::COMMAND);
+    assert_eq!(
+        command.payload["detail"],
+        json!("ledger.queue_accepted Attended attends=Ana,Tomas"),
+        "the merged conversation's attends, newest first"
+    );
+    // An event of a kind that does not ask is handed none.
+    let attend = planned(vec![attended("room-attends", "Lu", 9)]).await;
+    let events = store.conversation_events(merged).await.unwrap().unwrap();
+    let command = events.iter().find(|e| e.seq == attend[0].seq + 1).expect("the command");
+    assert_eq!(command.payload["detail"], json!("aivo_live.attended Attended attends="));
+    // The link delivered again: nothing planned, nothing appended.
+    let last = store.last_seq().await.unwrap();
+    let again = planned(vec![queue_accepted(cu, "room-attends", "2179", 8)]).await;
+    assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+    assert_eq!(store.last_seq().await.unwrap(), last);
 }

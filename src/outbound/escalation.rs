@@ -9,8 +9,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::clients::{BackendError, Backends};
-use super::commands::{command_id, Command};
+use super::commands::Command;
 use super::plan::ultimate_id;
+use super::relay::command_of;
+use super::runner::Job;
 use super::Outbound;
 use crate::config::RoutingConfig;
 use crate::model::{AppendOutcome, Backend, Conversation, HandoffState};
@@ -156,8 +158,8 @@ impl Outbound {
             .await
     }
 
-    /// The bot's `escalate`, just appended: hands its conversation over (nothing to do for a delivery
-    /// that carried no event).
+    /// The bot's `escalate`, just appended (and its commands dispatched by the pipeline): answers with the
+    /// outcome of the queue call its append committed (nothing to do for a delivery that carried no event).
     pub(crate) async fn escalate_appended(
         &self,
         outcomes: &[AppendOutcome],
@@ -166,35 +168,72 @@ impl Outbound {
         let Some(outcome) = outcomes.first() else {
             return Ok(());
         };
-        let conversation_id = outcome.conversation_id.ok_or(EscalationError::NamesNoConversation)?;
-        self.escalate(conversation_id, team, outcome.event_id).await
+        self.escalated(outcome, team).await
     }
 
-    /// `POST /v1/conversations/{id}/handoff`, just appended: hands the conversation over as the bot's
-    /// `escalate` does.
+    /// `POST /v1/conversations/{id}/handoff`, just appended: sends what its append committed and answers as
+    /// the bot's `escalate` is answered.
     pub(crate) async fn escalate_requested(
         &self,
         conversation: &Conversation,
         team: Option<&str>,
         outcomes: &[AppendOutcome],
     ) -> Result<(), EscalationError> {
-        let trigger = outcomes.first().map(|o| o.event_id).unwrap_or_else(Uuid::new_v4);
-        let conversation_id = outcomes
-            .first()
-            .and_then(|o| o.conversation_id)
-            .unwrap_or(conversation.id);
-        self.escalate(conversation_id, team, trigger).await
+        self.relay(&[], outcomes).await;
+        let Some(outcome) = outcomes.first() else {
+            return Ok(());
+        };
+        let outcome = AppendOutcome {
+            conversation_id: outcome.conversation_id.or(Some(conversation.id)),
+            ..outcome.clone()
+        };
+        self.escalated(&outcome, team).await
     }
 
-    /// A synchronous escalation: queues the conversation with the routed backend within
-    /// `ultimate.escalate_deadline_seconds`. `trigger` is the event that asked for it (its id makes the
-    /// command id, so a repeated trigger is one command).
-    pub async fn escalate(
-        &self,
-        conversation_id: Uuid,
-        team: Option<&str>,
-        trigger: Uuid,
-    ) -> Result<(), EscalationError> {
+    /// A synchronous escalation whose trigger was appended as `outcome`: the write path planned its queue
+    /// command (or its `ledger.queue_failed` note) in the same transaction; this waits for that command's
+    /// outcome, at most `ultimate.escalate_deadline_seconds`. A redelivered trigger plans nothing: it is
+    /// answered as the first one was when the conversation is with a live team, else as already attempted.
+    async fn escalated(&self, outcome: &AppendOutcome, team: Option<&str>) -> Result<(), EscalationError> {
+        let conversation_id = outcome.conversation_id.ok_or(EscalationError::NamesNoConversation)?;
+        if outcome.duplicate || outcome.conflict {
+            return self.escalated_before(conversation_id, team).await;
+        }
+        for event in self.committed(std::slice::from_ref(outcome)).await? {
+            if event.kind == ledger::QUEUE_FAILED {
+                let reason = event.payload.get("reason").and_then(|r| r.as_str()).unwrap_or_default();
+                return Err(EscalationError::NoRoute(reason.to_string()));
+            }
+            if let Some((conversation_id, record, command)) = command_of(&event) {
+                if let Command::Queue {
+                    backend,
+                    synchronous: true,
+                    ..
+                } = &command
+                {
+                    let backend = *backend;
+                    return self
+                        .await_queue_call(conversation_id, record.command_id, command, backend)
+                        .await;
+                }
+            }
+        }
+        // Nothing planned: the conversation is already with a live team (answered as the first request was).
+        let conversation = self
+            .inner
+            .store
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or(EscalationError::NoConversation(conversation_id))?;
+        if matches!(conversation.state, HandoffState::Queued | HandoffState::Attended) {
+            Ok(())
+        } else {
+            Err(EscalationError::Interrupted)
+        }
+    }
+
+    /// A redelivered escalation: its own append planned (and the outbox ran) what it called for.
+    async fn escalated_before(&self, conversation_id: Uuid, team: Option<&str>) -> Result<(), EscalationError> {
         let conversation = self
             .inner
             .store
@@ -205,45 +244,41 @@ impl Outbound {
             // Already with a live team: a repeated request is answered as the first was.
             return Ok(());
         }
-        let command = match escalation_command(
+        escalation_command(
             &self.inner.config.routing,
             &self.inner.backends,
             team,
             &conversation,
             false,
             true,
-        ) {
-            Ok(command) => command,
-            Err(NoRoute(reason)) => {
-                let backend = self
-                    .inner
-                    .config
-                    .routing
-                    .resolve(team)
-                    .map(|r| r.backend.as_str())
-                    .unwrap_or_default();
-                self.append_durably(vec![ledger::queue_failed(
-                    conversation.id,
-                    backend,
-                    &reason,
-                    Utc::now(),
-                )])
-                .await;
-                return Err(EscalationError::NoRoute(reason));
+        )
+        .map_err(|NoRoute(reason)| EscalationError::NoRoute(reason))?;
+        Err(EscalationError::AlreadyAttempted)
+    }
+
+    /// Waits for the outcome of the committed synchronous queue call `command_id`, which the outbox runs:
+    /// its dispatch kept a reply for this waiter. When it was not dispatched (the pipeline could not read
+    /// the committed commands back), it is dispatched here.
+    async fn await_queue_call(
+        &self,
+        conversation_id: Uuid,
+        command_id: String,
+        command: Command,
+        backend: Backend,
+    ) -> Result<(), EscalationError> {
+        let rx = match self.take_reply(&command_id) {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = oneshot::channel();
+                self.dispatch(Job {
+                    conversation_id,
+                    command_id,
+                    command,
+                    reply: Some(tx),
+                });
+                rx
             }
         };
-        let Command::Queue { backend, .. } = &command else {
-            return Err(EscalationError::NoRoute("an escalation is a queue command".to_string()));
-        };
-        let backend = *backend;
-        let id = command_id(&trigger.to_string(), &command.action());
-        let (tx, rx) = oneshot::channel();
-        let submitted = self
-            .submit_with_reply(conversation.id, vec![(id, command)], Some(tx))
-            .await?;
-        if submitted == 0 {
-            return Err(EscalationError::AlreadyAttempted);
-        }
         let deadline = Duration::from_secs(self.inner.config.ultimate.escalate_deadline_seconds.max(1));
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(Ok(_))) => Ok(()),
@@ -254,5 +289,14 @@ impl Outbound {
                 seconds: deadline.as_secs(),
             }),
         }
+    }
+}
+
+/// The team an escalating event names: the bot's `escalate` (`escalateTo` / `teamId`), the API's `team`.
+pub(crate) fn escalation_team(kind: &str, payload: &serde_json::Value) -> Option<String> {
+    if kind == ledger::API_HANDOFF {
+        payload.get("team").and_then(|t| t.as_str()).map(str::to_string)
+    } else {
+        crate::sources::ultimate::team_of(payload)
     }
 }

@@ -4,7 +4,8 @@
 //! runs those commands through the durable outbox, and polls Bright Pattern chats for their events.
 //!
 //! - [`plan`]: the relay rules, pure (event + conversation -> commands).
-//! - [`relay`]: reads what a rule needs for each appended event and submits the commands.
+//! - [`relay`]: the relay rules as the write path runs them (planned in the append's transaction) and the
+//!   sending of what was committed.
 //! - [`escalation`]: synchronous escalations and `isTeamOnline`, with their [`EscalationError`].
 //! - [`commands`]: the command vocabulary as recorded in the log.
 //! - [`runner`]: the outbox: per-conversation serial execution, retries, recorded results.
@@ -60,6 +61,7 @@ struct Inner {
     bright_pattern: Option<Arc<BrightPatternClient>>,
     outbox: Arc<SerialExecutor<Job>>,
     pollers: Arc<Pollers>,
+    replies: runner::Replies,
     policy: RetryPolicy,
 }
 
@@ -95,6 +97,7 @@ impl Outbound {
                 bright_pattern,
                 outbox: Arc::new(SerialExecutor::default()),
                 pollers: Arc::new(Pollers::default()),
+                replies: runner::Replies::default(),
                 policy,
             }),
         })

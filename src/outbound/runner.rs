@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::Value;
@@ -190,44 +190,14 @@ impl<J: Send + 'static> SerialExecutor<J> {
 }
 
 impl Outbound {
-    /// Records commands (one `ledger.command` each, in one append) and dispatches those newly recorded;
-    /// returns how many were.
-    pub async fn submit(&self, conversation_id: Uuid, commands: Vec<(String, Command)>) -> Result<usize, WriteError> {
-        self.submit_with_reply(conversation_id, commands, None).await
-    }
-
-    pub(super) async fn submit_with_reply(
-        &self,
-        conversation_id: Uuid,
-        commands: Vec<(String, Command)>,
-        mut reply: Option<Reply>,
-    ) -> Result<usize, WriteError> {
-        if commands.is_empty() {
-            return Ok(0);
+    /// Hands a committed command to the outbox. A synchronous queue call keeps a reply for its waiter (the
+    /// escalation handler, which takes it with [`Outbound::take_reply`]).
+    pub(super) fn dispatch(&self, mut job: Job) {
+        if job.reply.is_none() && matches!(job.command, Command::Queue { synchronous: true, .. }) {
+            let (tx, rx) = oneshot::channel();
+            self.inner.replies.keep(&job.command_id, rx);
+            job.reply = Some(tx);
         }
-        let now = Utc::now();
-        let events: Vec<NewEvent> = commands
-            .iter()
-            .map(|(id, c)| ledger::command(conversation_id, ledger::COMMAND, &c.record(id), now))
-            .collect();
-        let outcomes = self.inner.writer.append(events).await?;
-        let mut dispatched = 0;
-        for ((id, command), outcome) in commands.into_iter().zip(outcomes) {
-            if outcome.duplicate {
-                continue;
-            }
-            dispatched += 1;
-            self.dispatch(Job {
-                conversation_id: outcome.conversation_id.unwrap_or(conversation_id),
-                command_id: id,
-                command,
-                reply: reply.take(),
-            });
-        }
-        Ok(dispatched)
-    }
-
-    pub(super) fn dispatch(&self, job: Job) {
         let this = self.clone();
         telemetry::outbox_command_started();
         self.inner.outbox.dispatch(job.conversation_id, job, move |job| {
@@ -354,6 +324,10 @@ impl Outbound {
                 }
             }
         }
+        if let Some(outcomes) = &outcomes {
+            // What the write path planned for the effects (an attend the link merged in: the widget is told).
+            self.relay(&[], outcomes).await;
+        }
         if let Some(reply) = job.reply {
             let _ = reply.send(result.clone());
         }
@@ -363,9 +337,6 @@ impl Outbound {
                     if *backend == Backend::BrightPattern {
                         self.poll(&q.live_id);
                     }
-                }
-                if let Err(e) = self.after_link(survivor).await {
-                    tracing::error!(error = %e, conversation_id = %survivor, "checking for an early attend failed");
                 }
             }
             Ok(Executed::Done {
@@ -524,6 +495,37 @@ impl Outbound {
                 }
             }
         }
+    }
+}
+
+/// Replies of dispatched synchronous queue calls, kept until their waiter takes them (a waiter that never
+/// comes, its request dropped, leaves one behind: those older than [`UNCLAIMED_REPLY`] are dropped).
+#[derive(Default)]
+pub(super) struct Replies {
+    kept: Mutex<HashMap<String, (Instant, oneshot::Receiver<Result<Executed, BackendError>>)>>,
+}
+
+/// How long an untaken reply is kept.
+const UNCLAIMED_REPLY: Duration = Duration::from_secs(600);
+
+impl Replies {
+    fn keep(&self, command_id: &str, rx: oneshot::Receiver<Result<Executed, BackendError>>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        kept.retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_REPLY);
+        kept.insert(command_id.to_string(), (now, rx));
+    }
+
+    fn take(&self, command_id: &str) -> Option<oneshot::Receiver<Result<Executed, BackendError>>> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.remove(command_id).map(|(_, rx)| rx)
+    }
+}
+
+impl Outbound {
+    /// The reply kept for the synchronous queue call `command_id` when it was dispatched, if any.
+    pub(super) fn take_reply(&self, command_id: &str) -> Option<oneshot::Receiver<Result<Executed, BackendError>>> {
+        self.inner.replies.take(command_id)
     }
 }
 

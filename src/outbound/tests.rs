@@ -559,3 +559,291 @@ fn every_relayed_kind_is_one_a_parser_produces() {
         assert!(produced.contains(kind), "{kind} is relayed but no parser produces it");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The relay rules as the write path runs them: planned in the transaction that appends their trigger
+// ---------------------------------------------------------------------------------------------
+
+mod planned {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+    use serde_json::{json, Value};
+
+    use crate::config::{Config, Route, SlaConfig};
+    use crate::ingest::REDRIVE_HEADER;
+    use crate::model::{AppendOutcome, Backend, HandoffState, NewEvent, Platform, StoredEvent, StreamKey};
+    use crate::outbound::clients::WidgetUpdate;
+    use crate::outbound::commands::{command_id, Command, WidgetCommand};
+    use crate::outbound::relay::RelayRules;
+    use crate::sources::ledger::{self, CommandRecord, QueueAccepted};
+    use crate::sources::{self, Delivery};
+    use crate::store::Store;
+
+    /// Aivo Live configured (never called here: nothing is sent), Bright Pattern not; team `support`
+    /// routes to Bright Pattern, everything else to Aivo group 2179.
+    fn config() -> Config {
+        let mut config = Config::default();
+        config.aivo_live.base_url = "http://127.0.0.1:9/aivo".into();
+        config.aivo_live.bot_token = "token".into();
+        config.bright_pattern.base_url = String::new();
+        config.routing.default = Some(Route {
+            backend: Backend::AivoLive,
+            groups: vec![2179],
+            hours: None,
+        });
+        config.routing.teams.insert(
+            "support".into(),
+            Route {
+                backend: Backend::BrightPattern,
+                groups: Vec::new(),
+                hours: None,
+            },
+        );
+        config
+    }
+
+    async fn store() -> Arc<dyn Store> {
+        let store = crate::store::open("sqlite::memory:", 1).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    fn parsed(parse: crate::ingest::ParseFn, body: &Value, headers: &[(&str, &str)]) -> Vec<NewEvent> {
+        let delivery = Delivery {
+            received_at: sources::truncate_to_micros(Utc::now()),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            idempotency_key: None,
+            path_id: None,
+        };
+        parse(&body.to_string(), body, &delivery).unwrap().events
+    }
+
+    fn ultimate(event_type: &str, pcid: &str, extra: Value) -> Vec<NewEvent> {
+        let mut data = json!({"eventType": event_type, "platformConversationId": pcid});
+        if let (Some(d), Some(e)) = (data.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        parsed(
+            sources::ultimate::parse,
+            &json!({"botId": "BOT", "channel": "chat", "data": data}),
+            &[],
+        )
+    }
+
+    fn attended(room: &str, agent: &str, at: DateTime<Utc>) -> Vec<NewEvent> {
+        let nanos = at.timestamp_nanos_opt().unwrap();
+        let body = json!({"name": "attended", "roomId": room, "timestamp": nanos, "botId": 1000,
+            "eventTime": at.timestamp(), "data": {"agent": {"name": agent, "groupId": 2179}}});
+        parsed(sources::aivo_live::parse, &body, &[])
+    }
+
+    fn accepted(conversation: uuid::Uuid, room: &str) -> NewEvent {
+        let accepted = QueueAccepted {
+            backend: "aivo_live".into(),
+            queue: Some("2179".into()),
+            live_id: room.into(),
+            team: None,
+        };
+        ledger::queue_accepted(
+            conversation,
+            &accepted,
+            StreamKey::new(Platform::AivoLive, room),
+            Utc::now(),
+        )
+    }
+
+    /// Appends `events` as one delivery through the write path with the relay rules.
+    async fn append(store: &Arc<dyn Store>, rules: &RelayRules, events: Vec<NewEvent>) -> Vec<AppendOutcome> {
+        store
+            .append_batch_planned(&[events], &SlaConfig::default(), rules)
+            .await
+            .unwrap()
+            .remove(0)
+    }
+
+    /// The events committed for an outcome: exactly the seqs right after the batch, in the log.
+    async fn relayed(store: &Arc<dyn Store>, outcome: &AppendOutcome) -> Vec<StoredEvent> {
+        let mut events = Vec::new();
+        for seq in &outcome.relays {
+            events.extend(store.events_after(seq - 1, 1).await.unwrap());
+        }
+        events
+    }
+
+    fn command(event: &StoredEvent) -> (String, Command) {
+        assert_eq!(event.kind, ledger::COMMAND, "{event:?}");
+        let record: CommandRecord = serde_json::from_value(event.payload.clone()).unwrap();
+        (record.command_id.clone(), Command::from_record(&record).unwrap())
+    }
+
+    /// The bot's `escalate` and the API's handoff: the synchronous queue command (or, with no route, the
+    /// failure note) commits with the trigger, under an id derived from it; a redelivery plans nothing.
+    #[tokio::test]
+    async fn a_synchronous_escalation_commits_with_its_trigger_and_a_redelivery_plans_nothing() {
+        let store = store().await;
+        let rules = RelayRules::new(Arc::new(config())).unwrap();
+        append(
+            &store,
+            &rules,
+            ultimate("sendMessage", "pc-sync", json!({"type": "text", "text": "Hi"})),
+        )
+        .await;
+        let escalate = ultimate(
+            "escalate",
+            "pc-sync",
+            json!({"escalateTo": "sales", "messageId": "esc-1"}),
+        );
+        let out = append(&store, &rules, escalate.clone()).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].relays,
+            vec![out[0].seq + 1],
+            "committed right after its trigger: {out:?}"
+        );
+        let conversation = out[0].conversation_id.unwrap();
+        let committed = relayed(&store, &out[0]).await;
+        let (id, queue) = command(&committed[0]);
+        assert_eq!(id, command_id(&out[0].event_id.to_string(), "aivo_live_queue"));
+        assert_eq!(
+            queue,
+            Command::Queue {
+                backend: Backend::AivoLive,
+                team: Some("sales".into()),
+                groups: vec![2179],
+                visitor_id: "pc-sync".into(),
+                attributes: Default::default(),
+                notify_widget: None,
+                synchronous: true,
+            }
+        );
+        assert_eq!(committed[0].conversation_id, Some(conversation));
+        let last = store.last_seq().await.unwrap();
+        assert_eq!(last, out[0].seq + 1);
+
+        // The bot sends the same escalate again: a duplicate, nothing planned, nothing appended.
+        let again = append(&store, &rules, escalate).await;
+        assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+        assert_eq!(store.last_seq().await.unwrap(), last);
+
+        // The API's handoff to a team whose backend is not configured: the failure note commits with it.
+        let handoff = ledger::api_handoff(conversation, Some("support"), Some("k-1"), Utc::now());
+        let out = append(&store, &rules, vec![handoff.clone()]).await;
+        assert_eq!(out[0].relays, vec![out[0].seq + 1], "{out:?}");
+        let note = &relayed(&store, &out[0]).await[0];
+        assert_eq!(note.kind, ledger::QUEUE_FAILED);
+        assert_eq!(note.payload["backend"], json!("bright_pattern"));
+        assert!(
+            note.payload["reason"].as_str().unwrap().contains("not configured"),
+            "{note:?}"
+        );
+        let c = store.get_conversation(conversation).await.unwrap().unwrap();
+        assert_eq!(c.state, HandoffState::Failed, "the note is folded in the same commit");
+        // Retried with the same idempotency key: nothing more.
+        let last = store.last_seq().await.unwrap();
+        let again = append(&store, &rules, vec![handoff]).await;
+        assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+        assert_eq!(store.last_seq().await.unwrap(), last);
+
+        // A redriven escalate is recorded but queues nothing (nobody waits for it).
+        let redriven = parsed(
+            sources::ultimate::parse,
+            &json!({"botId": "BOT", "data": {"eventType": "escalate", "platformConversationId": "pc-late"}}),
+            &[(REDRIVE_HEADER, "quarantine-7")],
+        );
+        let out = append(&store, &rules, redriven).await;
+        assert!(!out[0].duplicate && out[0].relays.is_empty(), "{out:?}");
+    }
+
+    /// The race: an agent attends before the queue call returned, in a conversation of its own (no widget
+    /// to tell). The accepted call's link merges it in, and the widget's `escalationSuccess` commits with
+    /// the link, under the attend's own command id; a redelivery of either relays nothing more.
+    #[tokio::test]
+    async fn an_attend_the_link_merges_in_is_relayed_in_the_links_transaction() {
+        let store = store().await;
+        let rules = RelayRules::new(Arc::new(config())).unwrap();
+        let escalate = append(&store, &rules, ultimate("escalate", "pc-race", json!({}))).await;
+        let bot = escalate[0].conversation_id.unwrap();
+        let attend = attended("room-race", "Tomas", Utc::now());
+        let early = append(&store, &rules, attend.clone()).await;
+        assert_ne!(early[0].conversation_id, Some(bot), "a conversation of its own");
+        assert!(early[0].relays.is_empty(), "no widget to tell yet: {early:?}");
+
+        let link = append(&store, &rules, vec![accepted(bot, "room-race")]).await;
+        assert_eq!(link[0].relays, vec![link[0].seq + 1], "{link:?}");
+        let merged = link[0].conversation_id.unwrap();
+        let c = store.get_conversation(merged).await.unwrap().unwrap();
+        assert_eq!(c.state, HandoffState::Attended);
+        let committed = relayed(&store, &link[0]).await;
+        let (id, success) = command(&committed[0]);
+        assert_eq!(
+            id,
+            command_id(&early[0].event_id.to_string(), "widget_escalation_success"),
+            "the attend's own command id"
+        );
+        assert_eq!(
+            success,
+            Command::Widget {
+                platform_conversation_id: "pc-race".into(),
+                update: WidgetCommand::from_update(&WidgetUpdate::Success { agent: "Tomas".into() }),
+            }
+        );
+        assert_eq!(committed[0].conversation_id, Some(merged));
+
+        // Redeliveries: the attend, the link. Nothing planned, nothing appended.
+        let last = store.last_seq().await.unwrap();
+        let again = append(&store, &rules, attend).await;
+        assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+        let again = append(&store, &rules, vec![accepted(bot, "room-race")]).await;
+        assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
+        assert_eq!(store.last_seq().await.unwrap(), last);
+        let successes = store
+            .conversation_events(merged)
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == ledger::COMMAND && e.payload["action"] == json!("widget_escalation_success"))
+            .count();
+        assert_eq!(successes, 1);
+    }
+
+    /// The link and the attend in one batch (the link first): both plan the same `escalationSuccess`, which
+    /// is recorded once; a link that leaves the conversation queued plans nothing.
+    #[tokio::test]
+    async fn a_link_and_an_attend_in_one_batch_tell_the_widget_once() {
+        let store = store().await;
+        let rules = RelayRules::new(Arc::new(config())).unwrap();
+        let escalate = append(&store, &rules, ultimate("escalate", "pc-batch", json!({}))).await;
+        let bot = escalate[0].conversation_id.unwrap();
+        let mut batch = vec![accepted(bot, "room-batch")];
+        batch.extend(attended("room-batch", "Ana", Utc::now() + chrono::Duration::seconds(1)));
+        let out = store
+            .append_batch_planned(
+                &[vec![batch[0].clone()], vec![batch[1].clone()]],
+                &SlaConfig::default(),
+                &rules,
+            )
+            .await
+            .unwrap();
+        let relays: Vec<i64> = out.iter().flatten().flat_map(|o| o.relays.clone()).collect();
+        assert_eq!(relays.len(), 1, "{out:?}");
+        let events = store.conversation_events(bot).await.unwrap().unwrap();
+        let successes: Vec<&StoredEvent> = events
+            .iter()
+            .filter(|e| e.kind == ledger::COMMAND && e.payload["action"] == json!("widget_escalation_success"))
+            .collect();
+        assert_eq!(successes.len(), 1);
+        assert_eq!(successes[0].seq, relays[0]);
+
+        // Queued, not attended: the link alone calls for nothing.
+        let escalate = append(&store, &rules, ultimate("escalate", "pc-queued", json!({}))).await;
+        let bot = escalate[0].conversation_id.unwrap();
+        let link = append(&store, &rules, vec![accepted(bot, "room-queued")]).await;
+        assert!(link[0].relays.is_empty(), "{link:?}");
+        assert_eq!(
+            store.get_conversation(bot).await.unwrap().unwrap().state,
+            HandoffState::Queued
+        );
+    }
+}

@@ -126,15 +126,24 @@ pub trait RelayPlanner: Send + Sync {
         self.relays(kind)
     }
 
+    /// Whether planning `event` on `conversation` (as the batch leaves it) reads the conversation's attends
+    /// (one more indexed read, made only when asked: see [`RelayPlanner::plan`]).
+    fn reads_attends(&self, _event: &StoredEvent, _conversation: &Conversation) -> bool {
+        false
+    }
+
     /// The ledger events (command records, and notes such as a failed routing) a newly appended `event`
-    /// calls for, given its conversation as the batch leaves it, the transcript lines the event made and
-    /// the conversation's latest accepted queue call (`ledger.queue_accepted`), if any.
+    /// calls for, given its conversation as the batch leaves it, the transcript lines the event made,
+    /// the conversation's latest accepted queue call (`ledger.queue_accepted`), if any, and, when
+    /// [`RelayPlanner::reads_attends`] asked for them, the conversation's attend events (Aivo Live
+    /// `attended`, Bright Pattern `party_joined`), newest first (else empty).
     fn plan(
         &self,
         event: &StoredEvent,
         conversation: &Conversation,
         lines: &[Message],
         queued: Option<&StoredEvent>,
+        attends: &[StoredEvent],
     ) -> Vec<NewEvent>;
 }
 

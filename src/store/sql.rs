@@ -185,6 +185,18 @@ fn latest_queue_calls_sql(n: usize) -> String {
     )
 }
 
+/// The attend events of a conversation (Aivo Live `attended`, Bright Pattern `party_joined`), newest first,
+/// through the partial index `events_attends`: what the relay planner reads when it asks for them.
+fn attends_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE s.conversation_id = $1 AND e.kind IN ('{}', '{}') ORDER BY e.seq DESC",
+        crate::sources::aivo_live::ATTENDED,
+        crate::sources::bright_pattern::PARTY_JOINED
+    )
+}
+
 fn aliases_sql(n: usize) -> String {
     format!(
         "SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})",
@@ -1188,6 +1200,18 @@ macro_rules! sql_store {
                 Ok(latest)
             }
 
+            /// The attend events of a conversation, newest first (see [`attends_sql`]).
+            async fn attends(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                conversation: Uuid,
+            ) -> StoreResult<Vec<StoredEvent>> {
+                let rows: Vec<EventRow> = sqlx::query_as(&attends_sql())
+                    .bind(conversation.to_string())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                rows.into_iter().map(codec::decode_event).collect()
+            }
+
             /// Writes projected conversations: everything of a refolded one is deleted first, then
             /// rows are written with multi-row statements.
             async fn write(
@@ -1400,7 +1424,12 @@ macro_rules! sql_store {
                         };
                         let queued = queue_calls.get(&id);
                         let lines: Vec<Message> = lines.iter().filter(|m| m.seq == event.seq).cloned().collect();
-                        let commands = planner.plan(event, conversation, &lines, queued);
+                        let attends = if planner.reads_attends(event, conversation) {
+                            Self::attends(conn, id).await?
+                        } else {
+                            Vec::new()
+                        };
+                        let commands = planner.plan(event, conversation, &lines, queued, &attends);
                         planned_for.insert(event.seq, planned.len()..planned.len() + commands.len());
                         planned.extend(commands);
                     }
@@ -2059,5 +2088,24 @@ mod tests {
             .collect();
         assert!(plan.iter().all(|step| !step.starts_with("SCAN ")), "{plan:?}");
         assert!(plan.iter().any(|step| step.contains("events_queue_calls")), "{plan:?}");
+    }
+
+    /// The planner's read of a conversation's attends (when a queue call's link leaves it attended) reads
+    /// its streams and, per stream, the partial index of attends.
+    #[tokio::test]
+    async fn the_attends_are_found_through_indexes() {
+        let store = SqliteStore::connect("sqlite::memory:", 1).await.unwrap();
+        store.migrate().await.unwrap();
+        let explain = format!("EXPLAIN QUERY PLAN {}", attends_sql());
+        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain)
+            .bind(Uuid::new_v4().to_string())
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.3)
+            .collect();
+        assert!(plan.iter().all(|step| !step.starts_with("SCAN ")), "{plan:?}");
+        assert!(plan.iter().any(|step| step.contains("events_attends")), "{plan:?}");
     }
 }
