@@ -45,6 +45,9 @@ pub(crate) enum Executed {
 
 pub(super) type Reply = oneshot::Sender<Result<Executed, BackendError>>;
 
+/// Where a [`Reply`] arrives.
+pub(super) type Replied = oneshot::Receiver<Result<Executed, BackendError>>;
+
 /// One command on its way through the outbox.
 pub(super) struct Job {
     pub(super) conversation_id: Uuid,
@@ -502,21 +505,21 @@ impl Outbound {
 /// comes, its request dropped, leaves one behind: those older than [`UNCLAIMED_REPLY`] are dropped).
 #[derive(Default)]
 pub(super) struct Replies {
-    kept: Mutex<HashMap<String, (Instant, oneshot::Receiver<Result<Executed, BackendError>>)>>,
+    kept: Mutex<HashMap<String, (Instant, Replied)>>,
 }
 
 /// How long an untaken reply is kept.
 const UNCLAIMED_REPLY: Duration = Duration::from_secs(600);
 
 impl Replies {
-    fn keep(&self, command_id: &str, rx: oneshot::Receiver<Result<Executed, BackendError>>) {
+    fn keep(&self, command_id: &str, rx: Replied) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         kept.retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_REPLY);
         kept.insert(command_id.to_string(), (now, rx));
     }
 
-    fn take(&self, command_id: &str) -> Option<oneshot::Receiver<Result<Executed, BackendError>>> {
+    fn take(&self, command_id: &str) -> Option<Replied> {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.remove(command_id).map(|(_, rx)| rx)
     }
@@ -524,7 +527,7 @@ impl Replies {
 
 impl Outbound {
     /// The reply kept for the synchronous queue call `command_id` when it was dispatched, if any.
-    pub(super) fn take_reply(&self, command_id: &str) -> Option<oneshot::Receiver<Result<Executed, BackendError>>> {
+    pub(super) fn take_reply(&self, command_id: &str) -> Option<Replied> {
         self.inner.replies.take(command_id)
     }
 }
