@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use handoff_ledger::analytics::reports::{self, DispositionRow, GroupBy, Interval, ReportQuery, SlaRow};
 use handoff_ledger::analytics::{rollups, schema, sink, Analytics};
-use handoff_ledger::config::{ClickHouseConfig, Config, SlaConfig};
+use handoff_ledger::config::{ClickHouseConfig, Config, Route, SlaConfig};
 use handoff_ledger::model::Conversation;
 use handoff_ledger::store::{self, ConversationFilter, Store};
 use scenario::{Expected, Scenario, ScenarioOptions, Step, StepKind};
@@ -60,11 +60,31 @@ use common::StoreKind as Backend;
 type Service = common::TestService;
 
 async fn spawn_service(backend: Backend, clickhouse: &ClickHouseConfig) -> Service {
-    let config = Config {
+    let mut config = Config {
         sla: scenario::sla(),
         clickhouse: clickhouse.clone(),
         ..Config::default()
     };
+    // The scenario's escalations route to configured backends, as in production: the write path plans
+    // their queue calls with them. Nothing is sent: the scenario appends its Ultimate deliveries with the
+    // writer (the outbox never sees them) and records the queue calls' outcomes itself.
+    let nowhere = "http://127.0.0.1:9";
+    config.aivo_live.base_url = format!("{nowhere}/aivo");
+    config.aivo_live.bot_token = "unused".into();
+    config.bright_pattern.base_url = format!("{nowhere}/bp");
+    config.routing.default = Some(Route {
+        backend: handoff_ledger::model::Backend::AivoLive,
+        groups: vec![2179],
+        hours: None,
+    });
+    config.routing.teams.insert(
+        "support".into(),
+        Route {
+            backend: handoff_ledger::model::Backend::BrightPattern,
+            groups: Vec::new(),
+            hours: None,
+        },
+    );
     common::start(backend, config, |_| {}).await
 }
 
