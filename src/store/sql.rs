@@ -327,9 +327,9 @@ struct Written {
 }
 
 /// Conversations rebuilt per chunk of an online replay (fewer when they hold many events).
-const REPLAY_CONVERSATIONS: usize = 2_000;
+const REPLAY_CONVERSATIONS: usize = 1_000;
 /// Events folded per chunk of an online replay (a longer conversation makes a chunk of its own).
-const REPLAY_EVENTS: u64 = 40_000;
+const REPLAY_EVENTS: u64 = 20_000;
 /// Events read per round trip while re-filing the log in memory.
 const REFILE_PAGE: i64 = 50_000;
 
@@ -535,6 +535,27 @@ impl Refiling {
         out.sort();
         out
     }
+}
+
+/// One chunk of an online replay as read in one snapshot (`R`: the backend's row).
+struct ChunkRead<R> {
+    ids: Vec<Uuid>,
+    /// The log's last seq in that snapshot.
+    head: i64,
+    streams: HashMap<Uuid, Vec<StreamKey>>,
+    /// Their events, in seq order.
+    events: Vec<EventRow>,
+    /// Stored rows by conversation: conversations, messages, handoffs, agents.
+    stored: Vec<HashMap<Uuid, Vec<R>>>,
+}
+
+/// What differs in one chunk: rebuilt rows of the conversations to rewrite, with the head and the
+/// streams they were rebuilt from.
+struct ChunkDiff {
+    head: i64,
+    projected: u64,
+    changed: Vec<(Uuid, Option<ProjectionRows>)>,
+    streams: HashMap<Uuid, Vec<StreamKey>>,
 }
 
 /// Chunks of conversations for an online replay: at most [`REPLAY_CONVERSATIONS`] and about
@@ -1646,7 +1667,7 @@ macro_rules! sql_store {
                 use sqlx::Row as _;
                 let mut found: HashMap<Uuid, Vec<<$db as sqlx::Database>::Row>> = HashMap::new();
                 for chunk in ids.chunks(REPLAY_CONVERSATIONS) {
-                    let sql = stored_rows_sql(table, key, columns, order, chunk.len());
+                    let sql = Self::replay_sql(stored_rows_sql(table, key, columns, order, chunk.len()));
                     let mut query = sqlx::query(&sql).persistent(false);
                     for id in chunk {
                         query = query.bind(id.to_string());
@@ -1661,59 +1682,68 @@ macro_rules! sql_store {
                 Ok(found)
             }
 
-            /// Rebuilds one chunk of conversations online: read (events, streams, stored rows) in one
-            /// snapshot without the write lock, fold, and compare; only conversations whose rows differ
-            /// from a full rebuild are written, under the write lock, in one short transaction. One that
-            /// the writer touched since the snapshot (new events, or its streams changed by a merge) is
-            /// refolded from its events inside that transaction, so what commits is a full refold of the
-            /// log as it stands. Returns (conversations projected, conversations rewritten).
-            async fn replay_chunk(&self, ids: &[Uuid], sla: &SlaConfig) -> StoreResult<(u64, u64)> {
+            /// `sql` as this backend runs it fastest: on SQLite, with anonymous placeholders (each
+            /// `$N` of the replay's statements appears once, in order).
+            fn replay_sql(sql: String) -> String {
+                if <$db as sqlx::Database>::NAME == "SQLite" {
+                    anonymous_placeholders(&sql)
+                } else {
+                    sql
+                }
+            }
+
+            /// Reads one chunk of conversations for an online replay in one snapshot, without the write
+            /// lock: the log's head, their streams, their events and their stored projection rows.
+            async fn read_chunk(&self, ids: Vec<Uuid>) -> StoreResult<ChunkRead<<$db as sqlx::Database>::Row>> {
                 let mut tx = self.pool.begin_with($snapshot).await?;
+                if <$db as sqlx::Database>::NAME == "SQLite" {
+                    // The replay reads the whole database once: a page cache that holds a chunk's pages.
+                    sqlx::query("PRAGMA cache_size = -131072").execute(&mut *tx).await?;
+                }
                 let head = Self::last_seq_in(&mut *tx).await?;
-                let mut streams = Self::streams_of(&mut *tx, ids).await?;
-                let sql = events_of_sql(ids.len());
+                let streams = Self::streams_of(&mut *tx, &ids).await?;
+                let sql = Self::replay_sql(events_of_sql(ids.len()));
                 let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
-                for id in ids {
+                for id in &ids {
                     query = query.bind(id.to_string());
                 }
-                let rows = query.fetch_all(&mut *tx).await?;
-                let conversations =
-                    Self::stored_rows(&mut *tx, ids, "conversations", "id", codec::CONVERSATION_COLUMNS, "").await?;
-                let messages = Self::stored_rows(
-                    &mut *tx,
-                    ids,
-                    "messages",
-                    "conversation_id",
-                    codec::MESSAGE_COLUMNS,
-                    ", at, seq, idx",
-                )
-                .await?;
-                let handoffs = Self::stored_rows(
-                    &mut *tx,
-                    ids,
-                    "handoffs",
-                    "conversation_id",
-                    codec::HANDOFF_COLUMNS,
-                    ", ordinal",
-                )
-                .await?;
-                let agents = Self::stored_rows(
-                    &mut *tx,
-                    ids,
-                    "conversation_agents",
-                    "conversation_id",
-                    codec::AGENT_COLUMNS,
-                    ", agent",
-                )
-                .await?;
+                let events = query.fetch_all(&mut *tx).await?;
+                let mut stored = Vec::with_capacity(4);
+                for (table, key, columns, order) in [
+                    ("conversations", "id", codec::CONVERSATION_COLUMNS, ""),
+                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, ", at, seq, idx"),
+                    ("handoffs", "conversation_id", codec::HANDOFF_COLUMNS, ", ordinal"),
+                    ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, ", agent"),
+                ] {
+                    stored.push(Self::stored_rows(&mut *tx, &ids, table, key, columns, order).await?);
+                }
                 tx.commit().await?;
+                Ok(ChunkRead {
+                    ids,
+                    head,
+                    streams,
+                    events,
+                    stored,
+                })
+            }
 
+            /// Folds a chunk read by [`Self::read_chunk`] and compares: the conversations whose stored
+            /// rows are not what a full rebuild writes, with their rebuilt rows (pure; runs on a
+            /// blocking thread while the next chunk is read).
+            fn diff_chunk(read: ChunkRead<<$db as sqlx::Database>::Row>, sla: &SlaConfig) -> StoreResult<ChunkDiff> {
+                let ChunkRead {
+                    ids,
+                    head,
+                    mut streams,
+                    events,
+                    stored,
+                } = read;
                 let position: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
                 let mut groups: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)> = ids
                     .iter()
                     .map(|id| (*id, streams.get(id).cloned().unwrap_or_default(), Vec::new()))
                     .collect();
-                for row in rows {
+                for row in events {
                     let Some(id) = row.10.as_deref().map(codec::parse_uuid).transpose()? else {
                         continue;
                     };
@@ -1726,33 +1756,39 @@ macro_rules! sql_store {
                 let mut changed: Vec<(Uuid, Option<ProjectionRows>)> = Vec::new();
                 for (id, rows) in folded {
                     let same = match &rows {
-                        None => {
-                            !conversations.contains_key(&id)
-                                && !messages.contains_key(&id)
-                                && !handoffs.contains_key(&id)
-                                && !agents.contains_key(&id)
-                        }
+                        None => stored.iter().all(|table| !table.contains_key(&id)),
                         Some(r) => {
-                            Self::stored_rows_match(conversations.get(&id), std::slice::from_ref(&r.conversation))
-                                && Self::stored_rows_match(messages.get(&id), &r.messages)
-                                && Self::stored_rows_match(handoffs.get(&id), &r.handoffs)
-                                && Self::stored_rows_match(agents.get(&id), &r.agents)
+                            Self::stored_rows_match(stored[0].get(&id), std::slice::from_ref(&r.conversation))
+                                && Self::stored_rows_match(stored[1].get(&id), &r.messages)
+                                && Self::stored_rows_match(stored[2].get(&id), &r.handoffs)
+                                && Self::stored_rows_match(stored[3].get(&id), &r.agents)
                         }
                     };
                     if !same {
                         changed.push((id, rows));
                     }
                 }
-                if changed.is_empty() {
-                    return Ok((projected, 0));
-                }
-                let rewritten = changed.len() as u64;
-                let before: HashMap<Uuid, Vec<StreamKey>> =
+                let streams: HashMap<Uuid, Vec<StreamKey>> =
                     changed.iter().map(|(id, _)| (*id, streams.remove(id).unwrap_or_default())).collect();
+                Ok(ChunkDiff {
+                    head,
+                    projected,
+                    changed,
+                    streams,
+                })
+            }
+
+            /// Writes what [`Self::diff_chunk`] found different, under the write lock, in one short
+            /// transaction; returns how many conversations were rewritten.
+            async fn write_chunk(&self, diff: ChunkDiff, sla: &SlaConfig) -> StoreResult<u64> {
+                if diff.changed.is_empty() {
+                    return Ok(0);
+                }
+                let rewritten = diff.changed.len() as u64;
                 let mut tx = self.begin_write().await?;
-                Self::write_rebuilt(&mut *tx, changed, head, &before, sla).await?;
+                Self::write_rebuilt(&mut *tx, diff.changed, diff.head, &diff.streams, sla).await?;
                 tx.commit().await?;
-                Ok((projected, rewritten))
+                Ok(rewritten)
             }
 
             /// Replaces every projection row of the conversations `changed` by their rebuilt rows (made
@@ -1768,7 +1804,7 @@ macro_rules! sql_store {
                 let ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
                 let mut touched: HashSet<Uuid> = HashSet::new();
                 for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = touched_since_sql(chunk.len());
+                    let sql = Self::replay_sql(touched_since_sql(chunk.len()));
                     let mut query = sqlx::query_as::<_, (String,)>(&sql).persistent(false);
                     for id in chunk {
                         query = query.bind(id.to_string());
@@ -1827,7 +1863,7 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 for ((table, column), ids) in SQL_ORPHANS.iter().zip(&found) {
                     for chunk in ids.chunks(IN_CHUNK) {
-                        let sql = delete_orphans_sql(table, column, chunk.len());
+                        let sql = Self::replay_sql(delete_orphans_sql(table, column, chunk.len()));
                         let mut query = sqlx::query(&sql).persistent(false);
                         for id in chunk {
                             query = query.bind(id.as_str());
@@ -1846,7 +1882,9 @@ macro_rules! sql_store {
                 sla: &SlaConfig,
                 progress: &(dyn Fn(u64, u64) + Send + Sync),
             ) -> StoreResult<Option<ReplayStats>> {
+                let started = std::time::Instant::now();
                 let (refiling, events, same) = self.refile_snapshot().await?;
+                tracing::info!(events, same, elapsed_ms = started.elapsed().as_millis() as u64, "replay: log re-filed");
                 if !same {
                     return Ok(None);
                 }
@@ -1855,14 +1893,33 @@ macro_rules! sql_store {
                 let total = conversations.len() as u64;
                 progress(0, total);
                 let (mut done, mut projected, mut rewritten) = (0u64, 0u64, 0u64);
-                for chunk in replay_chunks(&conversations) {
-                    let (p, r) = self.replay_chunk(&chunk, sla).await?;
-                    projected += p;
-                    rewritten += r;
-                    done += chunk.len() as u64;
-                    progress(done, total);
+                // Chunk k is folded on a blocking thread while chunk k+1 is read.
+                let mut folding: Option<(u64, tokio::task::JoinHandle<StoreResult<ChunkDiff>>)> = None;
+                let mut chunks = replay_chunks(&conversations).into_iter();
+                loop {
+                    let next = chunks.next();
+                    let read = match next {
+                        Some(ids) => Some((ids.len() as u64, self.read_chunk(ids).await?)),
+                        None => None,
+                    };
+                    if let Some((n, handle)) = folding.take() {
+                        let diff = handle
+                            .await
+                            .map_err(|e| StoreError::Corrupt(format!("a replay fold failed: {e}")))??;
+                        projected += diff.projected;
+                        rewritten += self.write_chunk(diff, sla).await?;
+                        done += n;
+                        progress(done, total);
+                    }
+                    let Some((n, read)) = read else {
+                        break;
+                    };
+                    let sla = sla.clone();
+                    folding = Some((n, tokio::task::spawn_blocking(move || Self::diff_chunk(read, &sla))));
                 }
+                tracing::info!(projected, rewritten, elapsed_ms = started.elapsed().as_millis() as u64, "replay: conversations rebuilt");
                 rewritten += self.sweep_orphans().await?;
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "replay: orphans swept");
                 Ok(Some(ReplayStats {
                     events,
                     conversations: projected,
