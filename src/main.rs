@@ -177,7 +177,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             bar.finish();
             eprintln!(
                 "{}: {} conversations rewritten",
-                if stats.online { "online" } else { "offline (the stored filing was not the log's)" },
+                if stats.online {
+                    "online"
+                } else {
+                    "offline (the stored filing was not the log's)"
+                },
                 stats.rewritten
             );
             println!(

@@ -1477,8 +1477,14 @@ mod random_logs {
             let stats = store.replay(&sla(), &|_, _| {}).await.unwrap();
             // The online replay re-files the log in memory: the stored filing must be exactly that, and
             // every stored row exactly what a full rebuild writes (else it rewrites them).
-            assert!(stats.online, "seed {seed}: the stored streams and aliases are the log's filing");
-            assert_eq!(stats.rewritten, 0, "seed {seed}: incremental rows equal a full rebuild's");
+            assert!(
+                stats.online,
+                "seed {seed}: the stored streams and aliases are the log's filing"
+            );
+            assert_eq!(
+                stats.rewritten, 0,
+                "seed {seed}: incremental rows equal a full rebuild's"
+            );
             let replayed = projections(&store).await;
             assert_eq!(incremental, replayed, "seed {seed}: the online replay changed nothing");
             store.replay_offline(&sla(), &|_, _| {}).await.unwrap();
@@ -1830,10 +1836,13 @@ async fn replay_beside_appends_leaves_what_an_offline_replay_leaves(store: Arc<d
     let appends = async {
         for round in 1..=3 {
             for chunk in (0..CONVERSATIONS).step_by(7).collect::<Vec<_>>().chunks(20) {
-                let mut groups: Vec<Vec<NewEvent>> =
-                    chunk.iter().map(|i| replay_conversation(*i, round)).collect();
+                let mut groups: Vec<Vec<NewEvent>> = chunk.iter().map(|i| replay_conversation(*i, round)).collect();
                 // New conversations too, some of whose rooms were attended earlier (merges).
-                groups.extend(chunk.iter().map(|i| replay_conversation(CONVERSATIONS + i + 10_000 * round as usize, 0)));
+                groups.extend(
+                    chunk
+                        .iter()
+                        .map(|i| replay_conversation(CONVERSATIONS + i + 10_000 * round as usize, 0)),
+                );
                 append(&store, groups).await;
                 tokio::task::yield_now().await;
             }
@@ -1846,7 +1855,9 @@ async fn replay_beside_appends_leaves_what_an_offline_replay_leaves(store: Arc<d
     assert!(stats.rewritten > 0, "the wrecked rows were rewritten");
 
     let online = projection_dump(db).await;
-    assert!(online.iter().all(|(_, rows)| rows.iter().all(|r| !r.contains("wrecked") && !r.contains("ghost"))));
+    assert!(online
+        .iter()
+        .all(|(_, rows)| rows.iter().all(|r| !r.contains("wrecked") && !r.contains("ghost"))));
     let offline = store.replay_offline(&sla(), &|_, _| {}).await.unwrap();
     assert!(!offline.online);
     assert_eq!(projection_dump(db).await, online);

@@ -459,10 +459,8 @@ impl Refiling {
     }
 
     fn merge(&mut self, a: Uuid, b: Uuid) -> Uuid {
-        let (survivor, absorbed) = codec::pick_survivor(
-            (a, self.started.get(&a).copied()),
-            (b, self.started.get(&b).copied()),
-        );
+        let (survivor, absorbed) =
+            codec::pick_survivor((a, self.started.get(&a).copied()), (b, self.started.get(&b).copied()));
         let moved = self.members.remove(&absorbed).unwrap_or_default();
         for stream in &moved {
             if let Some(entry) = self.streams.get_mut(stream) {
@@ -530,7 +528,12 @@ impl Refiling {
             .members
             .iter()
             .filter(|(_, streams)| !streams.is_empty())
-            .map(|(id, streams)| (*id, streams.iter().map(|s| self.events.get(s).copied().unwrap_or(0)).sum()))
+            .map(|(id, streams)| {
+                (
+                    *id,
+                    streams.iter().map(|s| self.events.get(s).copied().unwrap_or(0)).sum(),
+                )
+            })
             .collect();
         out.sort();
         out
@@ -587,7 +590,10 @@ fn fold_chunk(
         group
             .into_iter()
             .map(|(id, streams, rows)| {
-                let events = rows.into_iter().map(codec::decode_event).collect::<StoreResult<Vec<_>>>()?;
+                let events = rows
+                    .into_iter()
+                    .map(codec::decode_event)
+                    .collect::<StoreResult<Vec<_>>>()?;
                 let rows = fold_conversation(id, &streams, &events, sla)
                     .map(|w| ProjectionRows::of(&w))
                     .transpose()?;
@@ -609,7 +615,10 @@ fn fold_chunk(
         let handles: Vec<_> = parts.into_iter().map(|part| scope.spawn(move || fold(part))).collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Corrupt("a replay fold panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(StoreError::Corrupt("a replay fold panicked".into())))
+            })
             .collect()
     });
     let mut out = Vec::new();
