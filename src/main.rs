@@ -165,7 +165,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Replay => {
             let store = open_store(&config, 2).await?;
-            let bar = indicatif::ProgressBar::new(0);
+            let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} conversations ({per_sec}, eta {eta})",
+            )?);
             let stats = store
                 .replay(&config.sla, &|done, total| {
                     bar.set_length(total);
@@ -173,6 +175,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 })
                 .await?;
             bar.finish();
+            eprintln!(
+                "{}: {} conversations rewritten",
+                if stats.online {
+                    "online"
+                } else {
+                    "offline (the stored filing was not the log's)"
+                },
+                stats.rewritten
+            );
             println!(
                 "replayed {} events into {} conversations",
                 stats.events, stats.conversations

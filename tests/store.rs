@@ -189,6 +189,7 @@ on_both_backends!(
         migrating_twice_is_a_no_op,
         replay_repairs_projections_from_the_log_alone,
         projections_of_an_earlier_version_are_rebuilt,
+        replay_beside_appends_leaves_what_an_offline_replay_leaves,
     ]
 );
 
@@ -1474,7 +1475,20 @@ mod random_logs {
             let log = store.events_after(after_seq, 100_000).await.unwrap();
             assert!(!log.is_empty());
             after_seq = store.last_seq().await.unwrap();
-            store.replay(&sla(), &|_, _| {}).await.unwrap();
+            let stats = store.replay(&sla(), &|_, _| {}).await.unwrap();
+            // The online replay re-files the log in memory: the stored filing must be exactly that, and
+            // every stored row exactly what a full rebuild writes (else it rewrites them).
+            assert!(
+                stats.online,
+                "seed {seed}: the stored streams and aliases are the log's filing"
+            );
+            assert_eq!(
+                stats.rewritten, 0,
+                "seed {seed}: incremental rows equal a full rebuild's"
+            );
+            let replayed = projections(&store).await;
+            assert_eq!(incremental, replayed, "seed {seed}: the online replay changed nothing");
+            store.replay_offline(&sla(), &|_, _| {}).await.unwrap();
             let replayed = projections(&store).await;
             assert_eq!(incremental.len(), replayed.len(), "seed {seed}");
             for ((a, ma), (b, mb)) in incremental.iter().zip(&replayed) {
@@ -1798,4 +1812,149 @@ async fn the_planner_is_handed_the_attends_it_asks_for(store: Arc<dyn Store>) {
     let again = planned(vec![queue_accepted(cu, "room-attends", "2179", 8)]).await;
     assert!(again[0].duplicate && again[0].relays.is_empty(), "{again:?}");
     assert_eq!(store.last_seq().await.unwrap(), last);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online replay
+// ---------------------------------------------------------------------------------------------
+
+impl Raw {
+    /// Every row of `table`, each as one text (its columns cast to text, NULL as `~`), sorted: two
+    /// states of a table compare equal when they hold the same rows.
+    async fn dump(&self, table: &str) -> Vec<String> {
+        let columns_sql = match self {
+            Raw::Sqlite(_) => format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"),
+            Raw::Postgres(_) => format!(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = 'public' AND table_name = '{table}' ORDER BY ordinal_position"
+            ),
+        };
+        let columns: Vec<String> = self.texts(&columns_sql).await;
+        assert!(!columns.is_empty(), "{table} has columns");
+        let row = columns
+            .iter()
+            .map(|c| format!("COALESCE(CAST({c} AS TEXT), '~')"))
+            .collect::<Vec<_>>()
+            .join(" || '|' || ");
+        let mut rows = self.texts(&format!("SELECT {row} FROM {table}")).await;
+        rows.sort();
+        rows
+    }
+
+    async fn texts(&self, sql: &str) -> Vec<String> {
+        match self {
+            Raw::Sqlite(url) => {
+                let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+                let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap();
+                rows.into_iter().map(|(t,)| t).collect()
+            }
+            Raw::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap();
+                rows.into_iter().map(|(t,)| t).collect()
+            }
+        }
+    }
+}
+
+/// Every projection table, as [`Raw::dump`] reads it.
+async fn projection_dump(db: &TestDb) -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    for table in [
+        "conversations",
+        "messages",
+        "handoffs",
+        "conversation_agents",
+        "streams",
+        "aliases",
+    ] {
+        out.push((table, db.raw.dump(table).await));
+    }
+    out
+}
+
+/// Conversation `i` of the online replay test: a bot conversation handed to live room `r{i}`; every
+/// fifth room is attended before its link arrives (a merge); `round` adds later events to it.
+fn replay_conversation(i: usize, round: i64) -> Vec<NewEvent> {
+    let pcid = format!("u{i}");
+    let cu = ultimate(&pcid).conversation_id();
+    let live = format!("r{i}");
+    let base = i64::try_from(i).unwrap() * 10 + round * 100_000;
+    if round > 0 {
+        return vec![
+            visitor_says(cu, &format!("still there? {i}/{round}"), base),
+            attended(&live, "Bea", base + 1),
+        ];
+    }
+    let mut events = vec![
+        bot(&pcid, &format!("{pcid}:hello"), base),
+        visitor_says(cu, &format!("help {i}"), base + 1),
+    ];
+    if i % 5 == 0 {
+        events.insert(0, attended(&live, "Tomas", base - 1));
+    }
+    events.push(queue_accepted(cu, &live, "2179", base + 2));
+    if i % 5 != 0 {
+        events.push(attended(&live, "Ana", base + 3));
+    }
+    events
+}
+
+/// `replay` runs beside the writer: batches appended while it rebuilds (new conversations, later
+/// events of conversations it is rebuilding, merges) leave exactly what an offline replay leaves, and
+/// it rewrites only what differed from a full rebuild (here: rows wrecked behind the store's back).
+async fn replay_beside_appends_leaves_what_an_offline_replay_leaves(store: Arc<dyn Store>, db: &TestDb) {
+    const CONVERSATIONS: usize = 1_200;
+    for chunk in (0..CONVERSATIONS).collect::<Vec<_>>().chunks(100) {
+        let groups: Vec<Vec<NewEvent>> = chunk.iter().map(|i| replay_conversation(*i, 0)).collect();
+        append(&store, groups).await;
+    }
+    // A replay of an intact store rewrites nothing.
+    let quiet = store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert!(quiet.online);
+    assert_eq!(quiet.rewritten, 0);
+    assert_eq!(quiet.conversations, CONVERSATIONS as u64);
+
+    // Wreck projection rows (not the filing) of some conversations, and leave an orphan row.
+    for sql in [
+        "UPDATE messages SET text = 'wrecked' WHERE text LIKE 'help 1%'",
+        "DELETE FROM handoffs WHERE conversation_id IN (SELECT conversation_id FROM messages WHERE text = 'wrecked')",
+        "UPDATE conversations SET fold = '' WHERE id IN (SELECT conversation_id FROM messages WHERE text LIKE 'help 3%')",
+        "INSERT INTO conversation_agents (agent, started_at, conversation_id) VALUES ('ghost', 0, 'nobody')",
+    ] {
+        db.raw.execute(sql).await.unwrap();
+    }
+
+    let appends = async {
+        for round in 1..=3 {
+            for chunk in (0..CONVERSATIONS).step_by(7).collect::<Vec<_>>().chunks(20) {
+                let mut groups: Vec<Vec<NewEvent>> = chunk.iter().map(|i| replay_conversation(*i, round)).collect();
+                // New conversations too, some of whose rooms were attended earlier (merges).
+                groups.extend(
+                    chunk
+                        .iter()
+                        .map(|i| replay_conversation(CONVERSATIONS + i + 10_000 * round as usize, 0)),
+                );
+                append(&store, groups).await;
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let config = sla();
+    let (stats, ()) = tokio::join!(store.replay(&config, &|_, _| {}), appends);
+    let stats = stats.unwrap();
+    assert!(stats.online, "the filing was intact: no reason to stop the writer");
+    assert!(stats.rewritten > 0, "the wrecked rows were rewritten");
+
+    let online = projection_dump(db).await;
+    assert!(online
+        .iter()
+        .all(|(_, rows)| rows.iter().all(|r| !r.contains("wrecked") && !r.contains("ghost"))));
+    let offline = store.replay_offline(&sla(), &|_, _| {}).await.unwrap();
+    assert!(!offline.online);
+    assert_eq!(projection_dump(db).await, online);
+    // Appends carry on from the replayed state, and another replay finds nothing to rewrite.
+    append(&store, vec![replay_conversation(3, 9)]).await;
+    let again = store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!((again.online, again.rewritten), (true, 0));
 }

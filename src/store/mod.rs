@@ -111,6 +111,12 @@ pub struct ReplayStats {
     pub events: u64,
     /// Conversations rebuilt.
     pub conversations: u64,
+    /// Conversations whose stored rows differed from the rebuilt ones and were rewritten (an online
+    /// replay writes nothing else; an offline one rewrites every conversation).
+    pub rewritten: u64,
+    /// Whether the replay ran online (short transactions beside the writer) rather than in one
+    /// transaction holding the write lock (only when the stored filing was not the log's).
+    pub online: bool,
 }
 
 /// The relay rules as the write path runs them: pure, inside the transaction that appends an event, so the
@@ -266,8 +272,20 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// Conversations closed (or failed) and untouched since `closed_before`, never erased; oldest first.
     async fn conversations_to_erase(&self, closed_before: DateTime<Utc>, limit: u32) -> StoreResult<Vec<Uuid>>;
 
-    /// Rebuilds every projection from the log; `progress(done, total)` is called as conversations are rebuilt.
+    /// Rebuilds every projection from the log while appends go on; `progress(done, total)` is called as
+    /// conversations are rebuilt. Online: conversations are refolded a chunk at a time outside the write
+    /// lock and only those whose stored rows differ are rewritten, each chunk in one short write
+    /// transaction (a conversation the writer touched meanwhile is refolded inside it). When the stored
+    /// streams and aliases are not what the log gives, it falls back to [`Store::replay_offline`].
     async fn replay(&self, sla: &SlaConfig, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> StoreResult<ReplayStats>;
+
+    /// Rebuilds every projection, streams and aliases included, from the log in one write transaction
+    /// (appends wait until it commits).
+    async fn replay_offline(
+        &self,
+        sla: &SlaConfig,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
+    ) -> StoreResult<ReplayStats>;
 
     /// A named checkpoint (e.g. the ClickHouse sink's last shipped seq); 0 when unset.
     async fn checkpoint(&self, name: &str) -> StoreResult<i64>;

@@ -407,6 +407,309 @@ impl Writes {
     }
 }
 
+/// Conversations rebuilt per chunk of an online replay (fewer when they hold many events).
+const REPLAY_CONVERSATIONS: usize = 1_000;
+/// Events folded per chunk of an online replay (a longer conversation makes a chunk of its own).
+const REPLAY_EVENTS: u64 = 20_000;
+/// Events read per round trip while re-filing the log in memory.
+const REFILE_PAGE: i64 = 50_000;
+
+const SQL_REFILE_PAGE: &str = "SELECT seq, platform, external_id, occurred_at, links FROM events WHERE seq > $1 \
+     ORDER BY seq LIMIT $2";
+const SQL_ALL_STREAMS: &str = "SELECT platform, external_id, conversation_id, first_seq FROM streams";
+const SQL_ALL_ALIASES: &str = "SELECT absorbed_id, survivor_id FROM aliases";
+/// Projection rows whose conversation no stream is filed under (what an offline replay would not rebuild).
+const SQL_ORPHANS: [(&str, &str); 4] = [
+    ("conversations", "id"),
+    ("messages", "conversation_id"),
+    ("handoffs", "conversation_id"),
+    ("conversation_agents", "conversation_id"),
+];
+
+fn orphans_sql(table: &str, column: &str) -> String {
+    format!(
+        "SELECT DISTINCT {column} FROM {table} t WHERE NOT EXISTS \
+         (SELECT 1 FROM streams s WHERE s.conversation_id = t.{column})"
+    )
+}
+
+fn delete_orphans_sql(table: &str, column: &str, n: usize) -> String {
+    format!(
+        "DELETE FROM {table} WHERE {column} IN ({}) AND NOT EXISTS \
+         (SELECT 1 FROM streams s WHERE s.conversation_id = {table}.{column})",
+        placeholders(1, n)
+    )
+}
+
+/// The stored rows of `table` (`columns`, after the conversation id) of the conversations `$1..$n`.
+fn stored_rows_sql(table: &str, key: &str, columns: &[&str], order: &str, n: usize) -> String {
+    format!(
+        "SELECT {key}, {} FROM {table} WHERE {key} IN ({}) ORDER BY {key}{order}",
+        columns.join(", "),
+        placeholders(1, n)
+    )
+}
+
+/// Which of the conversations `$1..$n` have an event after seq `$n+1` (appended since a snapshot).
+fn touched_since_sql(n: usize) -> String {
+    format!(
+        "SELECT DISTINCT s.conversation_id FROM streams s \
+         JOIN events e ON e.platform = s.platform AND e.external_id = s.external_id \
+         WHERE s.conversation_id IN ({}) AND e.seq > ${}",
+        placeholders(1, n),
+        n + 1
+    )
+}
+
+/// Folds one conversation from all its events (`events` in seq order). None: nothing to project.
+fn fold_conversation(id: Uuid, streams: &[StreamKey], events: &[StoredEvent], sla: &SlaConfig) -> Option<Written> {
+    let extent = LogExtent::of_events(events)?;
+    let (fold, lines) = FoldState::build_events(extent, events);
+    let conversation = fold.conversation(id, streams, sla)?;
+    Some(Written {
+        conversation,
+        fold,
+        lines,
+        handoffs_from: Some(0),
+        agents_changed: true,
+        indexed_changed: true,
+    })
+}
+
+/// Every projection row of one conversation, as a full rebuild writes them.
+#[derive(Debug, Clone, PartialEq)]
+struct ProjectionRows {
+    conversation: Row,
+    messages: Vec<Row>,
+    handoffs: Vec<Row>,
+    agents: Vec<Row>,
+}
+
+impl ProjectionRows {
+    fn of(w: &Written) -> StoreResult<Self> {
+        let mut messages = codec::message_rows(w.conversation.id, &w.lines)?;
+        // In key order `(at, seq, idx)`, as the stored rows are read back.
+        let int = |b: &Bind| match b {
+            Bind::Int(v) => *v,
+            _ => 0,
+        };
+        messages.sort_by_key(|row| (int(&row[1]), int(&row[2]), int(&row[3])));
+        Ok(Self {
+            conversation: codec::conversation_row(&w.conversation, &w.fold)?,
+            messages,
+            handoffs: codec::handoff_rows(&w.conversation)?,
+            agents: codec::agent_rows(&w.conversation),
+        })
+    }
+}
+
+/// The filing of the whole log (streams -> conversation, aliases), made in memory by walking the events
+/// in seq order with the rules of `file_event` (a stream is filed under its own conversation, its links
+/// join it, two live conversations merge into the one that started first). An online replay compares
+/// it with the stored filing: the rows the writer keeps must be what the log gives.
+#[derive(Default)]
+struct Refiling {
+    /// Stream -> (conversation, first_seq).
+    streams: HashMap<StreamKey, (Uuid, i64)>,
+    /// Absorbed id -> survivor.
+    aliases: HashMap<Uuid, Uuid>,
+    /// Survivor -> the ids aliased to it (to re-point them on the next merge).
+    absorbed_by: HashMap<Uuid, Vec<Uuid>>,
+    /// Conversation -> its streams.
+    members: HashMap<Uuid, Vec<StreamKey>>,
+    /// Conversation -> the earliest `occurred_at` of its events filed so far.
+    started: HashMap<Uuid, i64>,
+    /// Events filed per stream.
+    events: HashMap<StreamKey, u64>,
+}
+
+impl Refiling {
+    fn own_conversation(&self, stream: &StreamKey) -> Uuid {
+        match codec::own_conversation_id(stream) {
+            (id, true) => self.aliases.get(&id).copied().unwrap_or(id),
+            (id, false) => id,
+        }
+    }
+
+    fn file(&mut self, stream: &StreamKey, conversation: Uuid, seq: i64) {
+        self.streams.insert(stream.clone(), (conversation, seq));
+        self.members.entry(conversation).or_default().push(stream.clone());
+    }
+
+    fn exists(&self, id: Uuid) -> bool {
+        self.members.get(&id).is_some_and(|m| !m.is_empty())
+    }
+
+    fn merge(&mut self, a: Uuid, b: Uuid) -> Uuid {
+        let (survivor, absorbed) =
+            codec::pick_survivor((a, self.started.get(&a).copied()), (b, self.started.get(&b).copied()));
+        let moved = self.members.remove(&absorbed).unwrap_or_default();
+        for stream in &moved {
+            if let Some(entry) = self.streams.get_mut(stream) {
+                entry.0 = survivor;
+            }
+        }
+        self.members.entry(survivor).or_default().extend(moved);
+        let mut repointed = self.absorbed_by.remove(&absorbed).unwrap_or_default();
+        for id in &repointed {
+            self.aliases.insert(*id, survivor);
+        }
+        if let Some(previous) = self.aliases.insert(absorbed, survivor) {
+            if let Some(list) = self.absorbed_by.get_mut(&previous) {
+                list.retain(|id| *id != absorbed);
+            }
+        }
+        repointed.push(absorbed);
+        self.absorbed_by.entry(survivor).or_default().extend(repointed);
+        if let Some(at) = self.started.remove(&absorbed) {
+            let entry = self.started.entry(survivor).or_insert(at);
+            *entry = (*entry).min(at);
+        }
+        survivor
+    }
+
+    /// `file_event` in memory, for the event at `seq` that occurred at `occurred_at` (micros).
+    fn file_event(&mut self, seq: i64, occurred_at: i64, stream: &StreamKey, links: &[StreamKey]) {
+        if stream.external_id.is_empty() {
+            return;
+        }
+        let mut conversation = match self.streams.get(stream) {
+            Some((id, _)) => *id,
+            None => {
+                let id = self.own_conversation(stream);
+                self.file(stream, id, seq);
+                id
+            }
+        };
+        for link in links {
+            if link.external_id.is_empty() || link == stream {
+                continue;
+            }
+            match self.streams.get(link).map(|(id, _)| *id) {
+                Some(other) if other == conversation => {}
+                Some(other) => conversation = self.merge(conversation, other),
+                None => {
+                    let own = self.own_conversation(link);
+                    if own != conversation && self.exists(own) {
+                        self.file(link, own, seq);
+                        conversation = self.merge(conversation, own);
+                    } else {
+                        self.file(link, conversation, seq);
+                    }
+                }
+            }
+        }
+        let started = self.started.entry(conversation).or_insert(occurred_at);
+        *started = (*started).min(occurred_at);
+        *self.events.entry(stream.clone()).or_default() += 1;
+    }
+
+    /// Every conversation with a stream and how many events it holds, by id.
+    fn conversations(&self) -> Vec<(Uuid, u64)> {
+        let mut out: Vec<(Uuid, u64)> = self
+            .members
+            .iter()
+            .filter(|(_, streams)| !streams.is_empty())
+            .map(|(id, streams)| {
+                (
+                    *id,
+                    streams.iter().map(|s| self.events.get(s).copied().unwrap_or(0)).sum(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// One chunk of an online replay as read in one snapshot (`R`: the backend's row).
+struct ChunkRead<R> {
+    ids: Vec<Uuid>,
+    /// The log's last seq in that snapshot.
+    head: i64,
+    streams: HashMap<Uuid, Vec<StreamKey>>,
+    /// Their events, in seq order.
+    events: Vec<EventRow>,
+    /// Stored rows by conversation: conversations, messages, handoffs, agents.
+    stored: Vec<HashMap<Uuid, Vec<R>>>,
+}
+
+/// What differs in one chunk: rebuilt rows of the conversations to rewrite, with the head and the
+/// streams they were rebuilt from.
+struct ChunkDiff {
+    head: i64,
+    projected: u64,
+    changed: Vec<(Uuid, Option<ProjectionRows>)>,
+    streams: HashMap<Uuid, Vec<StreamKey>>,
+}
+
+/// Chunks of conversations for an online replay: at most [`REPLAY_CONVERSATIONS`] and about
+/// [`REPLAY_EVENTS`] events each.
+fn replay_chunks(conversations: &[(Uuid, u64)]) -> Vec<Vec<Uuid>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut events) = (Vec::new(), 0u64);
+    for (id, n) in conversations {
+        if !chunk.is_empty() && (chunk.len() >= REPLAY_CONVERSATIONS || events + n > REPLAY_EVENTS) {
+            chunks.push(std::mem::take(&mut chunk));
+            events = 0;
+        }
+        chunk.push(*id);
+        events += n;
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Folds the conversations of one chunk (each with its streams and its event rows in seq order) on
+/// as many threads as there are cores; the rows a full rebuild would write for each (None: nothing).
+fn fold_chunk(
+    groups: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)>,
+    sla: &SlaConfig,
+) -> StoreResult<Vec<(Uuid, Option<ProjectionRows>)>> {
+    let fold = |group: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)>| -> StoreResult<Vec<(Uuid, Option<ProjectionRows>)>> {
+        group
+            .into_iter()
+            .map(|(id, streams, rows)| {
+                let events = rows
+                    .into_iter()
+                    .map(codec::decode_event)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let rows = fold_conversation(id, &streams, &events, sla)
+                    .map(|w| ProjectionRows::of(&w))
+                    .transpose()?;
+                Ok((id, rows))
+            })
+            .collect()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads <= 1 || groups.len() < 2 {
+        return fold(groups);
+    }
+    let per = groups.len().div_ceil(threads);
+    let mut parts: Vec<Vec<_>> = Vec::new();
+    let mut groups = groups.into_iter().peekable();
+    while groups.peek().is_some() {
+        parts.push(groups.by_ref().take(per).collect());
+    }
+    let results: Vec<StoreResult<Vec<_>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts.into_iter().map(|part| scope.spawn(move || fold(part))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(StoreError::Corrupt("a replay fold panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for part in results {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
 /// `sql` with every `$N` placeholder written `?`: the same statement on SQLite when each placeholder
 /// appears once, in order (as `codec::insert_sql` writes them). SQLite finds a `$N` (or `?N`) parameter
 /// by a linear search of the statement's names, when preparing and again when binding, so a multi-row
@@ -491,7 +794,7 @@ fn renumber_placeholders(sql: &str, offset: usize) -> String {
 }
 
 macro_rules! sql_store {
-    ($name:ident, $db:ty, begin = $begin:expr, lock = $lock:expr, migrator = $migrator:expr) => {
+    ($name:ident, $db:ty, begin = $begin:expr, lock = $lock:expr, snapshot = $snapshot:expr, migrator = $migrator:expr) => {
         /// The store on this backend: the event log and its projections.
         #[derive(Clone)]
         pub struct $name {
@@ -1012,21 +1315,7 @@ macro_rules! sql_store {
                     for id in chunk {
                         let streams = streams.remove(id).unwrap_or_default();
                         let events = events.remove(id).unwrap_or_default();
-                        let Some(extent) = LogExtent::of_events(&events) else {
-                            continue;
-                        };
-                        let (fold, lines) = FoldState::build_events(extent, &events);
-                        let Some(conversation) = fold.conversation(*id, &streams, sla) else {
-                            continue;
-                        };
-                        written.push(Written {
-                            conversation,
-                            fold,
-                            lines,
-                            handoffs_from: Some(0),
-                            agents_changed: true,
-                            indexed_changed: true,
-                        });
+                        written.extend(fold_conversation(*id, &streams, &events, sla));
                     }
                 }
                 Ok(written)
@@ -1536,7 +1825,360 @@ macro_rules! sql_store {
                 let ids: Vec<(String,)> = sqlx::query_as(SQL_ALL_CONVERSATIONS).fetch_all(&mut *conn).await?;
                 let ids = ids.iter().map(|(id,)| codec::parse_uuid(id)).collect::<StoreResult<Vec<_>>>()?;
                 let conversations = Self::rebuild(conn, &ids, sla, progress).await?;
-                Ok(ReplayStats { events, conversations })
+                Ok(ReplayStats {
+                    events,
+                    conversations,
+                    rewritten: conversations,
+                    online: false,
+                })
+            }
+
+            /// The log's filing re-made in memory from one snapshot (see [`Refiling`]), the events it
+            /// walked, and whether the stored streams and aliases are exactly that filing.
+            async fn refile_snapshot(&self) -> StoreResult<(Refiling, u64, bool)> {
+                let mut tx = self.pool.begin_with($snapshot).await?;
+                let mut refiling = Refiling::default();
+                let (mut events, mut after) = (0u64, 0i64);
+                loop {
+                    let page: Vec<(i64, String, String, i64, String)> = sqlx::query_as(SQL_REFILE_PAGE)
+                        .bind(after)
+                        .bind(REFILE_PAGE)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let Some(last) = page.last().map(|row| row.0) else {
+                        break;
+                    };
+                    for (seq, platform, external_id, occurred_at, links) in page {
+                        events += 1;
+                        if external_id.is_empty() {
+                            continue;
+                        }
+                        let stream = codec::stream_key(&platform, external_id)?;
+                        let links: Vec<StreamKey> =
+                            if links == "[]" { Vec::new() } else { codec::from_json("links", &links)? };
+                        refiling.file_event(seq, occurred_at, &stream, &links);
+                    }
+                    after = last;
+                }
+                let streams: Vec<(String, String, String, i64)> =
+                    sqlx::query_as(SQL_ALL_STREAMS).fetch_all(&mut *tx).await?;
+                let aliases: Vec<(String, String)> = sqlx::query_as(SQL_ALL_ALIASES).fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                let same = streams.len() == refiling.streams.len()
+                    && aliases.len() == refiling.aliases.len()
+                    && streams.into_iter().all(|(platform, external_id, id, first_seq)| {
+                        let Ok(key) = codec::stream_key(&platform, external_id) else {
+                            return false;
+                        };
+                        codec::parse_uuid(&id).ok().map(|id| (id, first_seq)) == refiling.streams.get(&key).copied()
+                    })
+                    && aliases.into_iter().all(|(absorbed, survivor)| {
+                        match (codec::parse_uuid(&absorbed), codec::parse_uuid(&survivor)) {
+                            (Ok(absorbed), Ok(survivor)) => refiling.aliases.get(&absorbed) == Some(&survivor),
+                            _ => false,
+                        }
+                    });
+                Ok((refiling, events, same))
+            }
+
+            /// Whether a stored row holds exactly the values of `row` (after the leading key column).
+            fn stored_row_matches(stored: &<$db as sqlx::Database>::Row, row: &Row) -> bool {
+                use sqlx::Row as _;
+                stored.len() == row.len() + 1
+                    && row.iter().enumerate().all(|(i, value)| {
+                        let i = i + 1;
+                        match value {
+                            Bind::Text(v) => stored.try_get::<&str, _>(i).is_ok_and(|s| s == v),
+                            Bind::Int(v) => stored.try_get::<i64, _>(i).is_ok_and(|s| s == *v),
+                            Bind::OptText(v) => stored.try_get::<Option<&str>, _>(i).is_ok_and(|s| s == v.as_deref()),
+                            Bind::OptInt(v) => stored.try_get::<Option<i64>, _>(i).is_ok_and(|s| s == *v),
+                            Bind::OptFloat(v) => stored.try_get::<Option<f64>, _>(i).is_ok_and(|s| s == *v),
+                        }
+                    })
+            }
+
+            /// Whether the stored rows of one conversation in one table are exactly `rows` (in key order,
+            /// or for a few rows in any order: the agent names' order is the database's collation).
+            fn stored_rows_match(stored: Option<&Vec<<$db as sqlx::Database>::Row>>, rows: &[Row]) -> bool {
+                let stored = stored.map_or(&[][..], Vec::as_slice);
+                stored.len() == rows.len()
+                    && (stored.iter().zip(rows).all(|(s, r)| Self::stored_row_matches(s, r))
+                        || (rows.len() <= 16
+                            && rows.iter().all(|r| stored.iter().any(|s| Self::stored_row_matches(s, r)))))
+            }
+
+            /// The stored rows of `table` of the conversations `ids`, by conversation.
+            async fn stored_rows(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                table: &str,
+                key: &str,
+                columns: &[&str],
+                order: &str,
+            ) -> StoreResult<HashMap<Uuid, Vec<<$db as sqlx::Database>::Row>>> {
+                use sqlx::Row as _;
+                let mut found: HashMap<Uuid, Vec<<$db as sqlx::Database>::Row>> = HashMap::new();
+                for chunk in ids.chunks(REPLAY_CONVERSATIONS) {
+                    let sql = Self::replay_sql(stored_rows_sql(table, key, columns, order, chunk.len()));
+                    let mut query = sqlx::query(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for row in query.fetch_all(&mut *conn).await? {
+                        // A key that is no id is no conversation's: the orphan sweep deletes it.
+                        if let Ok(id) = codec::parse_uuid(row.try_get::<&str, _>(0)?) {
+                            found.entry(id).or_default().push(row);
+                        }
+                    }
+                }
+                Ok(found)
+            }
+
+            /// `sql` as this backend runs it fastest: on SQLite, with anonymous placeholders (each
+            /// `$N` of the replay's statements appears once, in order).
+            fn replay_sql(sql: String) -> String {
+                if <$db as sqlx::Database>::NAME == "SQLite" {
+                    anonymous_placeholders(&sql)
+                } else {
+                    sql
+                }
+            }
+
+            /// Reads one chunk of conversations for an online replay in one snapshot, without the write
+            /// lock: the log's head, their streams, their events and their stored projection rows.
+            async fn read_chunk(&self, ids: Vec<Uuid>) -> StoreResult<ChunkRead<<$db as sqlx::Database>::Row>> {
+                let mut tx = self.pool.begin_with($snapshot).await?;
+                if <$db as sqlx::Database>::NAME == "SQLite" {
+                    // The replay reads the whole database once: a page cache that holds a chunk's pages.
+                    sqlx::query("PRAGMA cache_size = -131072").execute(&mut *tx).await?;
+                }
+                let head = Self::last_seq_in(&mut *tx).await?;
+                let streams = Self::streams_of(&mut *tx, &ids).await?;
+                let sql = Self::replay_sql(events_of_sql(ids.len()));
+                let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
+                for id in &ids {
+                    query = query.bind(id.to_string());
+                }
+                let events = query.fetch_all(&mut *tx).await?;
+                let mut stored = Vec::with_capacity(4);
+                for (table, key, columns, order) in [
+                    ("conversations", "id", codec::CONVERSATION_COLUMNS, ""),
+                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, ", at, seq, idx"),
+                    ("handoffs", "conversation_id", codec::HANDOFF_COLUMNS, ", ordinal"),
+                    ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, ", agent"),
+                ] {
+                    stored.push(Self::stored_rows(&mut *tx, &ids, table, key, columns, order).await?);
+                }
+                tx.commit().await?;
+                Ok(ChunkRead {
+                    ids,
+                    head,
+                    streams,
+                    events,
+                    stored,
+                })
+            }
+
+            /// Folds a chunk read by [`Self::read_chunk`] and compares: the conversations whose stored
+            /// rows are not what a full rebuild writes, with their rebuilt rows (pure; runs on a
+            /// blocking thread while the next chunk is read).
+            fn diff_chunk(read: ChunkRead<<$db as sqlx::Database>::Row>, sla: &SlaConfig) -> StoreResult<ChunkDiff> {
+                let ChunkRead {
+                    ids,
+                    head,
+                    mut streams,
+                    events,
+                    stored,
+                } = read;
+                let position: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+                let mut groups: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)> = ids
+                    .iter()
+                    .map(|id| (*id, streams.get(id).cloned().unwrap_or_default(), Vec::new()))
+                    .collect();
+                for row in events {
+                    let Some(id) = row.10.as_deref().map(codec::parse_uuid).transpose()? else {
+                        continue;
+                    };
+                    if let Some(i) = position.get(&id) {
+                        groups[*i].2.push(row);
+                    }
+                }
+                let folded = fold_chunk(groups, sla)?;
+                let projected = folded.iter().filter(|(_, rows)| rows.is_some()).count() as u64;
+                let mut changed: Vec<(Uuid, Option<ProjectionRows>)> = Vec::new();
+                for (id, rows) in folded {
+                    let same = match &rows {
+                        None => stored.iter().all(|table| !table.contains_key(&id)),
+                        Some(r) => {
+                            Self::stored_rows_match(stored[0].get(&id), std::slice::from_ref(&r.conversation))
+                                && Self::stored_rows_match(stored[1].get(&id), &r.messages)
+                                && Self::stored_rows_match(stored[2].get(&id), &r.handoffs)
+                                && Self::stored_rows_match(stored[3].get(&id), &r.agents)
+                        }
+                    };
+                    if !same {
+                        changed.push((id, rows));
+                    }
+                }
+                let streams: HashMap<Uuid, Vec<StreamKey>> =
+                    changed.iter().map(|(id, _)| (*id, streams.remove(id).unwrap_or_default())).collect();
+                Ok(ChunkDiff {
+                    head,
+                    projected,
+                    changed,
+                    streams,
+                })
+            }
+
+            /// Writes what [`Self::diff_chunk`] found different, under the write lock, in one short
+            /// transaction; returns how many conversations were rewritten.
+            async fn write_chunk(&self, diff: ChunkDiff, sla: &SlaConfig) -> StoreResult<u64> {
+                if diff.changed.is_empty() {
+                    return Ok(0);
+                }
+                let rewritten = diff.changed.len() as u64;
+                let mut tx = self.begin_write().await?;
+                Self::write_rebuilt(&mut *tx, diff.changed, diff.head, &diff.streams, sla).await?;
+                tx.commit().await?;
+                Ok(rewritten)
+            }
+
+            /// Replaces every projection row of the conversations `changed` by their rebuilt rows (made
+            /// from the log as of seq `head`, with the streams `streams`); a conversation with an event
+            /// after `head` or other streams now is refolded here instead (the caller holds the write lock).
+            async fn write_rebuilt(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                changed: Vec<(Uuid, Option<ProjectionRows>)>,
+                head: i64,
+                streams: &HashMap<Uuid, Vec<StreamKey>>,
+                sla: &SlaConfig,
+            ) -> StoreResult<()> {
+                let ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
+                let mut touched: HashSet<Uuid> = HashSet::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = Self::replay_sql(touched_since_sql(chunk.len()));
+                    let mut query = sqlx::query_as::<_, (String,)>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id,) in query.bind(head).fetch_all(&mut *conn).await? {
+                        touched.insert(codec::parse_uuid(&id)?);
+                    }
+                }
+                let now = Self::streams_of(conn, &ids).await?;
+                touched.extend(ids.iter().filter(|id| now.get(*id).unwrap_or(&Vec::new()) != &streams[*id]));
+                let touched: Vec<Uuid> = ids.iter().filter(|id| touched.contains(*id)).copied().collect();
+                let mut refolded: HashMap<Uuid, ProjectionRows> = HashMap::new();
+                if !touched.is_empty() {
+                    tracing::debug!(conversations = touched.len(), "refolding what the writer touched meanwhile");
+                    for w in Self::refold(conn, &touched, sla).await? {
+                        refolded.insert(w.conversation.id, ProjectionRows::of(&w)?);
+                    }
+                }
+                let mut writes = Writes::default();
+                writes.for_ids(&ids, |n| delete_in_sql("conversations", "id", n));
+                for table in ["messages", "handoffs", "conversation_agents"] {
+                    writes.for_ids(&ids, |n| delete_in_sql(table, "conversation_id", n));
+                }
+                let (mut conversations, mut messages, mut handoffs, mut agents) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for (id, rows) in changed {
+                    let rows = if touched.contains(&id) { refolded.remove(&id) } else { rows };
+                    if let Some(rows) = rows {
+                        conversations.push(rows.conversation);
+                        messages.extend(rows.messages);
+                        handoffs.extend(rows.handoffs);
+                        agents.extend(rows.agents);
+                    }
+                }
+                writes.insert("conversations", codec::CONVERSATION_COLUMNS, conversations, "");
+                writes.insert("messages", codec::MESSAGE_COLUMNS, messages, "");
+                writes.insert("handoffs", codec::HANDOFF_COLUMNS, handoffs, "");
+                writes.insert("conversation_agents", codec::AGENT_COLUMNS, agents, "");
+                Self::run_writes(conn, &mut writes).await
+            }
+
+            /// Deletes projection rows of conversations no stream is filed under (found without the
+            /// lock, deleted under it after checking again). Returns how many ids were swept.
+            async fn sweep_orphans(&self) -> StoreResult<u64> {
+                let mut found: Vec<Vec<String>> = Vec::new();
+                {
+                    let mut conn = self.pool.acquire().await?;
+                    for (table, column) in SQL_ORPHANS {
+                        let ids: Vec<(String,)> =
+                            sqlx::query_as(&orphans_sql(table, column)).fetch_all(&mut *conn).await?;
+                        found.push(ids.into_iter().map(|(id,)| id).collect());
+                    }
+                }
+                if found.iter().all(Vec::is_empty) {
+                    return Ok(0);
+                }
+                let mut tx = self.begin_write().await?;
+                for ((table, column), ids) in SQL_ORPHANS.iter().zip(&found) {
+                    for chunk in ids.chunks(IN_CHUNK) {
+                        let sql = Self::replay_sql(delete_orphans_sql(table, column, chunk.len()));
+                        let mut query = sqlx::query(&sql).persistent(false);
+                        for id in chunk {
+                            query = query.bind(id.as_str());
+                        }
+                        query.execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(found.iter().map(|ids| ids.len() as u64).sum())
+            }
+
+            /// The online replay: None when the stored filing is not the log's (then only the offline
+            /// replay, which re-files every stream, can repair it).
+            async fn replay_online(
+                &self,
+                sla: &SlaConfig,
+                progress: &(dyn Fn(u64, u64) + Send + Sync),
+            ) -> StoreResult<Option<ReplayStats>> {
+                let started = std::time::Instant::now();
+                let (refiling, events, same) = self.refile_snapshot().await?;
+                tracing::info!(events, same, elapsed_ms = started.elapsed().as_millis() as u64, "replay: log re-filed");
+                if !same {
+                    return Ok(None);
+                }
+                let conversations = refiling.conversations();
+                drop(refiling);
+                let total = conversations.len() as u64;
+                progress(0, total);
+                let (mut done, mut projected, mut rewritten) = (0u64, 0u64, 0u64);
+                // Chunk k is folded on a blocking thread while chunk k+1 is read.
+                let mut folding: Option<(u64, tokio::task::JoinHandle<StoreResult<ChunkDiff>>)> = None;
+                let mut chunks = replay_chunks(&conversations).into_iter();
+                loop {
+                    let next = chunks.next();
+                    let read = match next {
+                        Some(ids) => Some((ids.len() as u64, self.read_chunk(ids).await?)),
+                        None => None,
+                    };
+                    if let Some((n, handle)) = folding.take() {
+                        let diff = handle
+                            .await
+                            .map_err(|e| StoreError::Corrupt(format!("a replay fold failed: {e}")))??;
+                        projected += diff.projected;
+                        rewritten += self.write_chunk(diff, sla).await?;
+                        done += n;
+                        progress(done, total);
+                    }
+                    let Some((n, read)) = read else {
+                        break;
+                    };
+                    let sla = sla.clone();
+                    folding = Some((n, tokio::task::spawn_blocking(move || Self::diff_chunk(read, &sla))));
+                }
+                tracing::info!(projected, rewritten, elapsed_ms = started.elapsed().as_millis() as u64, "replay: conversations rebuilt");
+                rewritten += self.sweep_orphans().await?;
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "replay: orphans swept");
+                Ok(Some(ReplayStats {
+                    events,
+                    conversations: projected,
+                    rewritten,
+                    online: true,
+                }))
             }
         }
 
@@ -1832,6 +2474,18 @@ macro_rules! sql_store {
             }
 
             async fn replay(&self, sla: &SlaConfig, progress: &(dyn Fn(u64, u64) + Send + Sync)) -> StoreResult<ReplayStats> {
+                if let Some(stats) = self.replay_online(sla, progress).await? {
+                    return Ok(stats);
+                }
+                tracing::warn!("the stored streams and aliases are not the log's filing: replaying offline");
+                self.replay_offline(sla, progress).await
+            }
+
+            async fn replay_offline(
+                &self,
+                sla: &SlaConfig,
+                progress: &(dyn Fn(u64, u64) + Send + Sync),
+            ) -> StoreResult<ReplayStats> {
                 // One transaction: readers keep the old projections until the rebuilt ones commit,
                 // and a failed replay leaves them untouched.
                 let mut tx = self.begin_write().await?;
@@ -1867,6 +2521,8 @@ sql_store!(
     sqlx::Sqlite,
     begin = "BEGIN IMMEDIATE",
     lock = None,
+    // A deferred transaction's first read fixes its snapshot (WAL): an online replay's reads agree.
+    snapshot = "BEGIN",
     migrator = sqlx::migrate!("./migrations/sqlite")
 );
 
@@ -1877,6 +2533,7 @@ sql_store!(
     sqlx::Postgres,
     begin = "BEGIN",
     lock = Some("LOCK TABLE events IN EXCLUSIVE MODE"),
+    snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     migrator = sqlx::migrate!("./migrations/postgres")
 );
 
