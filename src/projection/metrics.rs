@@ -74,6 +74,13 @@ pub(crate) fn first_response_seconds(h: &Handoff) -> Option<f64> {
     }
 }
 
+/// When the first response was sent (first attend + first response time, to the millisecond): the instant
+/// the first response time is credited to. None when there is no first response time.
+pub(crate) fn first_response_at(h: &Handoff) -> Option<DateTime<Utc>> {
+    let secs = first_response_seconds(h)?;
+    Some(h.attended_at? + chrono::Duration::milliseconds((secs * 1000.0).round() as i64))
+}
+
 /// Handle time: first attend to close (the fold's value, else from the two instants), for an answered
 /// and closed handoff.
 pub(crate) fn handle_seconds(h: &Handoff) -> Option<f64> {
@@ -93,14 +100,22 @@ pub fn service_level(answered_within_sla: u64, answered: u64, abandoned: u64, mi
 /// Percentile of sorted values with linear interpolation between closest ranks (index `p * (n - 1)`),
 /// the definition ClickHouse's `quantiles` uses; None for no values.
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
+    percentile_by_rank(sorted.len(), p, |rank| sorted.get(rank).copied())
+}
+
+/// [`percentile`] of `n` sorted values of which only some are at hand: `value(rank)` gives the value of
+/// that rank (0 = smallest). Reads the two ranks next to index `p * (n - 1)`; None for no values, or when
+/// one of those two is missing.
+pub(crate) fn percentile_by_rank(n: usize, p: f64, value: impl Fn(usize) -> Option<f64>) -> Option<f64> {
+    if n == 0 {
         return None;
     }
-    let index = p * (sorted.len() - 1) as f64;
+    let index = p * (n - 1) as f64;
     let lower = index.floor() as usize;
     let upper = index.ceil() as usize;
     let fraction = index - lower as f64;
-    Some(sorted[lower] + (sorted[upper] - sorted[lower]) * fraction)
+    let (low, high) = (value(lower)?, value(upper)?);
+    Some(low + (high - low) * fraction)
 }
 
 /// The mean of `count` values summing to `sum`; None for no values.
