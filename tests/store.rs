@@ -20,7 +20,6 @@ use handoff_ledger::sources::ledger::{self, QueueAccepted};
 use handoff_ledger::store::{self, ConversationFilter, SqliteStore, Store};
 
 #[path = "common/scenario.rs"]
-#[allow(dead_code)]
 mod scenario;
 
 // ---------------------------------------------------------------------------------------------
