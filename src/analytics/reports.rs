@@ -17,7 +17,7 @@ use super::facts::{epoch, from_epoch, ConversationRow, Credit, HandoffRow};
 use super::{Analytics, AnalyticsResult};
 use crate::config::SlaConfig;
 use crate::model::Conversation;
-use crate::projection::metrics::{mean, percentile, percentile_by_rank, service_level};
+use crate::projection::metrics::{mean, percentile, service_level};
 use crate::store::{ConversationFilter, HandoffReportQuery, Store, StoreResult};
 
 /// How far before `since` the store is searched for conversations (by `started_at`) whose timers may stop
@@ -504,7 +504,7 @@ fn store_bucket(secs: i64) -> u32 {
 /// The SLA report computed by the store: its handoff rows aggregated in SQL (`store::report`), the same
 /// numbers as [`sla_report_from_rows`] over the [`HandoffRow`]s of every stored conversation.
 pub async fn sla_report_store(store: &dyn Store, sla: &SlaConfig, q: &ReportQuery) -> StoreResult<Vec<SlaRow>> {
-    let aggregates = store.sla_aggregates(&store_query(q), sla, &WAIT_PERCENTILES).await?;
+    let aggregates = store.sla_aggregates(&store_query(q), sla).await?;
     let mut acc: BTreeMap<Key, SlaAcc> = BTreeMap::new();
     for t in aggregates.totals {
         let a = acc
@@ -521,24 +521,17 @@ pub async fn sla_report_store(store: &dyn Store, sla: &SlaConfig, q: &ReportQuer
         a.handle_sum += t.handle_sum;
         a.handle_count += t.handle_count;
     }
-    // Per bucket and group: how many answered waits, and those of the ranks the percentiles read.
-    let mut waits: BTreeMap<Key, (u64, BTreeMap<u64, f64>)> = BTreeMap::new();
     for w in aggregates.waits {
-        let entry = waits
-            .entry(key_of(q, store_bucket(w.bucket), &w.platform, &w.queue, &w.agent))
-            .or_default();
-        entry.0 = w.count;
-        entry.1.insert(w.rank, w.wait);
+        if let Some(a) = acc.get_mut(&key_of(q, store_bucket(w.bucket), &w.platform, &w.queue, &w.agent)) {
+            a.waits.push(w.wait);
+        }
     }
     Ok(acc
         .into_iter()
         .filter(|(_, a)| !a.is_empty())
-        .map(|(key, a)| {
-            let [p50, p90] = WAIT_PERCENTILES.map(|p| {
-                waits.get(&key).and_then(|(n, ranks)| {
-                    percentile_by_rank(*n as usize, p, |rank| ranks.get(&(rank as u64)).copied())
-                })
-            });
+        .map(|(key, mut a)| {
+            a.waits.sort_by(f64::total_cmp);
+            let [p50, p90] = WAIT_PERCENTILES.map(|p| percentile(&a.waits, p));
             sla_row(key, &a, p50, p90)
         })
         .collect())

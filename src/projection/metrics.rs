@@ -100,22 +100,14 @@ pub fn service_level(answered_within_sla: u64, answered: u64, abandoned: u64, mi
 /// Percentile of sorted values with linear interpolation between closest ranks (index `p * (n - 1)`),
 /// the definition ClickHouse's `quantiles` uses; None for no values.
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    percentile_by_rank(sorted.len(), p, |rank| sorted.get(rank).copied())
-}
-
-/// [`percentile`] of `n` sorted values of which only some are at hand: `value(rank)` gives the value of
-/// that rank (0 = smallest). Reads the two ranks next to index `p * (n - 1)`; None for no values, or when
-/// one of those two is missing.
-pub(crate) fn percentile_by_rank(n: usize, p: f64, value: impl Fn(usize) -> Option<f64>) -> Option<f64> {
-    if n == 0 {
+    if sorted.is_empty() {
         return None;
     }
-    let index = p * (n - 1) as f64;
+    let index = p * (sorted.len() - 1) as f64;
     let lower = index.floor() as usize;
     let upper = index.ceil() as usize;
     let fraction = index - lower as f64;
-    let (low, high) = (value(lower)?, value(upper)?);
-    Some(low + (high - low) * fraction)
+    Some(sorted[lower] + (sorted[upper] - sorted[lower]) * fraction)
 }
 
 /// The mean of `count` values summing to `sum`; None for no values.

@@ -11,7 +11,7 @@ mod quarantine;
 mod report;
 mod sql;
 
-pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates, WaitRank};
+pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates, Wait};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -264,13 +264,8 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     async fn set_checkpoint(&self, name: &str, value: i64) -> StoreResult<()>;
 
     /// The SLA report's sums over the handoff rows, per instant kind, bucket and group, and the answered
-    /// waits next to each of `percentiles`' ranks (`store::report`). A few grouped statements, run at once.
-    async fn sla_aggregates(
-        &self,
-        q: &HandoffReportQuery,
-        sla: &SlaConfig,
-        percentiles: &[f64],
-    ) -> StoreResult<SlaAggregates>;
+    /// waits (`store::report`). A few statements, run at once.
+    async fn sla_aggregates(&self, q: &HandoffReportQuery, sla: &SlaConfig) -> StoreResult<SlaAggregates>;
 
     /// The disposition report's counts over the handoff rows, per bucket and group.
     async fn disposition_aggregates(&self, q: &HandoffReportQuery) -> StoreResult<Vec<DispositionTotals>>;

@@ -12,12 +12,12 @@
 //!   wait at most the queue's target;
 //! - short abandon ([`metrics::is_short_abandon`]): abandoned, and waited less than `sla.short_abandon_seconds`.
 //!
-//! Wait percentiles are exact: the statement numbers the answered waits of each group in order and returns
-//! only those next to each percentile's rank; the interpolation is [`metrics::percentile_by_rank`]'s.
+//! Wait percentiles are exact: a narrow statement returns the answered waits (bucket, group, wait) and the
+//! report computes them with [`metrics::percentile`], as for the rows computed in Rust.
 //!
 //! [`metrics::is_answered_within_sla`]: crate::projection::metrics::is_answered_within_sla
 //! [`metrics::is_short_abandon`]: crate::projection::metrics::is_short_abandon
-//! [`metrics::percentile_by_rank`]: crate::projection::metrics::percentile_by_rank
+//! [`metrics::percentile`]: crate::projection::metrics::percentile
 
 use super::codec::{Bind, MessageRow};
 use crate::config::SlaConfig;
@@ -95,9 +95,9 @@ pub struct DispositionTotals {
     pub failed: u64,
 }
 
-/// One answered wait next to a percentile's rank in its bucket and group.
+/// One answered wait, with its bucket and group.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WaitRank {
+pub struct Wait {
     /// Bucket start, epoch seconds.
     pub bucket: i64,
     /// Live backend.
@@ -106,10 +106,6 @@ pub struct WaitRank {
     pub queue: String,
     /// Answering agent.
     pub agent: String,
-    /// Answered waits of the group.
-    pub count: u64,
-    /// Rank of this wait among them (0 = shortest).
-    pub rank: u64,
     /// The wait, seconds.
     pub wait: f64,
 }
@@ -119,8 +115,8 @@ pub struct WaitRank {
 pub struct SlaAggregates {
     /// Sums per instant kind, bucket and group.
     pub totals: Vec<HandoffTotals>,
-    /// The answered waits next to each percentile's rank, per bucket and group.
-    pub waits: Vec<WaitRank>,
+    /// Every answered wait credited in the range (percentiles are computed from these).
+    pub waits: Vec<Wait>,
 }
 
 /// A statement with its binds.
@@ -129,8 +125,8 @@ pub(crate) type Statement = (String, Vec<Bind>);
 /// Shape every totals statement returns: `(bucket, platform, queue, agent, n1, n2, n3, sum, n4)`.
 pub(crate) type TotalsRow = (i64, String, String, String, i64, i64, i64, Option<f64>, i64);
 
-/// Shape of the percentile statement: `(bucket, platform, queue, agent, count, rank, wait)`.
-pub(crate) type WaitRankRow = (i64, String, String, String, i64, i64, f64);
+/// Shape of the waits statement: `(bucket, platform, queue, agent, wait)`.
+pub(crate) type WaitRow = (i64, String, String, String, f64);
 
 /// Which instant a totals statement credits (and so what its numbered columns mean).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,31 +256,13 @@ impl HandoffReportQuery {
         (sql, binds)
     }
 
-    /// The statement returning, per bucket and group, the answered waits whose rank lies within one of
-    /// `p * (count - 1)` for each `p` (the ranks a percentile interpolates between).
-    pub(crate) fn wait_ranks_sql(&self, percentiles: &[f64]) -> String {
+    /// The statement returning the answered waits of every bucket and group, unordered: a plain scan (SQLite
+    /// has no percentile function, and numbering the waits with a window function costs a sort of them all).
+    pub(crate) fn waits_sql(&self) -> String {
         let (dims, _) = self.dimensions();
-        // Every dimension, grouped or not (those not grouped are the constant '').
-        let group = "b, g_platform, g_queue, g_agent";
-        let join = ["b", "g_platform", "g_queue", "g_agent"]
-            .iter()
-            .map(|c| format!("n.{c} = r.{c}"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let near = percentiles
-            .iter()
-            .map(|p| format!("(r.rn >= {p:?} * (n.n - 1) - 1 AND r.rn <= {p:?} * (n.n - 1) + 1)"))
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        let near = if near.is_empty() { "1 = 0".to_string() } else { near };
         format!(
-            "WITH waits AS (SELECT {} AS b, {dims}, h.answered_wait_seconds AS wait FROM handoffs h \
-             WHERE {} AND h.answered = 1 AND h.answered_wait_seconds IS NOT NULL), \
-             n AS (SELECT {group}, COUNT(*) AS n FROM waits GROUP BY {group}), \
-             r AS (SELECT {group}, ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY wait) - 1 AS rn, wait \
-             FROM waits) \
-             SELECT r.b, r.g_platform, r.g_queue, r.g_agent, n.n, r.rn, r.wait FROM r JOIN n ON {join} \
-             WHERE {near}",
+            "SELECT {} AS b, {dims}, h.answered_wait_seconds FROM handoffs h \
+             WHERE {} AND h.answered = 1 AND h.answered_wait_seconds IS NOT NULL",
             self.bucket("h.attended_at"),
             self.range("h.attended_at"),
         )
@@ -356,16 +334,14 @@ pub(crate) fn decode_dispositions(row: TotalsRow) -> DispositionTotals {
     }
 }
 
-/// A row of the percentile statement.
-pub(crate) fn decode_wait_rank(row: WaitRankRow) -> WaitRank {
-    let (bucket, platform, queue, agent, n, rank, wait) = row;
-    WaitRank {
+/// A row of the waits statement.
+pub(crate) fn decode_wait(row: WaitRow) -> Wait {
+    let (bucket, platform, queue, agent, wait) = row;
+    Wait {
         bucket,
         platform,
         queue,
         agent,
-        count: count(n),
-        rank: count(rank),
         wait,
     }
 }
@@ -439,10 +415,10 @@ mod tests {
             sql.contains("'' AS g_platform") && sql.contains("GROUP BY b, g_queue"),
             "{sql}"
         );
-        let ranks = query(86_400).wait_ranks_sql(&[0.5, 0.9]);
+        let waits = query(86_400).waits_sql();
         assert!(
-            ranks.contains("0.9 * (n.n - 1) + 1") && ranks.contains("% 86400"),
-            "{ranks}"
+            waits.contains("% 86400") && waits.contains("COALESCE(h.queue, '') AS g_queue"),
+            "{waits}"
         );
     }
 }

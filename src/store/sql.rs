@@ -1619,17 +1619,15 @@ macro_rules! sql_store {
                 &self,
                 q: &report::HandoffReportQuery,
                 sla: &SlaConfig,
-                percentiles: &[f64],
             ) -> StoreResult<report::SlaAggregates> {
-                // One statement per instant and one for the percentiles, each on its own connection.
+                // One statement per instant and one for the waits, each on its own connection.
                 let totals = report::Instant::SLA.into_iter().map(|instant| async move {
                     let rows = self.report_totals(q.totals_sql(instant, sla)).await?;
                     Ok::<_, StoreError>(rows.into_iter().map(|r| report::decode_totals(instant, r)).collect::<Vec<_>>())
                 });
                 let waits = async {
-                    let sql = q.wait_ranks_sql(percentiles);
-                    let rows: Vec<report::WaitRankRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
-                    Ok::<_, StoreError>(rows.into_iter().map(report::decode_wait_rank).collect::<Vec<_>>())
+                    let rows: Vec<report::WaitRow> = sqlx::query_as(&q.waits_sql()).fetch_all(&self.pool).await?;
+                    Ok::<_, StoreError>(rows.into_iter().map(report::decode_wait).collect::<Vec<_>>())
                 };
                 let (totals, waits) = futures::future::try_join(futures::future::try_join_all(totals), waits).await?;
                 Ok(report::SlaAggregates {
