@@ -1,6 +1,6 @@
 //! Seeds the real store with at least N handoffs of the deterministic webhook scenario, ships the log to
 //! ClickHouse with the real sink, then times `GET /v1/reports/sla` on the real service from the store
-//! (`?source=store`: the API pages the conversations out of the store and computes) and from ClickHouse
+//! (`?source=store`: the store aggregates its handoff rows in SQL) and from ClickHouse
 //! (`?source=clickhouse`: the rollups).
 //!
 //! ```text
@@ -69,6 +69,9 @@ struct Args {
     /// Repetitions of each timed report (the median is printed).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Report sources timed (`clickhouse,store`; with one only, nothing is compared).
+    #[arg(long, default_value = "clickhouse,store")]
+    sources: String,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -212,11 +215,26 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
     ];
     println!();
     println!("## GET /v1/reports/sla on the service (median of {} runs)", args.runs);
-    println!("| query | ClickHouse | rows | store | rows | offered (both) |");
-    println!("|---|---|---|---|---|---|");
+    let sources: Vec<&str> = args
+        .sources
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    anyhow::ensure!(
+        sources.iter().all(|s| ["clickhouse", "store"].contains(s)),
+        "--sources takes clickhouse and store"
+    );
+    if sources.len() == 2 {
+        println!("| query | ClickHouse | rows | store | rows | offered (both) |");
+        println!("|---|---|---|---|---|---|");
+    } else {
+        println!("| query | {} | rows | offered |", sources.join(""));
+        println!("|---|---|---|---|");
+    }
     for (label, q) in &queries {
         let mut results = Vec::new();
-        for source in ["clickhouse", "store"] {
+        for &source in &sources {
             let mut times = Vec::new();
             let mut body = Value::Null;
             for _ in 0..args.runs.max(1) {
@@ -232,6 +250,10 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
             let rows = body["rows"].as_array().cloned().unwrap_or_default();
             let offered: u64 = rows.iter().filter_map(|r| r["offered"].as_u64()).sum();
             results.push((median(times), rows.len(), offered));
+        }
+        if let [(secs, rows, offered)] = results[..] {
+            println!("| {label} | {secs:.3} s | {rows} | {offered} |");
+            continue;
         }
         let (ch, st) = (results[0], results[1]);
         anyhow::ensure!(

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use uuid::Uuid;
 
+use handoff_ledger::analytics::reports::SlaRow;
 use handoff_ledger::config::SlaConfig;
 use handoff_ledger::model::{
     event_id_for, AppendOutcome, Conversation, Disposition, HandoffState, Message, NewEvent, NewQuarantine, Party,
@@ -17,6 +18,9 @@ use handoff_ledger::model::{
 };
 use handoff_ledger::sources::ledger::{self, QueueAccepted};
 use handoff_ledger::store::{self, ConversationFilter, SqliteStore, Store};
+
+#[path = "common/scenario.rs"]
+mod scenario;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -183,6 +187,7 @@ on_both_backends!(
         a_status_without_id_or_time_seen_again_after_other_events_is_new,
         commands_an_event_calls_for_commit_with_it,
         the_planner_is_handed_the_attends_it_asks_for,
+        reports_aggregated_in_sql_equal_the_reports_over_conversations,
     ],
     db: [
         the_event_log_refuses_update_and_delete,
@@ -1890,11 +1895,11 @@ fn replay_conversation(i: usize, round: i64) -> Vec<NewEvent> {
         bot(&pcid, &format!("{pcid}:hello"), base),
         visitor_says(cu, &format!("help {i}"), base + 1),
     ];
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         events.insert(0, attended(&live, "Tomas", base - 1));
     }
     events.push(queue_accepted(cu, &live, "2179", base + 2));
-    if i % 5 != 0 {
+    if !i.is_multiple_of(5) {
         events.push(attended(&live, "Ana", base + 3));
     }
     events
@@ -1957,4 +1962,140 @@ async fn replay_beside_appends_leaves_what_an_offline_replay_leaves(store: Arc<d
     append(&store, vec![replay_conversation(3, 9)]).await;
     let again = store.replay(&sla(), &|_, _| {}).await.unwrap();
     assert_eq!((again.online, again.rewritten), (true, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store-computed reports
+// ---------------------------------------------------------------------------------------------
+
+fn close_enough(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+        (a, b) => a == b,
+    }
+}
+
+/// Same rows: every count, the percentiles exactly; sums of floats added in another order within 1e-9.
+fn assert_same_sla_rows(sql: &[SlaRow], rust: &[SlaRow], what: &str) {
+    assert_eq!(sql.len(), rust.len(), "{what}: rows\nsql={sql:#?}\nrust={rust:#?}");
+    for (a, b) in sql.iter().zip(rust) {
+        let exact = |r: &SlaRow| {
+            (
+                r.bucket.clone(),
+                r.platform.clone(),
+                r.queue.clone(),
+                r.agent.clone(),
+                (r.offered, r.answered, r.answered_within_sla),
+                (r.abandoned, r.short_abandoned, r.missed),
+                (r.service_level, r.wait_p50_seconds, r.wait_p90_seconds),
+            )
+        };
+        assert_eq!(exact(a), exact(b), "{what}");
+        assert!(
+            close_enough(a.avg_first_response_seconds, b.avg_first_response_seconds)
+                && close_enough(a.avg_handle_seconds, b.avg_handle_seconds),
+            "{what}: means {a:?} {b:?}"
+        );
+    }
+}
+
+/// The reports the store aggregates in SQL over its handoff rows are the reports computed in Rust over the
+/// handoff rows of every stored conversation (`reports::sla_report`, the definition the ClickHouse rollups are
+/// tested against): every bucket size, every grouping, ranges cut inside buckets, and the SLA settings in force
+/// when the report is read (not when the rows were written).
+async fn reports_aggregated_in_sql_equal_the_reports_over_conversations(store: Arc<dyn Store>) {
+    use handoff_ledger::analytics::reports::{self, GroupBy, Interval, ReportQuery};
+
+    let start = Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap();
+    let written_with = scenario::sla();
+    let opts = scenario::ScenarioOptions::new(7, 400, start, chrono::Duration::days(2));
+    let plan = scenario::generate(&opts, &written_with);
+    let groups: Vec<Vec<NewEvent>> = plan.steps.iter().map(|s| s.events().unwrap()).collect();
+    for batch in groups.chunks(50) {
+        store.append_batch(batch, &written_with).await.unwrap();
+    }
+    let conversations = all_conversations(&store).await;
+    let handoffs: Vec<_> = conversations.iter().flat_map(|c| c.handoffs.iter()).collect();
+    // The edge cases are there: no queue, unanswered (abandoned short and long, missed, waiting), answered
+    // after its target, no first response, failed.
+    let sla = written_with.clone();
+    let covered = [
+        handoffs.iter().any(|h| h.queue.is_none()),
+        handoffs
+            .iter()
+            .any(|h| h.attended_at.is_none() && h.closed_at.is_none()),
+        handoffs.iter().any(|h| metrics_short_abandon(h, &sla)),
+        handoffs
+            .iter()
+            .any(|h| h.disposition == Some(Disposition::Abandoned) && !metrics_short_abandon(h, &sla)),
+        handoffs.iter().any(|h| h.disposition == Some(Disposition::Missed)),
+        handoffs.iter().any(|h| h.disposition == Some(Disposition::Failed)),
+        handoffs
+            .iter()
+            .any(|h| h.sla_status == SlaStatus::Breached && h.attended_at.is_some()),
+        handoffs
+            .iter()
+            .any(|h| h.attended_at.is_some() && h.first_response_seconds.is_none()),
+    ];
+    assert_eq!(covered, [true; 8], "{} handoffs", handoffs.len());
+
+    // Read with other settings than written: another target for one queue, a longer short abandon.
+    let mut read_with = written_with.clone();
+    read_with.short_abandon_seconds = 45;
+    read_with.answer_seconds = 40;
+    read_with.queues.insert("Billing".into(), 90);
+    let groupings = [
+        vec![],
+        vec![GroupBy::Platform],
+        vec![GroupBy::Queue],
+        vec![GroupBy::Agent],
+        vec![GroupBy::Agent, GroupBy::Platform, GroupBy::Queue],
+    ];
+    let ranges = [
+        (start - chrono::Duration::days(1), start + chrono::Duration::days(4)),
+        // Cut inside an hour at both ends.
+        (
+            start + chrono::Duration::minutes(14 * 60 + 25),
+            start + chrono::Duration::minutes(30 * 60 + 10),
+        ),
+        // Empty.
+        (start + chrono::Duration::days(10), start + chrono::Duration::days(11)),
+    ];
+    let mut nonempty = 0;
+    for sla in [&written_with, &read_with] {
+        for interval in [Interval::Hour, Interval::Day] {
+            for group_by in &groupings {
+                for (since, until) in ranges {
+                    let q = ReportQuery {
+                        since,
+                        until,
+                        interval,
+                        group_by: group_by.clone(),
+                    };
+                    let what = format!("{interval:?} {group_by:?} {since} {until} {sla:?}");
+                    let sql = reports::sla_report_store(store.as_ref(), sla, &q).await.unwrap();
+                    let rust = reports::sla_report(&conversations, sla, &q);
+                    assert_same_sla_rows(&sql, &rust, &what);
+                    let sql = reports::disposition_report_store(store.as_ref(), &q).await.unwrap();
+                    assert_eq!(sql, reports::disposition_report(&conversations, sla, &q), "{what}");
+                    nonempty += usize::from(!rust.is_empty());
+                }
+            }
+        }
+    }
+    assert_eq!(
+        nonempty,
+        2 * 2 * groupings.len() * 2,
+        "every range but the empty one has rows"
+    );
+}
+
+/// `metrics::is_short_abandon` as METRICS.md words it (the crate's own is not public).
+fn metrics_short_abandon(h: &handoff_ledger::model::Handoff, sla: &SlaConfig) -> bool {
+    h.disposition == Some(Disposition::Abandoned)
+        && h.attended_at.is_none()
+        && match (h.queued_at, h.closed_at) {
+            (Some(q), Some(c)) => ((c - q).num_milliseconds() as f64 / 1000.0) < sla.short_abandon_seconds as f64,
+            _ => false,
+        }
 }

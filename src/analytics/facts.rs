@@ -315,10 +315,7 @@ impl HandoffRow {
         let missed = metrics::is_missed(h);
         let short_abandoned = metrics::is_short_abandon(h, sla);
         let first_response = metrics::first_response_seconds(h);
-        let first_response_at = match (h.attended_at, first_response) {
-            (Some(at), Some(secs)) => Some(at + chrono::Duration::milliseconds((secs * 1000.0).round() as i64)),
-            _ => None,
-        };
+        let first_response_at = metrics::first_response_at(h);
         let handle = metrics::handle_seconds(h);
         let disposition_at = h.disposition.map(|_| {
             h.closed_at

@@ -18,7 +18,7 @@ use super::{Analytics, AnalyticsResult};
 use crate::config::SlaConfig;
 use crate::model::Conversation;
 use crate::projection::metrics::{mean, percentile, service_level};
-use crate::store::{ConversationFilter, Store, StoreResult};
+use crate::store::{ConversationFilter, HandoffReportQuery, Store, StoreResult};
 
 /// How far before `since` the store is searched for conversations (by `started_at`) whose timers may stop
 /// inside the range: a conversation started earlier than this is not seen by the store-computed reports.
@@ -453,27 +453,103 @@ pub(crate) fn sla_report_from_rows(rows: &[HandoffRow], q: &ReportQuery) -> Vec<
     }
     acc.into_iter()
         .filter(|(_, a)| !a.is_empty())
-        .map(|((bucket, platform, queue, agent), mut a)| {
+        .map(|(key, mut a)| {
             a.waits.sort_by(f64::total_cmp);
-            SlaRow {
-                bucket: bucket_text(bucket),
-                platform: dimension(platform),
-                queue: dimension(queue),
-                agent: dimension(agent),
-                offered: a.offered,
-                answered: a.answered,
-                answered_within_sla: a.within,
-                abandoned: a.abandoned,
-                short_abandoned: a.short,
-                missed: a.missed,
-                service_level: service_level(a.within, a.answered, a.abandoned, a.missed, a.short),
-                wait_p50_seconds: percentile(&a.waits, 0.5),
-                wait_p90_seconds: percentile(&a.waits, 0.9),
-                avg_first_response_seconds: mean(a.first_response_sum, a.first_response_count),
-                avg_handle_seconds: mean(a.handle_sum, a.handle_count),
-            }
+            let [p50, p90] = WAIT_PERCENTILES.map(|p| percentile(&a.waits, p));
+            sla_row(key, &a, p50, p90)
         })
         .collect()
+}
+
+/// The wait percentiles of the SLA report (p50, p90).
+pub(crate) const WAIT_PERCENTILES: [f64; 2] = [0.5, 0.9];
+
+/// The SLA row of one bucket and group.
+fn sla_row((bucket, platform, queue, agent): Key, a: &SlaAcc, p50: Option<f64>, p90: Option<f64>) -> SlaRow {
+    SlaRow {
+        bucket: bucket_text(bucket),
+        platform: dimension(platform),
+        queue: dimension(queue),
+        agent: dimension(agent),
+        offered: a.offered,
+        answered: a.answered,
+        answered_within_sla: a.within,
+        abandoned: a.abandoned,
+        short_abandoned: a.short,
+        missed: a.missed,
+        service_level: service_level(a.within, a.answered, a.abandoned, a.missed, a.short),
+        wait_p50_seconds: p50,
+        wait_p90_seconds: p90,
+        avg_first_response_seconds: mean(a.first_response_sum, a.first_response_count),
+        avg_handle_seconds: mean(a.handle_sum, a.handle_count),
+    }
+}
+
+/// What the store aggregates for `q`.
+pub(crate) fn store_query(q: &ReportQuery) -> HandoffReportQuery {
+    HandoffReportQuery {
+        first_bucket: i64::from(q.first_bucket()),
+        end_exclusive: i64::from(q.end_exclusive()),
+        bucket_seconds: i64::from(q.interval.seconds()),
+        by_platform: q.grouped(GroupBy::Platform),
+        by_queue: q.grouped(GroupBy::Queue),
+        by_agent: q.grouped(GroupBy::Agent),
+    }
+}
+
+fn store_bucket(secs: i64) -> u32 {
+    u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
+}
+
+/// The SLA report computed by the store: its handoff rows aggregated in SQL (`store::report`), the same
+/// numbers as [`sla_report_from_rows`] over the [`HandoffRow`]s of every stored conversation.
+pub async fn sla_report_store(store: &dyn Store, sla: &SlaConfig, q: &ReportQuery) -> StoreResult<Vec<SlaRow>> {
+    let aggregates = store.sla_aggregates(&store_query(q), sla).await?;
+    let mut acc: BTreeMap<Key, SlaAcc> = BTreeMap::new();
+    for t in aggregates.totals {
+        let a = acc
+            .entry(key_of(q, store_bucket(t.bucket), &t.platform, &t.queue, &t.agent))
+            .or_default();
+        a.offered += t.offered;
+        a.answered += t.answered;
+        a.within += t.answered_within_sla;
+        a.abandoned += t.abandoned;
+        a.short += t.short_abandoned;
+        a.missed += t.missed;
+        a.first_response_sum += t.first_response_sum;
+        a.first_response_count += t.first_response_count;
+        a.handle_sum += t.handle_sum;
+        a.handle_count += t.handle_count;
+    }
+    for w in aggregates.waits {
+        if let Some(a) = acc.get_mut(&key_of(q, store_bucket(w.bucket), &w.platform, &w.queue, &w.agent)) {
+            a.waits.push(w.wait);
+        }
+    }
+    Ok(acc
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+        .map(|(key, mut a)| {
+            a.waits.sort_by(f64::total_cmp);
+            let [p50, p90] = WAIT_PERCENTILES.map(|p| percentile(&a.waits, p));
+            sla_row(key, &a, p50, p90)
+        })
+        .collect())
+}
+
+/// The disposition report computed by the store (SQL over its handoff rows), the same numbers as
+/// [`disposition_report_from_rows`].
+pub async fn disposition_report_store(store: &dyn Store, q: &ReportQuery) -> StoreResult<Vec<DispositionRow>> {
+    let mut acc: BTreeMap<Key, [u64; 4]> = BTreeMap::new();
+    for t in store.disposition_aggregates(&store_query(q)).await? {
+        let slot = acc
+            .entry(key_of(q, store_bucket(t.bucket), &t.platform, &t.queue, &t.agent))
+            .or_default();
+        for (i, n) in [t.completed, t.abandoned, t.missed, t.failed].into_iter().enumerate() {
+            slot[i] += n;
+        }
+    }
+    Ok(disposition_rows(acc))
 }
 
 /// The disposition report over handoff rows (tombstones ignored).
@@ -497,7 +573,13 @@ pub(crate) fn disposition_report_from_rows(rows: &[HandoffRow], q: &ReportQuery)
                 .or_default()[slot] += 1;
         }
     }
+    disposition_rows(acc)
+}
+
+/// Disposition rows of the counts per bucket and group (those with none left out).
+fn disposition_rows(acc: BTreeMap<Key, [u64; 4]>) -> Vec<DispositionRow> {
     acc.into_iter()
+        .filter(|(_, counts)| counts.iter().sum::<u64>() > 0)
         .map(
             |((bucket, platform, queue, agent), [completed, abandoned, missed, failed])| DispositionRow {
                 bucket: bucket_text(bucket),

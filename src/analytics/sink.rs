@@ -29,8 +29,13 @@ use crate::telemetry;
 /// Name of the sink's checkpoint in the store.
 pub const CHECKPOINT: &str = "clickhouse_sink";
 
-/// Most events read from the log per pass.
-pub const BATCH_EVENTS: u32 = 1000;
+/// Most events read from the log per pass. A pass costs a constant number of round trips (to the store and to
+/// ClickHouse) whatever its size, so a backfill goes in large passes; a sink that keeps up ships what came.
+pub const BATCH_EVENTS: u32 = 20_000;
+
+/// Most conversation ids named in one ClickHouse `IN` list (ids are 36 characters: well under the
+/// 256 KiB `max_query_size`).
+const IN_LIST_IDS: usize = 2_000;
 
 /// Longest wait between two passes when nothing wakes the sink.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
@@ -107,9 +112,18 @@ struct LiveState {
 }
 
 async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsResult<LiveState> {
-    if ids.is_empty() {
-        return Ok(LiveState::default());
+    let ids: Vec<&String> = ids.iter().collect();
+    let mut state = LiveState::default();
+    for chunk in ids.chunks(IN_LIST_IDS) {
+        let part = live_state_of(analytics, chunk.iter().copied()).await?;
+        state.conversations.extend(part.conversations);
+        state.handoffs.extend(part.handoffs);
+        state.messages.extend(part.messages);
     }
+    Ok(state)
+}
+
+async fn live_state_of<'a>(analytics: &Analytics, ids: impl Iterator<Item = &'a String>) -> AnalyticsResult<LiveState> {
     let list = in_list(ids);
     let client = analytics.client();
     // The sort keys start with started_at: find the keys of these conversations with a narrow scan, then let
@@ -326,12 +340,11 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     insert_rows(analytics, "events", &event_rows).await?;
 
     let touched: BTreeSet<Uuid> = events.iter().filter_map(|e| e.conversation_id).collect();
+    let touched: Vec<Uuid> = touched.into_iter().collect();
     let mut conversations: BTreeMap<Uuid, Conversation> = BTreeMap::new();
     let mut absorbed: HashMap<String, i64> = HashMap::new();
-    for id in touched {
-        let Some(conversation) = store.get_conversation(id).await? else {
-            continue;
-        };
+    // Every touched conversation and every transcript in a few statements, not a round trip each.
+    for (id, conversation) in store.conversations_of(&touched).await? {
         if conversation.id != id {
             absorbed.insert(id.to_string(), conversation.last_seq);
         }
@@ -343,12 +356,12 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     for id in conversations.keys() {
         absorbed.remove(&id.to_string());
     }
+    let ids: Vec<Uuid> = conversations.keys().copied().collect();
+    let mut transcripts = store.transcripts_of(&ids).await?;
     let mut with_messages = Vec::with_capacity(conversations.len());
     for (id, conversation) in conversations {
-        let messages = match store.transcript(id).await? {
-            Some((_, lines)) => MessageRow::from_messages(&conversation, &lines),
-            None => Vec::new(),
-        };
+        let lines = transcripts.remove(&id).unwrap_or_default();
+        let messages = MessageRow::from_messages(&conversation, &lines);
         with_messages.push((conversation, messages));
     }
     let ids: Vec<Uuid> = with_messages.iter().map(|(c, _)| c.id).collect();

@@ -117,10 +117,7 @@ pub async fn sla_report(
         &request,
         &analytics,
         |a| async move { reports::sla_report_clickhouse(&a, q).await },
-        || async {
-            let conversations = reports::conversations_for_report(state.store.as_ref(), q).await?;
-            Ok(reports::sla_report(&conversations, &state.config.sla, q))
-        },
+        || async { reports::sla_report_store(state.store.as_ref(), &state.config.sla, q).await },
     )
     .await?;
     Ok(HttpResponse::Ok().json(SlaReport { source, rows }))
@@ -150,10 +147,7 @@ pub(crate) async fn dispositions_report(
         &request,
         &analytics,
         |a| async move { reports::disposition_report_clickhouse(&a, q).await },
-        || async {
-            let conversations = reports::conversations_for_report(state.store.as_ref(), q).await?;
-            Ok(reports::disposition_report(&conversations, &state.config.sla, q))
-        },
+        || async { reports::disposition_report_store(state.store.as_ref(), q).await },
     )
     .await?;
     Ok(HttpResponse::Ok().json(DispositionReport { source, rows }))

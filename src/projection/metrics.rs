@@ -74,6 +74,13 @@ pub(crate) fn first_response_seconds(h: &Handoff) -> Option<f64> {
     }
 }
 
+/// When the first response was sent (first attend + first response time, to the millisecond): the instant
+/// the first response time is credited to. None when there is no first response time.
+pub(crate) fn first_response_at(h: &Handoff) -> Option<DateTime<Utc>> {
+    let secs = first_response_seconds(h)?;
+    Some(h.attended_at? + chrono::Duration::milliseconds((secs * 1000.0).round() as i64))
+}
+
 /// Handle time: first attend to close (the fold's value, else from the two instants), for an answered
 /// and closed handoff.
 pub(crate) fn handle_seconds(h: &Handoff) -> Option<f64> {

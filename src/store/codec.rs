@@ -12,6 +12,7 @@ use crate::model::{
     Conversation, Disposition, HandoffState, Message, NewEvent, Platform, QuarantineEntry, Redrive, SlaStatus,
     StoredEvent, StreamKey,
 };
+use crate::projection::metrics;
 
 /// Columns of an event as read back, in the order of [`EVENT_COLUMNS`]:
 /// `(seq, event_id, platform, external_id, kind, occurred_at, platform_at, received_at, payload, headers,
@@ -318,6 +319,14 @@ pub(crate) const HANDOFF_COLUMNS: &[&str] = &[
     "platform_disposition",
     "close_reason",
     "failure",
+    "answered",
+    "abandoned",
+    "missed",
+    "answered_wait_seconds",
+    "unanswered_wait_seconds",
+    "report_first_response_seconds",
+    "report_handle_seconds",
+    "first_response_at",
 ];
 
 /// One row per handoff of `c`, numbered from 0 in order.
@@ -347,6 +356,15 @@ pub(crate) fn handoff_rows(c: &Conversation) -> StoreResult<Vec<Row>> {
                 Bind::OptText(h.platform_disposition.clone()),
                 Bind::OptText(h.close_reason.clone()),
                 Bind::OptText(h.failure.clone()),
+                // What the reports aggregate, each decided by its one definition (`store::report`).
+                Bind::Int(i64::from(metrics::is_answered(h))),
+                Bind::Int(i64::from(metrics::is_abandoned(h))),
+                Bind::Int(i64::from(metrics::is_missed(h))),
+                Bind::OptFloat(metrics::wait_seconds(h).filter(|_| metrics::is_answered(h))),
+                Bind::OptFloat(metrics::unanswered_wait_seconds(h)),
+                Bind::OptFloat(metrics::first_response_seconds(h)),
+                Bind::OptFloat(metrics::handle_seconds(h)),
+                Bind::OptInt(metrics::first_response_at(h).map(to_micros)),
             ])
         })
         .collect()

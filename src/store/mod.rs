@@ -8,9 +8,12 @@ mod codec;
 mod erasing;
 mod keys;
 mod quarantine;
+mod report;
 mod sql;
 
-use std::collections::BTreeSet;
+pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates, Wait};
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -292,6 +295,21 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
 
     /// Stores a named checkpoint.
     async fn set_checkpoint(&self, name: &str, value: i64) -> StoreResult<()>;
+
+    /// The SLA report's sums over the handoff rows, per instant kind, bucket and group, and the answered
+    /// waits (`store::report`). A few statements, run at once.
+    async fn sla_aggregates(&self, q: &HandoffReportQuery, sla: &SlaConfig) -> StoreResult<SlaAggregates>;
+
+    /// The disposition report's counts over the handoff rows, per bucket and group.
+    async fn disposition_aggregates(&self, q: &HandoffReportQuery) -> StoreResult<Vec<DispositionTotals>>;
+
+    /// The conversations `ids` name, each resolved through merges like [`Store::get_conversation`], keyed by
+    /// the id asked for (ids naming none are left out): a few statements however many ids (the sink's reads).
+    async fn conversations_of(&self, ids: &[Uuid]) -> StoreResult<Vec<(Uuid, Conversation)>>;
+
+    /// The transcript lines of the (projected) conversations `ids`, each in transcript order: a few
+    /// statements however many ids.
+    async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>>;
 }
 
 /// Opens the store a URL names, creating an SQLite file (and its directory) when missing.

@@ -31,6 +31,7 @@ use uuid::Uuid;
 use super::chained::{self, chained_store};
 use super::codec::{self, Bind, EventRow, MessageRow, QuarantineRow, Row, EVENT_COLUMNS};
 use super::erasing::{self, erasing_store};
+use super::report;
 use super::{
     ConversationFilter, ConversationPage, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError, StoreResult,
     TranscriptPage,
@@ -2509,6 +2510,121 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn sla_aggregates(
+                &self,
+                q: &report::HandoffReportQuery,
+                sla: &SlaConfig,
+            ) -> StoreResult<report::SlaAggregates> {
+                // One statement per instant and one for the waits, each on its own connection.
+                let totals = report::Instant::SLA.into_iter().map(|instant| async move {
+                    let rows = self.report_totals(q.totals_sql(instant, sla)).await?;
+                    Ok::<_, StoreError>(rows.into_iter().map(|r| report::decode_totals(instant, r)).collect::<Vec<_>>())
+                });
+                let waits = async {
+                    let rows: Vec<report::WaitRow> = sqlx::query_as(&q.waits_sql()).fetch_all(&self.pool).await?;
+                    Ok::<_, StoreError>(rows.into_iter().map(report::decode_wait).collect::<Vec<_>>())
+                };
+                let (totals, waits) = futures::future::try_join(futures::future::try_join_all(totals), waits).await?;
+                Ok(report::SlaAggregates {
+                    totals: totals.into_iter().flatten().collect(),
+                    waits,
+                })
+            }
+
+            async fn disposition_aggregates(
+                &self,
+                q: &report::HandoffReportQuery,
+            ) -> StoreResult<Vec<report::DispositionTotals>> {
+                let rows = self
+                    .report_totals(q.totals_sql(report::Instant::Disposition, &SlaConfig::default()))
+                    .await?;
+                Ok(rows.into_iter().map(report::decode_dispositions).collect())
+            }
+
+            async fn conversations_of(&self, ids: &[Uuid]) -> StoreResult<Vec<(Uuid, Conversation)>> {
+                let asked: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                let aliases: Vec<(String, String)> = self
+                    .fetch_in(&asked, |n| {
+                        format!("SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})", placeholders(1, n))
+                    })
+                    .await?;
+                let survivor: HashMap<String, String> = aliases.into_iter().collect();
+                let resolved: BTreeSet<String> =
+                    asked.iter().map(|id| survivor.get(id).unwrap_or(id).clone()).collect();
+                let resolved: Vec<String> = resolved.into_iter().collect();
+                let docs: Vec<(String, String)> = self
+                    .fetch_in(&resolved, |n| {
+                        format!("SELECT id, doc FROM conversations WHERE id IN ({})", placeholders(1, n))
+                    })
+                    .await?;
+                let mut by_id = HashMap::with_capacity(docs.len());
+                for (id, doc) in docs {
+                    by_id.insert(id, codec::from_json::<Conversation>("conversation", &doc)?);
+                }
+                let mut out = Vec::with_capacity(ids.len());
+                for (id, text) in ids.iter().zip(&asked) {
+                    if let Some(c) = by_id.get(survivor.get(text).unwrap_or(text)) {
+                        out.push((*id, c.clone()));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>> {
+                let asked: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                let rows: Vec<report::ConversationMessageRow> = self
+                    .fetch_in(&asked, |n| {
+                        format!(
+                            "SELECT conversation_id, {} FROM messages WHERE conversation_id IN ({}) \
+                             ORDER BY conversation_id, at, seq, idx",
+                            codec::MESSAGE_SELECT,
+                            placeholders(1, n)
+                        )
+                    })
+                    .await?;
+                let mut out: HashMap<Uuid, Vec<Message>> = HashMap::new();
+                for row in rows {
+                    let (id, line) = report::split_message_row(row);
+                    let (_, message) = codec::decode_message(line)?;
+                    out.entry(codec::parse_uuid(&id)?).or_default().push(message);
+                }
+                Ok(out)
+            }
+        }
+
+        impl $name {
+            /// The text values of `ids` bound to `sql(n)` a chunk at a time, the rows of every chunk.
+            async fn fetch_in<R>(&self, ids: &[String], sql: impl Fn(usize) -> String) -> StoreResult<Vec<R>>
+            where
+                R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(report::BULK_CHUNK) {
+                    let sql = sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, R>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id);
+                    }
+                    out.extend(query.fetch_all(&self.pool).await?);
+                }
+                Ok(out)
+            }
+
+            /// Runs one of `store::report`'s totals statements.
+            async fn report_totals(&self, (sql, binds): report::Statement) -> StoreResult<Vec<report::TotalsRow>> {
+                let mut query = sqlx::query_as::<_, report::TotalsRow>(&sql);
+                for bind in binds {
+                    query = match bind {
+                        Bind::Text(v) => query.bind(v),
+                        Bind::Int(v) => query.bind(v),
+                        Bind::OptText(v) => query.bind(v),
+                        Bind::OptInt(v) => query.bind(v),
+                        Bind::OptFloat(v) => query.bind(v),
+                    };
+                }
+                Ok(query.fetch_all(&self.pool).await?)
             }
         }
     };
