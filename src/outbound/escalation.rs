@@ -219,28 +219,28 @@ impl Outbound {
             }
         }
         // Nothing planned: the conversation is already with a live team (answered as the first request was).
+        match self.with_live_team(conversation_id).await? {
+            (true, _) => Ok(()),
+            (false, _) => Err(EscalationError::Interrupted),
+        }
+    }
+
+    /// Whether the conversation is with a live team already (queued or attended), and the conversation.
+    async fn with_live_team(&self, conversation_id: Uuid) -> Result<(bool, Conversation), EscalationError> {
         let conversation = self
             .inner
             .store
             .get_conversation(conversation_id)
             .await?
             .ok_or(EscalationError::NoConversation(conversation_id))?;
-        if matches!(conversation.state, HandoffState::Queued | HandoffState::Attended) {
-            Ok(())
-        } else {
-            Err(EscalationError::Interrupted)
-        }
+        let live = matches!(conversation.state, HandoffState::Queued | HandoffState::Attended);
+        Ok((live, conversation))
     }
 
     /// A redelivered escalation: its own append planned (and the outbox ran) what it called for.
     async fn escalated_before(&self, conversation_id: Uuid, team: Option<&str>) -> Result<(), EscalationError> {
-        let conversation = self
-            .inner
-            .store
-            .get_conversation(conversation_id)
-            .await?
-            .ok_or(EscalationError::NoConversation(conversation_id))?;
-        if matches!(conversation.state, HandoffState::Queued | HandoffState::Attended) {
+        let (live, conversation) = self.with_live_team(conversation_id).await?;
+        if live {
             // Already with a live team: a repeated request is answered as the first was.
             return Ok(());
         }
