@@ -1664,27 +1664,40 @@ impl store::RelayPlanner for AttendRelays {
         queued: Option<&handoff_ledger::model::StoredEvent>,
         _attends: &[handoff_ledger::model::StoredEvent],
     ) -> Vec<NewEvent> {
-        let record = ledger::CommandRecord {
-            command_id: format!("success:{}", event.event_id),
-            action: "widget_escalation_success".into(),
-            outcome: None,
-            detail: Some(format!(
-                "{} {:?} lines={} queued={}",
-                event.payload["data"]["agent"]["name"].as_str().unwrap_or(""),
-                conversation.state,
-                lines.len(),
-                queued.is_some()
-            )),
-            body: None,
-            retry_of: None,
-        };
-        vec![ledger::command(
-            conversation.id,
-            ledger::COMMAND,
-            &record,
-            event.received_at,
+        let detail = format!(
+            "{} {:?} lines={} queued={}",
+            event.payload["data"]["agent"]["name"].as_str().unwrap_or(""),
+            conversation.state,
+            lines.len(),
+            queued.is_some()
+        );
+        vec![test_command(
+            conversation,
+            event,
+            format!("success:{}", event.event_id),
+            "widget_escalation_success",
+            detail,
         )]
     }
+}
+
+/// The `ledger.command` event a test planner records for `event`: what it saw, in `detail`.
+fn test_command(
+    conversation: &Conversation,
+    event: &handoff_ledger::model::StoredEvent,
+    command_id: String,
+    action: &str,
+    detail: String,
+) -> NewEvent {
+    let record = ledger::CommandRecord {
+        command_id,
+        action: action.into(),
+        outcome: None,
+        detail: Some(detail),
+        body: None,
+        retry_of: None,
+    };
+    ledger::command(conversation.id, ledger::COMMAND, &record, event.received_at)
 }
 
 async fn commands_an_event_calls_for_commit_with_it(store: Arc<dyn Store>) {
@@ -1754,24 +1767,13 @@ impl store::RelayPlanner for LinkRelays {
             .iter()
             .map(|a| a.payload["data"]["agent"]["name"].as_str().unwrap_or("?"))
             .collect();
-        let record = ledger::CommandRecord {
-            command_id: format!("planned:{}", event.event_id),
-            action: "test".into(),
-            outcome: None,
-            detail: Some(format!(
-                "{} {:?} attends={}",
-                event.kind,
-                conversation.state,
-                agents.join(",")
-            )),
-            body: None,
-            retry_of: None,
-        };
-        vec![ledger::command(
-            conversation.id,
-            ledger::COMMAND,
-            &record,
-            event.received_at,
+        let detail = format!("{} {:?} attends={}", event.kind, conversation.state, agents.join(","));
+        vec![test_command(
+            conversation,
+            event,
+            format!("planned:{}", event.event_id),
+            "test",
+            detail,
         )]
     }
 }

@@ -423,11 +423,13 @@ fn the_live_target_is_the_latest_accepted_queue_call() {
     assert_eq!(live_target(&[], &streams[..1]), None);
 }
 
-#[test]
-fn escalations_resolve_through_routing_to_a_configured_backend() {
+/// Aivo Live configured (never called here: nothing is sent), Bright Pattern not; team `support`
+/// routes to Bright Pattern, everything else to Aivo group 2179.
+fn routed_config() -> Config {
     let mut config = Config::default();
-    config.bright_pattern.base_url = String::new();
+    config.aivo_live.base_url = "http://127.0.0.1:9/aivo".into();
     config.aivo_live.bot_token = "token".into();
+    config.bright_pattern.base_url = String::new();
     config.routing.default = Some(Route {
         backend: Backend::AivoLive,
         groups: vec![2179],
@@ -441,6 +443,12 @@ fn escalations_resolve_through_routing_to_a_configured_backend() {
             hours: None,
         },
     );
+    config
+}
+
+#[test]
+fn escalations_resolve_through_routing_to_a_configured_backend() {
+    let mut config = routed_config();
     let backends = Backends::from_config(&config).unwrap();
     let c = conversation(HandoffState::EscalationRequested, bot_and_room());
     let command = escalation_command(&config.routing, &backends, Some("sales"), &c, true, false).unwrap();
@@ -570,7 +578,7 @@ mod planned {
     use chrono::{DateTime, Utc};
     use serde_json::{json, Value};
 
-    use crate::config::{Config, Route, SlaConfig};
+    use crate::config::SlaConfig;
     use crate::ingest::REDRIVE_HEADER;
     use crate::model::{AppendOutcome, Backend, HandoffState, NewEvent, Platform, StoredEvent, StreamKey};
     use crate::outbound::clients::WidgetUpdate;
@@ -579,29 +587,6 @@ mod planned {
     use crate::sources::ledger::{self, CommandRecord, QueueAccepted};
     use crate::sources::{self, Delivery};
     use crate::store::Store;
-
-    /// Aivo Live configured (never called here: nothing is sent), Bright Pattern not; team `support`
-    /// routes to Bright Pattern, everything else to Aivo group 2179.
-    fn config() -> Config {
-        let mut config = Config::default();
-        config.aivo_live.base_url = "http://127.0.0.1:9/aivo".into();
-        config.aivo_live.bot_token = "token".into();
-        config.bright_pattern.base_url = String::new();
-        config.routing.default = Some(Route {
-            backend: Backend::AivoLive,
-            groups: vec![2179],
-            hours: None,
-        });
-        config.routing.teams.insert(
-            "support".into(),
-            Route {
-                backend: Backend::BrightPattern,
-                groups: Vec::new(),
-                hours: None,
-            },
-        );
-        config
-    }
 
     async fn store() -> Arc<dyn Store> {
         let store = crate::store::open("sqlite::memory:", 1).await.unwrap();
@@ -682,7 +667,7 @@ mod planned {
     #[tokio::test]
     async fn a_synchronous_escalation_commits_with_its_trigger_and_a_redelivery_plans_nothing() {
         let store = store().await;
-        let rules = RelayRules::new(Arc::new(config())).unwrap();
+        let rules = RelayRules::new(Arc::new(super::routed_config())).unwrap();
         append(
             &store,
             &rules,
@@ -761,7 +746,7 @@ mod planned {
     #[tokio::test]
     async fn an_attend_the_link_merges_in_is_relayed_in_the_links_transaction() {
         let store = store().await;
-        let rules = RelayRules::new(Arc::new(config())).unwrap();
+        let rules = RelayRules::new(Arc::new(super::routed_config())).unwrap();
         let escalate = append(&store, &rules, ultimate("escalate", "pc-race", json!({}))).await;
         let bot = escalate[0].conversation_id.unwrap();
         let attend = attended("room-race", "Tomas", Utc::now());
@@ -813,7 +798,7 @@ mod planned {
     #[tokio::test]
     async fn a_link_and_an_attend_in_one_batch_tell_the_widget_once() {
         let store = store().await;
-        let rules = RelayRules::new(Arc::new(config())).unwrap();
+        let rules = RelayRules::new(Arc::new(super::routed_config())).unwrap();
         let escalate = append(&store, &rules, ultimate("escalate", "pc-batch", json!({}))).await;
         let bot = escalate[0].conversation_id.unwrap();
         let mut batch = vec![accepted(bot, "room-batch")];

@@ -348,9 +348,6 @@ pub(crate) fn decode_wait(row: WaitRow) -> Wait {
 
 // ---- The sink's bulk reads ----
 
-/// Most ids bound in one `IN (...)` list of a bulk read.
-pub(crate) const BULK_CHUNK: usize = 1000;
-
 /// A transcript line with its conversation id first (`conversation_id, codec::MESSAGE_SELECT`).
 pub(crate) type ConversationMessageRow = (
     String,

@@ -150,11 +150,8 @@ pub(super) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-fn events_by_id_sql(n: usize) -> String {
-    format!(
-        "SELECT event_id, seq, platform, external_id FROM events WHERE event_id IN ({})",
-        placeholders(1, n)
-    )
+fn event_ids_sql(n: usize) -> String {
+    format!("SELECT event_id FROM events WHERE event_id IN ({})", placeholders(1, n))
 }
 
 fn known_events_sql(n: usize) -> String {
@@ -893,6 +890,27 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// The rows `sql(n)` (a statement over `IN ($1..$n)`) gives for `ids`, a chunk at a time.
+            async fn rows_in<R>(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                sql: impl Fn(usize) -> String,
+            ) -> StoreResult<Vec<R>>
+            where
+                R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                let mut rows = Vec::new();
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let sql = sql(chunk.len());
+                    let mut query = sqlx::query_as::<_, R>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    rows.extend(query.fetch_all(&mut *conn).await?);
+                }
+                Ok(rows)
+            }
+
             async fn last_seq_in(conn: &mut <$db as sqlx::Database>::Connection) -> StoreResult<i64> {
                 let (seq,): (i64,) = sqlx::query_as(SQL_LAST_SEQ).fetch_one(&mut *conn).await?;
                 Ok(seq)
@@ -953,20 +971,13 @@ macro_rules! sql_store {
                         (_, false) => None,
                     })
                     .collect();
-                for chunk in own.chunks(IN_CHUNK) {
-                    let sql = aliases_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String)>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (absorbed, survivor) in query.fetch_all(&mut *conn).await? {
-                        filing
-                            .aliases
-                            .insert(codec::parse_uuid(&absorbed)?, Some(codec::parse_uuid(&survivor)?));
-                    }
-                    for id in chunk {
-                        filing.aliases.entry(*id).or_insert(None);
-                    }
+                for (absorbed, survivor) in Self::rows_in::<(String, String)>(conn, &own, aliases_sql).await? {
+                    filing
+                        .aliases
+                        .insert(codec::parse_uuid(&absorbed)?, Some(codec::parse_uuid(&survivor)?));
+                }
+                for id in &own {
+                    filing.aliases.entry(*id).or_insert(None);
                 }
                 Ok(filing)
             }
@@ -1121,35 +1132,27 @@ macro_rules! sql_store {
             ) -> StoreResult<HashMap<Uuid, Known>> {
                 type KnownRow = (String, i64, String, String, i64, String, Option<String>, Option<String>);
                 let mut found = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = known_events_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, KnownRow>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (id, seq, platform, external_id, received_at, payload, erased_sha, revision_of) in
-                        query.fetch_all(&mut *conn).await?
-                    {
-                        let stream = if external_id.is_empty() {
-                            None
-                        } else {
-                            Some(codec::stream_key(&platform, external_id)?)
-                        };
-                        let payload_sha256 = match erased_sha {
-                            Some(hex) => chain::from_hex(&hex).ok_or_else(|| {
-                                StoreError::Corrupt(format!("bad payload digest of erased event {seq}"))
-                            })?,
-                            None => chain::payload_sha256(&payload),
-                        };
-                        let known = Known {
-                            seq,
-                            stream,
-                            received_at,
-                            payload_sha256,
-                            revision_of: revision_of.as_deref().map(codec::parse_uuid).transpose()?,
-                        };
-                        found.insert(codec::parse_uuid(&id)?, known);
-                    }
+                for (id, seq, platform, external_id, received_at, payload, erased_sha, revision_of) in
+                    Self::rows_in::<KnownRow>(conn, ids, known_events_sql).await?
+                {
+                    let stream = if external_id.is_empty() {
+                        None
+                    } else {
+                        Some(codec::stream_key(&platform, external_id)?)
+                    };
+                    let payload_sha256 = match erased_sha {
+                        Some(hex) => chain::from_hex(&hex)
+                            .ok_or_else(|| StoreError::Corrupt(format!("bad payload digest of erased event {seq}")))?,
+                        None => chain::payload_sha256(&payload),
+                    };
+                    let known = Known {
+                        seq,
+                        stream,
+                        received_at,
+                        payload_sha256,
+                        revision_of: revision_of.as_deref().map(codec::parse_uuid).transpose()?,
+                    };
+                    found.insert(codec::parse_uuid(&id)?, known);
                 }
                 Ok(found)
             }
@@ -1245,28 +1248,16 @@ macro_rules! sql_store {
                 })
             }
 
-            /// The stored `(seq, stream)` of every id of `ids` already in the log, in few round trips.
-            async fn stored_events(
+            /// The ids of `ids` already in the log, in few round trips.
+            async fn stored_ids(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
-            ) -> StoreResult<HashMap<Uuid, (i64, Option<StreamKey>)>> {
-                let mut found = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = events_by_id_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, i64, String, String)>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (id, seq, platform, external_id) in query.fetch_all(&mut *conn).await? {
-                        let stream = if external_id.is_empty() {
-                            None
-                        } else {
-                            Some(codec::stream_key(&platform, external_id)?)
-                        };
-                        found.insert(codec::parse_uuid(&id)?, (seq, stream));
-                    }
-                }
-                Ok(found)
+            ) -> StoreResult<HashSet<Uuid>> {
+                Self::rows_in::<(String,)>(conn, ids, event_ids_sql)
+                    .await?
+                    .iter()
+                    .map(|(id,)| codec::parse_uuid(id))
+                    .collect()
             }
 
             /// The streams of each conversation of `ids`, in few round trips.
@@ -1275,18 +1266,13 @@ macro_rules! sql_store {
                 ids: &[Uuid],
             ) -> StoreResult<HashMap<Uuid, Vec<StreamKey>>> {
                 let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = streams_of_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (id, platform, external_id) in query.fetch_all(&mut *conn).await? {
-                        streams
-                            .entry(codec::parse_uuid(&id)?)
-                            .or_default()
-                            .push(codec::stream_key(&platform, external_id)?);
-                    }
+                for (id, platform, external_id) in
+                    Self::rows_in::<(String, String, String)>(conn, ids, streams_of_sql).await?
+                {
+                    streams
+                        .entry(codec::parse_uuid(&id)?)
+                        .or_default()
+                        .push(codec::stream_key(&platform, external_id)?);
                 }
                 Ok(streams)
             }
@@ -1302,12 +1288,7 @@ macro_rules! sql_store {
                 for chunk in ids.chunks(IN_CHUNK) {
                     let mut streams = Self::streams_of(conn, chunk).await?;
                     let mut events: HashMap<Uuid, Vec<StoredEvent>> = HashMap::new();
-                    let sql = events_of_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for row in query.fetch_all(&mut *conn).await? {
+                    for row in Self::rows_in::<EventRow>(conn, chunk, events_of_sql).await? {
                         let event = codec::decode_event(row)?;
                         if let Some(id) = event.conversation_id {
                             events.entry(id).or_default().push(event);
@@ -1399,7 +1380,7 @@ macro_rules! sql_store {
                 let stored_echoes: HashSet<Uuid> = if echoes.is_empty() {
                     HashSet::new()
                 } else {
-                    Self::stored_events(conn, &echoes).await?.into_keys().collect()
+                    Self::stored_ids(conn, &echoes).await?
                 };
                 let mut to_refold: Vec<Uuid> = refold.into_iter().collect();
                 let mut written = Vec::with_capacity(increments.len());
@@ -1473,18 +1454,11 @@ macro_rules! sql_store {
                 ids: &[Uuid],
             ) -> StoreResult<HashMap<Uuid, StoredEvent>> {
                 let mut latest: HashMap<Uuid, StoredEvent> = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = latest_queue_calls_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for row in query.fetch_all(&mut *conn).await? {
-                        let event = codec::decode_event(row)?;
-                        let Some(id) = event.conversation_id else { continue };
-                        if latest.get(&id).is_none_or(|known| known.seq < event.seq) {
-                            latest.insert(id, event);
-                        }
+                for row in Self::rows_in::<EventRow>(conn, ids, latest_queue_calls_sql).await? {
+                    let event = codec::decode_event(row)?;
+                    let Some(id) = event.conversation_id else { continue };
+                    if latest.get(&id).is_none_or(|known| known.seq < event.seq) {
+                        latest.insert(id, event);
                     }
                 }
                 Ok(latest)
@@ -2447,18 +2421,12 @@ macro_rules! sql_store {
             }
 
             async fn erased_among(&self, ids: &[Uuid]) -> StoreResult<BTreeSet<Uuid>> {
-                let mut found = BTreeSet::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = erasing::erased_among_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String,)>(&sql);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (id,) in query.fetch_all(&self.pool).await? {
-                        found.insert(codec::parse_uuid(&id)?);
-                    }
-                }
-                Ok(found)
+                let mut conn = self.pool.acquire().await?;
+                Self::rows_in::<(String,)>(&mut *conn, ids, erasing::erased_among_sql)
+                    .await?
+                    .iter()
+                    .map(|(id,)| codec::parse_uuid(id))
+                    .collect()
             }
 
             async fn conversations_to_erase(
@@ -2544,16 +2512,12 @@ macro_rules! sql_store {
             }
 
             async fn conversations_of(&self, ids: &[Uuid]) -> StoreResult<Vec<(Uuid, Conversation)>> {
-                let asked: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-                let aliases: Vec<(String, String)> = self
-                    .fetch_in(&asked, |n| {
-                        format!("SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})", placeholders(1, n))
-                    })
-                    .await?;
-                let survivor: HashMap<String, String> = aliases.into_iter().collect();
-                let resolved: BTreeSet<String> =
-                    asked.iter().map(|id| survivor.get(id).unwrap_or(id).clone()).collect();
-                let resolved: Vec<String> = resolved.into_iter().collect();
+                let mut survivor: HashMap<Uuid, Uuid> = HashMap::new();
+                for (absorbed, into) in self.fetch_in::<(String, String)>(ids, aliases_sql).await? {
+                    survivor.insert(codec::parse_uuid(&absorbed)?, codec::parse_uuid(&into)?);
+                }
+                let resolve = |id: &Uuid| *survivor.get(id).unwrap_or(id);
+                let resolved: Vec<Uuid> = ids.iter().map(resolve).collect::<BTreeSet<_>>().into_iter().collect();
                 let docs: Vec<(String, String)> = self
                     .fetch_in(&resolved, |n| {
                         format!("SELECT id, doc FROM conversations WHERE id IN ({})", placeholders(1, n))
@@ -2561,11 +2525,11 @@ macro_rules! sql_store {
                     .await?;
                 let mut by_id = HashMap::with_capacity(docs.len());
                 for (id, doc) in docs {
-                    by_id.insert(id, codec::from_json::<Conversation>("conversation", &doc)?);
+                    by_id.insert(codec::parse_uuid(&id)?, codec::from_json::<Conversation>("conversation", &doc)?);
                 }
                 let mut out = Vec::with_capacity(ids.len());
-                for (id, text) in ids.iter().zip(&asked) {
-                    if let Some(c) = by_id.get(survivor.get(text).unwrap_or(text)) {
+                for id in ids {
+                    if let Some(c) = by_id.get(&resolve(id)) {
                         out.push((*id, c.clone()));
                     }
                 }
@@ -2573,9 +2537,8 @@ macro_rules! sql_store {
             }
 
             async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>> {
-                let asked: Vec<String> = ids.iter().map(Uuid::to_string).collect();
                 let rows: Vec<report::ConversationMessageRow> = self
-                    .fetch_in(&asked, |n| {
+                    .fetch_in(ids, |n| {
                         format!(
                             "SELECT conversation_id, {} FROM messages WHERE conversation_id IN ({}) \
                              ORDER BY conversation_id, at, seq, idx",
@@ -2595,21 +2558,13 @@ macro_rules! sql_store {
         }
 
         impl $name {
-            /// The text values of `ids` bound to `sql(n)` a chunk at a time, the rows of every chunk.
-            async fn fetch_in<R>(&self, ids: &[String], sql: impl Fn(usize) -> String) -> StoreResult<Vec<R>>
+            /// [`Self::rows_in`] on a connection of the pool.
+            async fn fetch_in<R>(&self, ids: &[Uuid], sql: impl Fn(usize) -> String) -> StoreResult<Vec<R>>
             where
                 R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             {
-                let mut out = Vec::new();
-                for chunk in ids.chunks(report::BULK_CHUNK) {
-                    let sql = sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, R>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id);
-                    }
-                    out.extend(query.fetch_all(&self.pool).await?);
-                }
-                Ok(out)
+                let mut conn = self.pool.acquire().await?;
+                Self::rows_in(&mut *conn, ids, sql).await
             }
 
             /// Runs one of `store::report`'s totals statements.
