@@ -93,7 +93,7 @@ pub enum IngestError {
 pub trait Relay: Send + Sync {
     /// Sends the commands committed with newly appended events (planned in their transaction by the
     /// writer's relay rules; see `store::RelayPlanner`).
-    async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]);
+    async fn relay(&self, outcomes: &[AppendOutcome]);
 }
 
 /// The pipeline's parts. Cheap to clone.
@@ -169,7 +169,7 @@ impl Pipeline {
             }
         };
         let outcomes = self.append(parsed.events.clone()).await?;
-        relay.relay(&parsed.events, &outcomes).await;
+        relay.relay(&outcomes).await;
         Ok(Ingested {
             value,
             parsed,

@@ -460,10 +460,8 @@ pub(crate) async fn post_message(
     let key = idempotency_key(&req);
     let event = ledger::api_message(conversation.id, body.party, &body.text, key.as_deref(), Utc::now());
     let outcomes = super::append(&state, vec![event]).await?;
-    state
-        .outbound
-        .relay_api_message(&conversation, body.party, &body.text, &outcomes)
-        .await;
+    // A message to the live agent, when handed off: the commands its append committed are sent.
+    state.outbound.relay(&outcomes).await;
     Ok(HttpResponse::Ok().json(Accepted::from_outcomes(&outcomes, false)))
 }
 

@@ -179,7 +179,7 @@ impl Outbound {
         team: Option<&str>,
         outcomes: &[AppendOutcome],
     ) -> Result<(), EscalationError> {
-        self.relay(&[], outcomes).await;
+        self.relay(outcomes).await;
         let Some(outcome) = outcomes.first() else {
             return Ok(());
         };

@@ -33,7 +33,7 @@ use chrono::Utc;
 
 use crate::config::Config;
 use crate::ingest::{Inbound, IngestError, Pipeline};
-use crate::model::{AppendOutcome, NewEvent, Platform};
+use crate::model::{AppendOutcome, Platform};
 use crate::sources;
 use crate::store::Store;
 use crate::writer::Writer;
@@ -145,8 +145,8 @@ impl PollSink for Outbound {
 
 #[async_trait::async_trait]
 impl crate::ingest::Relay for Outbound {
-    async fn relay(&self, events: &[NewEvent], outcomes: &[AppendOutcome]) {
-        Outbound::relay(self, events, outcomes).await
+    async fn relay(&self, outcomes: &[AppendOutcome]) {
+        Outbound::relay(self, outcomes).await
     }
 }
 

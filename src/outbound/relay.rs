@@ -21,7 +21,7 @@ use super::runner::Job;
 use super::Outbound;
 use crate::config::Config;
 use crate::ingest::REDRIVE_HEADER;
-use crate::model::{AppendOutcome, Conversation, HandoffState, Message, NewEvent, Party, StoredEvent};
+use crate::model::{AppendOutcome, Conversation, HandoffState, Message, NewEvent, StoredEvent};
 use crate::sources::ledger::CommandRecord;
 use crate::sources::{self, aivo_live, bright_pattern, ledger, ultimate};
 use crate::store::{RelayPlanner, StoreResult};
@@ -218,7 +218,7 @@ impl Outbound {
     /// transaction that appended them ([`AppendOutcome::relays`]). A duplicate has none (it was relayed
     /// when first appended), nor has a newer version of an event. Only dispatches: never waits for a
     /// backend. Should this never run (a crash right after the commit), the start-up recovery sends them.
-    pub async fn relay(&self, _events: &[NewEvent], outcomes: &[AppendOutcome]) {
+    pub async fn relay(&self, outcomes: &[AppendOutcome]) {
         let committed = match self.committed(outcomes).await {
             Ok(events) => events,
             Err(e) => {
@@ -249,18 +249,6 @@ impl Outbound {
         let mut events = self.inner.store.events_after(first - 1, span).await?;
         events.retain(|e| seqs.contains(&e.seq));
         Ok(events)
-    }
-
-    /// Relays a message posted through the API to the live agent, when handed off: sends the commands
-    /// its append committed.
-    pub(crate) async fn relay_api_message(
-        &self,
-        _conversation: &Conversation,
-        _party: Party,
-        _text: &str,
-        outcomes: &[AppendOutcome],
-    ) {
-        self.relay(&[], outcomes).await;
     }
 }
 

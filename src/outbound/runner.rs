@@ -329,7 +329,7 @@ impl Outbound {
         }
         if let Some(outcomes) = &outcomes {
             // What the write path planned for the effects (an attend the link merged in: the widget is told).
-            self.relay(&[], outcomes).await;
+            self.relay(outcomes).await;
         }
         if let Some(reply) = job.reply {
             let _ = reply.send(result.clone());
