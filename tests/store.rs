@@ -1114,6 +1114,49 @@ async fn projections_of_an_earlier_version_are_rebuilt(store: Arc<dyn Store>, db
 // SQLite specifics
 // ---------------------------------------------------------------------------------------------
 
+/// The writer does not checkpoint in its commits; a task beside it copies the write-ahead log back into
+/// the database file while the store is open (far fewer pages than SQLite's own threshold of 1,000).
+#[tokio::test]
+async fn sqlite_checkpoints_the_log_beside_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.db");
+    let store = SqliteStore::connect(&format!("sqlite://{}", file.display()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let size = || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    for batch in 0..20 {
+        let events: Vec<Vec<NewEvent>> = (0..10)
+            .map(|i| vec![bot(&format!("c{batch}-{i}"), &format!("k{batch}-{i}"), batch * 10 + i)])
+            .collect();
+        store.append_batch(&events, &sla()).await.unwrap();
+    }
+    let (mut grown, mut ticks) = (false, 0);
+    for tick in 0..100 {
+        // One more write wakes the checkpointer for what the previous ones committed.
+        if size() > before {
+            grown = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        store
+            .append_batch(&[vec![bot("tick", &format!("tick{tick}"), 0)]], &sla())
+            .await
+            .unwrap();
+        ticks += 1;
+    }
+    assert!(
+        grown,
+        "the database file still has {before} bytes: nothing was checkpointed"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 200 + ticks, "every append is readable");
+}
+
 #[tokio::test]
 async fn sqlite_relative_url_creates_its_directory() {
     let dir = tempfile::tempdir().unwrap();

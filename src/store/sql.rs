@@ -801,6 +801,9 @@ macro_rules! sql_store {
             /// ([`Self::with_writer`]), so the single writer's page cache and prepared statements stay warm
             /// from batch to batch; else the readers' pool.
             writer: sqlx::Pool<$db>,
+            /// Told at the start of every write transaction (the previous one has committed), when a task
+            /// checkpoints the write-ahead log beside the writer (SQLite, [`SqliteStore::connect`]).
+            checkpoints: Option<tokio::sync::watch::Sender<()>>,
             /// Most bytes of a quarantined body that are kept (`retention.quarantine_body_bytes`).
             quarantine_body_bytes: usize,
         }
@@ -810,6 +813,7 @@ macro_rules! sql_store {
             pub fn from_pool(pool: sqlx::Pool<$db>) -> Self {
                 Self {
                     writer: pool.clone(),
+                    checkpoints: None,
                     pool,
                     quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
                 }
@@ -835,6 +839,9 @@ macro_rules! sql_store {
 
             /// Opens the one write transaction a batch or a replay runs in.
             async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
+                if let Some(checkpoints) = &self.checkpoints {
+                    checkpoints.send_replace(());
+                }
                 let mut tx = self.writer.begin_with($begin).await?;
                 let lock: Option<&str> = $lock;
                 if let Some(lock) = lock {
@@ -2653,8 +2660,7 @@ impl SqliteStore {
             // Statement journals and sorts stay in memory: a multi-row insert inside the batch's
             // transaction otherwise spills its statement journal to a temporary file (as many bytes
             // written as the write-ahead log itself).
-            .pragma("temp_store", "memory")
-            .pragma("wal_autocheckpoint", "10000");
+            .pragma("temp_store", "memory");
         if let Some(parent) = options.get_filename().parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
@@ -2666,11 +2672,52 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options.clone())
             .await?;
+        // The writer does not checkpoint in its commits (a checkpoint there delays every webhook of
+        // the batch that crossed the threshold); a task of its own does, beside it.
         let writer = writer_pool::<sqlx::Sqlite>()
+            .test_before_acquire(false)
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        let checkpointer = writer_pool::<sqlx::Sqlite>()
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(Self::from_pool(pool).with_writer(writer))
+        let (checkpoints, written) = tokio::sync::watch::channel(());
+        tokio::spawn(checkpoint_wal(checkpointer, written));
+        let mut store = Self::from_pool(pool).with_writer(writer);
+        store.checkpoints = Some(checkpoints);
+        Ok(store)
+    }
+}
+
+/// Least time between two checkpoints: pages the writer changes again meanwhile are copied once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Frames the write-ahead log may hold after a passive checkpoint before the checkpointer waits for the
+/// writer to finish its transaction and restarts the log (~64 MiB). A passive checkpoint never blocks
+/// the writer, but under constant writes the log would only grow: it restarts from its beginning only
+/// when a write begins after every frame was copied back.
+const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Checkpoints the write-ahead log after writes, at most every [`CHECKPOINT_EVERY`], on a connection of
+/// its own: passively (copies what is committed, blocks nobody), and with a restart when the log grew
+/// past [`WAL_RESTART_FRAMES`]. Ends when the store that writes is dropped.
+async fn checkpoint_wal(pool: sqlx::Pool<sqlx::Sqlite>, mut written: tokio::sync::watch::Receiver<()>) {
+    while written.changed().await.is_ok() {
+        // (busy, frames in the log, frames copied back)
+        let passive: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
+        match passive {
+            Ok((_, frames, _)) if frames > WAL_RESTART_FRAMES => {
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&pool).await {
+                    tracing::warn!(error = %e, "restarting the write-ahead log failed; the next checkpoint tries again");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the write-ahead log failed; the next write tries again")
+            }
+        }
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
     }
 }
 
