@@ -804,6 +804,9 @@ macro_rules! sql_store {
             /// Told at the start of every write transaction (the previous one has committed), when a task
             /// checkpoints the write-ahead log beside the writer (SQLite, [`SqliteStore::connect`]).
             checkpoints: Option<tokio::sync::watch::Sender<()>>,
+            /// Set by the checkpointer when the write-ahead log has grown past [`WAL_RESTART_FRAMES`]: the
+            /// writer restarts it before its next transaction (see [`restart_wal`]).
+            restart_wal: std::sync::Arc<std::sync::atomic::AtomicBool>,
             /// Most bytes of a quarantined body that are kept (`retention.quarantine_body_bytes`).
             quarantine_body_bytes: usize,
         }
@@ -814,6 +817,7 @@ macro_rules! sql_store {
                 Self {
                     writer: pool.clone(),
                     checkpoints: None,
+                    restart_wal: Default::default(),
                     pool,
                     quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
                 }
@@ -840,6 +844,9 @@ macro_rules! sql_store {
             /// Opens the one write transaction a batch or a replay runs in.
             async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
                 if let Some(checkpoints) = &self.checkpoints {
+                    if self.restart_wal.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        RestartsWal::restart_wal(self).await;
+                    }
                     checkpoints.send_replace(());
                 }
                 let mut tx = self.writer.begin_with($begin).await?;
@@ -2683,8 +2690,8 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         let (checkpoints, written) = tokio::sync::watch::channel(());
-        tokio::spawn(checkpoint_wal(checkpointer, written));
         let mut store = Self::from_pool(pool).with_writer(writer);
+        tokio::spawn(checkpoint_wal(checkpointer, written, store.restart_wal.clone()));
         store.checkpoints = Some(checkpoints);
         Ok(store)
     }
@@ -2692,32 +2699,76 @@ impl SqliteStore {
 
 /// Least time between two checkpoints: pages the writer changes again meanwhile are copied once.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// Frames the write-ahead log may hold after a passive checkpoint before the checkpointer waits for the
-/// writer to finish its transaction and restarts the log (~64 MiB). A passive checkpoint never blocks
-/// the writer, but under constant writes the log would only grow: it restarts from its beginning only
-/// when a write begins after every frame was copied back.
+/// Frames the write-ahead log may hold (~64 MiB) before the writer restarts it. A passive checkpoint
+/// never blocks the writer, but the log starts again from its beginning only when a write begins after
+/// every frame was copied back, which under constant writes never happens: the log would only grow.
 const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Checkpoints the write-ahead log after writes, at most every [`CHECKPOINT_EVERY`], on a connection of
-/// its own: passively (copies what is committed, blocks nobody), and with a restart when the log grew
-/// past [`WAL_RESTART_FRAMES`]. Ends when the store that writes is dropped.
-async fn checkpoint_wal(pool: sqlx::Pool<sqlx::Sqlite>, mut written: tokio::sync::watch::Receiver<()>) {
+/// its own, passively (copies what is committed, blocks nobody); when the log has grown past
+/// [`WAL_RESTART_FRAMES`] it asks the writer to restart it (`restart`). Ends when the store that writes
+/// is dropped.
+async fn checkpoint_wal(
+    pool: sqlx::Pool<sqlx::Sqlite>,
+    mut written: tokio::sync::watch::Receiver<()>,
+    restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     while written.changed().await.is_ok() {
         // (busy, frames in the log, frames copied back)
         let passive: Result<(i64, i64, i64), sqlx::Error> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
         match passive {
-            Ok((_, frames, _)) if frames > WAL_RESTART_FRAMES => {
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&pool).await {
-                    tracing::warn!(error = %e, "restarting the write-ahead log failed; the next checkpoint tries again");
+            Ok((_, frames, _)) => {
+                if frames > WAL_RESTART_FRAMES {
+                    restart.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "checkpointing the write-ahead log failed; the next write tries again")
             }
         }
         tokio::time::sleep(CHECKPOINT_EVERY).await;
+    }
+}
+
+/// What a store does when its checkpointer asks for the log to restart (SQLite only).
+trait RestartsWal {
+    async fn restart_wal(&self);
+}
+
+impl RestartsWal for SqliteStore {
+    async fn restart_wal(&self) {
+        restart_wal(&self.writer, &self.restart_wal).await;
+    }
+}
+
+impl RestartsWal for PostgresStore {
+    /// PostgreSQL has no checkpointer of ours: never asked.
+    async fn restart_wal(&self) {}
+}
+
+/// Restarts the write-ahead log from the writer's connection between two transactions: copies back what
+/// the passive checkpoints have not yet (little) and, when no reader still reads from the log, lets the
+/// next transaction write it from its beginning. Waits at most 50 ms for readers (an export or a replay
+/// may hold a snapshot for long); when they are still there, `due` is set again and a later batch retries.
+async fn restart_wal(writer: &sqlx::Pool<sqlx::Sqlite>, due: &std::sync::atomic::AtomicBool) {
+    let restarted: Result<(i64, i64, i64), sqlx::Error> = async {
+        let mut conn = writer.acquire().await?;
+        sqlx::query("PRAGMA busy_timeout = 50").execute(&mut *conn).await?;
+        let outcome = sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&mut *conn)
+            .await;
+        sqlx::query("PRAGMA busy_timeout = 30000").execute(&mut *conn).await?;
+        outcome
+    }
+    .await;
+    match restarted {
+        Ok((0, _, _)) => {}
+        Ok(_) => due.store(true, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => {
+            due.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "restarting the write-ahead log failed; the next batch tries again");
+        }
     }
 }
 
