@@ -195,6 +195,7 @@ on_both_backends!(
         replay_repairs_projections_from_the_log_alone,
         projections_of_an_earlier_version_are_rebuilt,
         replay_beside_appends_leaves_what_an_offline_replay_leaves,
+        replay_finds_any_single_wrecked_value,
     ]
 );
 
@@ -2007,6 +2008,126 @@ async fn replay_beside_appends_leaves_what_an_offline_replay_leaves(store: Arc<d
     append(&store, vec![replay_conversation(3, 9)]).await;
     let again = store.replay(&sla(), &|_, _| {}).await.unwrap();
     assert_eq!((again.online, again.rewritten), (true, 0));
+}
+
+/// The columns of each projection table the replay compares, with their kind: `t` text, `i` integer,
+/// `r` floating point.
+const PROJECTION_COLUMNS: [(&str, &[(&str, char)]); 4] = [
+    (
+        "conversations",
+        &[
+            ("id", 't'),
+            ("state", 't'),
+            ("disposition", 't'),
+            ("sla_status", 't'),
+            ("sla_deadline", 'i'),
+            ("queue", 't'),
+            ("started_at", 'i'),
+            ("updated_at", 'i'),
+            ("last_seq", 'i'),
+            ("doc", 't'),
+            ("fold", 't'),
+        ],
+    ),
+    (
+        "messages",
+        &[
+            ("conversation_id", 't'),
+            ("at", 'i'),
+            ("seq", 'i'),
+            ("idx", 'i'),
+            ("party", 't'),
+            ("author", 't'),
+            ("kind", 't'),
+            ("text", 't'),
+            ("buttons", 't'),
+            ("cards", 't'),
+            ("url", 't'),
+            ("platform", 't'),
+            ("event_id", 't'),
+        ],
+    ),
+    (
+        "handoffs",
+        &[
+            ("conversation_id", 't'),
+            ("ordinal", 'i'),
+            ("backend", 't'),
+            ("queue", 't'),
+            ("requested_at", 'i'),
+            ("queued_at", 'i'),
+            ("attended_at", 'i'),
+            ("closed_at", 'i'),
+            ("agent", 't'),
+            ("agents", 't'),
+            ("transfers", 'i'),
+            ("wait_seconds", 'r'),
+            ("first_response_seconds", 'r'),
+            ("handle_seconds", 'r'),
+            ("sla_status", 't'),
+            ("sla_deadline", 'i'),
+            ("disposition", 't'),
+            ("platform_disposition", 't'),
+            ("close_reason", 't'),
+            ("failure", 't'),
+            ("answered", 'i'),
+            ("abandoned", 'i'),
+            ("missed", 'i'),
+            ("answered_wait_seconds", 'r'),
+            ("unanswered_wait_seconds", 'r'),
+            ("report_first_response_seconds", 'r'),
+            ("report_handle_seconds", 'r'),
+            ("first_response_at", 'i'),
+        ],
+    ),
+    (
+        "conversation_agents",
+        &[("agent", 't'), ("started_at", 'i'), ("conversation_id", 't')],
+    ),
+];
+
+/// The online replay compares every value it reads in bulk: one value of one row changed behind the
+/// store's back (in any column of any projection table, by as little as the last bit of a float)
+/// is found and rewritten, and the next replay finds nothing to rewrite.
+async fn replay_finds_any_single_wrecked_value(store: Arc<dyn Store>, db: &TestDb) {
+    let groups: Vec<Vec<NewEvent>> = (0..12).map(|i| replay_conversation(i, 0)).collect();
+    append(&store, groups).await;
+    append(&store, (0..12).step_by(3).map(|i| replay_conversation(i, 1)).collect()).await;
+    let quiet = store.replay(&sla(), &|_, _| {}).await.unwrap();
+    assert_eq!((quiet.online, quiet.rewritten), (true, 0));
+    let before = projection_dump(db).await;
+    let row_id = match db.raw {
+        Raw::Sqlite(_) => "rowid",
+        Raw::Postgres(_) => "ctid",
+    };
+    for (table, columns) in PROJECTION_COLUMNS {
+        for (column, kind) in columns {
+            let (null_to, changed) = match kind {
+                't' => ("'x'".to_string(), format!("{column} || 'x'")),
+                'i' => ("1".to_string(), format!("{column} + 1000003")),
+                // The smallest change: the next float up (a different value SQLite prints the same
+                // with 15 digits).
+                _ => (
+                    "0.5".to_string(),
+                    format!("CASE WHEN {column} = 0 THEN 1e-300 ELSE {column} * (1 + 4e-16) END"),
+                ),
+            };
+            let sql = format!(
+                "UPDATE {table} SET {column} = CASE WHEN {column} IS NULL THEN {null_to} ELSE {changed} END \
+                 WHERE {row_id} = (SELECT {row_id} FROM {table} ORDER BY ({column} IS NULL) LIMIT 1)"
+            );
+            assert_eq!(db.raw.execute(&sql).await, Ok(1), "{sql}");
+            if *kind != 'r' {
+                assert_ne!(projection_dump(db).await, before, "{table}.{column} was changed");
+            }
+            let stats = store.replay(&sla(), &|_, _| {}).await.unwrap();
+            assert!(stats.online, "{table}.{column}");
+            assert!(stats.rewritten >= 1, "{table}.{column}: the changed value was found");
+            assert_eq!(projection_dump(db).await, before, "{table}.{column} was restored");
+            let again = store.replay(&sla(), &|_, _| {}).await.unwrap();
+            assert_eq!(again.rewritten, 0, "{table}.{column}: nothing left to rewrite");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ mod codec;
 mod erasing;
 mod keys;
 mod quarantine;
+mod replay;
 mod report;
 mod sql;
 

@@ -31,6 +31,7 @@ use uuid::Uuid;
 use super::chained::{self, chained_store};
 use super::codec::{self, Bind, EventRow, MessageRow, QuarantineRow, Row, EVENT_COLUMNS};
 use super::erasing::{self, erasing_store};
+use super::replay;
 use super::report;
 use super::{
     ConversationFilter, ConversationPage, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError, StoreResult,
@@ -412,8 +413,6 @@ const REPLAY_EVENTS: u64 = 20_000;
 /// Events read per round trip while re-filing the log in memory.
 const REFILE_PAGE: i64 = 50_000;
 
-const SQL_REFILE_PAGE: &str = "SELECT seq, platform, external_id, occurred_at, links FROM events WHERE seq > $1 \
-     ORDER BY seq LIMIT $2";
 const SQL_ALL_STREAMS: &str = "SELECT platform, external_id, conversation_id, first_seq FROM streams";
 const SQL_ALL_ALIASES: &str = "SELECT absorbed_id, survivor_id FROM aliases";
 /// Projection rows whose conversation no stream is filed under (what an offline replay would not rebuild).
@@ -626,10 +625,12 @@ struct ChunkRead<R> {
     /// The log's last seq in that snapshot.
     head: i64,
     streams: HashMap<Uuid, Vec<StreamKey>>,
-    /// Their events, in seq order.
-    events: Vec<EventRow>,
-    /// Stored rows by conversation: conversations, messages, handoffs, agents.
-    stored: Vec<HashMap<Uuid, Vec<R>>>,
+    /// Their events, one JSON array of [`replay::EVENT_JSON_COLUMNS`] per conversation.
+    events: HashMap<Uuid, String>,
+    /// Stored rows by conversation, one JSON array of rows each: conversations, messages, agents.
+    stored: [HashMap<Uuid, String>; 3],
+    /// Stored handoff rows by conversation (compared value by value: they hold floats).
+    handoffs: HashMap<Uuid, Vec<R>>,
 }
 
 /// What differs in one chunk: rebuilt rows of the conversations to rewrite, with the head and the
@@ -640,6 +641,19 @@ struct ChunkDiff {
     changed: Vec<(Uuid, Option<ProjectionRows>)>,
     streams: HashMap<Uuid, Vec<StreamKey>>,
 }
+
+/// One conversation of a chunk as the fold takes it: its streams, its events and its stored rows of
+/// the tables compared as JSON (conversations, messages, agents), as read.
+struct ChunkGroup {
+    id: Uuid,
+    streams: Vec<StreamKey>,
+    events: Option<String>,
+    stored: [Option<String>; 3],
+}
+
+/// A conversation of a chunk folded: the rows a full rebuild writes for it (None: nothing), and
+/// whether its stored conversation, message and agent rows are exactly those.
+type Folded = (Uuid, Option<ProjectionRows>, bool);
 
 /// Chunks of conversations for an online replay: at most [`REPLAY_CONVERSATIONS`] and about
 /// [`REPLAY_EVENTS`] events each.
@@ -660,26 +674,38 @@ fn replay_chunks(conversations: &[(Uuid, u64)]) -> Vec<Vec<Uuid>> {
     chunks
 }
 
-/// Folds the conversations of one chunk (each with its streams and its event rows in seq order) on
-/// as many threads as there are cores; the rows a full rebuild would write for each (None: nothing).
-fn fold_chunk(
-    groups: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)>,
-    sla: &SlaConfig,
-) -> StoreResult<Vec<(Uuid, Option<ProjectionRows>)>> {
-    let fold = |group: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)>| -> StoreResult<Vec<(Uuid, Option<ProjectionRows>)>> {
-        group
-            .into_iter()
-            .map(|(id, streams, rows)| {
-                let events = rows
-                    .into_iter()
-                    .map(codec::decode_event)
-                    .collect::<StoreResult<Vec<_>>>()?;
-                let rows = fold_conversation(id, &streams, &events, sla)
-                    .map(|w| ProjectionRows::of(&w))
-                    .transpose()?;
-                Ok((id, rows))
-            })
-            .collect()
+/// Folds one conversation of a chunk and compares its stored rows (but the handoffs) with the result.
+fn fold_group(group: ChunkGroup, sla: &SlaConfig) -> StoreResult<Folded> {
+    let ChunkGroup {
+        id,
+        streams,
+        events,
+        stored,
+    } = group;
+    let events = match events {
+        Some(json) => replay::decode_events(id, &json)?,
+        None => Vec::new(),
+    };
+    let rows = fold_conversation(id, &streams, &events, sla)
+        .map(|w| ProjectionRows::of(&w))
+        .transpose()?;
+    let [conversations, messages, agents] = stored;
+    let same = match &rows {
+        None => conversations.is_none() && messages.is_none() && agents.is_none(),
+        Some(r) => {
+            replay::stored_json_matches(conversations.as_deref(), std::slice::from_ref(&r.conversation))
+                && replay::stored_json_matches(messages.as_deref(), &r.messages)
+                && replay::stored_json_matches(agents.as_deref(), &r.agents)
+        }
+    };
+    Ok((id, rows, same))
+}
+
+/// Folds the conversations of one chunk (decoding their events and comparing their stored rows) on
+/// as many threads as there are cores.
+fn fold_chunk(groups: Vec<ChunkGroup>, sla: &SlaConfig) -> StoreResult<Vec<Folded>> {
+    let fold = |group: Vec<ChunkGroup>| -> StoreResult<Vec<Folded>> {
+        group.into_iter().map(|g| fold_group(g, sla)).collect()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     if threads <= 1 || groups.len() < 2 {
@@ -1837,14 +1863,21 @@ macro_rules! sql_store {
             /// walked, and whether the stored streams and aliases are exactly that filing.
             async fn refile_snapshot(&self) -> StoreResult<(Refiling, u64, bool)> {
                 let mut tx = self.pool.begin_with($snapshot).await?;
+                Self::replay_reads(&mut *tx).await?;
                 let mut refiling = Refiling::default();
                 let (mut events, mut after) = (0u64, 0i64);
+                let sql = replay::refile_page_sql(<$db as sqlx::Database>::NAME == "SQLite");
                 loop {
-                    let page: Vec<(i64, String, String, i64, String)> = sqlx::query_as(SQL_REFILE_PAGE)
+                    // One page is one value: its rows as a JSON array.
+                    let (page,): (Option<String>,) = sqlx::query_as(&sql)
                         .bind(after)
                         .bind(REFILE_PAGE)
-                        .fetch_all(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await?;
+                    let page = match page {
+                        Some(json) => replay::refile_page(&json)?,
+                        None => Vec::new(),
+                    };
                     let Some(last) = page.last().map(|row| row.0) else {
                         break;
                     };
@@ -1934,6 +1967,34 @@ macro_rules! sql_store {
                 Ok(found)
             }
 
+            /// The rows `from` gives for the conversations `ids` (`key`), one JSON array of their
+            /// `columns` in `order` per conversation that has any (see [`replay`]).
+            async fn grouped_json(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                from: &str,
+                key: &str,
+                columns: &[&str],
+                order: &str,
+            ) -> StoreResult<HashMap<Uuid, String>> {
+                let sqlite = <$db as sqlx::Database>::NAME == "SQLite";
+                let mut found: HashMap<Uuid, String> = HashMap::with_capacity(ids.len());
+                for chunk in ids.chunks(REPLAY_CONVERSATIONS) {
+                    let sql = Self::replay_sql(replay::grouped_json_sql(sqlite, from, key, columns, order, chunk.len()));
+                    let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql).persistent(false);
+                    for id in chunk {
+                        query = query.bind(id.to_string());
+                    }
+                    for (id, json) in query.fetch_all(&mut *conn).await? {
+                        // A key that is no id is no conversation's: the orphan sweep deletes it.
+                        if let (Ok(id), Some(json)) = (codec::parse_uuid(&id), json) {
+                            found.insert(id, json);
+                        }
+                    }
+                }
+                Ok(found)
+            }
+
             /// `sql` as this backend runs it fastest: on SQLite, with anonymous placeholders (each
             /// `$N` of the replay's statements appears once, in order).
             fn replay_sql(sql: String) -> String {
@@ -1944,31 +2005,49 @@ macro_rules! sql_store {
                 }
             }
 
+            /// Sets up a connection for the replay's reads. On SQLite: a page cache that holds a chunk's
+            /// pages, and the database file mapped into memory (a chunk's events are spread over the
+            /// whole log: its pages are read without a copy through the kernel each time).
+            async fn replay_reads(conn: &mut <$db as sqlx::Database>::Connection) -> StoreResult<()> {
+                if <$db as sqlx::Database>::NAME == "SQLite" {
+                    sqlx::query("PRAGMA cache_size = -131072; PRAGMA mmap_size = 1073741824")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
             /// Reads one chunk of conversations for an online replay in one snapshot, without the write
-            /// lock: the log's head, their streams, their events and their stored projection rows.
+            /// lock: the log's head, their streams, their events and their stored projection rows, each
+            /// table's rows as one value per conversation (see [`replay`]).
             async fn read_chunk(&self, ids: Vec<Uuid>) -> StoreResult<ChunkRead<<$db as sqlx::Database>::Row>> {
                 let mut tx = self.pool.begin_with($snapshot).await?;
-                if <$db as sqlx::Database>::NAME == "SQLite" {
-                    // The replay reads the whole database once: a page cache that holds a chunk's pages.
-                    sqlx::query("PRAGMA cache_size = -131072").execute(&mut *tx).await?;
-                }
+                Self::replay_reads(&mut *tx).await?;
                 let head = Self::last_seq_in(&mut *tx).await?;
                 let streams = Self::streams_of(&mut *tx, &ids).await?;
-                let sql = Self::replay_sql(events_of_sql(ids.len()));
-                let mut query = sqlx::query_as::<_, EventRow>(&sql).persistent(false);
-                for id in &ids {
-                    query = query.bind(id.to_string());
+                let events = Self::grouped_json(
+                    &mut *tx,
+                    &ids,
+                    replay::EVENTS_FROM,
+                    "s.conversation_id",
+                    replay::EVENT_JSON_COLUMNS,
+                    "",
+                )
+                .await?;
+                let mut stored: [HashMap<Uuid, String>; 3] = Default::default();
+                for (i, (table, key, columns, order)) in [
+                    ("conversations", "id", codec::CONVERSATION_COLUMNS, "id"),
+                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, "at, seq, idx"),
+                    ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, "agent"),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    stored[i] = Self::grouped_json(&mut *tx, &ids, table, key, columns, order).await?;
                 }
-                let events = query.fetch_all(&mut *tx).await?;
-                let mut stored = Vec::with_capacity(4);
-                for (table, key, columns, order) in [
-                    ("conversations", "id", codec::CONVERSATION_COLUMNS, ""),
-                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, ", at, seq, idx"),
-                    ("handoffs", "conversation_id", codec::HANDOFF_COLUMNS, ", ordinal"),
-                    ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, ", agent"),
-                ] {
-                    stored.push(Self::stored_rows(&mut *tx, &ids, table, key, columns, order).await?);
-                }
+                let handoffs =
+                    Self::stored_rows(&mut *tx, &ids, "handoffs", "conversation_id", codec::HANDOFF_COLUMNS, ", ordinal")
+                        .await?;
                 tx.commit().await?;
                 Ok(ChunkRead {
                     ids,
@@ -1976,6 +2055,7 @@ macro_rules! sql_store {
                     streams,
                     events,
                     stored,
+                    handoffs,
                 })
             }
 
@@ -1987,35 +2067,28 @@ macro_rules! sql_store {
                     ids,
                     head,
                     mut streams,
-                    events,
-                    stored,
+                    mut events,
+                    mut stored,
+                    handoffs,
                 } = read;
-                let position: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-                let mut groups: Vec<(Uuid, Vec<StreamKey>, Vec<EventRow>)> = ids
+                let groups: Vec<ChunkGroup> = ids
                     .iter()
-                    .map(|id| (*id, streams.get(id).cloned().unwrap_or_default(), Vec::new()))
+                    .map(|id| ChunkGroup {
+                        id: *id,
+                        streams: streams.get(id).cloned().unwrap_or_default(),
+                        events: events.remove(id),
+                        stored: [stored[0].remove(id), stored[1].remove(id), stored[2].remove(id)],
+                    })
                     .collect();
-                for row in events {
-                    let Some(id) = row.10.as_deref().map(codec::parse_uuid).transpose()? else {
-                        continue;
-                    };
-                    if let Some(i) = position.get(&id) {
-                        groups[*i].2.push(row);
-                    }
-                }
                 let folded = fold_chunk(groups, sla)?;
-                let projected = folded.iter().filter(|(_, rows)| rows.is_some()).count() as u64;
+                let projected = folded.iter().filter(|(_, rows, _)| rows.is_some()).count() as u64;
                 let mut changed: Vec<(Uuid, Option<ProjectionRows>)> = Vec::new();
-                for (id, rows) in folded {
-                    let same = match &rows {
-                        None => stored.iter().all(|table| !table.contains_key(&id)),
-                        Some(r) => {
-                            Self::stored_rows_match(stored[0].get(&id), std::slice::from_ref(&r.conversation))
-                                && Self::stored_rows_match(stored[1].get(&id), &r.messages)
-                                && Self::stored_rows_match(stored[2].get(&id), &r.handoffs)
-                                && Self::stored_rows_match(stored[3].get(&id), &r.agents)
-                        }
-                    };
+                for (id, rows, same) in folded {
+                    let same = same
+                        && match &rows {
+                            None => !handoffs.contains_key(&id),
+                            Some(r) => Self::stored_rows_match(handoffs.get(&id), &r.handoffs),
+                        };
                     if !same {
                         changed.push((id, rows));
                     }
