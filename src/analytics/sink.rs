@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -298,6 +298,38 @@ impl LiveState {
     }
 }
 
+/// Where a pass's time goes: the wall time of each phase, in order (logged at debug level after each pass).
+#[derive(Debug)]
+pub(crate) struct PassTimings {
+    phases: Vec<(&'static str, Duration)>,
+    last: Instant,
+}
+
+impl PassTimings {
+    fn start() -> PassTimings {
+        PassTimings {
+            phases: Vec::new(),
+            last: Instant::now(),
+        }
+    }
+
+    /// Ends the phase `name` (it began where the previous one ended).
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+
+    /// `phase=ms phase=ms ...`
+    fn summary(&self) -> String {
+        self.phases
+            .iter()
+            .map(|(name, d)| format!("{name}={:.1}", d.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// Ships the current state of `conversations` (with their transcript rows): writes the dirty hours, the
 /// rows and tombstones, then refreshes every dirty hour's rollups; the rows of the `erased` conversations
 /// are shipped without stream ids. Idempotent.
@@ -307,10 +339,12 @@ pub(crate) async fn ship_conversations_erasing(
     absorbed: &HashMap<String, i64>,
     erased: &BTreeSet<Uuid>,
     sla: &SlaConfig,
+    timings: &mut PassTimings,
 ) -> AnalyticsResult<()> {
     let mut ids: BTreeSet<String> = conversations.iter().map(|(c, _)| c.id.to_string()).collect();
     ids.extend(absorbed.keys().cloned());
     let live = live_state(analytics, &ids).await?.into_view();
+    timings.lap("live_state");
     let mut shipment = plan_shipment(conversations, absorbed, &live, sla);
     let erased: BTreeSet<String> = erased.iter().map(Uuid::to_string).collect();
     for row in &mut shipment.conversations {
@@ -318,19 +352,25 @@ pub(crate) async fn ship_conversations_erasing(
             row.external_ids.clear();
         }
     }
+    timings.lap("plan");
     rollups::mark_dirty(analytics, &shipment.dirty_hours).await?;
+    timings.lap("mark_dirty");
     insert_rows(analytics, "handoffs", &shipment.handoffs).await?;
     insert_rows(analytics, "messages", &shipment.messages).await?;
     insert_rows(analytics, "conversations", &shipment.conversations).await?;
+    timings.lap("insert_facts");
     rollups::refresh_dirty(analytics).await?;
+    timings.lap("refresh_rollups");
     Ok(())
 }
 
 /// One pass: ships the events after the checkpoint (at most [`BATCH_EVENTS`]) and the conversations they
 /// touch, then stores the new checkpoint. Returns how many events were shipped (0: caught up).
 pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig) -> AnalyticsResult<u64> {
+    let mut timings = PassTimings::start();
     let checkpoint = store.checkpoint(CHECKPOINT).await?;
     let events = store.events_after(checkpoint, BATCH_EVENTS).await?;
+    timings.lap("read_events");
     let Some(last) = events.last().map(|e| e.seq) else {
         // Caught up; still repair rollups a crash may have left dirty.
         rollups::refresh_dirty(analytics).await?;
@@ -338,6 +378,7 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     };
     let event_rows: Vec<EventRow> = events.iter().map(EventRow::from_event).collect();
     insert_rows(analytics, "events", &event_rows).await?;
+    timings.lap("insert_events");
 
     let touched: BTreeSet<Uuid> = events.iter().filter_map(|e| e.conversation_id).collect();
     let touched: Vec<Uuid> = touched.into_iter().collect();
@@ -356,17 +397,21 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     for id in conversations.keys() {
         absorbed.remove(&id.to_string());
     }
+    timings.lap("read_conversations");
     let ids: Vec<Uuid> = conversations.keys().copied().collect();
     let mut transcripts = store.transcripts_of(&ids).await?;
+    timings.lap("read_transcripts");
     let mut with_messages = Vec::with_capacity(conversations.len());
     for (id, conversation) in conversations {
         let lines = transcripts.remove(&id).unwrap_or_default();
         let messages = MessageRow::from_messages(&conversation, &lines);
         with_messages.push((conversation, messages));
     }
+    timings.lap("build_messages");
     let ids: Vec<Uuid> = with_messages.iter().map(|(c, _)| c.id).collect();
     let erased = store.erased_among(&ids).await?;
-    ship_conversations_erasing(analytics, &with_messages, &absorbed, &erased, sla).await?;
+    timings.lap("read_erased");
+    ship_conversations_erasing(analytics, &with_messages, &absorbed, &erased, sla, &mut timings).await?;
     // After every earlier event of an erased conversation was shipped (the log is shipped in order).
     let erasures: Vec<ErasedPayload> = events
         .iter()
@@ -376,7 +421,15 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     if !erasures.is_empty() {
         super::erasure::erase(analytics, &erasures).await?;
     }
+    timings.lap("erase");
     store.set_checkpoint(CHECKPOINT, last).await?;
+    timings.lap("checkpoint");
+    tracing::debug!(
+        events = events.len(),
+        conversations = ids.len(),
+        phases_ms = %timings.summary(),
+        "sink pass"
+    );
     Ok(events.len() as u64)
 }
 
