@@ -72,6 +72,9 @@ struct Args {
     /// Report sources timed (`clickhouse,store`; with one only, nothing is compared).
     #[arg(long, default_value = "clickhouse,store")]
     sources: String,
+    /// Time no report (seed and/or ship only).
+    #[arg(long)]
+    no_reports: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -271,6 +274,13 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // `RUST_LOG=handoff_ledger::analytics::sink=debug` prints where each sink pass's time goes.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let start: DateTime<Utc> = DateTime::parse_from_rfc3339("2024-04-01T00:00:00Z")?.with_timezone(&Utc);
     if !args.no_seed {
         if let Some(path) = args.store_url.strip_prefix("sqlite://") {
@@ -293,5 +303,8 @@ async fn main() -> anyhow::Result<()> {
         ship(store.as_ref(), &args).await?;
     }
     drop(store);
+    if args.no_reports {
+        return Ok(());
+    }
     time_reports(&args, start).await
 }

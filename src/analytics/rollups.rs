@@ -17,7 +17,7 @@ use super::facts::epoch;
 use super::reports::Interval;
 use super::{Analytics, AnalyticsResult};
 
-/// Most buckets refreshed by one statement (three lists of them stay well under `max_query_size`, 256 KiB).
+/// Most buckets refreshed by one statement (its lists of them stay well under `max_query_size`, 256 KiB).
 pub(crate) const REFRESH_CHUNK: usize = 1000;
 
 static LAST_BUILD: AtomicU64 = AtomicU64::new(0);
@@ -55,12 +55,34 @@ fn truncate_sql(interval: Interval, column: &str) -> String {
 /// unknown (a hand-over that failed before it was queued).
 pub(crate) const MARKER_PLATFORM: &str = "(marker)";
 
+/// The handoff columns holding the instants a handoff credits.
+const CREDIT_COLUMNS: [&str; 5] = [
+    "offered_at",
+    "answered_at",
+    "closed_at",
+    "first_response_at",
+    "disposition_at",
+];
+
 /// The statement rebuilding `buckets` (bucket starts, epoch seconds) of one grain from `handoffs`.
 pub(crate) fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at: u64) -> String {
     let grain = interval.as_str();
     let list = datetime_list(buckets);
     let bucket_of_p = truncate_sql(interval, "p.2");
-    let bucket_of_q = truncate_sql(interval, "q");
+    // The keys of the rows that credit one of the buckets: a plain filter on the five columns (no ARRAY
+    // JOIN, so ClickHouse reads the time columns first and the key columns only of the granules that match).
+    let seconds: Vec<String> = buckets.iter().map(u32::to_string).collect();
+    let seconds = seconds.join(", ");
+    let crediting = CREDIT_COLUMNS
+        .iter()
+        .map(|c| {
+            format!(
+                "(toUInt32({c}) > 0 AND toUInt32({}) IN ({seconds}))",
+                truncate_sql(interval, c)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
     format!(
         "INSERT INTO handoff_rollup (grain, bucket, platform, queue, agent, marker, offered, answered, \
          answered_within_sla, abandoned, short_abandoned, missed, wait_state, wait_sum, wait_count, \
@@ -90,8 +112,7 @@ pub(crate) fn refresh_sql(interval: Interval, buckets: &BTreeSet<u32>, built_at:
          (toUInt8(4), first_response_at), (toUInt8(5), disposition_at)] AS p \
          WHERE deleted = 0 AND toUInt32(p.2) > 0 AND {bucket_of_p} IN ({list}) \
          AND (started_at, conversation_id, idx) IN (SELECT started_at, conversation_id, idx FROM handoffs \
-         ARRAY JOIN [offered_at, answered_at, closed_at, first_response_at, disposition_at] AS q \
-         WHERE toUInt32(q) > 0 AND {bucket_of_q} IN ({list})) \
+         WHERE {crediting}) \
          GROUP BY b, platform, queue, agent \
          UNION ALL \
          SELECT '{grain}', m, '{MARKER_PLATFORM}', '', '', 1, 0, 0, 0, 0, 0, 0, \

@@ -1,6 +1,7 @@
 //! The ClickHouse sink: tails the event log from a checkpoint kept in the store, ships event, conversation,
-//! handoff and message-metadata facts with the batching inserter, refreshes the touched rollup buckets, then
-//! advances the checkpoint.
+//! handoff and message-metadata facts with the batching inserter, refreshes the touched rollup buckets (a sink
+//! that is behind does so every [`REFRESH_EVERY_EVENTS`] events and once caught up), then advances the
+//! checkpoint.
 //!
 //! Why re-shipping never double counts: every fact row is keyed (conversation, handoff index, message seq)
 //! and versioned by the conversation's `last_seq`, so shipping the same state twice inserts identical rows that
@@ -10,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -37,8 +38,17 @@ pub const BATCH_EVENTS: u32 = 20_000;
 /// 256 KiB `max_query_size`).
 const IN_LIST_IDS: usize = 2_000;
 
+/// Most `(started_at, conversation_id)` keys named in one ClickHouse `IN` list (~70 characters each).
+const IN_LIST_KEYS: usize = 2_000;
+
 /// Longest wait between two passes when nothing wakes the sink.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// While the sink is behind (a pass as large as allowed: more is waiting), it defers the rollup rebuild
+/// (the hours stay recorded as dirty) to the first pass that is not full, or to the pass that crosses a
+/// multiple of this many log positions: a backfill rebuilds each bucket a few times instead of once per
+/// pass, and the rollups never lag further behind than this.
+pub const REFRESH_EVERY_EVENTS: i64 = 200_000;
 
 /// Rows per INSERT of the batching inserter.
 const INSERT_MAX_ROWS: u64 = 50_000;
@@ -111,11 +121,36 @@ struct LiveState {
     messages: Vec<LiveMessage>,
 }
 
-async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsResult<LiveState> {
+/// Every key `(started_at, conversation_id)` under which ClickHouse holds a conversation row (any version,
+/// tombstones included) of `ids`: one scan of one narrow column, however much has been shipped.
+async fn shipped_keys(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsResult<Vec<LiveConversation>> {
     let ids: Vec<&String> = ids.iter().collect();
-    let mut state = LiveState::default();
+    let mut keys = Vec::new();
     for chunk in ids.chunks(IN_LIST_IDS) {
-        let part = live_state_of(analytics, chunk.iter().copied()).await?;
+        let rows: Vec<LiveConversation> = analytics
+            .client()
+            .query(&format!(
+                "SELECT DISTINCT conversation_id, toUInt32(started_at) FROM conversations \
+                 WHERE conversation_id IN ({})",
+                in_list(chunk.iter().copied())
+            ))
+            .fetch_all()
+            .await?;
+        keys.extend(rows);
+    }
+    Ok(keys)
+}
+
+/// The live rows of `ids`. A pass writes a conversation's handoff and message rows under the key of a
+/// conversation row it wrote before them (tombstones under the key of a live row found here), so the keys of
+/// the conversation rows ([`shipped_keys`]) name every row there is: the three `FINAL` reads then go
+/// through the sort keys' prefix `(started_at, conversation_id)` and read only the granules holding them.
+/// Conversations never shipped (most of a backfill) cost nothing more than the key lookup.
+async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsResult<LiveState> {
+    let keys = shipped_keys(analytics, ids).await?;
+    let mut state = LiveState::default();
+    for chunk in keys.chunks(IN_LIST_KEYS) {
+        let part = live_state_of(analytics, chunk).await?;
         state.conversations.extend(part.conversations);
         state.handoffs.extend(part.handoffs);
         state.messages.extend(part.messages);
@@ -123,17 +158,27 @@ async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsR
     Ok(state)
 }
 
-async fn live_state_of<'a>(analytics: &Analytics, ids: impl Iterator<Item = &'a String>) -> AnalyticsResult<LiveState> {
-    let list = in_list(ids);
+/// SQL list of `(started_at, conversation_id)` tuples.
+fn key_list(keys: &[LiveConversation]) -> String {
+    keys.iter()
+        .map(|k| {
+            format!(
+                "(toDateTime({}, 'UTC'), {})",
+                k.started_at,
+                in_list(std::iter::once(&k.conversation_id))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn live_state_of(analytics: &Analytics, keys: &[LiveConversation]) -> AnalyticsResult<LiveState> {
+    let list = key_list(keys);
     let client = analytics.client();
-    // The sort keys start with started_at: find the keys of these conversations with a narrow scan, then let
-    // FINAL read only the granules holding them.
     let conversations = client
         .query(&format!(
             "SELECT conversation_id, toUInt32(started_at) FROM conversations FINAL \
-             WHERE (started_at, conversation_id) IN \
-             (SELECT started_at, conversation_id FROM conversations WHERE conversation_id IN ({list})) \
-             AND deleted = 0"
+             WHERE (started_at, conversation_id) IN ({list}) AND deleted = 0"
         ))
         .fetch_all()
         .await?;
@@ -141,18 +186,14 @@ async fn live_state_of<'a>(analytics: &Analytics, ids: impl Iterator<Item = &'a 
         .query(&format!(
             "SELECT conversation_id, idx, toUInt32(started_at), toUInt32(offered_at), toUInt32(answered_at), \
              toUInt32(closed_at), toUInt32(first_response_at), toUInt32(disposition_at) FROM handoffs FINAL \
-             WHERE (started_at, conversation_id, idx) IN \
-             (SELECT started_at, conversation_id, idx FROM handoffs WHERE conversation_id IN ({list})) \
-             AND deleted = 0"
+             WHERE (started_at, conversation_id) IN ({list}) AND deleted = 0"
         ))
         .fetch_all()
         .await?;
     let messages = client
         .query(&format!(
             "SELECT conversation_id, seq, ordinal, toUInt32(started_at) FROM messages FINAL \
-             WHERE (started_at, conversation_id, seq, ordinal) IN \
-             (SELECT started_at, conversation_id, seq, ordinal FROM messages WHERE conversation_id IN ({list})) \
-             AND deleted = 0"
+             WHERE (started_at, conversation_id) IN ({list}) AND deleted = 0"
         ))
         .fetch_all()
         .await?;
@@ -298,19 +339,54 @@ impl LiveState {
     }
 }
 
+/// Where a pass's time goes: the wall time of each phase, in order (logged at debug level after each pass).
+#[derive(Debug)]
+pub(crate) struct PassTimings {
+    phases: Vec<(&'static str, Duration)>,
+    last: Instant,
+}
+
+impl PassTimings {
+    fn start() -> PassTimings {
+        PassTimings {
+            phases: Vec::new(),
+            last: Instant::now(),
+        }
+    }
+
+    /// Ends the phase `name` (it began where the previous one ended).
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.phases.push((name, now - self.last));
+        self.last = now;
+    }
+
+    /// `phase=ms phase=ms ...`
+    fn summary(&self) -> String {
+        self.phases
+            .iter()
+            .map(|(name, d)| format!("{name}={:.1}", d.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// Ships the current state of `conversations` (with their transcript rows): writes the dirty hours, the
-/// rows and tombstones, then refreshes every dirty hour's rollups; the rows of the `erased` conversations
-/// are shipped without stream ids. Idempotent.
+/// rows and tombstones, then (when `refresh`) refreshes every dirty hour's rollups; the rows of the `erased`
+/// conversations are shipped without stream ids. Idempotent.
 pub(crate) async fn ship_conversations_erasing(
     analytics: &Analytics,
     conversations: &[(Conversation, Vec<MessageRow>)],
     absorbed: &HashMap<String, i64>,
     erased: &BTreeSet<Uuid>,
     sla: &SlaConfig,
+    refresh: bool,
+    timings: &mut PassTimings,
 ) -> AnalyticsResult<()> {
     let mut ids: BTreeSet<String> = conversations.iter().map(|(c, _)| c.id.to_string()).collect();
     ids.extend(absorbed.keys().cloned());
     let live = live_state(analytics, &ids).await?.into_view();
+    timings.lap("live_state");
     let mut shipment = plan_shipment(conversations, absorbed, &live, sla);
     let erased: BTreeSet<String> = erased.iter().map(Uuid::to_string).collect();
     for row in &mut shipment.conversations {
@@ -318,26 +394,50 @@ pub(crate) async fn ship_conversations_erasing(
             row.external_ids.clear();
         }
     }
+    timings.lap("plan");
     rollups::mark_dirty(analytics, &shipment.dirty_hours).await?;
+    timings.lap("mark_dirty");
+    // Conversation rows first: their keys are how a later pass finds the handoff and message rows
+    // (see `live_state`), also after a crash between these inserts.
+    insert_rows(analytics, "conversations", &shipment.conversations).await?;
     insert_rows(analytics, "handoffs", &shipment.handoffs).await?;
     insert_rows(analytics, "messages", &shipment.messages).await?;
-    insert_rows(analytics, "conversations", &shipment.conversations).await?;
-    rollups::refresh_dirty(analytics).await?;
+    timings.lap("insert_facts");
+    if refresh {
+        rollups::refresh_dirty(analytics).await?;
+    }
+    timings.lap("refresh_rollups");
     Ok(())
 }
 
 /// One pass: ships the events after the checkpoint (at most [`BATCH_EVENTS`]) and the conversations they
 /// touch, then stores the new checkpoint. Returns how many events were shipped (0: caught up).
 pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig) -> AnalyticsResult<u64> {
+    ship_batch(store, analytics, sla, BATCH_EVENTS).await
+}
+
+/// [`ship_once`] with passes of at most `max_events` events.
+pub async fn ship_batch(
+    store: &dyn Store,
+    analytics: &Analytics,
+    sla: &SlaConfig,
+    max_events: u32,
+) -> AnalyticsResult<u64> {
+    let mut timings = PassTimings::start();
     let checkpoint = store.checkpoint(CHECKPOINT).await?;
-    let events = store.events_after(checkpoint, BATCH_EVENTS).await?;
+    let events = store.events_after(checkpoint, max_events).await?;
+    timings.lap("read_events");
     let Some(last) = events.last().map(|e| e.seq) else {
         // Caught up; still repair rollups a crash may have left dirty.
         rollups::refresh_dirty(analytics).await?;
         return Ok(0);
     };
+    // Behind (a full pass): rebuild the rollups later, see [`REFRESH_EVERY_EVENTS`].
+    let full = events.len() >= max_events as usize;
+    let refresh = !full || checkpoint / REFRESH_EVERY_EVENTS != last / REFRESH_EVERY_EVENTS;
     let event_rows: Vec<EventRow> = events.iter().map(EventRow::from_event).collect();
     insert_rows(analytics, "events", &event_rows).await?;
+    timings.lap("insert_events");
 
     let touched: BTreeSet<Uuid> = events.iter().filter_map(|e| e.conversation_id).collect();
     let touched: Vec<Uuid> = touched.into_iter().collect();
@@ -356,17 +456,30 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     for id in conversations.keys() {
         absorbed.remove(&id.to_string());
     }
+    timings.lap("read_conversations");
     let ids: Vec<Uuid> = conversations.keys().copied().collect();
     let mut transcripts = store.transcripts_of(&ids).await?;
+    timings.lap("read_transcripts");
     let mut with_messages = Vec::with_capacity(conversations.len());
     for (id, conversation) in conversations {
         let lines = transcripts.remove(&id).unwrap_or_default();
         let messages = MessageRow::from_messages(&conversation, &lines);
         with_messages.push((conversation, messages));
     }
+    timings.lap("build_messages");
     let ids: Vec<Uuid> = with_messages.iter().map(|(c, _)| c.id).collect();
     let erased = store.erased_among(&ids).await?;
-    ship_conversations_erasing(analytics, &with_messages, &absorbed, &erased, sla).await?;
+    timings.lap("read_erased");
+    ship_conversations_erasing(
+        analytics,
+        &with_messages,
+        &absorbed,
+        &erased,
+        sla,
+        refresh,
+        &mut timings,
+    )
+    .await?;
     // After every earlier event of an erased conversation was shipped (the log is shipped in order).
     let erasures: Vec<ErasedPayload> = events
         .iter()
@@ -376,7 +489,15 @@ pub async fn ship_once(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig
     if !erasures.is_empty() {
         super::erasure::erase(analytics, &erasures).await?;
     }
+    timings.lap("erase");
     store.set_checkpoint(CHECKPOINT, last).await?;
+    timings.lap("checkpoint");
+    tracing::debug!(
+        events = events.len(),
+        conversations = ids.len(),
+        phases_ms = %timings.summary(),
+        "sink pass"
+    );
     Ok(events.len() as u64)
 }
 
