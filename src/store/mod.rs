@@ -11,7 +11,7 @@ mod quarantine;
 mod report;
 mod sql;
 
-pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates, Wait};
+pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
