@@ -1087,6 +1087,20 @@ async fn projections_of_an_earlier_version_are_rebuilt(store: Arc<dyn Store>, db
     let before = snapshot(&store, &ids).await;
     assert_eq!(before.0[0].1.len(), 1, "one transcript line");
     assert_eq!(store.rebuild_stale(&sla()).await.unwrap(), 0, "nothing stale");
+    // The store-computed report (its wait percentiles read the rows' wait keys) is rebuilt too.
+    let report_query = handoff_ledger::analytics::reports::ReportQuery {
+        since: t(-3600),
+        until: t(3600),
+        interval: handoff_ledger::analytics::reports::Interval::Hour,
+        group_by: vec![],
+    };
+    let report_sla = sla();
+    let report = || handoff_ledger::analytics::reports::sla_report_store(store.as_ref(), &report_sla, &report_query);
+    let report_before = report().await.unwrap();
+    assert!(
+        report_before.iter().any(|r| r.wait_p50_seconds.is_some()),
+        "{report_before:?}"
+    );
     for sql in [
         "UPDATE conversations SET fold = ''",
         "DELETE FROM messages",
@@ -1096,8 +1110,10 @@ async fn projections_of_an_earlier_version_are_rebuilt(store: Arc<dyn Store>, db
         db.raw.execute(sql).await.unwrap();
     }
     assert_eq!(store.transcript(cu).await.unwrap().unwrap().1, vec![]);
+    assert_eq!(report().await.unwrap(), vec![]);
     assert_eq!(store.rebuild_stale(&sla()).await.unwrap(), 1);
     assert_eq!(snapshot(&store, &ids).await, before);
+    assert_eq!(report().await.unwrap(), report_before);
     let by_agent = store
         .list_conversations(&ConversationFilter {
             agent: Some("tomas".into()),

@@ -520,11 +520,7 @@ pub async fn sla_report_store(store: &dyn Store, sla: &SlaConfig, q: &ReportQuer
         a.first_response_count += t.first_response_count;
         a.handle_sum += t.handle_sum;
         a.handle_count += t.handle_count;
-    }
-    for w in aggregates.waits {
-        if let Some(a) = acc.get_mut(&key_of(q, store_bucket(w.bucket), &w.platform, &w.queue, &w.agent)) {
-            a.waits.push(w.wait);
-        }
+        a.waits.extend(t.waits);
     }
     Ok(acc
         .into_iter()

@@ -327,6 +327,7 @@ pub(crate) const HANDOFF_COLUMNS: &[&str] = &[
     "report_first_response_seconds",
     "report_handle_seconds",
     "first_response_at",
+    "answered_wait_key",
 ];
 
 /// One row per handoff of `c`, numbered from 0 in order.
@@ -335,6 +336,7 @@ pub(crate) fn handoff_rows(c: &Conversation) -> StoreResult<Vec<Row>> {
         .iter()
         .enumerate()
         .map(|(ordinal, h)| {
+            let answered_wait = metrics::wait_seconds(h).filter(|_| metrics::is_answered(h));
             Ok(vec![
                 Bind::Text(c.id.to_string()),
                 Bind::Int(ordinal as i64),
@@ -360,11 +362,12 @@ pub(crate) fn handoff_rows(c: &Conversation) -> StoreResult<Vec<Row>> {
                 Bind::Int(i64::from(metrics::is_answered(h))),
                 Bind::Int(i64::from(metrics::is_abandoned(h))),
                 Bind::Int(i64::from(metrics::is_missed(h))),
-                Bind::OptFloat(metrics::wait_seconds(h).filter(|_| metrics::is_answered(h))),
+                Bind::OptFloat(answered_wait),
                 Bind::OptFloat(metrics::unanswered_wait_seconds(h)),
                 Bind::OptFloat(metrics::first_response_seconds(h)),
                 Bind::OptFloat(metrics::handle_seconds(h)),
                 Bind::OptInt(metrics::first_response_at(h).map(to_micros)),
+                Bind::OptInt(answered_wait.map(super::report::wait_key)),
             ])
         })
         .collect()

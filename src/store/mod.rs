@@ -12,7 +12,7 @@ mod replay;
 mod report;
 mod sql;
 
-pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates, Wait};
+pub use report::{DispositionTotals, HandoffReportQuery, HandoffTotals, SlaAggregates};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

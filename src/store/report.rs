@@ -12,14 +12,18 @@
 //!   wait at most the queue's target;
 //! - short abandon ([`metrics::is_short_abandon`]): abandoned, and waited less than `sla.short_abandon_seconds`.
 //!
-//! Wait percentiles are exact: a narrow statement returns the answered waits (bucket, group, wait) and the
-//! report computes them with [`metrics::percentile`], as for the rows computed in Rust.
+//! Wait percentiles are exact: the answered statement returns, with each bucket and group's counts, every
+//! answered wait credited there as one text of integers (`answered_wait_key`, the wait's bits as
+//! [`wait_key`] orders them, written beside the wait), and the report computes the percentiles with
+//! [`metrics::percentile`] from the very `f64`s the rows computed in Rust use: a few rows cross from the
+//! database instead of one per answered handoff.
 //!
 //! [`metrics::is_answered_within_sla`]: crate::projection::metrics::is_answered_within_sla
 //! [`metrics::is_short_abandon`]: crate::projection::metrics::is_short_abandon
 //! [`metrics::percentile`]: crate::projection::metrics::percentile
 
 use super::codec::{Bind, MessageRow};
+use super::{StoreError, StoreResult};
 use crate::config::SlaConfig;
 
 /// What the store aggregates: buckets of `bucket_seconds` (aligned on the epoch) from `first_bucket` while
@@ -58,6 +62,8 @@ pub struct HandoffTotals {
     pub answered: u64,
     /// Of those, within their queue's target.
     pub answered_within_sla: u64,
+    /// The waits of those (the ones that have one), unordered.
+    pub waits: Vec<f64>,
     /// Abandoned, closed in the bucket.
     pub abandoned: u64,
     /// Of those, short abandons.
@@ -95,45 +101,37 @@ pub struct DispositionTotals {
     pub failed: u64,
 }
 
-/// One answered wait, with its bucket and group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Wait {
-    /// Bucket start, epoch seconds.
-    pub bucket: i64,
-    /// Live backend.
-    pub platform: String,
-    /// Queue.
-    pub queue: String,
-    /// Answering agent.
-    pub agent: String,
-    /// The wait, seconds.
-    pub wait: f64,
-}
-
 /// The SLA report's aggregates.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SlaAggregates {
-    /// Sums per instant kind, bucket and group.
+    /// Sums per instant kind, bucket and group (the answered waits with the answered counts).
     pub totals: Vec<HandoffTotals>,
-    /// Every answered wait credited in the range (percentiles are computed from these).
-    pub waits: Vec<Wait>,
 }
 
 /// A statement with its binds.
 pub(crate) type Statement = (String, Vec<Bind>);
 
-/// Shape every totals statement returns: `(bucket, platform, queue, agent, n1, n2, n3, sum, n4)`.
-pub(crate) type TotalsRow = (i64, String, String, String, i64, i64, i64, Option<f64>, i64);
-
-/// Shape of the waits statement: `(bucket, platform, queue, agent, wait)`.
-pub(crate) type WaitRow = (i64, String, String, String, f64);
+/// Shape every totals statement returns: `(bucket, platform, queue, agent, n1, n2, n3, sum, n4, keys)`;
+/// `keys` (the answered statement's only) lists the [`wait_key`]s of the group's answered waits.
+pub(crate) type TotalsRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    Option<f64>,
+    i64,
+    Option<String>,
+);
 
 /// Which instant a totals statement credits (and so what its numbered columns mean).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Instant {
     /// `queued_at`: n1 = offered.
     Offered,
-    /// `attended_at`: n1 = answered, n2 = within target.
+    /// `attended_at`: n1 = answered, n2 = within target, keys = the waits.
     Answered,
     /// `closed_at`: n1 = abandoned, n2 = short, n3 = missed, sum/n4 = handle.
     Closed,
@@ -206,15 +204,21 @@ impl HandoffReportQuery {
         let mut binds = Vec::new();
         let zero = "CAST(0 AS BIGINT)";
         let no_sum = "CAST(NULL AS DOUBLE PRECISION)";
+        let no_keys = "CAST(NULL AS TEXT)";
         let (at, columns, filter) = match instant {
-            Instant::Offered => ("h.queued_at", format!("COUNT(*), {zero}, {zero}, {no_sum}, {zero}"), ""),
+            Instant::Offered => (
+                "h.queued_at",
+                format!("COUNT(*), {zero}, {zero}, {no_sum}, {zero}, {no_keys}"),
+                "",
+            ),
             Instant::Answered => {
                 let target = target_sql(sla, &mut binds);
                 (
                     "h.attended_at",
                     format!(
                         "COUNT(*), COUNT(CASE WHEN h.sla_status = 'met' OR (h.sla_status <> 'breached' \
-                         AND h.answered_wait_seconds <= {target}) THEN 1 END), {zero}, {no_sum}, {zero}"
+                         AND h.answered_wait_seconds <= {target}) THEN 1 END), {zero}, {no_sum}, {zero}, \
+                         string_agg(CAST(h.answered_wait_key AS TEXT), ',')"
                     ),
                     " AND h.answered = 1",
                 )
@@ -225,24 +229,25 @@ impl HandoffReportQuery {
                     "COUNT(CASE WHEN h.abandoned = 1 THEN 1 END), \
                      COUNT(CASE WHEN h.abandoned = 1 AND h.unanswered_wait_seconds < {} THEN 1 END), \
                      COUNT(CASE WHEN h.missed = 1 THEN 1 END), \
-                     SUM(h.report_handle_seconds), COUNT(h.report_handle_seconds)",
+                     SUM(h.report_handle_seconds), COUNT(h.report_handle_seconds), {no_keys}",
                     sla.short_abandon_seconds
                 ),
                 "",
             ),
             Instant::FirstResponse => (
                 "h.first_response_at",
-                format!("{zero}, {zero}, {zero}, SUM(h.report_first_response_seconds), COUNT(*)"),
+                format!("{zero}, {zero}, {zero}, SUM(h.report_first_response_seconds), COUNT(*), {no_keys}"),
                 "",
             ),
             Instant::Disposition => (
                 DISPOSITION_AT,
-                "COUNT(CASE WHEN h.disposition = 'completed' THEN 1 END), \
-                 COUNT(CASE WHEN h.disposition = 'abandoned' THEN 1 END), \
-                 COUNT(CASE WHEN h.disposition = 'missed' THEN 1 END), \
-                 CAST(NULL AS DOUBLE PRECISION), \
-                 COUNT(CASE WHEN h.disposition = 'failed' THEN 1 END)"
-                    .to_string(),
+                format!(
+                    "COUNT(CASE WHEN h.disposition = 'completed' THEN 1 END), \
+                     COUNT(CASE WHEN h.disposition = 'abandoned' THEN 1 END), \
+                     COUNT(CASE WHEN h.disposition = 'missed' THEN 1 END), \
+                     {no_sum}, \
+                     COUNT(CASE WHEN h.disposition = 'failed' THEN 1 END), {no_keys}"
+                ),
                 " AND h.disposition IN ('completed', 'abandoned', 'missed', 'failed')",
             ),
         };
@@ -255,18 +260,31 @@ impl HandoffReportQuery {
         );
         (sql, binds)
     }
+}
 
-    /// The statement returning the answered waits of every bucket and group, unordered: a plain scan (SQLite
-    /// has no percentile function, and numbering the waits with a window function costs a sort of them all).
-    pub(crate) fn waits_sql(&self) -> String {
-        let (dims, _) = self.dimensions();
-        format!(
-            "SELECT {} AS b, {dims}, h.answered_wait_seconds FROM handoffs h \
-             WHERE {} AND h.answered = 1 AND h.answered_wait_seconds IS NOT NULL",
-            self.bucket("h.attended_at"),
-            self.range("h.attended_at"),
-        )
-    }
+/// The key `answered_wait_key` holds for a wait: its IEEE 754 bits as an integer that orders as
+/// [`f64::total_cmp`] orders the waits. Integers cross from the database as exact text; no decimal
+/// rendering of the `f64` is involved.
+pub(crate) fn wait_key(seconds: f64) -> i64 {
+    let bits = seconds.to_bits() as i64;
+    bits ^ (((bits >> 63) as u64) >> 1) as i64
+}
+
+/// The wait [`wait_key`] made `key` of (the mapping is its own inverse).
+pub(crate) fn wait_of_key(key: i64) -> f64 {
+    f64::from_bits((key ^ (((key >> 63) as u64) >> 1) as i64) as u64)
+}
+
+/// The waits a list of [`wait_key`]s (comma-separated) stands for.
+fn waits_of_keys(keys: &str) -> StoreResult<Vec<f64>> {
+    keys.split(',')
+        .map(|k| {
+            k.trim()
+                .parse::<i64>()
+                .map(wait_of_key)
+                .map_err(|e| StoreError::Corrupt(format!("bad answered_wait_key `{k}`: {e}")))
+        })
+        .collect()
 }
 
 /// The answer target of the handoff's queue (`SlaConfig::target_for`): queue names are bound.
@@ -288,8 +306,8 @@ fn count(n: i64) -> u64 {
 }
 
 /// The totals a row of `instant`'s statement carries.
-pub(crate) fn decode_totals(instant: Instant, row: TotalsRow) -> HandoffTotals {
-    let (bucket, platform, queue, agent, n1, n2, n3, sum, n4) = row;
+pub(crate) fn decode_totals(instant: Instant, row: TotalsRow) -> StoreResult<HandoffTotals> {
+    let (bucket, platform, queue, agent, n1, n2, n3, sum, n4, keys) = row;
     let mut t = HandoffTotals {
         bucket,
         platform,
@@ -302,6 +320,9 @@ pub(crate) fn decode_totals(instant: Instant, row: TotalsRow) -> HandoffTotals {
         Instant::Answered => {
             t.answered = count(n1);
             t.answered_within_sla = count(n2);
+            if let Some(keys) = keys.filter(|k| !k.is_empty()) {
+                t.waits = waits_of_keys(&keys)?;
+            }
         }
         Instant::Closed => {
             t.abandoned = count(n1);
@@ -316,12 +337,12 @@ pub(crate) fn decode_totals(instant: Instant, row: TotalsRow) -> HandoffTotals {
         }
         Instant::Disposition => {}
     }
-    t
+    Ok(t)
 }
 
 /// The dispositions a row of the disposition statement carries.
 pub(crate) fn decode_dispositions(row: TotalsRow) -> DispositionTotals {
-    let (bucket, platform, queue, agent, completed, abandoned, missed, _, failed) = row;
+    let (bucket, platform, queue, agent, completed, abandoned, missed, _, failed, _) = row;
     DispositionTotals {
         bucket,
         platform,
@@ -331,18 +352,6 @@ pub(crate) fn decode_dispositions(row: TotalsRow) -> DispositionTotals {
         abandoned: count(abandoned),
         missed: count(missed),
         failed: count(failed),
-    }
-}
-
-/// A row of the waits statement.
-pub(crate) fn decode_wait(row: WaitRow) -> Wait {
-    let (bucket, platform, queue, agent, wait) = row;
-    Wait {
-        bucket,
-        platform,
-        queue,
-        agent,
-        wait,
     }
 }
 
@@ -412,10 +421,45 @@ mod tests {
             sql.contains("'' AS g_platform") && sql.contains("GROUP BY b, g_queue"),
             "{sql}"
         );
-        let waits = query(86_400).waits_sql();
+        // The waits come with the answered counts, in the same buckets and groups.
+        let (waits, _) = query(86_400).totals_sql(Instant::Answered, &sla);
         assert!(
-            waits.contains("% 86400") && waits.contains("COALESCE(h.queue, '') AS g_queue"),
+            waits.contains("% 86400")
+                && waits.contains("COALESCE(h.queue, '') AS g_queue")
+                && waits.contains("string_agg(CAST(h.answered_wait_key AS TEXT), ',')"),
             "{waits}"
         );
+    }
+
+    #[test]
+    fn wait_keys_give_back_the_very_waits_and_order_like_them() {
+        let waits = [
+            f64::NEG_INFINITY,
+            -1.5,
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE,
+            0.1,
+            0.1 + 0.2,
+            1.25,
+            59.999,
+            60.0,
+            86_400.001,
+            f64::MAX,
+            f64::INFINITY,
+        ];
+        for pair in waits.windows(2) {
+            assert!(wait_key(pair[0]) < wait_key(pair[1]), "{pair:?}");
+        }
+        for w in waits {
+            assert_eq!(wait_of_key(wait_key(w)).to_bits(), w.to_bits(), "{w}");
+        }
+        let keys: Vec<String> = waits.iter().map(|w| wait_key(*w).to_string()).collect();
+        let back = waits_of_keys(&keys.join(",")).unwrap();
+        assert_eq!(
+            back.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+            waits.iter().map(|w| w.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(waits_of_keys("12,x").is_err());
     }
 }

@@ -2583,19 +2583,16 @@ macro_rules! sql_store {
                 q: &report::HandoffReportQuery,
                 sla: &SlaConfig,
             ) -> StoreResult<report::SlaAggregates> {
-                // One statement per instant and one for the waits, each on its own connection.
+                // One statement per instant, each on its own connection.
                 let totals = report::Instant::SLA.into_iter().map(|instant| async move {
                     let rows = self.report_totals(q.totals_sql(instant, sla)).await?;
-                    Ok::<_, StoreError>(rows.into_iter().map(|r| report::decode_totals(instant, r)).collect::<Vec<_>>())
+                    rows.into_iter()
+                        .map(|r| report::decode_totals(instant, r))
+                        .collect::<StoreResult<Vec<_>>>()
                 });
-                let waits = async {
-                    let rows: Vec<report::WaitRow> = sqlx::query_as(&q.waits_sql()).fetch_all(&self.pool).await?;
-                    Ok::<_, StoreError>(rows.into_iter().map(report::decode_wait).collect::<Vec<_>>())
-                };
-                let (totals, waits) = futures::future::try_join(futures::future::try_join_all(totals), waits).await?;
+                let totals = futures::future::try_join_all(totals).await?;
                 Ok(report::SlaAggregates {
                     totals: totals.into_iter().flatten().collect(),
-                    waits,
                 })
             }
 
