@@ -2730,14 +2730,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true)
-            // Each connection keeps up to 64 MiB of pages (SQLite's default is 2 MiB): the writer's
-            // B-tree leaves stay in memory instead of being read back from the OS on every batch.
-            .pragma("cache_size", "-65536")
-            // Statement journals and sorts stay in memory: a multi-row insert inside the batch's
-            // transaction otherwise spills its statement journal to a temporary file (as many bytes
-            // written as the write-ahead log itself).
-            .pragma("temp_store", "memory");
+            .foreign_keys(true);
         if let Some(parent) = options.get_filename().parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
@@ -2749,11 +2742,22 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options.clone())
             .await?;
-        // The writer does not checkpoint in its commits (a checkpoint there delays every webhook of
-        // the batch that crossed the threshold); a task of its own does, beside it.
+        // The writer's connection keeps up to 64 MiB of pages (SQLite's default is 2 MiB), so its
+        // B-tree leaves stay in memory instead of being read back from the OS on every batch; keeps its
+        // statement journals in memory (a multi-row insert inside the batch's transaction otherwise
+        // spills one to a temporary file: as many bytes written as the write-ahead log itself); and does
+        // not checkpoint in its commits (a checkpoint there delays every webhook of the batch that crossed
+        // the threshold): a task of its own does, beside it. The readers keep SQLite's defaults (their
+        // report statements sort faster with them).
         let writer = writer_pool::<sqlx::Sqlite>()
             .test_before_acquire(false)
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", "-65536")
+                    .pragma("temp_store", "memory")
+                    .pragma("wal_autocheckpoint", "0"),
+            )
             .await?;
         let checkpointer = writer_pool::<sqlx::Sqlite>()
             .test_before_acquire(false)
