@@ -88,7 +88,7 @@ async fn sqlite_db() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     // A directory that does not exist yet: connect must create it.
     let url = format!("sqlite://{}/nested/dir/ledger.db", dir.path().display());
-    let store = SqliteStore::connect(&url, 4).await.unwrap();
+    let store = SqliteStore::connect_writer(&url, 4).await.unwrap();
     store.migrate().await.unwrap();
     TestDb {
         store: Arc::new(store),
@@ -115,7 +115,9 @@ async fn postgres_db() -> TestDb {
     let mut url = reqwest::Url::parse(&admin_url).unwrap();
     url.set_path(&name);
     let url = url.to_string();
-    let store = store::open(&url, 4).await.unwrap();
+    let store = store::open_writer(&url, 4, handoff_ledger::quarantine::DEFAULT_BODY_CAP)
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     TestDb {
         store,
@@ -1137,7 +1139,7 @@ async fn projections_of_an_earlier_version_are_rebuilt(store: Arc<dyn Store>, db
 async fn sqlite_checkpoints_the_log_beside_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ledger.db");
-    let store = SqliteStore::connect(&format!("sqlite://{}", file.display()), 2)
+    let store = SqliteStore::connect_writer(&format!("sqlite://{}", file.display()), 2)
         .await
         .unwrap();
     store.migrate().await.unwrap();

@@ -45,7 +45,7 @@ impl Application {
         // The writer has a pool of its own, so readers can never take every connection from it; on
         // PostgreSQL the readers' statements are cut off after `store.read_timeout_ms`.
         // It also keeps the quarantine: at most `retention.quarantine_body_bytes` of each body.
-        let writer_store = store::open_keeping(
+        let writer_store = store::open_writer(
             &config.store.url,
             WRITER_CONNECTIONS,
             config.retention.quarantine_body_bytes,

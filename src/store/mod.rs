@@ -315,21 +315,36 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
 
 /// Opens the store a URL names, creating an SQLite file (and its directory) when missing.
 pub async fn open(url: &str, max_connections: u32) -> StoreResult<Arc<dyn Store>> {
-    open_keeping(url, max_connections, crate::quarantine::DEFAULT_BODY_CAP).await
+    open_as(url, max_connections, crate::quarantine::DEFAULT_BODY_CAP, false).await
 }
 
-/// Opens the store as [`open`] does, keeping at most `quarantine_body_bytes` of each body it puts in the
-/// quarantine (`retention.quarantine_body_bytes`; the writer's store is the one that writes there).
-pub async fn open_keeping(
+/// Opens the store as [`open`] does, for the service's single writer: its transactions run on a
+/// connection of their own (`SqliteStore::connect_writer`, `PostgresStore::connect_writer`), and it keeps
+/// at most `quarantine_body_bytes` of each body it puts in the quarantine (`retention.quarantine_body_bytes`;
+/// the writer's store is the one that writes there).
+pub async fn open_writer(url: &str, max_connections: u32, quarantine_body_bytes: usize) -> StoreResult<Arc<dyn Store>> {
+    open_as(url, max_connections, quarantine_body_bytes, true).await
+}
+
+async fn open_as(
     url: &str,
     max_connections: u32,
     quarantine_body_bytes: usize,
+    writer: bool,
 ) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        let store = SqliteStore::connect(url, max_connections).await?;
+        let store = if writer {
+            SqliteStore::connect_writer(url, max_connections).await?
+        } else {
+            SqliteStore::connect(url, max_connections).await?
+        };
         Ok(Arc::new(store.with_quarantine_body_bytes(quarantine_body_bytes)))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let store = PostgresStore::connect(url, max_connections).await?;
+        let store = if writer {
+            PostgresStore::connect_writer(url, max_connections).await?
+        } else {
+            PostgresStore::connect(url, max_connections).await?
+        };
         Ok(Arc::new(store.with_quarantine_body_bytes(quarantine_body_bytes)))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_string()))

@@ -827,12 +827,9 @@ macro_rules! sql_store {
             /// ([`Self::with_writer`]), so the single writer's page cache and prepared statements stay warm
             /// from batch to batch; else the readers' pool.
             writer: sqlx::Pool<$db>,
-            /// Told at the start of every write transaction (the previous one has committed), when a task
-            /// checkpoints the write-ahead log beside the writer (SQLite, [`SqliteStore::connect`]).
-            checkpoints: Option<tokio::sync::watch::Sender<()>>,
-            /// Set by the checkpointer when the write-ahead log has grown past [`WAL_RESTART_FRAMES`]: the
-            /// writer restarts it before its next transaction (see [`restart_wal`]).
-            restart_wal: std::sync::Arc<std::sync::atomic::AtomicBool>,
+            /// SQLite's checkpoints beside the writer, when the store was opened for the writer
+            /// ([`SqliteStore::connect_writer`]); told before each write transaction.
+            checkpoints: Option<WalCheckpoints>,
             /// Most bytes of a quarantined body that are kept (`retention.quarantine_body_bytes`).
             quarantine_body_bytes: usize,
         }
@@ -843,7 +840,6 @@ macro_rules! sql_store {
                 Self {
                     writer: pool.clone(),
                     checkpoints: None,
-                    restart_wal: Default::default(),
                     pool,
                     quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
                 }
@@ -870,10 +866,7 @@ macro_rules! sql_store {
             /// Opens the one write transaction a batch or a replay runs in.
             async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
                 if let Some(checkpoints) = &self.checkpoints {
-                    if self.restart_wal.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                        RestartsWal::restart_wal(self).await;
-                    }
-                    checkpoints.send_replace(());
+                    checkpoints.before_write().await;
                 }
                 let mut tx = self.writer.begin_with($begin).await?;
                 let lock: Option<&str> = $lock;
@@ -2722,33 +2715,24 @@ fn writer_pool<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
 impl SqliteStore {
     /// Opens (creating when missing, with its directory) the SQLite file a `sqlite://relative/path`
     /// or `sqlite:///absolute/path` URL names. WAL with `synchronous = FULL`: an acknowledged
-    /// webhook survives a power cut.
+    /// webhook survives a power cut. Its writes run on its pool (and checkpoint as SQLite does by
+    /// default); the service's writer opens its store with [`SqliteStore::connect_writer`].
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        if let Some(parent) = options.get_filename().parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
-            }
-        }
-        // A local file does not go away between statements: no test query before every acquire.
-        let pool = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(max_connections.max(1))
-            .connect_with(options.clone())
-            .await?;
-        // The writer's connection keeps up to 64 MiB of pages (SQLite's default is 2 MiB), so its
-        // B-tree leaves stay in memory instead of being read back from the OS on every batch; keeps its
-        // statement journals in memory (a multi-row insert inside the batch's transaction otherwise
-        // spills one to a temporary file: as many bytes written as the write-ahead log itself); and does
-        // not checkpoint in its commits (a checkpoint there delays every webhook of the batch that crossed
-        // the threshold): a task of its own does, beside it. The readers keep SQLite's defaults (their
-        // report statements sort faster with them).
+        let options = Self::options(url)?;
+        Ok(Self::from_pool(Self::pool_of(options, max_connections).await?))
+    }
+
+    /// [`SqliteStore::connect`] for the single writer: its transactions run on one connection kept open
+    /// that keeps up to 64 MiB of pages (SQLite's default is 2 MiB), so its B-tree leaves stay in memory
+    /// instead of being read back from the OS on every batch; keeps its statement journals in memory (a
+    /// multi-row insert inside the batch's transaction otherwise spills one to a temporary file: as many
+    /// bytes written as the write-ahead log itself); and does not checkpoint in its commits (a checkpoint
+    /// there delays every webhook of the batch that crossed the threshold): a task on a connection of its
+    /// own does, beside it ([`checkpoint_wal`]). Readers keep SQLite's defaults (their report statements
+    /// sort faster with them).
+    pub async fn connect_writer(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = Self::options(url)?;
+        let pool = Self::pool_of(options.clone(), max_connections).await?;
         let writer = writer_pool::<sqlx::Sqlite>()
             .test_before_acquire(false)
             .connect_with(
@@ -2763,11 +2747,65 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let (checkpoints, written) = tokio::sync::watch::channel(());
+        let (wake, written) = tokio::sync::watch::channel(());
+        let checkpoints = WalCheckpoints {
+            wake,
+            restart_due: Default::default(),
+            writer: writer.clone(),
+        };
+        tokio::spawn(checkpoint_wal(checkpointer, written, checkpoints.restart_due.clone()));
         let mut store = Self::from_pool(pool).with_writer(writer);
-        tokio::spawn(checkpoint_wal(checkpointer, written, store.restart_wal.clone()));
         store.checkpoints = Some(checkpoints);
         Ok(store)
+    }
+
+    /// The connection options of the file `url` names (its directory created).
+    fn options(url: &str) -> StoreResult<sqlx::sqlite::SqliteConnectOptions> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        if let Some(parent) = options.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+            }
+        }
+        Ok(options)
+    }
+
+    async fn pool_of(
+        options: sqlx::sqlite::SqliteConnectOptions,
+        max_connections: u32,
+    ) -> StoreResult<sqlx::Pool<sqlx::Sqlite>> {
+        // A local file does not go away between statements: no test query before every acquire.
+        Ok(sqlx::sqlite::SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(max_connections.max(1))
+            .connect_with(options)
+            .await?)
+    }
+}
+
+/// The writer's side of SQLite's checkpoints: wakes the checkpointer ([`checkpoint_wal`]) and restarts
+/// the log when it asked for that.
+#[derive(Clone)]
+struct WalCheckpoints {
+    wake: tokio::sync::watch::Sender<()>,
+    /// Set by the checkpointer when the log has grown past [`WAL_RESTART_FRAMES`].
+    restart_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: sqlx::Pool<sqlx::Sqlite>,
+}
+
+impl WalCheckpoints {
+    /// Before each write transaction (the previous one has committed).
+    async fn before_write(&self) {
+        if self.restart_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            restart_wal(&self.writer, &self.restart_due).await;
+        }
+        self.wake.send_replace(());
     }
 }
 
@@ -2805,22 +2843,6 @@ async fn checkpoint_wal(
     }
 }
 
-/// What a store does when its checkpointer asks for the log to restart (SQLite only).
-trait RestartsWal {
-    async fn restart_wal(&self);
-}
-
-impl RestartsWal for SqliteStore {
-    async fn restart_wal(&self) {
-        restart_wal(&self.writer, &self.restart_wal).await;
-    }
-}
-
-impl RestartsWal for PostgresStore {
-    /// PostgreSQL has no checkpointer of ours: never asked.
-    async fn restart_wal(&self) {}
-}
-
 /// Restarts the write-ahead log from the writer's connection between two transactions: copies back what
 /// the passive checkpoints have not yet (little) and, when no reader still reads from the log, lets the
 /// next transaction write it from its beginning. Waits at most 50 ms for readers (an export or a replay
@@ -2853,8 +2875,14 @@ impl PostgresStore {
             .max_connections(max_connections.max(1))
             .connect(url)
             .await?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// [`PostgresStore::connect`] for the single writer: its transactions run on one connection kept open
+    /// (its prepared statements stay with it).
+    pub async fn connect_writer(url: &str, max_connections: u32) -> StoreResult<Self> {
         let writer = writer_pool::<sqlx::Postgres>().connect(url).await?;
-        Ok(Self::from_pool(pool).with_writer(writer))
+        Ok(Self::connect(url, max_connections).await?.with_writer(writer))
     }
 }
 
