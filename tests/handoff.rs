@@ -73,6 +73,18 @@ async fn spawn_on(store: FreshStore, mock: &MockServer, customize: impl FnOnce(&
     common::start_on(store, config_for(mock), customize).await
 }
 
+/// Gives `first` (a service whose outbox does not reach `mock`) time to send, checks it sent nothing,
+/// stops it and starts the service again on `store`.
+async fn restart_having_sent_nothing(first: Application, store: FreshStore, mock: &MockServer) -> TestApp {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        mock.received_requests().await.unwrap().is_empty(),
+        "nothing sent before the restart"
+    );
+    drop(first);
+    spawn_on(store, mock, |_| {}).await
+}
+
 impl TestApp {
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let res = self
@@ -1043,14 +1055,7 @@ async fn commands_recorded_before_a_crash_are_sent_after_the_restart() {
         .await
         .unwrap();
     let id = recorded[0].conversation_id.unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        mock.received_requests().await.unwrap().is_empty(),
-        "nothing sent before the restart"
-    );
-    drop(first);
-
-    let app = spawn_on(store, &mock, |_| {}).await;
+    let app = restart_having_sent_nothing(first, store, &mock).await;
     wait_until("the re-sent message", || async {
         received(&mock, "/aivo/").await.len() == 1
     })
@@ -1206,14 +1211,7 @@ async fn a_relay_committed_with_its_trigger_is_sent_after_a_crash_and_only_once(
         .await
         .unwrap();
     assert_eq!(linked[1].relays.len(), 1, "the widget's update committed with the link");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        mock.received_requests().await.unwrap().is_empty(),
-        "nothing sent before the restart"
-    );
-    drop(first);
-
-    let app = spawn_on(store, &mock, |_| {}).await;
+    let app = restart_having_sent_nothing(first, store, &mock).await;
     let calls = wait_widget_calls(&mock, 1).await;
     assert_eq!(
         calls,
