@@ -75,6 +75,31 @@ struct Args {
     /// Time no report (seed and/or ship only).
     #[arg(long)]
     no_reports: bool,
+    /// Reports timed: `sla`, `dispositions` (each over the same queries).
+    #[arg(long, default_value = "sla")]
+    reports: String,
+    /// Every shape of query (hourly and daily, each not grouped and by platform, queue, agent), not only
+    /// the three of the first figures.
+    #[arg(long)]
+    all_shapes: bool,
+    /// Write each answer's rows (of the last source, last run) to this directory, one JSON file per report
+    /// and query, to compare two builds byte for byte.
+    #[arg(long)]
+    dump: Option<std::path::PathBuf>,
+}
+
+/// CPU seconds (user + system) this process has used so far, service included (it runs in-process).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which ends with the last ')'): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -194,7 +219,7 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
     tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::new();
     let at = |d: i64| (start + Duration::days(d)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let queries = [
+    let mut queries = vec![
         (
             format!("{} days, hourly, no grouping", args.days),
             format!("since={}&until={}&interval=hour", at(0), at(args.days)),
@@ -216,8 +241,26 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
             ),
         ),
     ];
-    println!();
-    println!("## GET /v1/reports/sla on the service (median of {} runs)", args.runs);
+    if args.all_shapes {
+        queries.insert(
+            1,
+            (
+                format!("{} days, hourly, by platform, queue, agent", args.days),
+                format!(
+                    "since={}&until={}&interval=hour&group_by=platform,queue,agent",
+                    at(0),
+                    at(args.days)
+                ),
+            ),
+        );
+        queries.insert(
+            2,
+            (
+                format!("{} days, daily, no grouping", args.days),
+                format!("since={}&until={}&interval=day", at(0), at(args.days)),
+            ),
+        );
+    }
     let sources: Vec<&str> = args
         .sources
         .split(',')
@@ -228,45 +271,71 @@ async fn time_reports(args: &Args, start: DateTime<Utc>) -> anyhow::Result<()> {
         sources.iter().all(|s| ["clickhouse", "store"].contains(s)),
         "--sources takes clickhouse and store"
     );
-    if sources.len() == 2 {
-        println!("| query | ClickHouse | rows | store | rows | offered (both) |");
-        println!("|---|---|---|---|---|---|");
-    } else {
-        println!("| query | {} | rows | offered |", sources.join(""));
-        println!("|---|---|---|---|");
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir)?;
     }
-    for (label, q) in &queries {
-        let mut results = Vec::new();
-        for &source in &sources {
-            let mut times = Vec::new();
-            let mut body = Value::Null;
-            for _ in 0..args.runs.max(1) {
-                let started = Instant::now();
-                let res = client
-                    .get(format!("{base}/v1/reports/sla?{q}&source={source}"))
-                    .send()
-                    .await?;
-                anyhow::ensure!(res.status().is_success(), "{source} {q}: {}", res.status());
-                body = res.json().await?;
-                times.push(started.elapsed().as_secs_f64());
-            }
-            let rows = body["rows"].as_array().cloned().unwrap_or_default();
-            let offered: u64 = rows.iter().filter_map(|r| r["offered"].as_u64()).sum();
-            results.push((median(times), rows.len(), offered));
-        }
-        if let [(secs, rows, offered)] = results[..] {
-            println!("| {label} | {secs:.3} s | {rows} | {offered} |");
-            continue;
-        }
-        let (ch, st) = (results[0], results[1]);
+    for report in args.reports.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         anyhow::ensure!(
-            ch.1 == st.1 && ch.2 == st.2,
-            "the sources disagree on {label}: {ch:?} {st:?}"
+            ["sla", "dispositions"].contains(&report),
+            "--reports takes sla and dispositions"
         );
+        println!();
         println!(
-            "| {label} | {:.3} s | {} | {:.3} s | {} | {} |",
-            ch.0, ch.1, st.0, st.1, ch.2
+            "## GET /v1/reports/{report} on the service (median of {} runs; CPU: the process's user + system)",
+            args.runs
         );
+        if sources.len() == 2 {
+            println!("| query | ClickHouse | rows | store | CPU | rows | offered (both) |");
+            println!("|---|---|---|---|---|---|---|");
+        } else {
+            println!("| query | {} | CPU | rows | offered |", sources.join(""));
+            println!("|---|---|---|---|---|");
+        }
+        for (n, (label, q)) in queries.iter().enumerate() {
+            let mut results = Vec::new();
+            for &source in &sources {
+                let mut times = Vec::new();
+                let mut cpu = Vec::new();
+                let mut body = Value::Null;
+                for _ in 0..args.runs.max(1) {
+                    let started = Instant::now();
+                    let cpu_before = cpu_seconds();
+                    let res = client
+                        .get(format!("{base}/v1/reports/{report}?{q}&source={source}"))
+                        .send()
+                        .await?;
+                    anyhow::ensure!(res.status().is_success(), "{source} {q}: {}", res.status());
+                    body = res.json().await?;
+                    times.push(started.elapsed().as_secs_f64());
+                    cpu.push(cpu_seconds() - cpu_before);
+                }
+                let rows = body["rows"].as_array().cloned().unwrap_or_default();
+                let offered: u64 = rows
+                    .iter()
+                    .filter_map(|r| r["offered"].as_u64().or(r["completed"].as_u64()))
+                    .sum();
+                if let Some(dir) = &args.dump {
+                    std::fs::write(
+                        dir.join(format!("{report}-{n}.json")),
+                        serde_json::to_string_pretty(&body["rows"])?,
+                    )?;
+                }
+                results.push((median(times), median(cpu), rows.len(), offered));
+            }
+            if let [(secs, cpu, rows, offered)] = results[..] {
+                println!("| {label} | {secs:.3} s | {cpu:.2} s | {rows} | {offered} |");
+                continue;
+            }
+            let (ch, st) = (results[0], results[1]);
+            anyhow::ensure!(
+                ch.2 == st.2 && ch.3 == st.3,
+                "the sources disagree on {label}: {ch:?} {st:?}"
+            );
+            println!(
+                "| {label} | {:.3} s | {} | {:.3} s | {:.2} s | {} | {} |",
+                ch.0, ch.2, st.0, st.1, st.2, ch.3
+            );
+        }
     }
     Ok(())
 }

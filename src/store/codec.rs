@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::report::ExactTime;
 use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
 use crate::model::{
     Conversation, Disposition, HandoffState, Message, NewEvent, Platform, QuarantineEntry, Redrive, SlaStatus,
@@ -328,6 +329,13 @@ pub(crate) const HANDOFF_COLUMNS: &[&str] = &[
     "report_handle_seconds",
     "first_response_at",
     "answered_wait_key",
+    "disposition_at",
+    "report_first_response_whole",
+    "report_first_response_frac_hi",
+    "report_first_response_frac_lo",
+    "report_handle_whole",
+    "report_handle_frac_hi",
+    "report_handle_frac_lo",
 ];
 
 /// One row per handoff of `c`, numbered from 0 in order.
@@ -337,6 +345,20 @@ pub(crate) fn handoff_rows(c: &Conversation) -> StoreResult<Vec<Row>> {
         .enumerate()
         .map(|(ordinal, h)| {
             let answered_wait = metrics::wait_seconds(h).filter(|_| metrics::is_answered(h));
+            let first_response = metrics::first_response_seconds(h);
+            let handle = metrics::handle_seconds(h);
+            // The instant a disposition is credited at, when the handoff has one (`store::report`).
+            let disposition_at = h
+                .disposition
+                .and(h.closed_at.or(h.attended_at).or(h.queued_at).or(h.requested_at));
+            let parts = |seconds: Option<f64>| {
+                let parts = seconds.and_then(ExactTime::of);
+                [
+                    Bind::OptInt(parts.map(|p| p.whole)),
+                    Bind::OptInt(parts.map(|p| p.frac_hi)),
+                    Bind::OptInt(parts.map(|p| p.frac_lo)),
+                ]
+            };
             Ok(vec![
                 Bind::Text(c.id.to_string()),
                 Bind::Int(ordinal as i64),
@@ -364,11 +386,16 @@ pub(crate) fn handoff_rows(c: &Conversation) -> StoreResult<Vec<Row>> {
                 Bind::Int(i64::from(metrics::is_missed(h))),
                 Bind::OptFloat(answered_wait),
                 Bind::OptFloat(metrics::unanswered_wait_seconds(h)),
-                Bind::OptFloat(metrics::first_response_seconds(h)),
-                Bind::OptFloat(metrics::handle_seconds(h)),
+                Bind::OptFloat(first_response),
+                Bind::OptFloat(handle),
                 Bind::OptInt(metrics::first_response_at(h).map(to_micros)),
                 Bind::OptInt(answered_wait.map(super::report::wait_key)),
-            ])
+                Bind::OptInt(disposition_at.map(to_micros)),
+            ]
+            .into_iter()
+            .chain(parts(first_response))
+            .chain(parts(handle))
+            .collect())
         })
         .collect()
 }
