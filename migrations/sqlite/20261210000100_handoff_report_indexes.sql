@@ -25,7 +25,7 @@ CREATE INDEX handoffs_report_offered ON handoffs (queued_at / 3600000000, backen
     WHERE queued_at IS NOT NULL;
 CREATE INDEX handoffs_report_answered ON handoffs (attended_at / 3600000000, backend, queue, answered, agent,
     sla_status, answered_wait_seconds, answered_wait_key)
-    WHERE answered = 1;
+    WHERE attended_at IS NOT NULL;
 CREATE INDEX handoffs_report_closed ON handoffs (closed_at / 3600000000, backend, queue, answered, agent,
     abandoned, missed, unanswered_wait_seconds, report_handle_seconds,
     report_handle_whole, report_handle_frac_hi, report_handle_frac_lo)

@@ -332,7 +332,10 @@ impl HandoffReportQuery {
                     ],
                     no_sum(),
                     "string_agg(CAST(h.answered_wait_key AS TEXT), ',')",
-                    " AND h.answered = 1",
+                    // Answered is attended (`metrics::is_answered`): every row with an `attended_at` has
+                    // `answered` = 1. No filter on `answered` itself: SQLite would then take the column as
+                    // constant and sort the rows grouped by agent instead of reading them in index order.
+                    "",
                 )
             }
             Instant::Closed => (
