@@ -459,9 +459,10 @@ fn count(n: i64) -> u64 {
 /// milliseconds is at least 2^-10 seconds, so its lowest bit is worth at least 2^-62) in three parts, the
 /// whole seconds (floor) and the fraction's upper and lower 31 bits. The integer sums add up in any order and
 /// grouping to the same total, and [`ExactTime::sum`] rounds that total once: the sum of the very `f64`s,
-/// correctly rounded, which is what SQLite's compensated `SUM` of the `f64`s gives (to the last bit, but for
-/// a total within a few units of the 100th bit of a rounding tie). A time that has no such parts (not a
-/// multiple of 2^-62, or 2^40 seconds and more) keeps `NULL` parts and is summed as a float beside them.
+/// correctly rounded (SQLite's compensated `SUM` of the `f64`s, which the statements used before, gave the
+/// same bits in every answer compared; PostgreSQL's plain `SUM` of them depends on the order it reads them).
+/// A time that has no such parts (not a multiple of 2^-62, or 2^40 seconds and more) keeps `NULL` parts and
+/// is summed as a float beside them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ExactTime {
     /// Whole seconds (floor), |whole| < 2^40.
