@@ -201,16 +201,6 @@ fn known_events_sql(ids: InList) -> String {
     )
 }
 
-/// The log's head (a row with no event id: its seq, and its hash where the payload goes) and
-/// [`known_events_sql`]'s rows of `ids`: what a batch reads first, in one statement.
-fn head_and_known_sql(ids: InList) -> String {
-    format!(
-        "SELECT NULL, h.seq, NULL, NULL, NULL, h.hash, NULL, NULL FROM ({}) h UNION ALL {}",
-        chained::SQL_HEAD,
-        known_events_sql(ids)
-    )
-}
-
 /// A row of [`known_events_sql`].
 type KnownRow = (String, i64, String, String, i64, String, Option<String>, Option<String>);
 
@@ -302,20 +292,47 @@ fn delete_in_sql(table: &str, column: &str, ids: InList) -> String {
     format!("DELETE FROM {table} WHERE {column} {ids}")
 }
 
-/// The conversation of each stream `(platform, external_id)` of `$1..$2n` (SQLite: the pairs' values
-/// in turn).
-fn stream_conversations_sql(n: usize) -> String {
-    let pairs = (0..n)
-        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("SELECT platform, external_id, conversation_id FROM streams WHERE (platform, external_id) IN ({pairs})")
+/// The conversation of each stream of `streams` (a [`Dialect::streams_named`]).
+fn stream_conversations_sql(streams: &str) -> String {
+    format!("SELECT s.platform, s.external_id, s.conversation_id FROM {streams}")
 }
 
-/// PostgreSQL's [`stream_conversations_sql`]: the platforms in array `$1`, the external ids in array `$2`.
-const SQL_STREAM_CONVERSATIONS_PG: &str = "SELECT s.platform, s.external_id, s.conversation_id FROM streams s \
-     JOIN UNNEST($1::text[], $2::text[]) AS k (platform, external_id) \
-     ON s.platform = k.platform AND s.external_id = k.external_id";
+/// What a batch reads first, in one statement, tagged: the log's head (`head`: its seq, and its hash
+/// where the payload goes), [`known_events_sql`]'s rows of `ids` (`event`), and the conversation of each
+/// stream of `streams` (a [`Dialect::streams_named`]; `stream`: the conversation where the event id goes).
+fn batch_reads_sql(ids: InList, streams: &str) -> String {
+    format!(
+        "SELECT 'head', NULL, h.seq, NULL, NULL, NULL, h.hash, NULL, NULL FROM ({}) h \
+         UNION ALL SELECT 'event', e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, \
+         x.payload_sha256, e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq \
+         WHERE e.event_id {ids} \
+         UNION ALL SELECT 'stream', s.conversation_id, NULL, s.platform, s.external_id, NULL, NULL, NULL, NULL \
+         FROM {streams}",
+        chained::SQL_HEAD
+    )
+}
+
+/// A row of [`batch_reads_sql`].
+type BatchRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A stream's conversation as read: `(platform, external_id, conversation_id)`.
+type StreamRow = (String, String, String);
+
+/// The streams a batch files its events under, each once, in order (none for events filed under none).
+fn filing_keys<'k>(keys: &[&'k StreamKey]) -> Vec<&'k StreamKey> {
+    let keys: BTreeSet<&StreamKey> = keys.iter().copied().filter(|k| !k.external_id.is_empty()).collect();
+    keys.into_iter().collect()
+}
 
 /// An appended (or recognised) event waiting for its conversation to be known after the whole batch.
 struct Pending {
@@ -517,8 +534,9 @@ pub(super) trait Dialect: sqlx::Database {
     fn list(first: usize, n: usize) -> InList;
     /// Binds the values of a list named by [`Dialect::list`].
     fn bind_list<'q>(args: &mut Self::Arguments<'q>, values: Vec<String>) -> StoreResult<()>;
-    /// The statement that reads the conversation of each of `n` streams, and its values.
-    fn stream_conversations<'q>(streams: &[&StreamKey]) -> StoreResult<(String, Self::Arguments<'q>)>;
+    /// `streams s` restricted to the rows of `streams` (from placeholder `first` on), for a `FROM`
+    /// clause; binds their values.
+    fn streams_named<'q>(first: usize, streams: &[&StreamKey], args: &mut Self::Arguments<'q>) -> StoreResult<String>;
     /// The statements that run `writes`, in order, with their values.
     fn write_statements<'q>(writes: Vec<Write>) -> StoreResult<Vec<(String, Self::Arguments<'q>)>>;
 }
@@ -539,14 +557,21 @@ impl Dialect for sqlx::Sqlite {
         Ok(())
     }
 
-    fn stream_conversations<'q>(streams: &[&StreamKey]) -> StoreResult<(String, Self::Arguments<'q>)> {
+    /// `(platform, external_id) IN (($first, $first+1), ...)`, the pairs' values in turn.
+    fn streams_named<'q>(first: usize, streams: &[&StreamKey], args: &mut Self::Arguments<'q>) -> StoreResult<String> {
         use sqlx::Arguments as _;
-        let mut args = Self::Arguments::default();
+        if streams.is_empty() {
+            return Ok("streams s WHERE 1 = 0".to_string());
+        }
+        let pairs = (0..streams.len())
+            .map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
         for stream in streams {
             args.add(stream.platform.as_str().to_string()).map_err(encode_error)?;
             args.add(stream.external_id.clone()).map_err(encode_error)?;
         }
-        Ok((stream_conversations_sql(streams.len()), args))
+        Ok(format!("streams s WHERE (s.platform, s.external_id) IN ({pairs})"))
     }
 
     /// One multi-statement call: each placeholder is written `?` and takes the next value, across
@@ -607,14 +632,18 @@ impl Dialect for sqlx::Postgres {
         args.add(values).map_err(encode_error)
     }
 
-    fn stream_conversations<'q>(streams: &[&StreamKey]) -> StoreResult<(String, Self::Arguments<'q>)> {
+    /// The platforms in array `$first`, the external ids in array `$first+1`.
+    fn streams_named<'q>(first: usize, streams: &[&StreamKey], args: &mut Self::Arguments<'q>) -> StoreResult<String> {
         use sqlx::Arguments as _;
-        let mut args = Self::Arguments::default();
         let platforms: Vec<String> = streams.iter().map(|s| s.platform.as_str().to_string()).collect();
         let external_ids: Vec<String> = streams.iter().map(|s| s.external_id.clone()).collect();
         args.add(platforms).map_err(encode_error)?;
         args.add(external_ids).map_err(encode_error)?;
-        Ok((SQL_STREAM_CONVERSATIONS_PG.to_string(), args))
+        Ok(format!(
+            "streams s JOIN UNNEST(${first}::text[], ${}::text[]) AS k (platform, external_id) \
+             ON s.platform = k.platform AND s.external_id = k.external_id",
+            first + 1
+        ))
     }
 
     /// Each run of inserts as one statement (data-modifying `WITH` clauses: one round trip; the inserts
@@ -1265,19 +1294,28 @@ macro_rules! sql_store {
             }
 
             /// Reads what a batch needs to file its events: the conversation of every stream it
-            /// names and the aliases of the service's own stream ids.
+            /// names and the aliases of the service's own stream ids. `read`: the rows of the first
+            /// [`Self::STREAMS_CHUNK`] of [`filing_keys`], when the caller has read them already.
             async fn load_filing(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 keys: &[&StreamKey],
+                mut read: Option<Vec<StreamRow>>,
             ) -> StoreResult<Filing> {
                 let mut filing = Filing::default();
-                let keys: BTreeSet<&StreamKey> = keys.iter().copied().filter(|k| !k.external_id.is_empty()).collect();
-                let keys: Vec<&StreamKey> = keys.into_iter().collect();
-                for chunk in keys.chunks((<$db as Dialect>::LIST_CHUNK / 2).max(1)) {
-                    let (sql, args) = <$db as Dialect>::stream_conversations(chunk)?;
-                    let query = sqlx::query_as_with::<_, (String, String, String), _>(&sql, args)
-                        .persistent(<$db as Dialect>::CONSTANT_LISTS);
-                    for (platform, external_id, id) in query.fetch_all(&mut *conn).await? {
+                let keys = filing_keys(keys);
+                for chunk in keys.chunks(Self::STREAMS_CHUNK) {
+                    let rows = match read.take() {
+                        Some(rows) => rows,
+                        None => {
+                            let mut args = <$db as sqlx::Database>::Arguments::default();
+                            let sql = stream_conversations_sql(&<$db as Dialect>::streams_named(1, chunk, &mut args)?);
+                            sqlx::query_as_with::<_, StreamRow, _>(&sql, args)
+                                .persistent(<$db as Dialect>::CONSTANT_LISTS)
+                                .fetch_all(&mut *conn)
+                                .await?
+                        }
+                    };
+                    for (platform, external_id, id) in rows {
                         filing
                             .streams
                             .insert(codec::stream_key(&platform, external_id)?, Some(codec::parse_uuid(&id)?));
@@ -1459,45 +1497,50 @@ macro_rules! sql_store {
                     .collect()
             }
 
-            /// The log's head (last seq and its hash) and [`Self::known_events`] of `ids`: one round trip
-            /// when the ids fit in one list.
-            async fn head_and_known(
+            /// Streams named per statement (two values each).
+            const STREAMS_CHUNK: usize = if <$db as Dialect>::LIST_CHUNK / 2 > 0 { <$db as Dialect>::LIST_CHUNK / 2 } else { 1 };
+
+            /// What a batch reads first: the log's head (last seq and its hash), [`Self::known_events`] of
+            /// `ids`, and the conversations of the first [`Self::STREAMS_CHUNK`] of the [`filing_keys`] of
+            /// `keys` (for [`Self::load_filing`]): one round trip when the ids fit in one list.
+            async fn batch_reads(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
-            ) -> StoreResult<(i64, chain::Sha256Digest, HashMap<Uuid, Known>)> {
-                type HeadOrKnownRow = (
-                    Option<String>,
-                    i64,
-                    Option<String>,
-                    Option<String>,
-                    Option<i64>,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                );
+                keys: &[&StreamKey],
+            ) -> StoreResult<(i64, chain::Sha256Digest, HashMap<Uuid, Known>, Vec<StreamRow>)> {
                 let (first, rest) = ids.split_at(ids.len().min(<$db as Dialect>::LIST_CHUNK));
-                let sql = head_and_known_sql(<$db as Dialect>::list(1, first.len()));
+                let keys = filing_keys(keys);
+                let keys = &keys[..keys.len().min(Self::STREAMS_CHUNK)];
+                let list = <$db as Dialect>::list(1, first.len());
                 let mut args = <$db as sqlx::Database>::Arguments::default();
                 <$db as Dialect>::bind_list(&mut args, first.iter().map(Uuid::to_string).collect())?;
-                let rows: Vec<HeadOrKnownRow> = sqlx::query_as_with(&sql, args)
+                let streams = <$db as Dialect>::streams_named(list.next(), keys, &mut args)?;
+                let sql = batch_reads_sql(list, &streams);
+                let rows: Vec<BatchRow> = sqlx::query_as_with(&sql, args)
                     .persistent(<$db as Dialect>::CONSTANT_LISTS)
                     .fetch_all(&mut *conn)
                     .await?;
                 let mut head = None;
                 let mut known = HashMap::with_capacity(rows.len());
+                let mut filed = Vec::new();
                 for row in rows {
                     match row {
-                        (None, seq, _, _, _, hash, _, _) => head = Some((seq, hash)),
-                        (Some(id), seq, Some(platform), Some(external_id), Some(received_at), Some(payload), sha, revision_of) => {
+                        (tag, _, Some(seq), _, _, _, hash, _, _) if tag == "head" => head = Some((seq, hash)),
+                        (tag, Some(id), Some(seq), Some(platform), Some(external_id), Some(received_at), Some(payload), sha, revision_of)
+                            if tag == "event" =>
+                        {
                             let (id, k) = known_of((id, seq, platform, external_id, received_at, payload, sha, revision_of))?;
                             known.insert(id, k);
                         }
-                        (Some(id), ..) => return Err(StoreError::Corrupt(format!("event {id} read back with NULL columns"))),
+                        (tag, Some(id), _, Some(platform), Some(external_id), ..) if tag == "stream" => {
+                            filed.push((platform, external_id, id))
+                        }
+                        (tag, ..) => return Err(StoreError::Corrupt(format!("a `{tag}` row read back with NULL columns"))),
                     }
                 }
                 known.extend(Self::known_events(conn, rest).await?);
                 let seq = head.as_ref().map_or(0, |(seq, _)| *seq);
-                Ok((seq, chained::head_digest(head)?, known))
+                Ok((seq, chained::head_digest(head)?, known, filed))
             }
 
             /// One id, from what the batch knows or else the log.
@@ -1896,17 +1939,17 @@ macro_rules! sql_store {
                 // Chained here, by the only writer, so each hash follows its predecessor's.
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
-                let (last, mut prev, mut known) = Self::head_and_known(conn, &ids).await?;
-                let mut next = last + 1;
-                let batch_from = next;
-                // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
-                let mut batch: Vec<(i64, StreamKey, i64)> = Vec::new();
                 let keys: Vec<&StreamKey> = groups
                     .iter()
                     .flatten()
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
-                let mut filing = Self::load_filing(conn, &keys).await?;
+                let (last, mut prev, mut known, streams_read) = Self::batch_reads(conn, &ids, &keys).await?;
+                let mut next = last + 1;
+                let batch_from = next;
+                // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
+                let mut batch: Vec<(i64, StreamKey, i64)> = Vec::new();
+                let mut filing = Self::load_filing(conn, &keys, Some(streams_read)).await?;
                 let mut appended: Vec<(i64, std::borrow::Cow<'_, NewEvent>, String, Option<Uuid>)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
@@ -2131,7 +2174,7 @@ macro_rules! sql_store {
                     }
                     let keys: Vec<&StreamKey> =
                         decoded.iter().flat_map(|(_, s, l)| std::iter::once(s).chain(l)).collect();
-                    let mut filing = Self::load_filing(conn, &keys).await?;
+                    let mut filing = Self::load_filing(conn, &keys, None).await?;
                     for (seq, stream, links) in &decoded {
                         Self::file_event(conn, &mut filing, *seq, stream, links).await?;
                         events += 1;
