@@ -10,6 +10,8 @@
 #   bash scripts/bench-ingest.sh                   # 20,000 webhooks per run, 64 clients
 #   REQUESTS=40000 CONCURRENCY=64 bash scripts/bench-ingest.sh
 #   LEDGER_BIN=/path/to/other/handoff-ledger bash scripts/bench-ingest.sh   # measure another build (e.g. main)
+#   STORES=postgres bash scripts/bench-ingest.sh   # only these stores (the replay runs only with sqlite)
+#   PG_DB=mine_bench bash scripts/bench-ingest.sh  # the PostgreSQL database it creates and drops
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,8 @@ REQUESTS="${REQUESTS:-20000}"
 CONCURRENCY="${CONCURRENCY:-64}"
 PG_ADMIN="${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
 PORT="${PORT:-18180}"
+STORES="${STORES:-sqlite postgres}"
+PG_DB="${PG_DB:-ledger_bench}"
 
 cargo build --release --bins >&2
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -25,7 +29,7 @@ work="$(mktemp -d)"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS ledger_bench WITH (FORCE)" >/dev/null 2>&1 || true
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -63,9 +67,9 @@ serve() {
 }
 
 fresh_pg() {
-  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS ledger_bench WITH (FORCE)" >/dev/null
-  psql "$PG_ADMIN" -qc "CREATE DATABASE ledger_bench" >/dev/null
-  echo "${PG_ADMIN%/*}/ledger_bench"
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null
+  psql "$PG_ADMIN" -qc "CREATE DATABASE $PG_DB" >/dev/null
+  echo "${PG_ADMIN%/*}/$PG_DB"
 }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -78,7 +82,7 @@ read -r ceiling _ _ <<<"$(load 2000)"
 stop "$server"
 
 declare -A rate p99 half_p99
-for store in sqlite postgres; do
+for store in $STORES; do
   for per in 10 2000; do
     rooms=$((REQUESTS / per))
     [ "$rooms" -ge 1 ] || rooms=1
@@ -106,6 +110,9 @@ for store in sqlite postgres; do
   done
 done
 
+with_replay=0
+case " $STORES " in *" sqlite "*) with_replay=1 ;; esac
+if [ "$with_replay" = 1 ]; then
 echo "replay of the SQLite log (10 events per conversation, both runs) while serve answers the load generator" >&2
 # `replay` runs online beside the writer: the load generator runs against `serve` on the same database and
 # replays follow one another for as long as it runs, so every webhook it counts was answered during a replay.
@@ -132,6 +139,7 @@ echo "  $load_out" >&2
 read -r replay_load _ replay_p99 <<<"$(echo "$load_out" |
   sed -E 's/.*: ([0-9]+) webhooks\/s; latency ms p50 ([0-9.]+) p90 [0-9.]+ p99 ([0-9.]+).*/\1 \2 \3/')"
 replay_rate=$(awk -v n="$events" -v s="$replay_seconds" 'BEGIN {printf "%.0f", n / s}')
+fi
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f %%", 100 * a / b}'; }
 echo
@@ -139,7 +147,7 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| %-44s | %12s | %14s | %10s |\n' "what" "webhooks/s" "of the ceiling" "p99 ms"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..12})"
 printf '| %-44s | %12s | %14s | %10s |\n' "HTTP ceiling (no-op actix, same JSON)" "$ceiling" "100.0 %" ""
-for store in sqlite postgres; do
+for store in $STORES; do
   for per in 10 2000; do
     printf '| %-44s | %12s | %14s | %10s |\n' "$store, $per events/conversation" "${rate[$store,$per]}" \
       "$(pct "${rate[$store,$per]}" "$ceiling")" "${p99[$store,$per]}"
@@ -148,6 +156,7 @@ for store in sqlite postgres; do
     "$(pct "${rate[$store,2000]}" "${rate[$store,10]}") of 10" ""
   printf '| %-44s | %12s | %14s | %10s |\n' "$store at half its peak (open loop)" "$((${rate[$store,10]} / 2))" "" "${half_p99[$store]}"
 done
+[ "$with_replay" = 0 ] && exit 0
 printf '| %-44s | %12s | %14s | %10s |\n' "replay ($replays runs, $events events), events/s" "$replay_rate" "" ""
 printf '| %-44s | %12s | %14s | %10s |\n' "sqlite webhooks during the replays" "$replay_load" \
   "$(pct "$replay_load" "$ceiling")" "$replay_p99"

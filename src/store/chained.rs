@@ -187,17 +187,6 @@ pub(super) fn hash_rows(prev: Sha256Digest, rows: &[ChainRow]) -> StoreResult<(V
 macro_rules! chained_store {
     ($name:ident, $db:ty) => {
         impl $name {
-            /// The log's last seq (0 when empty) and the hash the next appended event chains to, in one read.
-            async fn head_in(
-                conn: &mut <$db as sqlx::Database>::Connection,
-            ) -> StoreResult<(i64, crate::chain::Sha256Digest)> {
-                let head: Option<(i64, Option<String>)> = sqlx::query_as(chained::SQL_HEAD)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                let seq = head.as_ref().map_or(0, |(seq, _)| *seq);
-                Ok((seq, chained::head_digest(head)?))
-            }
-
             /// Gives every event stored before the chain existed its hash, in seq order, one
             /// transaction per [`chained::BACKFILL_CHUNK`] rows (an interrupted backfill resumes).
             /// Returns the number of rows hashed.

@@ -56,11 +56,8 @@ pub(super) fn delete_quarantine_sql(n: usize) -> String {
     )
 }
 
-pub(super) fn erased_among_sql(n: usize) -> String {
-    format!(
-        "SELECT DISTINCT conversation_id FROM erased_conversations WHERE conversation_id IN ({})",
-        super::sql::placeholders(1, n)
-    )
+pub(super) fn erased_among_sql(ids: super::sql::InList) -> String {
+    format!("SELECT DISTINCT conversation_id FROM erased_conversations WHERE conversation_id {ids}")
 }
 
 /// A stored erasure row: `(id, at, conversation_ids, seq, chain_head)`.

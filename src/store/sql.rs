@@ -1,14 +1,16 @@
 //! The SQL backends. One implementation of the store's logic, expanded by `sql_store!` for SQLite
 //! and for PostgreSQL. Every statement is a constant below or built by `codec`, the same text on both
 //! backends (`$n` placeholders, `ON CONFLICT`, `RETURNING`, portable column types); only the
-//! migrations, the way a write transaction is opened, and connecting differ.
+//! migrations, the way a write transaction is opened, connecting, and how lists of values and a
+//! batch's writes are bound ([`Dialect`]: SQLite a placeholder per value, PostgreSQL one array per
+//! list or column, so that its statements keep their text and stay prepared) differ.
 //!
 //! # The write path
 //!
 //! A batch costs a constant number of round trips, whatever its size and however long its
 //! conversations are:
-//! 1. the log's head (last seq and hash), the ids already stored, and the stream -> conversation map
-//!    of every stream the batch names are read once ([`Filing`]);
+//! 1. the log's head (last seq and hash) with the ids already stored (one statement), and the
+//!    stream -> conversation map of every stream the batch names are read once ([`Filing`]);
 //! 2. each event is filed in memory (new streams, links); only a merge (rare) goes to the database
 //!    at once, after flushing what is pending so it sees the log as it stands;
 //! 3. every touched conversation's kept fold state and stored streams are read in one statement and
@@ -17,7 +19,8 @@
 //!    (after the batch's rows are written, so the refold reads them);
 //! 4. events, new streams, conversation rows, new transcript lines, changed handoff rows and agent
 //!    rows are written with multi-row statements, gathered in [`Writes`] and run together: on SQLite
-//!    one call; a conversation whose indexed columns did not change updates none of its indexes;
+//!    one call, on PostgreSQL one statement of `UNNEST` arrays per run of inserts; a conversation
+//!    whose indexed columns did not change updates none of its indexes;
 //! 5. the relay planner's reads (the latest queue call of the conversations that need it) are one
 //!    statement, and the commands it plans are appended in the same transaction.
 
@@ -151,36 +154,96 @@ pub(super) fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-fn event_ids_sql(n: usize) -> String {
-    format!("SELECT event_id FROM events WHERE event_id IN ({})", placeholders(1, n))
+/// How a statement names a list of values: `IN ($first, ..., $(first + n - 1))`, a placeholder per value
+/// (SQLite), or `= ANY($first)`, one array (PostgreSQL: the statement's text is the same whatever the
+/// list's length, so the connection parses and plans it once and keeps it prepared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum InList {
+    Values { first: usize, n: usize },
+    Array { first: usize },
 }
 
-fn known_events_sql(n: usize) -> String {
+impl InList {
+    /// The first placeholder after the list.
+    pub(super) fn next(self) -> usize {
+        match self {
+            InList::Values { first, n } => first + n,
+            InList::Array { first } => first + 1,
+        }
+    }
+
+    /// A list of as many values right after this one.
+    fn following(self) -> InList {
+        match self {
+            InList::Values { n, .. } => InList::Values { first: self.next(), n },
+            InList::Array { .. } => InList::Array { first: self.next() },
+        }
+    }
+}
+
+impl std::fmt::Display for InList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InList::Values { first, n } => write!(f, "IN ({})", placeholders(*first, *n)),
+            InList::Array { first } => write!(f, "= ANY(${first})"),
+        }
+    }
+}
+
+fn event_ids_sql(ids: InList) -> String {
+    format!("SELECT event_id FROM events WHERE event_id {ids}")
+}
+
+fn known_events_sql(ids: InList) -> String {
     format!(
         "SELECT e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, x.payload_sha256, \
-         e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq WHERE e.event_id IN ({})",
-        placeholders(1, n)
+         e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq WHERE e.event_id {ids}"
     )
+}
+
+/// A row of [`known_events_sql`].
+type KnownRow = (String, i64, String, String, i64, String, Option<String>, Option<String>);
+
+/// An event of the log as deduplication reads it, from its row.
+fn known_of(row: KnownRow) -> StoreResult<(Uuid, Known)> {
+    let (id, seq, platform, external_id, received_at, payload, erased_sha, revision_of) = row;
+    let stream = if external_id.is_empty() {
+        None
+    } else {
+        Some(codec::stream_key(&platform, external_id)?)
+    };
+    let payload_sha256 = match erased_sha {
+        Some(hex) => chain::from_hex(&hex)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad payload digest of erased event {seq}")))?,
+        None => chain::payload_sha256(&payload),
+    };
+    let known = Known {
+        seq,
+        stream,
+        received_at,
+        payload_sha256,
+        revision_of: revision_of.as_deref().map(codec::parse_uuid).transpose()?,
+    };
+    Ok((codec::parse_uuid(&id)?, known))
 }
 
 /// Whether a stream has an event after `$3` from another delivery than the one received at `$4`.
 const SQL_STREAM_MOVED_ON: &str = "SELECT seq FROM events WHERE platform = $1 AND external_id = $2 \
      AND seq > $3 AND received_at <> $4 LIMIT 1";
 
-/// The latest accepted queue call of each stream of the conversations `$1..$n`: for each stream the
+/// The latest accepted queue call of each stream of the conversations `ids`: for each stream the
 /// highest seq of its queue calls (one lookup in the partial index `events_queue_calls`, whose condition
 /// names the kind as a literal so that both databases use it), then those events; the caller keeps the
 /// highest per conversation. Written per stream so that neither database can plan it as a backward walk
 /// of the whole log, or a scan of every queue call.
-fn latest_queue_calls_sql(n: usize) -> String {
+fn latest_queue_calls_sql(ids: InList) -> String {
     let kind = crate::sources::ledger::QUEUE_ACCEPTED;
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
          WHERE e.seq IN (SELECT (SELECT MAX(q.seq) FROM events q WHERE q.platform = qs.platform \
            AND q.external_id = qs.external_id AND q.kind = '{kind}') \
-           FROM streams qs WHERE qs.conversation_id IN ({}))",
-        placeholders(1, n)
+           FROM streams qs WHERE qs.conversation_id {ids})"
     )
 }
 
@@ -196,51 +259,79 @@ fn attends_sql() -> String {
     )
 }
 
-fn aliases_sql(n: usize) -> String {
+fn aliases_sql(ids: InList) -> String {
+    format!("SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id {ids}")
+}
+
+fn streams_of_sql(ids: InList) -> String {
     format!(
-        "SELECT absorbed_id, survivor_id FROM aliases WHERE absorbed_id IN ({})",
-        placeholders(1, n)
+        "SELECT conversation_id, platform, external_id FROM streams WHERE conversation_id {ids} \
+         ORDER BY conversation_id, first_seq, platform, external_id"
     )
 }
 
-fn streams_of_sql(n: usize) -> String {
-    format!(
-        "SELECT conversation_id, platform, external_id FROM streams WHERE conversation_id IN ({}) \
-         ORDER BY conversation_id, first_seq, platform, external_id",
-        placeholders(1, n)
-    )
-}
-
-fn events_of_sql(n: usize) -> String {
+fn events_of_sql(ids: InList) -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM events e \
          JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
-         WHERE s.conversation_id IN ({}) ORDER BY e.seq",
-        placeholders(1, n)
+         WHERE s.conversation_id {ids} ORDER BY e.seq"
     )
 }
 
 /// The streams (`conversation_id, platform, external_id, NULL`) and the kept fold state
-/// (`id, NULL, NULL, fold`) of conversations `$1..$n`, given twice (`$n+1..$2n`).
-fn folds_and_streams_sql(n: usize) -> String {
+/// (`id, NULL, NULL, fold`) of the conversations `ids`, given twice (the second list after the first).
+fn folds_and_streams_sql(ids: InList) -> String {
     format!(
-        "SELECT conversation_id, platform, external_id, NULL FROM streams WHERE conversation_id IN ({}) \
-         UNION ALL SELECT id, NULL, NULL, fold FROM conversations WHERE id IN ({})",
-        placeholders(1, n),
-        placeholders(n + 1, n)
+        "SELECT conversation_id, platform, external_id, NULL FROM streams WHERE conversation_id {ids} \
+         UNION ALL SELECT id, NULL, NULL, fold FROM conversations WHERE id {}",
+        ids.following()
     )
 }
 
-fn delete_in_sql(table: &str, column: &str, n: usize) -> String {
-    format!("DELETE FROM {table} WHERE {column} IN ({})", placeholders(1, n))
+fn delete_in_sql(table: &str, column: &str, ids: InList) -> String {
+    format!("DELETE FROM {table} WHERE {column} {ids}")
 }
 
-fn stream_conversations_sql(n: usize) -> String {
-    let pairs = (0..n)
-        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("SELECT platform, external_id, conversation_id FROM streams WHERE (platform, external_id) IN ({pairs})")
+/// The conversation of each stream of `streams` (a [`Dialect::streams_named`]).
+fn stream_conversations_sql(streams: &str) -> String {
+    format!("SELECT s.platform, s.external_id, s.conversation_id FROM {streams}")
+}
+
+/// What a batch reads first, in one statement, tagged: the log's head (`head`: its seq, and its hash
+/// where the payload goes), [`known_events_sql`]'s rows of `ids` (`event`), and the conversation of each
+/// stream of `streams` (a [`Dialect::streams_named`]; `stream`: the conversation where the event id goes).
+fn batch_reads_sql(ids: InList, streams: &str) -> String {
+    format!(
+        "SELECT 'head', NULL, h.seq, NULL, NULL, NULL, h.hash, NULL, NULL FROM ({}) h \
+         UNION ALL SELECT 'event', e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, \
+         x.payload_sha256, e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq \
+         WHERE e.event_id {ids} \
+         UNION ALL SELECT 'stream', s.conversation_id, NULL, s.platform, s.external_id, NULL, NULL, NULL, NULL \
+         FROM {streams}",
+        chained::SQL_HEAD
+    )
+}
+
+/// A row of [`batch_reads_sql`].
+type BatchRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A stream's conversation as read: `(platform, external_id, conversation_id)`.
+type StreamRow = (String, String, String);
+
+/// The streams a batch files its events under, each once, in order (none for events filed under none).
+fn filing_keys<'k>(keys: &[&'k StreamKey]) -> Vec<&'k StreamKey> {
+    let keys: BTreeSet<&StreamKey> = keys.iter().copied().filter(|k| !k.external_id.is_empty()).collect();
+    keys.into_iter().collect()
 }
 
 /// An appended (or recognised) event waiting for its conversation to be known after the whole batch.
@@ -377,33 +468,353 @@ pub(super) struct Unwritten<'a> {
 /// indexed ones sets.
 const CONVERSATION_UNINDEXED: [&str; 4] = ["updated_at", "last_seq", "doc", "fold"];
 
-/// Statements waiting to run, in order, each with its values. A batch gathers its inserts and
-/// upserts here and runs them at once: on SQLite as one multi-statement call (one trip to the
-/// connection's thread), on PostgreSQL one after the other.
+/// Writes waiting to run, in order. A batch gathers its inserts, upserts and deletes here and runs them
+/// at once ([`Dialect::write_statements`]): on SQLite as one multi-statement call (one trip to the
+/// connection's thread); on PostgreSQL each run of inserts as one statement of arrays, whose text
+/// depends only on which tables it writes.
 #[derive(Default)]
 pub(super) struct Writes {
-    statements: Vec<(String, Vec<Bind>)>,
+    writes: Vec<Write>,
+}
+
+/// One write of [`Writes`].
+pub(super) enum Write {
+    /// `rows` into `table`'s `columns`; `suffix`: an `ON CONFLICT` clause or empty.
+    Insert {
+        table: String,
+        columns: &'static [&'static str],
+        rows: Vec<Row>,
+        suffix: String,
+    },
+    /// The rows of `table` whose `column` is one of `ids`.
+    DeleteIn {
+        table: &'static str,
+        column: &'static str,
+        ids: Vec<Uuid>,
+    },
 }
 
 impl Writes {
-    /// `rows` into `table`, with as few multi-row statements as the bind limit allows.
-    fn insert(&mut self, table: &str, columns: &[&str], rows: Vec<Row>, suffix: &str) {
-        let per_statement = (codec::MAX_BINDS / columns.len()).max(1);
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<Row> = rows.by_ref().take(per_statement).collect();
-            let sql = codec::insert_sql(table, columns, chunk.len(), suffix);
-            self.statements.push((sql, chunk.into_iter().flatten().collect()));
+    /// `rows` into `table` (nothing when there are none).
+    fn insert(&mut self, table: &str, columns: &'static [&'static str], rows: Vec<Row>, suffix: &str) {
+        if !rows.is_empty() {
+            self.writes.push(Write::Insert {
+                table: table.to_string(),
+                columns,
+                rows,
+                suffix: suffix.to_string(),
+            });
         }
     }
 
-    /// `sql(n)` (a statement over `IN ($1..$n)`) for `ids`, a chunk at a time.
-    fn for_ids(&mut self, ids: &[Uuid], sql: impl Fn(usize) -> String) {
-        for chunk in ids.chunks(IN_CHUNK) {
-            let values = chunk.iter().map(|id| Bind::Text(id.to_string())).collect();
-            self.statements.push((sql(chunk.len()), values));
+    /// Deletes the rows of `table` whose `column` is one of `ids` (nothing when there are none).
+    fn delete_in(&mut self, table: &'static str, column: &'static str, ids: &[Uuid]) {
+        if !ids.is_empty() {
+            self.writes.push(Write::DeleteIn {
+                table,
+                column,
+                ids: ids.to_vec(),
+            });
         }
     }
+}
+
+fn encode_error(e: sqlx::error::BoxDynError) -> StoreError {
+    StoreError::Database(sqlx::Error::Encode(e))
+}
+
+/// What the two databases do differently with lists of values and with a batch's writes.
+pub(super) trait Dialect: sqlx::Database {
+    /// Most values of one list bound in a statement.
+    const LIST_CHUNK: usize;
+    /// Whether a statement over a list keeps its text whatever the list's length (then the connection
+    /// keeps it prepared).
+    const CONSTANT_LISTS: bool;
+    /// How a statement names `n` values from placeholder `first`.
+    fn list(first: usize, n: usize) -> InList;
+    /// Binds the values of a list named by [`Dialect::list`].
+    fn bind_list<'q>(args: &mut Self::Arguments<'q>, values: Vec<String>) -> StoreResult<()>;
+    /// `streams s` restricted to the rows of `streams` (from placeholder `first` on), for a `FROM`
+    /// clause; binds their values.
+    fn streams_named<'q>(first: usize, streams: &[&StreamKey], args: &mut Self::Arguments<'q>) -> StoreResult<String>;
+    /// The statements that run `writes`, in order, with their values.
+    fn write_statements<'q>(writes: Vec<Write>) -> StoreResult<Vec<(String, Self::Arguments<'q>)>>;
+}
+
+impl Dialect for sqlx::Sqlite {
+    const LIST_CHUNK: usize = IN_CHUNK;
+    const CONSTANT_LISTS: bool = false;
+
+    fn list(first: usize, n: usize) -> InList {
+        InList::Values { first, n }
+    }
+
+    fn bind_list<'q>(args: &mut Self::Arguments<'q>, values: Vec<String>) -> StoreResult<()> {
+        use sqlx::Arguments as _;
+        for value in values {
+            args.add(value).map_err(encode_error)?;
+        }
+        Ok(())
+    }
+
+    /// `(platform, external_id) IN (($first, $first+1), ...)`, the pairs' values in turn.
+    fn streams_named<'q>(first: usize, streams: &[&StreamKey], args: &mut Self::Arguments<'q>) -> StoreResult<String> {
+        use sqlx::Arguments as _;
+        if streams.is_empty() {
+            return Ok("streams s WHERE 1 = 0".to_string());
+        }
+        let pairs = (0..streams.len())
+            .map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for stream in streams {
+            args.add(stream.platform.as_str().to_string()).map_err(encode_error)?;
+            args.add(stream.external_id.clone()).map_err(encode_error)?;
+        }
+        Ok(format!("streams s WHERE (s.platform, s.external_id) IN ({pairs})"))
+    }
+
+    /// One multi-statement call: each placeholder is written `?` and takes the next value, across
+    /// statements; inserts of at most [`codec::MAX_BINDS`] values each, deletes of [`IN_CHUNK`] ids.
+    fn write_statements<'q>(writes: Vec<Write>) -> StoreResult<Vec<(String, Self::Arguments<'q>)>> {
+        use sqlx::Arguments as _;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut statements = Vec::new();
+        let mut args = Self::Arguments::default();
+        for write in writes {
+            match write {
+                Write::Insert {
+                    table,
+                    columns,
+                    rows,
+                    suffix,
+                } => {
+                    let per_statement = (codec::MAX_BINDS / columns.len()).max(1);
+                    for chunk in rows.chunks(per_statement) {
+                        statements.push(anonymous_placeholders(&codec::insert_sql(
+                            &table,
+                            columns,
+                            chunk.len(),
+                            &suffix,
+                        )));
+                    }
+                    for value in rows.into_iter().flatten() {
+                        add_bind::<Self>(&mut args, value)?;
+                    }
+                }
+                Write::DeleteIn { table, column, ids } => {
+                    for chunk in ids.chunks(IN_CHUNK) {
+                        let list = Self::list(1, chunk.len());
+                        statements.push(anonymous_placeholders(&delete_in_sql(table, column, list)));
+                        for id in chunk {
+                            args.add(id.to_string()).map_err(encode_error)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(vec![(statements.join(";\n"), args)])
+    }
+}
+
+impl Dialect for sqlx::Postgres {
+    const LIST_CHUNK: usize = usize::MAX;
+    const CONSTANT_LISTS: bool = true;
+
+    fn list(first: usize, _n: usize) -> InList {
+        InList::Array { first }
+    }
+
+    fn bind_list<'q>(args: &mut Self::Arguments<'q>, values: Vec<String>) -> StoreResult<()> {
+        use sqlx::Arguments as _;
+        args.add(values).map_err(encode_error)
+    }
+
+    /// The platforms in array `$first`, the external ids in array `$first+1`.
+    fn streams_named<'q>(first: usize, streams: &[&StreamKey], args: &mut Self::Arguments<'q>) -> StoreResult<String> {
+        use sqlx::Arguments as _;
+        let platforms: Vec<String> = streams.iter().map(|s| s.platform.as_str().to_string()).collect();
+        let external_ids: Vec<String> = streams.iter().map(|s| s.external_id.clone()).collect();
+        args.add(platforms).map_err(encode_error)?;
+        args.add(external_ids).map_err(encode_error)?;
+        Ok(format!(
+            "streams s JOIN UNNEST(${first}::text[], ${}::text[]) AS k (platform, external_id) \
+             ON s.platform = k.platform AND s.external_id = k.external_id",
+            first + 1
+        ))
+    }
+
+    /// Each run of inserts as one statement (data-modifying `WITH` clauses: one round trip; the inserts
+    /// touch distinct rows, so running them in one statement changes nothing), each insert taking its
+    /// rows as one array per column ([`unnest_insert_sql`]); each delete on its own, its ids one array.
+    fn write_statements<'q>(writes: Vec<Write>) -> StoreResult<Vec<(String, Self::Arguments<'q>)>> {
+        use sqlx::Arguments as _;
+        let mut out = Vec::new();
+        let mut run: Vec<String> = Vec::new();
+        let mut args = Self::Arguments::default();
+        let mut next = 1;
+        fn close(
+            run: &mut Vec<String>,
+            args: &mut sqlx::postgres::PgArguments,
+            next: &mut usize,
+            out: &mut Vec<(String, sqlx::postgres::PgArguments)>,
+        ) {
+            let Some(last) = run.pop() else {
+                return;
+            };
+            let sql = if run.is_empty() {
+                last
+            } else {
+                let clauses: Vec<String> = run
+                    .drain(..)
+                    .enumerate()
+                    .map(|(i, sql)| format!("w{i} AS ({sql})"))
+                    .collect();
+                format!("WITH {} {last}", clauses.join(", "))
+            };
+            out.push((sql, std::mem::take(args)));
+            *next = 1;
+        }
+        for write in writes {
+            match write {
+                Write::Insert {
+                    table,
+                    columns,
+                    rows,
+                    suffix,
+                } => {
+                    let arrays = ColumnArrays::of(columns.len(), rows)?;
+                    run.push(unnest_insert_sql(&table, columns, &arrays.types(), &suffix, next));
+                    next += columns.len();
+                    arrays.bind(&mut args)?;
+                }
+                Write::DeleteIn { table, column, ids } => {
+                    close(&mut run, &mut args, &mut next, &mut out);
+                    let mut delete = Self::Arguments::default();
+                    delete
+                        .add(ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                        .map_err(encode_error)?;
+                    out.push((delete_in_sql(table, column, Self::list(1, ids.len())), delete));
+                }
+            }
+        }
+        close(&mut run, &mut args, &mut next, &mut out);
+        Ok(out)
+    }
+}
+
+/// Adds one value to a statement's arguments.
+fn add_bind<'q, DB: sqlx::Database>(args: &mut DB::Arguments<'q>, value: Bind) -> StoreResult<()>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<f64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    use sqlx::Arguments as _;
+    match value {
+        Bind::Text(v) => args.add(v),
+        Bind::Int(v) => args.add(v),
+        Bind::OptText(v) => args.add(v),
+        Bind::OptInt(v) => args.add(v),
+        Bind::OptFloat(v) => args.add(v),
+    }
+    .map_err(encode_error)
+}
+
+/// Rows as one array per column, each of the type its values bind as.
+enum ColumnArray {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+}
+
+struct ColumnArrays(Vec<ColumnArray>);
+
+impl ColumnArrays {
+    /// `rows` (of `n` values each) by column.
+    fn of(n: usize, rows: Vec<Row>) -> StoreResult<Self> {
+        let count = rows.len();
+        let mut columns: Vec<Option<ColumnArray>> = (0..n).map(|_| None).collect();
+        for row in rows {
+            if row.len() != n {
+                return Err(StoreError::Corrupt(format!(
+                    "a row of {} values for {n} columns",
+                    row.len()
+                )));
+            }
+            for (column, value) in columns.iter_mut().zip(row) {
+                let array = column.get_or_insert_with(|| match value {
+                    Bind::Text(_) | Bind::OptText(_) => ColumnArray::Text(Vec::with_capacity(count)),
+                    Bind::Int(_) | Bind::OptInt(_) => ColumnArray::Int(Vec::with_capacity(count)),
+                    Bind::OptFloat(_) => ColumnArray::Float(Vec::with_capacity(count)),
+                });
+                match (array, value) {
+                    (ColumnArray::Text(a), Bind::Text(v)) => a.push(Some(v)),
+                    (ColumnArray::Text(a), Bind::OptText(v)) => a.push(v),
+                    (ColumnArray::Int(a), Bind::Int(v)) => a.push(Some(v)),
+                    (ColumnArray::Int(a), Bind::OptInt(v)) => a.push(v),
+                    (ColumnArray::Float(a), Bind::OptFloat(v)) => a.push(v),
+                    _ => return Err(StoreError::Corrupt("a column of values of two types".into())),
+                }
+            }
+        }
+        // No rows: every column an empty array of text (inserts nothing).
+        Ok(Self(
+            columns
+                .into_iter()
+                .map(|c| c.unwrap_or(ColumnArray::Text(Vec::new())))
+                .collect(),
+        ))
+    }
+
+    /// PostgreSQL's array type of each column.
+    fn types(&self) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .map(|c| match c {
+                ColumnArray::Text(_) => "text[]",
+                ColumnArray::Int(_) => "int8[]",
+                ColumnArray::Float(_) => "float8[]",
+            })
+            .collect()
+    }
+
+    fn bind(self, args: &mut sqlx::postgres::PgArguments) -> StoreResult<()> {
+        use sqlx::Arguments as _;
+        for column in self.0 {
+            match column {
+                ColumnArray::Text(v) => args.add(v),
+                ColumnArray::Int(v) => args.add(v),
+                ColumnArray::Float(v) => args.add(v),
+            }
+            .map_err(encode_error)?;
+        }
+        Ok(())
+    }
+}
+
+/// `INSERT INTO table (columns) SELECT * FROM UNNEST($first::type, ...) suffix`: rows given as one array
+/// per column, from placeholder `first` on (PostgreSQL). Its text does not change with the number of rows.
+fn unnest_insert_sql(table: &str, columns: &[&str], types: &[&str], suffix: &str, first: usize) -> String {
+    let arrays = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "INSERT INTO {table} ({}) SELECT * FROM UNNEST({arrays})",
+        columns.join(", ")
+    );
+    if !suffix.is_empty() {
+        sql.push(' ');
+        sql.push_str(suffix);
+    }
+    sql
 }
 
 /// Conversations rebuilt per chunk of an online replay (fewer when they hold many events).
@@ -752,73 +1163,8 @@ fn anonymous_placeholders(sql: &str) -> String {
     out
 }
 
-/// PostgreSQL's form of a run of statements: each statement that is not an insert on its own, in
-/// order, and each run of inserts between them as one statement of data-modifying `WITH` clauses (one
-/// round trip; the inserts touch distinct rows, so running them in one statement changes nothing),
-/// placeholders renumbered, at most [`codec::MAX_BINDS`] values each.
-fn combine_inserts(statements: Vec<(String, Vec<Bind>)>) -> Vec<(String, Vec<Bind>)> {
-    let mut out: Vec<(String, Vec<Bind>)> = Vec::new();
-    let mut run: Vec<(String, Vec<Bind>)> = Vec::new();
-    fn close(run: &mut Vec<(String, Vec<Bind>)>, out: &mut Vec<(String, Vec<Bind>)>) {
-        let Some((last_sql, last_values)) = run.pop() else {
-            return;
-        };
-        if run.is_empty() {
-            out.push((last_sql, last_values));
-            return;
-        }
-        let (mut clauses, mut values) = (Vec::new(), Vec::new());
-        for (i, (sql, v)) in run.drain(..).enumerate() {
-            clauses.push(format!("w{i} AS ({})", renumber_placeholders(&sql, values.len())));
-            values.extend(v);
-        }
-        let main = renumber_placeholders(&last_sql, values.len());
-        values.extend(last_values);
-        out.push((format!("WITH {} {main}", clauses.join(", ")), values));
-    }
-    let mut binds = 0;
-    for (sql, values) in statements {
-        if !sql.starts_with("INSERT ") {
-            close(&mut run, &mut out);
-            binds = 0;
-            out.push((sql, values));
-            continue;
-        }
-        if binds + values.len() > codec::MAX_BINDS {
-            close(&mut run, &mut out);
-            binds = 0;
-        }
-        binds += values.len();
-        run.push((sql, values));
-    }
-    close(&mut run, &mut out);
-    out
-}
-
-/// `sql` with every `$N` placeholder written `$(N + offset)`.
-fn renumber_placeholders(sql: &str, offset: usize) -> String {
-    if offset == 0 {
-        return sql.to_string();
-    }
-    let mut out = String::with_capacity(sql.len() + sql.len() / 8);
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            let mut n = 0usize;
-            while let Some(d) = chars.next_if(char::is_ascii_digit) {
-                n = n * 10 + d.to_digit(10).map_or(0, |d| d as usize);
-            }
-            out.push('$');
-            out.push_str(&(n + offset).to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 macro_rules! sql_store {
-    ($name:ident, $db:ty, begin = $begin:expr, lock = $lock:expr, snapshot = $snapshot:expr, migrator = $migrator:expr) => {
+    ($name:ident, $db:ty, begin = $begin:expr, snapshot = $snapshot:expr, migrator = $migrator:expr) => {
         /// The store on this backend: the event log and its projections.
         #[derive(Clone)]
         pub struct $name {
@@ -868,32 +1214,14 @@ macro_rules! sql_store {
                 if let Some(checkpoints) = &self.checkpoints {
                     checkpoints.before_write().await;
                 }
-                let mut tx = self.writer.begin_with($begin).await?;
-                let lock: Option<&str> = $lock;
-                if let Some(lock) = lock {
-                    sqlx::query(lock).execute(&mut *tx).await?;
-                }
-                Ok(tx)
-            }
-
-            fn bind<'q>(
-                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
-                value: Bind,
-            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
-                match value {
-                    Bind::Text(v) => query.bind(v),
-                    Bind::Int(v) => query.bind(v),
-                    Bind::OptText(v) => query.bind(v),
-                    Bind::OptInt(v) => query.bind(v),
-                    Bind::OptFloat(v) => query.bind(v),
-                }
+                Ok(self.writer.begin_with($begin).await?)
             }
 
             /// Inserts `rows` into `table` with as few multi-row statements as the bind limit allows.
             async fn insert_rows(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 table: &str,
-                columns: &[&str],
+                columns: &'static [&'static str],
                 rows: Vec<Row>,
                 suffix: &str,
             ) -> StoreResult<()> {
@@ -902,54 +1230,35 @@ macro_rules! sql_store {
                 Self::run_writes(conn, &mut writes).await
             }
 
-            /// Runs the statements `writes` gathered, in order, and empties it. SQLite runs them as one
-            /// multi-statement call: each placeholder is written `?` and takes the next value, across
-            /// statements. PostgreSQL prepares one statement per call, so they go one by one.
+            /// Runs the writes `writes` gathered, in order, and empties it ([`Dialect::write_statements`]).
+            /// Statements of SQLite's text changes with the batch's size, so it is not kept prepared (it would
+            /// crowd the cache); PostgreSQL's is kept.
             async fn run_writes(conn: &mut <$db as sqlx::Database>::Connection, writes: &mut Writes) -> StoreResult<()> {
-                let statements = std::mem::take(&mut writes.statements);
-                if statements.is_empty() {
-                    return Ok(());
-                }
-                if <$db as sqlx::Database>::NAME == "SQLite" {
-                    let sql = statements
-                        .iter()
-                        .map(|(sql, _)| anonymous_placeholders(sql))
-                        .collect::<Vec<_>>()
-                        .join(";\n");
-                    // Statements of every batch size would crowd the prepared statement cache.
-                    let mut query = sqlx::query(&sql).persistent(false);
-                    for value in statements.into_iter().flat_map(|(_, values)| values) {
-                        query = Self::bind(query, value);
-                    }
-                    query.execute(&mut *conn).await?;
-                    return Ok(());
-                }
-                for (sql, values) in combine_inserts(statements) {
-                    let mut query = sqlx::query(&sql).persistent(false);
-                    for value in values {
-                        query = Self::bind(query, value);
-                    }
-                    query.execute(&mut *conn).await?;
+                let statements = <$db as Dialect>::write_statements(std::mem::take(&mut writes.writes))?;
+                for (sql, args) in statements {
+                    sqlx::query_with(&sql, args)
+                        .persistent(<$db as Dialect>::CONSTANT_LISTS)
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             }
 
-            /// The rows `sql(n)` (a statement over `IN ($1..$n)`) gives for `ids`, a chunk at a time.
+            /// The rows `sql(list)` (a statement over one list of ids) gives for `ids`, a chunk at a time.
             async fn rows_in<R>(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
-                sql: impl Fn(usize) -> String,
+                sql: impl Fn(InList) -> String,
             ) -> StoreResult<Vec<R>>
             where
                 R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             {
                 let mut rows = Vec::new();
-                for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, R>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
+                for chunk in ids.chunks(<$db as Dialect>::LIST_CHUNK) {
+                    let sql = sql(<$db as Dialect>::list(1, chunk.len()));
+                    let mut args = <$db as sqlx::Database>::Arguments::default();
+                    <$db as Dialect>::bind_list(&mut args, chunk.iter().map(Uuid::to_string).collect())?;
+                    let query = sqlx::query_as_with::<_, R, _>(&sql, args).persistent(<$db as Dialect>::CONSTANT_LISTS);
                     rows.extend(query.fetch_all(&mut *conn).await?);
                 }
                 Ok(rows)
@@ -985,21 +1294,28 @@ macro_rules! sql_store {
             }
 
             /// Reads what a batch needs to file its events: the conversation of every stream it
-            /// names and the aliases of the service's own stream ids.
+            /// names and the aliases of the service's own stream ids. `read`: the rows of the first
+            /// [`Self::STREAMS_CHUNK`] of [`filing_keys`], when the caller has read them already.
             async fn load_filing(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 keys: &[&StreamKey],
+                mut read: Option<Vec<StreamRow>>,
             ) -> StoreResult<Filing> {
                 let mut filing = Filing::default();
-                let keys: BTreeSet<&StreamKey> = keys.iter().copied().filter(|k| !k.external_id.is_empty()).collect();
-                let keys: Vec<&StreamKey> = keys.into_iter().collect();
-                for chunk in keys.chunks(IN_CHUNK / 2) {
-                    let sql = stream_conversations_sql(chunk.len());
-                    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql).persistent(false);
-                    for stream in chunk {
-                        query = query.bind(stream.platform.as_str()).bind(stream.external_id.clone());
-                    }
-                    for (platform, external_id, id) in query.fetch_all(&mut *conn).await? {
+                let keys = filing_keys(keys);
+                for chunk in keys.chunks(Self::STREAMS_CHUNK) {
+                    let rows = match read.take() {
+                        Some(rows) => rows,
+                        None => {
+                            let mut args = <$db as sqlx::Database>::Arguments::default();
+                            let sql = stream_conversations_sql(&<$db as Dialect>::streams_named(1, chunk, &mut args)?);
+                            sqlx::query_as_with::<_, StreamRow, _>(&sql, args)
+                                .persistent(<$db as Dialect>::CONSTANT_LISTS)
+                                .fetch_all(&mut *conn)
+                                .await?
+                        }
+                    };
+                    for (platform, external_id, id) in rows {
                         filing
                             .streams
                             .insert(codec::stream_key(&platform, external_id)?, Some(codec::parse_uuid(&id)?));
@@ -1174,31 +1490,57 @@ macro_rules! sql_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
             ) -> StoreResult<HashMap<Uuid, Known>> {
-                type KnownRow = (String, i64, String, String, i64, String, Option<String>, Option<String>);
-                let mut found = HashMap::new();
-                for (id, seq, platform, external_id, received_at, payload, erased_sha, revision_of) in
-                    Self::rows_in::<KnownRow>(conn, ids, known_events_sql).await?
-                {
-                    let stream = if external_id.is_empty() {
-                        None
-                    } else {
-                        Some(codec::stream_key(&platform, external_id)?)
-                    };
-                    let payload_sha256 = match erased_sha {
-                        Some(hex) => chain::from_hex(&hex)
-                            .ok_or_else(|| StoreError::Corrupt(format!("bad payload digest of erased event {seq}")))?,
-                        None => chain::payload_sha256(&payload),
-                    };
-                    let known = Known {
-                        seq,
-                        stream,
-                        received_at,
-                        payload_sha256,
-                        revision_of: revision_of.as_deref().map(codec::parse_uuid).transpose()?,
-                    };
-                    found.insert(codec::parse_uuid(&id)?, known);
+                Self::rows_in::<KnownRow>(conn, ids, known_events_sql)
+                    .await?
+                    .into_iter()
+                    .map(known_of)
+                    .collect()
+            }
+
+            /// Streams named per statement (two values each).
+            const STREAMS_CHUNK: usize = if <$db as Dialect>::LIST_CHUNK / 2 > 0 { <$db as Dialect>::LIST_CHUNK / 2 } else { 1 };
+
+            /// What a batch reads first: the log's head (last seq and its hash), [`Self::known_events`] of
+            /// `ids`, and the conversations of the first [`Self::STREAMS_CHUNK`] of the [`filing_keys`] of
+            /// `keys` (for [`Self::load_filing`]): one round trip when the ids fit in one list.
+            async fn batch_reads(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                ids: &[Uuid],
+                keys: &[&StreamKey],
+            ) -> StoreResult<(i64, chain::Sha256Digest, HashMap<Uuid, Known>, Vec<StreamRow>)> {
+                let (first, rest) = ids.split_at(ids.len().min(<$db as Dialect>::LIST_CHUNK));
+                let keys = filing_keys(keys);
+                let keys = &keys[..keys.len().min(Self::STREAMS_CHUNK)];
+                let list = <$db as Dialect>::list(1, first.len());
+                let mut args = <$db as sqlx::Database>::Arguments::default();
+                <$db as Dialect>::bind_list(&mut args, first.iter().map(Uuid::to_string).collect())?;
+                let streams = <$db as Dialect>::streams_named(list.next(), keys, &mut args)?;
+                let sql = batch_reads_sql(list, &streams);
+                let rows: Vec<BatchRow> = sqlx::query_as_with(&sql, args)
+                    .persistent(<$db as Dialect>::CONSTANT_LISTS)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let mut head = None;
+                let mut known = HashMap::with_capacity(rows.len());
+                let mut filed = Vec::new();
+                for row in rows {
+                    match row {
+                        (tag, _, Some(seq), _, _, _, hash, _, _) if tag == "head" => head = Some((seq, hash)),
+                        (tag, Some(id), Some(seq), Some(platform), Some(external_id), Some(received_at), Some(payload), sha, revision_of)
+                            if tag == "event" =>
+                        {
+                            let (id, k) = known_of((id, seq, platform, external_id, received_at, payload, sha, revision_of))?;
+                            known.insert(id, k);
+                        }
+                        (tag, Some(id), _, Some(platform), Some(external_id), ..) if tag == "stream" => {
+                            filed.push((platform, external_id, id))
+                        }
+                        (tag, ..) => return Err(StoreError::Corrupt(format!("a `{tag}` row read back with NULL columns"))),
+                    }
                 }
-                Ok(found)
+                known.extend(Self::known_events(conn, rest).await?);
+                let seq = head.as_ref().map_or(0, |(seq, _)| *seq);
+                Ok((seq, chained::head_digest(head)?, known, filed))
             }
 
             /// One id, from what the batch knows or else the log.
@@ -1363,15 +1705,15 @@ macro_rules! sql_store {
                 // Kept fold states and stored streams, in one read; the batch's own streams are not written yet.
                 let mut folds: HashMap<Uuid, String> = HashMap::new();
                 let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
-                for chunk in ids.chunks(IN_CHUNK / 2) {
-                    let sql = folds_and_streams_sql(chunk.len());
+                for chunk in ids.chunks((<$db as Dialect>::LIST_CHUNK / 2).max(1)) {
+                    let sql = folds_and_streams_sql(<$db as Dialect>::list(1, chunk.len()));
                     type FoldOrStream = (String, Option<String>, Option<String>, Option<String>);
-                    let mut query = sqlx::query_as::<_, FoldOrStream>(&sql).persistent(false);
+                    let mut args = <$db as sqlx::Database>::Arguments::default();
                     for _ in 0..2 {
-                        for id in chunk {
-                            query = query.bind(id.to_string());
-                        }
+                        <$db as Dialect>::bind_list(&mut args, chunk.iter().map(Uuid::to_string).collect())?;
                     }
+                    let query = sqlx::query_as_with::<_, FoldOrStream, _>(&sql, args)
+                        .persistent(<$db as Dialect>::CONSTANT_LISTS);
                     for (id, platform, external_id, fold) in query.fetch_all(&mut *conn).await? {
                         let id = codec::parse_uuid(&id)?;
                         match (platform, external_id, fold) {
@@ -1537,11 +1879,11 @@ macro_rules! sql_store {
             /// indexed columns did not change sets only the others, so no index entry is rewritten.
             fn write_into(writes: &mut Writes, written: Vec<Written>, refolded: &[Uuid]) -> StoreResult<()> {
                 for table in ["messages", "handoffs"] {
-                    writes.for_ids(refolded, |n| delete_in_sql(table, "conversation_id", n));
+                    writes.delete_in(table, "conversation_id", refolded);
                 }
                 let agents_changed: Vec<Uuid> =
                     written.iter().filter(|w| w.agents_changed).map(|w| w.conversation.id).collect();
-                writes.for_ids(&agents_changed, |n| delete_in_sql("conversation_agents", "conversation_id", n));
+                writes.delete_in("conversation_agents", "conversation_id", &agents_changed);
                 let (mut indexed, mut unindexed) = (Vec::new(), Vec::new());
                 let (mut messages, mut handoffs, mut agents) = (Vec::new(), Vec::new(), Vec::new());
                 for w in &written {
@@ -1595,20 +1937,19 @@ macro_rules! sql_store {
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
                 // Read once: this is the only writer, so the batch's seqs follow without gaps.
                 // Chained here, by the only writer, so each hash follows its predecessor's.
-                let (last, mut prev) = Self::head_in(conn).await?;
-                let mut next = last + 1;
-                let batch_from = next;
                 let ids: Vec<Uuid> = groups.iter().flatten().map(|e| e.event_id).collect();
                 // Ids already stored; events appended below join it, so duplicates inside the batch are seen too.
-                let mut known = Self::known_events(conn, &ids).await?;
-                // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
-                let mut batch: Vec<(i64, StreamKey, i64)> = Vec::new();
                 let keys: Vec<&StreamKey> = groups
                     .iter()
                     .flatten()
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
-                let mut filing = Self::load_filing(conn, &keys).await?;
+                let (last, mut prev, mut known, streams_read) = Self::batch_reads(conn, &ids, &keys).await?;
+                let mut next = last + 1;
+                let batch_from = next;
+                // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
+                let mut batch: Vec<(i64, StreamKey, i64)> = Vec::new();
+                let mut filing = Self::load_filing(conn, &keys, Some(streams_read)).await?;
                 let mut appended: Vec<(i64, std::borrow::Cow<'_, NewEvent>, String, Option<Uuid>)> = Vec::new();
                 let mut pending: Vec<Vec<Pending>> = Vec::with_capacity(groups.len());
                 for group in groups {
@@ -1833,7 +2174,7 @@ macro_rules! sql_store {
                     }
                     let keys: Vec<&StreamKey> =
                         decoded.iter().flat_map(|(_, s, l)| std::iter::once(s).chain(l)).collect();
-                    let mut filing = Self::load_filing(conn, &keys).await?;
+                    let mut filing = Self::load_filing(conn, &keys, None).await?;
                     for (seq, stream, links) in &decoded {
                         Self::file_event(conn, &mut filing, *seq, stream, links).await?;
                         events += 1;
@@ -2142,9 +2483,9 @@ macro_rules! sql_store {
                     }
                 }
                 let mut writes = Writes::default();
-                writes.for_ids(&ids, |n| delete_in_sql("conversations", "id", n));
+                writes.delete_in("conversations", "id", &ids);
                 for table in ["messages", "handoffs", "conversation_agents"] {
-                    writes.for_ids(&ids, |n| delete_in_sql(table, "conversation_id", n));
+                    writes.delete_in(table, "conversation_id", &ids);
                 }
                 let (mut conversations, mut messages, mut handoffs, mut agents) =
                     (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -2607,9 +2948,7 @@ macro_rules! sql_store {
                 let resolve = |id: &Uuid| *survivor.get(id).unwrap_or(id);
                 let resolved: Vec<Uuid> = ids.iter().map(resolve).collect::<BTreeSet<_>>().into_iter().collect();
                 let docs: Vec<(String, String)> = self
-                    .fetch_in(&resolved, |n| {
-                        format!("SELECT id, doc FROM conversations WHERE id IN ({})", placeholders(1, n))
-                    })
+                    .fetch_in(&resolved, |ids| format!("SELECT id, doc FROM conversations WHERE id {ids}"))
                     .await?;
                 let mut by_id = HashMap::with_capacity(docs.len());
                 for (id, doc) in docs {
@@ -2626,12 +2965,11 @@ macro_rules! sql_store {
 
             async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>> {
                 let rows: Vec<report::ConversationMessageRow> = self
-                    .fetch_in(ids, |n| {
+                    .fetch_in(ids, |ids| {
                         format!(
-                            "SELECT conversation_id, {} FROM messages WHERE conversation_id IN ({}) \
+                            "SELECT conversation_id, {} FROM messages WHERE conversation_id {ids} \
                              ORDER BY conversation_id, at, seq, idx",
-                            codec::MESSAGE_SELECT,
-                            placeholders(1, n)
+                            codec::MESSAGE_SELECT
                         )
                     })
                     .await?;
@@ -2647,7 +2985,7 @@ macro_rules! sql_store {
 
         impl $name {
             /// [`Self::rows_in`] on a connection of the pool.
-            async fn fetch_in<R>(&self, ids: &[Uuid], sql: impl Fn(usize) -> String) -> StoreResult<Vec<R>>
+            async fn fetch_in<R>(&self, ids: &[Uuid], sql: impl Fn(InList) -> String) -> StoreResult<Vec<R>>
             where
                 R: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             {
@@ -2679,7 +3017,6 @@ sql_store!(
     SqliteStore,
     sqlx::Sqlite,
     begin = "BEGIN IMMEDIATE",
-    lock = None,
     // A deferred transaction's first read fixes its snapshot (WAL): an online replay's reads agree.
     snapshot = "BEGIN",
     migrator = sqlx::migrate!("./migrations/sqlite")
@@ -2690,8 +3027,8 @@ sql_store!(
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
-    begin = "BEGIN",
-    lock = Some("LOCK TABLE events IN EXCLUSIVE MODE"),
+    // One round trip: the lock is taken by the statement that opens the transaction.
+    begin = "BEGIN; LOCK TABLE events IN EXCLUSIVE MODE",
     snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     migrator = sqlx::migrate!("./migrations/postgres")
 );
@@ -2879,9 +3216,14 @@ impl PostgresStore {
     }
 
     /// [`PostgresStore::connect`] for the single writer: its transactions run on one connection kept open
-    /// (its prepared statements stay with it).
+    /// (its prepared statements stay with it). That connection plans each execution of a prepared
+    /// statement for its values (`plan_cache_mode = force_custom_plan`): its statements keep their text
+    /// whatever a batch's size (arrays), and a generic plan made while a table was small (a new database
+    /// fills fast, and statistics follow a minute later) would keep scanning it whole once it is large.
     pub async fn connect_writer(url: &str, max_connections: u32) -> StoreResult<Self> {
-        let writer = writer_pool::<sqlx::Postgres>().connect(url).await?;
+        let options =
+            sqlx::postgres::PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        let writer = writer_pool::<sqlx::Postgres>().connect_with(options).await?;
         Ok(Self::connect(url, max_connections).await?.with_writer(writer))
     }
 }
@@ -2893,40 +3235,84 @@ mod tests {
     use super::*;
     use crate::model::{Disposition, HandoffState, Platform, SlaStatus};
 
+    /// A batch's writes: a delete, three inserts, a delete, an insert (each of `rows` rows).
+    fn sample_writes(rows: usize) -> Vec<Write> {
+        let mut w = Writes::default();
+        w.delete_in("t", "a", &[Uuid::nil()]);
+        let pairs = (0..rows)
+            .map(|i| vec![Bind::Int(i as i64), Bind::OptText(None)])
+            .collect();
+        w.insert("t", &["a", "b"], pairs, "");
+        w.insert(
+            "u",
+            &["c"],
+            vec![vec![Bind::OptFloat(Some(1.5))]; rows],
+            "ON CONFLICT (c) DO NOTHING",
+        );
+        w.insert("v", &["d"], vec![vec![Bind::Text("x".into())]; rows], "");
+        w.delete_in("t", "a", &[Uuid::nil(), Uuid::max()]);
+        w.insert("w", &["e"], vec![vec![Bind::OptInt(Some(5))]; rows], "");
+        w.writes
+    }
+
     #[test]
-    fn postgres_runs_of_inserts_become_one_statement_with_renumbered_placeholders() {
-        let insert = |table: &str, values: Vec<i64>| {
-            let sql = codec::insert_sql(table, &["a"], values.len(), "");
-            (sql, values.into_iter().map(Bind::Int).collect::<Vec<_>>())
+    fn postgres_runs_of_inserts_become_one_statement_of_arrays_whatever_their_rows() {
+        let statements = |rows: usize| -> Vec<String> {
+            <sqlx::Postgres as Dialect>::write_statements(sample_writes(rows))
+                .unwrap()
+                .into_iter()
+                .map(|(sql, _)| sql)
+                .collect()
         };
-        let delete = ("DELETE FROM t WHERE a IN ($1)".to_string(), vec![Bind::Int(9)]);
-        let combined = combine_inserts(vec![
-            delete.clone(),
-            insert("t", vec![1, 2]),
-            insert("u", vec![3]),
-            insert("v", vec![4]),
-            delete.clone(),
-            insert("w", vec![5]),
-        ]);
         assert_eq!(
-            combined,
+            statements(1),
             vec![
-                delete.clone(),
-                (
-                    "WITH w0 AS (INSERT INTO t (a) VALUES ($1), ($2)), w1 AS (INSERT INTO u (a) VALUES ($3)) \
-                     INSERT INTO v (a) VALUES ($4)"
-                        .to_string(),
-                    vec![Bind::Int(1), Bind::Int(2), Bind::Int(3), Bind::Int(4)]
-                ),
-                delete,
-                ("INSERT INTO w (a) VALUES ($1)".to_string(), vec![Bind::Int(5)]),
+                "DELETE FROM t WHERE a = ANY($1)".to_string(),
+                "WITH w0 AS (INSERT INTO t (a, b) SELECT * FROM UNNEST($1::int8[], $2::text[])), \
+                 w1 AS (INSERT INTO u (c) SELECT * FROM UNNEST($3::float8[]) ON CONFLICT (c) DO NOTHING) \
+                 INSERT INTO v (d) SELECT * FROM UNNEST($4::text[])"
+                    .to_string(),
+                "DELETE FROM t WHERE a = ANY($1)".to_string(),
+                "INSERT INTO w (e) SELECT * FROM UNNEST($1::int8[])".to_string(),
             ]
         );
-        assert_eq!(renumber_placeholders("x = $1 AND y = $12", 30), "x = $31 AND y = $42");
-        // A run past the bind limit is split.
-        let big = |n: usize| insert("t", vec![1; n]);
-        let split = combine_inserts(vec![big(codec::MAX_BINDS - 1), big(2)]);
-        assert_eq!(split.len(), 2);
+        // The same text for 1,000 rows (past the bind limit of the multi-row form): prepared once.
+        assert_eq!(statements(1_000), statements(1));
+        assert_eq!(statements(codec::MAX_BINDS), statements(1));
+        // Nothing to insert: no statement.
+        assert_eq!(
+            statements(0),
+            vec!["DELETE FROM t WHERE a = ANY($1)", "DELETE FROM t WHERE a = ANY($1)"]
+        );
+    }
+
+    #[test]
+    fn sqlite_writes_are_one_call_with_plain_placeholders() {
+        let statements = <sqlx::Sqlite as Dialect>::write_statements(sample_writes(2)).unwrap();
+        assert_eq!(statements.len(), 1);
+        assert_eq!(
+            statements[0].0,
+            "DELETE FROM t WHERE a IN (?);\n\
+             INSERT INTO t (a, b) VALUES (?, ?), (?, ?);\n\
+             INSERT INTO u (c) VALUES (?), (?) ON CONFLICT (c) DO NOTHING;\n\
+             INSERT INTO v (d) VALUES (?), (?);\n\
+             DELETE FROM t WHERE a IN (?, ?);\n\
+             INSERT INTO w (e) VALUES (?), (?)"
+        );
+        // Past the bind limit an insert is split.
+        let big = <sqlx::Sqlite as Dialect>::write_statements(sample_writes(codec::MAX_BINDS)).unwrap();
+        assert_eq!(big[0].0.matches("INSERT INTO t ").count(), 2);
+    }
+
+    #[test]
+    fn lists_are_placeholders_on_sqlite_and_one_array_on_postgres() {
+        let sqlite = <sqlx::Sqlite as Dialect>::list(1, 3);
+        assert_eq!(folds_and_streams_sql(sqlite).matches("IN ($1, $2, $3)").count(), 1);
+        assert_eq!(folds_and_streams_sql(sqlite).matches("IN ($4, $5, $6)").count(), 1);
+        let postgres = <sqlx::Postgres as Dialect>::list(1, 3);
+        assert_eq!(postgres, <sqlx::Postgres as Dialect>::list(1, 500));
+        assert_eq!(folds_and_streams_sql(postgres).matches("= ANY($1)").count(), 1);
+        assert_eq!(folds_and_streams_sql(postgres).matches("= ANY($2)").count(), 1);
     }
 
     #[test]
@@ -3055,7 +3441,7 @@ mod tests {
     /// queue calls: nothing that grows with the log.
     #[tokio::test]
     async fn the_latest_queue_call_is_found_through_indexes() {
-        let plan = sqlite_plan(&latest_queue_calls_sql(2), 2).await;
+        let plan = sqlite_plan(&latest_queue_calls_sql(<sqlx::Sqlite as Dialect>::list(1, 2)), 2).await;
         assert!(plan.iter().all(|step| !step.starts_with("SCAN ")), "{plan:?}");
         assert!(plan.iter().any(|step| step.contains("events_queue_calls")), "{plan:?}");
     }
