@@ -682,6 +682,13 @@ struct ChunkDiff {
 /// whether its stored conversation, message and agent rows are exactly those.
 type Folded = (Uuid, Option<ProjectionRows>, bool);
 
+/// A part of a chunk folded: its conversations folded, and their streams (to rewrite what differs).
+type FoldedPart = (Vec<Folded>, HashMap<Uuid, Vec<StreamKey>>);
+
+/// A part of a chunk as read: the log's head in its snapshot, its JSON values, and its stored handoff
+/// rows by conversation (`R`: the backend's row).
+type PartSnapshot<R> = (i64, PartRead, HashMap<Uuid, Vec<R>>);
+
 /// Chunks of conversations for an online replay: at most [`REPLAY_CONVERSATIONS`] and about
 /// [`REPLAY_EVENTS`] events each, each cut in up to `parts` parts of about as many events (one per
 /// fold thread).
@@ -723,7 +730,7 @@ fn split_chunk(chunk: &[(Uuid, u64)], events: u64, parts: usize) -> Vec<Vec<Uuid
 
 /// Folds the conversations of one part and compares their stored rows (but the handoffs) with the
 /// result; also gives the part's streams by conversation.
-fn fold_part(part: PartRead, sla: &SlaConfig) -> StoreResult<(Vec<Folded>, HashMap<Uuid, Vec<StreamKey>>)> {
+fn fold_part(part: PartRead, sla: &SlaConfig) -> StoreResult<FoldedPart> {
     let streams = replay::decode_streams(part.streams.as_deref())?;
     let mut events = replay::decode_events(part.events.as_deref())?;
     let stored = [0, 1, 2].map(|i| replay::stored_by_conversation(part.stored[i].as_deref(), STORED_KEYS[i]));
@@ -751,7 +758,7 @@ fn fold_part(part: PartRead, sla: &SlaConfig) -> StoreResult<(Vec<Folded>, HashM
 }
 
 /// Folds the parts of one chunk, each on a thread of its own (at most as many as there are cores).
-fn fold_parts(parts: Vec<PartRead>, sla: &SlaConfig) -> StoreResult<Vec<(Vec<Folded>, HashMap<Uuid, Vec<StreamKey>>)>> {
+fn fold_parts(parts: Vec<PartRead>, sla: &SlaConfig) -> StoreResult<Vec<FoldedPart>> {
     if parts.len() < 2 {
         return parts.into_iter().map(|p| fold_part(p, sla)).collect();
     }
@@ -2066,11 +2073,7 @@ macro_rules! sql_store {
             /// Reads one part of a chunk in one snapshot: the log's head, the streams, events and stored
             /// projection rows of its conversations, each table's rows as one value (see [`replay`]), and
             /// their handoff rows.
-            #[allow(clippy::type_complexity)]
-            async fn read_part(
-                &self,
-                ids: Vec<Uuid>,
-            ) -> StoreResult<(i64, PartRead, HashMap<Uuid, Vec<<$db as sqlx::Database>::Row>>)> {
+            async fn read_part(&self, ids: Vec<Uuid>) -> StoreResult<PartSnapshot<<$db as sqlx::Database>::Row>> {
                 let mut tx = self.pool.begin_with($snapshot).await?;
                 Self::replay_reads(&mut *tx).await?;
                 let head = Self::last_seq_in(&mut *tx).await?;
