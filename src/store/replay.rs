@@ -1,9 +1,10 @@
 //! The online replay's bulk reads (see `sql::replay_online`). Passing a row through sqlx costs a copy
 //! and an allocation per value and, on SQLite, a hop between the connection's thread and the runtime
 //! per row: for a replay that reads every event and every projection row once, that was most of its
-//! time. So the replay asks the database for one JSON text per conversation and table (the rows as an
-//! array of arrays, made by `json_group_array` / `json_agg`) and takes them apart here, on the fold's
-//! threads, where every value is still compared with what a rebuild writes.
+//! time. So the replay asks the database for one JSON text per part of a chunk and table (the rows of
+//! all its conversations as an array of arrays, made by `json_group_array` / `json_agg`) and takes
+//! them apart here, on the fold's threads (one part each), where every value is still compared with
+//! what a rebuild writes.
 //!
 //! Exactness: integers and text come back exactly as stored (SQLite and PostgreSQL write integers in
 //! decimal and escape text losslessly); a value of another type than the one expected (a text in an
@@ -12,18 +13,21 @@
 //! compares those rows value by value as before.
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use uuid::Uuid;
 
-use super::codec::{self, Bind, EventRow, Row};
+use super::codec::{self, Bind, Row};
 use super::{StoreError, StoreResult};
-use crate::model::StoredEvent;
+use crate::model::{StoredEvent, StreamKey};
 
-/// The columns of an event the fold reads, in the order of [`EventRow`] without the conversation id
-/// (the group's key).
+/// The columns of an event the fold reads, after the id of the conversation its stream is filed under
+/// (the rows of a part are grouped by it), in the order of [`JsonEvent`]. The delivery headers and the
+/// chain hash are not read: the fold does not look at them (the events it is given have none).
 pub(super) const EVENT_JSON_COLUMNS: &[&str] = &[
+    "s.conversation_id",
     "e.seq",
     "e.event_id",
     "e.platform",
@@ -33,14 +37,16 @@ pub(super) const EVENT_JSON_COLUMNS: &[&str] = &[
     "e.platform_at",
     "e.received_at",
     "e.payload",
-    "e.headers",
-    "e.hash",
     "e.revision_of",
 ];
 
 /// The joined streams and events a conversation's events are read from.
 pub(super) const EVENTS_FROM: &str =
     "streams s JOIN events e ON e.platform = s.platform AND e.external_id = s.external_id";
+
+/// The columns of a stream row the replay reads, and their order (that of `Store::streams_of`).
+pub(super) const STREAM_JSON_COLUMNS: &[&str] = &["conversation_id", "platform", "external_id"];
+pub(super) const STREAM_JSON_ORDER: &str = "conversation_id, first_seq, platform, external_id";
 
 /// The columns of an event the in-memory filing reads, in the order [`refile_page`] takes them.
 pub(super) const REFILE_JSON_COLUMNS: &[&str] = &["seq", "platform", "external_id", "occurred_at", "links"];
@@ -60,32 +66,39 @@ fn json_rows(sqlite: bool, columns: &[&str], order: &str) -> String {
     }
 }
 
-/// `SELECT key, <rows as one JSON array> FROM from WHERE key IN ($1..$n) GROUP BY key`: one row per
-/// conversation of `$1..$n` that has rows, with its rows' `columns` in `order`.
-pub(super) fn grouped_json_sql(sqlite: bool, from: &str, key: &str, columns: &[&str], order: &str, n: usize) -> String {
+/// `SELECT <rows as one JSON array> FROM from WHERE key IN ($1..$n)`: one value holding the rows of
+/// all the conversations `$1..$n` (each row's `columns`, the first or another naming its conversation),
+/// in `order`; `[]` or NULL when there are none. One value per part of a chunk instead of one row per
+/// conversation: each row sqlx hands over costs a wake-up of the other thread.
+pub(super) fn rows_json_sql(sqlite: bool, from: &str, key: &str, columns: &[&str], order: &str, n: usize) -> String {
     format!(
-        "SELECT {key}, {} FROM {from} WHERE {key} IN ({}) GROUP BY {key}",
+        "SELECT {} FROM {from} WHERE {key} IN ({})",
         json_rows(sqlite, columns, order),
         super::sql::placeholders(1, n)
     )
 }
 
-/// The events after seq `$1`, at most `$2` of them, as one JSON array of [`REFILE_JSON_COLUMNS`] in any
-/// order (NULL or empty when there are none).
+/// The events with a seq in `($1, $2]`, as one JSON array of [`REFILE_JSON_COLUMNS`] in any order
+/// (NULL or empty when there are none).
 pub(super) fn refile_page_sql(sqlite: bool) -> String {
     format!(
-        "SELECT {} FROM (SELECT {} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2) page",
-        json_rows(sqlite, REFILE_JSON_COLUMNS, ""),
-        REFILE_JSON_COLUMNS.join(", ")
+        "SELECT {} FROM events WHERE seq > $1 AND seq <= $2",
+        json_rows(sqlite, REFILE_JSON_COLUMNS, "")
     )
 }
 
-/// One page of the log as the filing reads it: `(seq, platform, external_id, occurred_at, links)`.
-pub(super) type RefileRow = (i64, String, String, i64, String);
+/// One event as the filing reads it: `(seq, platform, external_id, occurred_at, links)`, its texts
+/// borrowed from the page where they hold no escapes.
+pub(super) type RefileRow<'a> = (i64, Cow<'a, str>, Cow<'a, str>, i64, Cow<'a, str>);
 
 /// Takes apart a page read by [`refile_page_sql`], in seq order.
-pub(super) fn refile_page(json: &str) -> StoreResult<Vec<RefileRow>> {
-    let mut rows: Vec<RefileRow> = codec::from_json("replay page", json)?;
+pub(super) fn refile_page(json: &str) -> StoreResult<Vec<RefileRow<'_>>> {
+    let rows: Vec<(i64, Text<'_>, Text<'_>, i64, Text<'_>)> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("bad replay page JSON: {e}")))?;
+    let mut rows: Vec<RefileRow<'_>> = rows
+        .into_iter()
+        .map(|(seq, p, x, at, l)| (seq, p.0, x.0, at, l.0))
+        .collect();
     rows.sort_by_key(|row| row.0);
     Ok(rows)
 }
@@ -117,54 +130,83 @@ impl<'de> Deserialize<'de> for Text<'de> {
 
 /// An event as [`EVENT_JSON_COLUMNS`] give it.
 type JsonEvent<'a> = (
+    Text<'a>,
     i64,
     Text<'a>,
     Text<'a>,
-    String,
-    String,
+    Text<'a>,
+    Text<'a>,
     i64,
     Option<i64>,
     i64,
     Text<'a>,
-    Text<'a>,
-    Option<String>,
     Option<Text<'a>>,
 );
 
-/// The events of conversation `id` read as one JSON array of [`EVENT_JSON_COLUMNS`] (in any order), in
-/// seq order.
-pub(super) fn decode_events(id: Uuid, json: &str) -> StoreResult<Vec<StoredEvent>> {
+/// The events of a part's conversations, read as one JSON array of [`EVENT_JSON_COLUMNS`] (in any
+/// order), by conversation, each in seq order. Values are taken from the text without a copy where
+/// they hold no escapes; only the payload is parsed again (it is a JSON text in a JSON string).
+pub(super) fn decode_events(json: Option<&str>) -> StoreResult<HashMap<Uuid, Vec<StoredEvent>>> {
+    let mut out: HashMap<Uuid, Vec<StoredEvent>> = HashMap::new();
+    let Some(json) = json else {
+        return Ok(out);
+    };
     let rows: Vec<JsonEvent<'_>> =
         serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("bad replay events JSON: {e}")))?;
-    let conversation = id.to_string();
-    let mut events = rows
-        .into_iter()
-        .map(|e| {
-            let row: EventRow = (
-                e.0,
-                e.1 .0.into_owned(),
-                e.2 .0.into_owned(),
-                e.3,
-                e.4,
-                e.5,
-                e.6,
-                e.7,
-                e.8 .0.into_owned(),
-                e.9 .0.into_owned(),
-                Some(conversation.clone()),
-                e.10,
-                e.11.map(|t| t.0.into_owned()),
-            );
-            codec::decode_event(row)
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
-    events.sort_by_key(|e| e.seq);
-    Ok(events)
+    // The rows of one conversation come one after the other: its id is parsed once.
+    let mut current: Option<(String, Uuid)> = None;
+    for e in rows {
+        let conversation = match &current {
+            Some((text, id)) if *text == *e.0 .0 => *id,
+            _ => {
+                let id = codec::parse_uuid(&e.0 .0)?;
+                current = Some((e.0 .0.into_owned(), id));
+                id
+            }
+        };
+        let event = StoredEvent {
+            seq: e.1,
+            event_id: codec::parse_uuid(&e.2 .0)?,
+            platform: codec::parse_platform(&e.3 .0)?,
+            external_id: e.4 .0.into_owned(),
+            kind: e.5 .0.into_owned(),
+            occurred_at: codec::from_micros(e.6)?,
+            platform_at: e.7.map(codec::from_micros).transpose()?,
+            received_at: codec::from_micros(e.8)?,
+            conversation_id: Some(conversation),
+            headers: BTreeMap::new(),
+            payload: codec::from_json("payload", &e.9 .0)?,
+            hash: None,
+            revision_of: e.10.map(|t| codec::parse_uuid(&t.0)).transpose()?,
+        };
+        out.entry(conversation).or_default().push(event);
+    }
+    for events in out.values_mut() {
+        events.sort_by_key(|e| e.seq);
+    }
+    Ok(out)
+}
+
+/// The streams of a part's conversations, read as one JSON array of [`STREAM_JSON_COLUMNS`] in
+/// [`STREAM_JSON_ORDER`], by conversation.
+pub(super) fn decode_streams(json: Option<&str>) -> StoreResult<HashMap<Uuid, Vec<StreamKey>>> {
+    let mut out: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
+    let Some(json) = json else {
+        return Ok(out);
+    };
+    let rows: Vec<(Text<'_>, Text<'_>, Text<'_>)> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("bad replay streams JSON: {e}")))?;
+    for (id, platform, external_id) in rows {
+        out.entry(codec::parse_uuid(&id.0)?)
+            .or_default()
+            .push(codec::stream_key(&platform.0, external_id.0.into_owned())?);
+    }
+    Ok(out)
 }
 
 /// One stored value as the database wrote it into JSON.
 #[derive(Debug, PartialEq)]
-enum Stored<'a> {
+pub(super) enum Stored<'a> {
     Null,
     Int(i64),
     Float(f64),
@@ -236,19 +278,49 @@ fn same_row(stored: &[Stored<'_>], row: &Row) -> bool {
     stored.len() == row.len() && stored.iter().zip(row).all(|(s, v)| same_value(s, v))
 }
 
-/// Whether the stored rows of one conversation in one table, read as one JSON array of rows in key
-/// order (`None`: it has none), are exactly `rows` (in key order, or for a few rows in any order: the
-/// agent names' order is the database's collation). JSON that does not parse is no match.
-pub(super) fn stored_json_matches(stored: Option<&str>, rows: &[Row]) -> bool {
-    let Some(json) = stored else {
-        return rows.is_empty();
+/// One stored row as read from JSON.
+pub(super) type StoredRow<'a> = Vec<Stored<'a>>;
+
+/// The stored rows of a part's conversations in one table, read as one JSON array of rows (in key
+/// order within each conversation), by conversation: the value of column `key` names it. None when
+/// the text is not such an array (then no conversation of the part matches).
+pub(super) fn stored_by_conversation(json: Option<&str>, key: usize) -> Option<HashMap<Uuid, Vec<StoredRow<'_>>>> {
+    let mut out: HashMap<Uuid, Vec<StoredRow<'_>>> = HashMap::new();
+    let Some(json) = json else {
+        return Some(out);
     };
-    let Ok(stored) = serde_json::from_str::<Vec<Vec<Stored<'_>>>>(json) else {
-        return false;
-    };
+    let rows: Vec<StoredRow<'_>> = serde_json::from_str(json).ok()?;
+    for row in rows {
+        let id = match row.get(key) {
+            Some(Stored::Text(id)) => Uuid::parse_str(id).ok()?,
+            _ => return None,
+        };
+        out.entry(id).or_default().push(row);
+    }
+    Some(out)
+}
+
+/// Whether the stored rows of one conversation in one table (in key order; `None`: it has none) are
+/// exactly `rows` (in key order, or for a few rows in any order: the agent names' order is the
+/// database's collation).
+pub(super) fn stored_rows_match(stored: Option<&[StoredRow<'_>]>, rows: &[Row]) -> bool {
+    let stored = stored.unwrap_or(&[]);
     stored.len() == rows.len()
         && (stored.iter().zip(rows).all(|(s, r)| same_row(s, r))
             || (rows.len() <= 16 && rows.iter().all(|r| stored.iter().any(|s| same_row(s, r)))))
+}
+
+/// Whether the stored rows of one conversation in one table, read as one JSON array of rows in key
+/// order (`None`: it has none), are exactly `rows`. JSON that does not parse is no match.
+#[cfg(test)]
+fn stored_json_matches(stored: Option<&str>, rows: &[Row]) -> bool {
+    let Some(json) = stored else {
+        return rows.is_empty();
+    };
+    let Ok(stored) = serde_json::from_str::<Vec<StoredRow<'_>>>(json) else {
+        return false;
+    };
+    stored_rows_match(Some(&stored), rows)
 }
 
 #[cfg(test)]
@@ -305,14 +377,41 @@ mod tests {
     }
 
     #[test]
-    fn grouped_json_sql_reads_one_array_per_conversation_on_both_backends() {
+    fn rows_json_sql_reads_one_array_per_part_on_both_backends() {
         assert_eq!(
-            grouped_json_sql(true, "t", "k", &["a", "b"], "a", 2),
-            "SELECT k, json_group_array(json_array(a, b) ORDER BY a) FROM t WHERE k IN ($1, $2) GROUP BY k"
+            rows_json_sql(true, "t", "k", &["k", "a", "b"], "k, a", 2),
+            "SELECT json_group_array(json_array(k, a, b) ORDER BY k, a) FROM t WHERE k IN ($1, $2)"
         );
         assert_eq!(
-            grouped_json_sql(false, "t", "k", &["a", "b"], "a", 1),
-            "SELECT k, json_agg(json_build_array(a, b) ORDER BY a)::text FROM t WHERE k IN ($1) GROUP BY k"
+            rows_json_sql(false, "t", "k", &["k", "a", "b"], "k, a", 1),
+            "SELECT json_agg(json_build_array(k, a, b) ORDER BY k, a)::text FROM t WHERE k IN ($1)"
         );
+    }
+
+    #[test]
+    fn a_part_is_taken_apart_by_conversation() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let json = format!(r#"[["{a}",1,"x"],["{b}",1,"y"],["{a}",2,"z"]]"#);
+        let rows = stored_by_conversation(Some(&json), 0).unwrap();
+        let texts = |id: &Uuid| -> Vec<i64> {
+            rows[id]
+                .iter()
+                .map(|r| match r[1] {
+                    Stored::Int(v) => v,
+                    _ => -1,
+                })
+                .collect()
+        };
+        assert_eq!((texts(&a), texts(&b)), (vec![1, 2], vec![1]));
+        assert!(stored_by_conversation(Some(r#"[["not an id",1]]"#), 0).is_none());
+        assert!(stored_by_conversation(Some("not json"), 0).is_none());
+        assert!(stored_by_conversation(None, 0).unwrap().is_empty());
+        let streams = decode_streams(Some(&format!(
+            r#"[["{a}","aivo_live","r1"],["{a}","ultimate","u1"],["{b}","vcc","v"]]"#
+        )))
+        .unwrap();
+        assert_eq!(streams[&a].len(), 2);
+        assert_eq!(streams[&a][1].external_id, "u1");
+        assert_eq!(streams[&b][0].external_id, "v");
     }
 }

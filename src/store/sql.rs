@@ -819,8 +819,9 @@ fn unnest_insert_sql(table: &str, columns: &[&str], types: &[&str], suffix: &str
 
 /// Conversations rebuilt per chunk of an online replay (fewer when they hold many events).
 const REPLAY_CONVERSATIONS: usize = 1_000;
-/// Events folded per chunk of an online replay (a longer conversation makes a chunk of its own).
-const REPLAY_EVENTS: u64 = 20_000;
+/// Events folded per chunk of an online replay (a longer conversation makes a chunk of its own): small
+/// enough that reading the next chunk and folding this one overlap over most of a replay of ~50,000.
+const REPLAY_EVENTS: u64 = 8_000;
 /// Events read per round trip while re-filing the log in memory.
 const REFILE_PAGE: i64 = 50_000;
 
@@ -1009,7 +1010,32 @@ impl Refiling {
         }
         let started = self.started.entry(conversation).or_insert(occurred_at);
         *started = (*started).min(occurred_at);
-        *self.events.entry(stream.clone()).or_default() += 1;
+        match self.events.get_mut(stream) {
+            Some(n) => *n += 1,
+            None => {
+                self.events.insert(stream.clone(), 1);
+            }
+        }
+    }
+
+    /// Files the events of one page of the log (see [`replay::refile_page_sql`]) in seq order;
+    /// returns how many it held.
+    fn file_page(&mut self, json: &str) -> StoreResult<u64> {
+        let page = replay::refile_page(json)?;
+        let events = page.len() as u64;
+        for (seq, platform, external_id, occurred_at, links) in page {
+            if external_id.is_empty() {
+                continue;
+            }
+            let stream = codec::stream_key(&platform, external_id.into_owned())?;
+            let links: Vec<StreamKey> = if links == "[]" {
+                Vec::new()
+            } else {
+                codec::from_json("links", &links)?
+            };
+            self.file_event(seq, occurred_at, &stream, &links);
+        }
+        Ok(events)
     }
 
     /// Every conversation with a stream and how many events it holds, by id.
@@ -1030,16 +1056,26 @@ impl Refiling {
     }
 }
 
-/// One chunk of an online replay as read in one snapshot (`R`: the backend's row).
-struct ChunkRead<R> {
+/// One part of a chunk of an online replay as read: its conversations, and each table's rows of all
+/// of them as one JSON array (see [`replay`]). The parts of a chunk are folded on threads of their own.
+struct PartRead {
     ids: Vec<Uuid>,
-    /// The log's last seq in that snapshot.
+    /// Their events: [`replay::EVENT_JSON_COLUMNS`].
+    events: Option<String>,
+    /// Their streams: [`replay::STREAM_JSON_COLUMNS`].
+    streams: Option<String>,
+    /// Their stored rows: conversations, messages, agents (all columns, in key order).
+    stored: [Option<String>; 3],
+}
+
+/// The column of each table of [`PartRead::stored`] that names a row's conversation.
+const STORED_KEYS: [usize; 3] = [0, 0, 2];
+
+/// One chunk of an online replay as read, each part in one snapshot of its own (`R`: the backend's row).
+struct ChunkRead<R> {
+    parts: Vec<PartRead>,
+    /// The log's last seq in the earliest of those snapshots.
     head: i64,
-    streams: HashMap<Uuid, Vec<StreamKey>>,
-    /// Their events, one JSON array of [`replay::EVENT_JSON_COLUMNS`] per conversation.
-    events: HashMap<Uuid, String>,
-    /// Stored rows by conversation, one JSON array of rows each: conversations, messages, agents.
-    stored: [HashMap<Uuid, String>; 3],
     /// Stored handoff rows by conversation (compared value by value: they hold floats).
     handoffs: HashMap<Uuid, Vec<R>>,
 }
@@ -1053,83 +1089,95 @@ struct ChunkDiff {
     streams: HashMap<Uuid, Vec<StreamKey>>,
 }
 
-/// One conversation of a chunk as the fold takes it: its streams, its events and its stored rows of
-/// the tables compared as JSON (conversations, messages, agents), as read.
-struct ChunkGroup {
-    id: Uuid,
-    streams: Vec<StreamKey>,
-    events: Option<String>,
-    stored: [Option<String>; 3],
-}
-
 /// A conversation of a chunk folded: the rows a full rebuild writes for it (None: nothing), and
 /// whether its stored conversation, message and agent rows are exactly those.
 type Folded = (Uuid, Option<ProjectionRows>, bool);
 
+/// A part of a chunk folded: its conversations folded, and their streams (to rewrite what differs).
+type FoldedPart = (Vec<Folded>, HashMap<Uuid, Vec<StreamKey>>);
+
+/// A part of a chunk as read: the log's head in its snapshot, its JSON values, and its stored handoff
+/// rows by conversation (`R`: the backend's row).
+type PartSnapshot<R> = (i64, PartRead, HashMap<Uuid, Vec<R>>);
+
 /// Chunks of conversations for an online replay: at most [`REPLAY_CONVERSATIONS`] and about
-/// [`REPLAY_EVENTS`] events each.
-fn replay_chunks(conversations: &[(Uuid, u64)]) -> Vec<Vec<Uuid>> {
+/// [`REPLAY_EVENTS`] events each, each cut in up to `parts` parts of about as many events (one per
+/// fold thread).
+fn replay_chunks(conversations: &[(Uuid, u64)], parts: usize) -> Vec<Vec<Vec<Uuid>>> {
     let mut chunks = Vec::new();
     let (mut chunk, mut events) = (Vec::new(), 0u64);
     for (id, n) in conversations {
         if !chunk.is_empty() && (chunk.len() >= REPLAY_CONVERSATIONS || events + n > REPLAY_EVENTS) {
-            chunks.push(std::mem::take(&mut chunk));
+            chunks.push(split_chunk(&std::mem::take(&mut chunk), events, parts));
             events = 0;
         }
-        chunk.push(*id);
+        chunk.push((*id, *n));
         events += n;
     }
     if !chunk.is_empty() {
-        chunks.push(chunk);
+        chunks.push(split_chunk(&chunk, events, parts));
     }
     chunks
 }
 
-/// Folds one conversation of a chunk and compares its stored rows (but the handoffs) with the result.
-fn fold_group(group: ChunkGroup, sla: &SlaConfig) -> StoreResult<Folded> {
-    let ChunkGroup {
-        id,
-        streams,
-        events,
-        stored,
-    } = group;
-    let events = match events {
-        Some(json) => replay::decode_events(id, &json)?,
-        None => Vec::new(),
-    };
-    let rows = fold_conversation(id, &streams, &events, sla)
-        .map(|w| ProjectionRows::of(&w))
-        .transpose()?;
-    let [conversations, messages, agents] = stored;
-    let same = match &rows {
-        None => conversations.is_none() && messages.is_none() && agents.is_none(),
-        Some(r) => {
-            replay::stored_json_matches(conversations.as_deref(), std::slice::from_ref(&r.conversation))
-                && replay::stored_json_matches(messages.as_deref(), &r.messages)
-                && replay::stored_json_matches(agents.as_deref(), &r.agents)
+/// `chunk` (holding `events` events) cut in order into at most `parts` parts of about as many events.
+fn split_chunk(chunk: &[(Uuid, u64)], events: u64, parts: usize) -> Vec<Vec<Uuid>> {
+    let per = events.div_ceil(parts.max(1) as u64).max(1);
+    let mut out: Vec<Vec<Uuid>> = Vec::new();
+    let (mut part, mut held) = (Vec::new(), 0u64);
+    for (id, n) in chunk {
+        part.push(*id);
+        held += n;
+        if held >= per && out.len() + 1 < parts {
+            out.push(std::mem::take(&mut part));
+            held = 0;
         }
-    };
-    Ok((id, rows, same))
+    }
+    if !part.is_empty() {
+        out.push(part);
+    }
+    out
 }
 
-/// Folds the conversations of one chunk (decoding their events and comparing their stored rows) on
-/// as many threads as there are cores.
-fn fold_chunk(groups: Vec<ChunkGroup>, sla: &SlaConfig) -> StoreResult<Vec<Folded>> {
-    let fold = |group: Vec<ChunkGroup>| -> StoreResult<Vec<Folded>> {
-        group.into_iter().map(|g| fold_group(g, sla)).collect()
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    if threads <= 1 || groups.len() < 2 {
-        return fold(groups);
+/// Folds the conversations of one part and compares their stored rows (but the handoffs) with the
+/// result; also gives the part's streams by conversation.
+fn fold_part(part: PartRead, sla: &SlaConfig) -> StoreResult<FoldedPart> {
+    let streams = replay::decode_streams(part.streams.as_deref())?;
+    let mut events = replay::decode_events(part.events.as_deref())?;
+    let stored = [0, 1, 2].map(|i| replay::stored_by_conversation(part.stored[i].as_deref(), STORED_KEYS[i]));
+    let mut folded = Vec::with_capacity(part.ids.len());
+    for id in part.ids {
+        let events = events.remove(&id).unwrap_or_default();
+        let own = streams.get(&id).map_or(&[][..], Vec::as_slice);
+        let rows = fold_conversation(id, own, &events, sla)
+            .map(|w| ProjectionRows::of(&w))
+            .transpose()?;
+        // Per table: Some(rows of this conversation, if any), or None when the part's JSON did not parse.
+        let of = |i: usize| stored[i].as_ref().map(|by_id| by_id.get(&id).map(Vec::as_slice));
+        let same = match (&rows, of(0), of(1), of(2)) {
+            (_, None, _, _) | (_, _, None, _) | (_, _, _, None) => false,
+            (None, Some(c), Some(m), Some(a)) => c.is_none() && m.is_none() && a.is_none(),
+            (Some(r), Some(c), Some(m), Some(a)) => {
+                replay::stored_rows_match(c, std::slice::from_ref(&r.conversation))
+                    && replay::stored_rows_match(m, &r.messages)
+                    && replay::stored_rows_match(a, &r.agents)
+            }
+        };
+        folded.push((id, rows, same));
     }
-    let per = groups.len().div_ceil(threads);
-    let mut parts: Vec<Vec<_>> = Vec::new();
-    let mut groups = groups.into_iter().peekable();
-    while groups.peek().is_some() {
-        parts.push(groups.by_ref().take(per).collect());
+    Ok((folded, streams))
+}
+
+/// Folds the parts of one chunk, each on a thread of its own (at most as many as there are cores).
+fn fold_parts(parts: Vec<PartRead>, sla: &SlaConfig) -> StoreResult<Vec<FoldedPart>> {
+    if parts.len() < 2 {
+        return parts.into_iter().map(|p| fold_part(p, sla)).collect();
     }
-    let results: Vec<StoreResult<Vec<_>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = parts.into_iter().map(|part| scope.spawn(move || fold(part))).collect();
+    let results: Vec<StoreResult<_>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || fold_part(part, sla)))
+            .collect();
         handles
             .into_iter()
             .map(|h| {
@@ -1138,11 +1186,12 @@ fn fold_chunk(groups: Vec<ChunkGroup>, sla: &SlaConfig) -> StoreResult<Vec<Folde
             })
             .collect()
     });
-    let mut out = Vec::new();
-    for part in results {
-        out.extend(part?);
-    }
-    Ok(out)
+    results.into_iter().collect()
+}
+
+/// How many parts a chunk of an online replay is cut in: one per core (at most 8).
+fn replay_parts() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
 /// `sql` with every `$N` placeholder written `?`: the same statement on SQLite when each placeholder
@@ -2198,39 +2247,40 @@ macro_rules! sql_store {
             async fn refile_snapshot(&self) -> StoreResult<(Refiling, u64, bool)> {
                 let mut tx = self.pool.begin_with($snapshot).await?;
                 Self::replay_reads(&mut *tx).await?;
-                let mut refiling = Refiling::default();
-                let (mut events, mut after) = (0u64, 0i64);
-                let sql = replay::refile_page_sql(<$db as sqlx::Database>::NAME == "SQLite");
-                loop {
-                    // One page is one value: its rows as a JSON array.
-                    let (page,): (Option<String>,) = sqlx::query_as(&sql)
-                        .bind(after)
-                        .bind(REFILE_PAGE)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let page = match page {
-                        Some(json) => replay::refile_page(&json)?,
-                        None => Vec::new(),
-                    };
-                    let Some(last) = page.last().map(|row| row.0) else {
-                        break;
-                    };
-                    for (seq, platform, external_id, occurred_at, links) in page {
-                        events += 1;
-                        if external_id.is_empty() {
-                            continue;
-                        }
-                        let stream = codec::stream_key(&platform, external_id)?;
-                        let links: Vec<StreamKey> =
-                            if links == "[]" { Vec::new() } else { codec::from_json("links", &links)? };
-                        refiling.file_event(seq, occurred_at, &stream, &links);
+                let head = Self::last_seq_in(&mut *tx).await?;
+                // The pages are filed on a thread of their own while the database reads the next.
+                let (pages, mut received) = tokio::sync::mpsc::channel::<String>(2);
+                let filer = tokio::task::spawn_blocking(move || -> StoreResult<(Refiling, u64)> {
+                    let mut refiling = Refiling::default();
+                    let mut events = 0u64;
+                    while let Some(page) = received.blocking_recv() {
+                        events += refiling.file_page(&page)?;
                     }
-                    after = last;
+                    Ok((refiling, events))
+                });
+                let sql = replay::refile_page_sql(<$db as sqlx::Database>::NAME == "SQLite");
+                let mut after = 0i64;
+                while after < head {
+                    let until = after.saturating_add(REFILE_PAGE).min(head);
+                    // One page is one value: its rows as a JSON array.
+                    let (page,): (Option<String>,) =
+                        sqlx::query_as(&sql).bind(after).bind(until).fetch_one(&mut *tx).await?;
+                    // A send fails only when the filer stopped on an error, which it returns below.
+                    if let Some(page) = page {
+                        if pages.send(page).await.is_err() {
+                            break;
+                        }
+                    }
+                    after = until;
                 }
+                drop(pages);
                 let streams: Vec<(String, String, String, i64)> =
                     sqlx::query_as(SQL_ALL_STREAMS).fetch_all(&mut *tx).await?;
                 let aliases: Vec<(String, String)> = sqlx::query_as(SQL_ALL_ALIASES).fetch_all(&mut *tx).await?;
                 tx.commit().await?;
+                let (refiling, events) = filer
+                    .await
+                    .map_err(|e| StoreError::Corrupt(format!("the replay's filing failed: {e}")))??;
                 let same = streams.len() == refiling.streams.len()
                     && aliases.len() == refiling.aliases.len()
                     && streams.into_iter().all(|(platform, external_id, id, first_seq)| {
@@ -2301,32 +2351,23 @@ macro_rules! sql_store {
                 Ok(found)
             }
 
-            /// The rows `from` gives for the conversations `ids` (`key`), one JSON array of their
-            /// `columns` in `order` per conversation that has any (see [`replay`]).
-            async fn grouped_json(
+            /// The rows `from` gives for the conversations `ids` (`key`, at most [`REPLAY_CONVERSATIONS`]),
+            /// all as one JSON array of their `columns` in `order` (see [`replay`]); None or `[]`: none.
+            async fn rows_json(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
                 from: &str,
                 key: &str,
                 columns: &[&str],
                 order: &str,
-            ) -> StoreResult<HashMap<Uuid, String>> {
+            ) -> StoreResult<Option<String>> {
                 let sqlite = <$db as sqlx::Database>::NAME == "SQLite";
-                let mut found: HashMap<Uuid, String> = HashMap::with_capacity(ids.len());
-                for chunk in ids.chunks(REPLAY_CONVERSATIONS) {
-                    let sql = Self::replay_sql(replay::grouped_json_sql(sqlite, from, key, columns, order, chunk.len()));
-                    let mut query = sqlx::query_as::<_, (String, Option<String>)>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (id, json) in query.fetch_all(&mut *conn).await? {
-                        // A key that is no id is no conversation's: the orphan sweep deletes it.
-                        if let (Ok(id), Some(json)) = (codec::parse_uuid(&id), json) {
-                            found.insert(id, json);
-                        }
-                    }
+                let sql = Self::replay_sql(replay::rows_json_sql(sqlite, from, key, columns, order, ids.len()));
+                let mut query = sqlx::query_as::<_, (Option<String>,)>(&sql).persistent(false);
+                for id in ids {
+                    query = query.bind(id.to_string());
                 }
-                Ok(found)
+                Ok(query.fetch_one(&mut *conn).await?.0)
             }
 
             /// `sql` as this backend runs it fastest: on SQLite, with anonymous placeholders (each
@@ -2351,15 +2392,33 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// Reads one chunk of conversations for an online replay in one snapshot, without the write
-            /// lock: the log's head, their streams, their events and their stored projection rows, each
-            /// table's rows as one value per conversation (see [`replay`]).
-            async fn read_chunk(&self, ids: Vec<Uuid>) -> StoreResult<ChunkRead<<$db as sqlx::Database>::Row>> {
+            /// Reads one chunk of conversations for an online replay without the write lock, its parts at
+            /// once on connections of their own (SQLite answers each on its connection's thread): see
+            /// [`Self::read_part`]. The chunk's head is the earliest of the parts' heads (a conversation
+            /// with an event after it is refolded under the lock before it is written).
+            async fn read_chunk(&self, parts: Vec<Vec<Uuid>>) -> StoreResult<ChunkRead<<$db as sqlx::Database>::Row>> {
+                let reads = futures::future::try_join_all(parts.into_iter().map(|ids| self.read_part(ids))).await?;
+                let mut chunk = ChunkRead {
+                    parts: Vec::with_capacity(reads.len()),
+                    head: i64::MAX,
+                    handoffs: HashMap::new(),
+                };
+                for (head, part, handoffs) in reads {
+                    chunk.head = chunk.head.min(head);
+                    chunk.parts.push(part);
+                    chunk.handoffs.extend(handoffs);
+                }
+                Ok(chunk)
+            }
+
+            /// Reads one part of a chunk in one snapshot: the log's head, the streams, events and stored
+            /// projection rows of its conversations, each table's rows as one value (see [`replay`]), and
+            /// their handoff rows.
+            async fn read_part(&self, ids: Vec<Uuid>) -> StoreResult<PartSnapshot<<$db as sqlx::Database>::Row>> {
                 let mut tx = self.pool.begin_with($snapshot).await?;
                 Self::replay_reads(&mut *tx).await?;
                 let head = Self::last_seq_in(&mut *tx).await?;
-                let streams = Self::streams_of(&mut *tx, &ids).await?;
-                let events = Self::grouped_json(
+                let events = Self::rows_json(
                     &mut *tx,
                     &ids,
                     replay::EVENTS_FROM,
@@ -2368,67 +2427,61 @@ macro_rules! sql_store {
                     "",
                 )
                 .await?;
-                let mut stored: [HashMap<Uuid, String>; 3] = Default::default();
+                let streams = Self::rows_json(
+                    &mut *tx,
+                    &ids,
+                    "streams",
+                    "conversation_id",
+                    replay::STREAM_JSON_COLUMNS,
+                    replay::STREAM_JSON_ORDER,
+                )
+                .await?;
+                let mut stored: [Option<String>; 3] = Default::default();
                 for (i, (table, key, columns, order)) in [
-                    ("conversations", "id", codec::CONVERSATION_COLUMNS, "id"),
-                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, "at, seq, idx"),
-                    ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, "agent"),
+                    ("conversations", "id", codec::CONVERSATION_COLUMNS, ""),
+                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, "conversation_id, at, seq, idx"),
+                    ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, "conversation_id, agent"),
                 ]
                 .into_iter()
                 .enumerate()
                 {
-                    stored[i] = Self::grouped_json(&mut *tx, &ids, table, key, columns, order).await?;
+                    stored[i] = Self::rows_json(&mut *tx, &ids, table, key, columns, order).await?;
                 }
                 let handoffs =
                     Self::stored_rows(&mut *tx, &ids, "handoffs", "conversation_id", codec::HANDOFF_COLUMNS, ", ordinal")
                         .await?;
                 tx.commit().await?;
-                Ok(ChunkRead {
+                let part = PartRead {
                     ids,
-                    head,
-                    streams,
                     events,
+                    streams,
                     stored,
-                    handoffs,
-                })
+                };
+                Ok((head, part, handoffs))
             }
 
             /// Folds a chunk read by [`Self::read_chunk`] and compares: the conversations whose stored
             /// rows are not what a full rebuild writes, with their rebuilt rows (pure; runs on a
             /// blocking thread while the next chunk is read).
             fn diff_chunk(read: ChunkRead<<$db as sqlx::Database>::Row>, sla: &SlaConfig) -> StoreResult<ChunkDiff> {
-                let ChunkRead {
-                    ids,
-                    head,
-                    mut streams,
-                    mut events,
-                    mut stored,
-                    handoffs,
-                } = read;
-                let groups: Vec<ChunkGroup> = ids
-                    .iter()
-                    .map(|id| ChunkGroup {
-                        id: *id,
-                        streams: streams.get(id).cloned().unwrap_or_default(),
-                        events: events.remove(id),
-                        stored: [stored[0].remove(id), stored[1].remove(id), stored[2].remove(id)],
-                    })
-                    .collect();
-                let folded = fold_chunk(groups, sla)?;
-                let projected = folded.iter().filter(|(_, rows, _)| rows.is_some()).count() as u64;
+                let ChunkRead { parts, head, handoffs } = read;
+                let mut projected = 0u64;
                 let mut changed: Vec<(Uuid, Option<ProjectionRows>)> = Vec::new();
-                for (id, rows, same) in folded {
-                    let same = same
-                        && match &rows {
-                            None => !handoffs.contains_key(&id),
-                            Some(r) => Self::stored_rows_match(handoffs.get(&id), &r.handoffs),
-                        };
-                    if !same {
-                        changed.push((id, rows));
+                let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
+                for (folded, mut part_streams) in fold_parts(parts, sla)? {
+                    for (id, rows, same) in folded {
+                        projected += u64::from(rows.is_some());
+                        let same = same
+                            && match &rows {
+                                None => !handoffs.contains_key(&id),
+                                Some(r) => Self::stored_rows_match(handoffs.get(&id), &r.handoffs),
+                            };
+                        if !same {
+                            streams.insert(id, part_streams.remove(&id).unwrap_or_default());
+                            changed.push((id, rows));
+                        }
                     }
                 }
-                let streams: HashMap<Uuid, Vec<StreamKey>> =
-                    changed.iter().map(|(id, _)| (*id, streams.remove(id).unwrap_or_default())).collect();
                 Ok(ChunkDiff {
                     head,
                     projected,
@@ -2555,11 +2608,11 @@ macro_rules! sql_store {
                 let (mut done, mut projected, mut rewritten) = (0u64, 0u64, 0u64);
                 // Chunk k is folded on a blocking thread while chunk k+1 is read.
                 let mut folding: Option<(u64, tokio::task::JoinHandle<StoreResult<ChunkDiff>>)> = None;
-                let mut chunks = replay_chunks(&conversations).into_iter();
+                let mut chunks = replay_chunks(&conversations, replay_parts()).into_iter();
                 loop {
                     let next = chunks.next();
                     let read = match next {
-                        Some(ids) => Some((ids.len() as u64, self.read_chunk(ids).await?)),
+                        Some(parts) => Some((parts.iter().map(Vec::len).sum::<usize>() as u64, self.read_chunk(parts).await?)),
                         None => None,
                     };
                     if let Some((n, handle)) = folding.take() {
@@ -3253,6 +3306,32 @@ mod tests {
         w.delete_in("t", "a", &[Uuid::nil(), Uuid::max()]);
         w.insert("w", &["e"], vec![vec![Bind::OptInt(Some(5))]; rows], "");
         w.writes
+    }
+
+    #[test]
+    fn replay_chunks_cut_each_chunk_in_parts_of_about_as_many_events() {
+        let conversations: Vec<(Uuid, u64)> = (0..2_500u128)
+            .map(|i| (Uuid::from_u128(i), 1 + (i % 7) as u64))
+            .collect();
+        let chunks = replay_chunks(&conversations, 2);
+        let ids: Vec<Uuid> = chunks.iter().flatten().flatten().copied().collect();
+        assert_eq!(ids, conversations.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        let events: HashMap<Uuid, u64> = conversations.iter().copied().collect();
+        for chunk in &chunks {
+            assert!(chunk.len() <= 2 && !chunk.iter().any(Vec::is_empty));
+            let sums: Vec<u64> = chunk.iter().map(|p| p.iter().map(|id| events[id]).sum()).collect();
+            assert!(sums.iter().sum::<u64>() <= REPLAY_EVENTS);
+            assert!(chunk.iter().map(Vec::len).sum::<usize>() <= REPLAY_CONVERSATIONS);
+            if let [a, b] = sums[..] {
+                assert!(a.abs_diff(b) <= 14, "{sums:?}");
+            }
+        }
+        // One long conversation is a chunk of its own, in one part.
+        let long = [(Uuid::from_u128(1), 50_000), (Uuid::from_u128(2), 3)];
+        assert_eq!(
+            replay_chunks(&long, 2),
+            vec![vec![vec![Uuid::from_u128(1)]], vec![vec![Uuid::from_u128(2)]]]
+        );
     }
 
     #[test]
