@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
+use super::{ConversationFilter, LogEntry, MessageCursor, StoreError, StoreResult, TranscriptLine};
 use crate::model::{
     Conversation, Disposition, HandoffState, Message, NewEvent, Platform, QuarantineEntry, Redrive, SlaStatus,
     StoredEvent, StreamKey,
@@ -450,6 +450,69 @@ pub(crate) fn pick_survivor(a: (Uuid, Option<i64>), b: (Uuid, Option<i64>)) -> (
     } else {
         (b.0, a.0)
     }
+}
+
+/// Columns of a [`LogEntry`] as read back, in the order of [`log_entries_sql`]:
+/// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, conversation_id, erasure payload)`.
+pub(crate) type LogEntryRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+/// The log after `$1`, at most `$2` events, as [`LogEntryRow`]s: the payload only of `ledger.erased` events.
+pub(crate) fn log_entries_sql() -> String {
+    format!(
+        "SELECT e.seq, e.event_id, e.platform, e.external_id, e.kind, e.occurred_at, e.received_at, \
+         s.conversation_id, CASE WHEN e.kind = '{}' THEN e.payload END FROM events e \
+         LEFT JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
+        crate::sources::ledger::ERASED
+    )
+}
+
+/// A [`LogEntryRow`] as the sink's view of the event (decoded as [`decode_event`] decodes its fields).
+pub(crate) fn decode_log_entry(row: LogEntryRow) -> StoreResult<LogEntry> {
+    let (seq, event_id, platform, external_id, kind, occurred_at, received_at, conversation, erasure) = row;
+    Ok(LogEntry {
+        seq,
+        event_id: parse_uuid(&event_id)?,
+        platform: parse_platform(&platform)?,
+        external_id,
+        kind,
+        occurred_at: from_micros(occurred_at)?,
+        received_at: from_micros(received_at)?,
+        conversation_id: conversation.as_deref().map(parse_uuid).transpose()?,
+        erasure: erasure.map(|payload| from_json("payload", &payload)).transpose()?,
+    })
+}
+
+/// The select list of a [`TranscriptLineRow`] (after the conversation id).
+pub(crate) const TRANSCRIPT_LINE_SELECT: &str = "at, seq, party, kind, platform, text";
+
+/// What the sink reads of a transcript line: `(conversation_id, at, seq, party, kind, platform, text)`.
+pub(crate) type TranscriptLineRow = (String, i64, i64, String, String, String, Option<String>);
+
+/// A [`TranscriptLineRow`] as its conversation id and line (decoded as [`decode_message`] decodes them).
+pub(crate) fn decode_transcript_line(row: TranscriptLineRow) -> StoreResult<(Uuid, TranscriptLine)> {
+    let (conversation, at, seq, party, kind, platform, text) = row;
+    Ok((
+        parse_uuid(&conversation)?,
+        TranscriptLine {
+            seq,
+            at: from_micros(at)?,
+            party: enum_from_text("party", &party)?,
+            kind: enum_from_text("message kind", &kind)?,
+            platform: parse_platform(&platform)?,
+            text_chars: text.as_deref().map_or(0, |t| t.chars().count() as u32),
+        },
+    ))
 }
 
 /// An event row as the domain type; the payload text is parsed back into JSON.

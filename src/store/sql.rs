@@ -34,8 +34,8 @@ use super::erasing::{self, erasing_store};
 use super::replay;
 use super::report;
 use super::{
-    ConversationFilter, ConversationPage, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError, StoreResult,
-    TranscriptPage,
+    ConversationFilter, ConversationPage, LogEntry, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError,
+    StoreResult, TranscriptLine, TranscriptPage,
 };
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
@@ -2615,33 +2615,70 @@ macro_rules! sql_store {
                 for (id, doc) in docs {
                     by_id.insert(codec::parse_uuid(&id)?, codec::from_json::<Conversation>("conversation", &doc)?);
                 }
+                // Each conversation moves to the last id asking for it; ids asking for the same one before
+                // it (merged ids) get a copy.
+                let mut askers: HashMap<Uuid, usize> = HashMap::with_capacity(ids.len());
+                for id in ids {
+                    *askers.entry(resolve(id)).or_default() += 1;
+                }
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    if let Some(c) = by_id.get(&resolve(id)) {
-                        out.push((*id, c.clone()));
+                    let key = resolve(id);
+                    let Some(left) = askers.get_mut(&key) else { continue };
+                    *left -= 1;
+                    let conversation = if *left == 0 {
+                        by_id.remove(&key)
+                    } else {
+                        by_id.get(&key).cloned()
+                    };
+                    if let Some(c) = conversation {
+                        out.push((*id, c));
                     }
                 }
                 Ok(out)
             }
 
-            async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>> {
-                let rows: Vec<report::ConversationMessageRow> = self
+            async fn transcript_lines_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<TranscriptLine>>> {
+                let rows: Vec<codec::TranscriptLineRow> = self
                     .fetch_in(ids, |n| {
                         format!(
                             "SELECT conversation_id, {} FROM messages WHERE conversation_id IN ({}) \
                              ORDER BY conversation_id, at, seq, idx",
-                            codec::MESSAGE_SELECT,
+                            codec::TRANSCRIPT_LINE_SELECT,
                             placeholders(1, n)
                         )
                     })
                     .await?;
-                let mut out: HashMap<Uuid, Vec<Message>> = HashMap::new();
+                let mut out: HashMap<Uuid, Vec<TranscriptLine>> = HashMap::new();
                 for row in rows {
-                    let (id, line) = report::split_message_row(row);
-                    let (_, message) = codec::decode_message(line)?;
-                    out.entry(codec::parse_uuid(&id)?).or_default().push(message);
+                    let (id, line) = codec::decode_transcript_line(row)?;
+                    out.entry(id).or_default().push(line);
                 }
                 Ok(out)
+            }
+
+            async fn log_entries_after(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<LogEntry>> {
+                let rows: Vec<codec::LogEntryRow> = sqlx::query_as(&codec::log_entries_sql())
+                    .bind(after_seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.into_iter().map(codec::decode_log_entry).collect()
+            }
+
+            async fn first_seqs_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, i64>> {
+                let rows: Vec<(String, i64)> = self
+                    .fetch_in(ids, |n| {
+                        format!(
+                            "SELECT conversation_id, MIN(first_seq) FROM streams WHERE conversation_id IN ({}) \
+                             GROUP BY conversation_id",
+                            placeholders(1, n)
+                        )
+                    })
+                    .await?;
+                rows.iter()
+                    .map(|(id, first)| Ok((codec::parse_uuid(id)?, *first)))
+                    .collect()
             }
         }
 
