@@ -452,45 +452,84 @@ pub(crate) fn pick_survivor(a: (Uuid, Option<i64>), b: (Uuid, Option<i64>)) -> (
     }
 }
 
-/// Columns of a [`LogEntry`] as read back, in the order of [`log_entries_sql`]:
-/// `(seq, event_id, platform, external_id, kind, occurred_at, received_at, conversation_id, erasure payload)`.
-pub(crate) type LogEntryRow = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    Option<String>,
-    Option<String>,
-);
+/// `text` with the separators of [`log_entries_sql`]'s lines escaped (`\` as `\\`, `,` as `\c`, a newline
+/// as `\n`), as SQL both databases run.
+fn escaped(text: &str) -> String {
+    format!("replace(replace(replace({text}, '\\', '\\\\'), ',', '\\c'), '\n', '\\n')")
+}
 
-/// The log after `$1`, at most `$2` events, as [`LogEntryRow`]s: the payload only of `ledger.erased` events.
+/// The log after `$1`, at most `$2` events, as one text (NULL when none): a line per event, in no
+/// particular order, `seq,event_id,platform,occurred_at,received_at,conversation_id,kind,external_id` (the
+/// last two escaped, see [`escaped`]; the conversation id empty when none). One row instead of one per event:
+/// the per-row cost of the driver is most of what reading thousands of short rows costs.
 pub(crate) fn log_entries_sql() -> String {
     format!(
-        "SELECT e.seq, e.event_id, e.platform, e.external_id, e.kind, e.occurred_at, e.received_at, \
-         s.conversation_id, CASE WHEN e.kind = '{}' THEN e.payload END FROM events e \
+        "SELECT string_agg(x.line, '\n') FROM (SELECT e.seq || ',' || e.event_id || ',' || e.platform || ',' || \
+         e.occurred_at || ',' || e.received_at || ',' || COALESCE(s.conversation_id, '') || ',' || {} || ',' || \
+         {} AS line FROM events e \
          LEFT JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
-         WHERE e.seq > $1 ORDER BY e.seq LIMIT $2",
+         WHERE e.seq > $1 ORDER BY e.seq LIMIT $2) x",
+        escaped("e.kind"),
+        escaped("e.external_id")
+    )
+}
+
+/// The payloads of the `ledger.erased` events with `$1 < seq <= $2`: `(seq, payload)`.
+pub(crate) fn erasure_payloads_sql() -> String {
+    format!(
+        "SELECT seq, payload FROM events WHERE seq > $1 AND seq <= $2 AND kind = '{}'",
         crate::sources::ledger::ERASED
     )
 }
 
-/// A [`LogEntryRow`] as the sink's view of the event (decoded as [`decode_event`] decodes its fields).
-pub(crate) fn decode_log_entry(row: LogEntryRow) -> StoreResult<LogEntry> {
-    let (seq, event_id, platform, external_id, kind, occurred_at, received_at, conversation, erasure) = row;
-    Ok(LogEntry {
-        seq,
-        event_id: parse_uuid(&event_id)?,
-        platform: parse_platform(&platform)?,
-        external_id,
-        kind,
-        occurred_at: from_micros(occurred_at)?,
-        received_at: from_micros(received_at)?,
-        conversation_id: conversation.as_deref().map(parse_uuid).transpose()?,
-        erasure: erasure.map(|payload| from_json("payload", &payload)).transpose()?,
-    })
+/// The inverse of [`escaped`].
+fn unescaped(text: &str) -> StoreResult<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('c') => out.push(','),
+            Some('n') => out.push('\n'),
+            other => return Err(StoreError::Corrupt(format!("bad escape `\\{other:?}` in a log line"))),
+        }
+    }
+    Ok(out)
+}
+
+/// The lines of [`log_entries_sql`] as entries in seq order (without erasure payloads).
+pub(crate) fn decode_log_entries(text: Option<&str>) -> StoreResult<Vec<LogEntry>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let bad = |line: &str| StoreError::Corrupt(format!("bad log line `{line}`"));
+    let mut entries = Vec::new();
+    for line in text.split('\n') {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [seq, event_id, platform, occurred_at, received_at, conversation, kind, external_id] = fields[..] else {
+            return Err(bad(line));
+        };
+        let int = |v: &str| v.parse::<i64>().map_err(|_| bad(line));
+        entries.push(LogEntry {
+            seq: int(seq)?,
+            event_id: parse_uuid(event_id)?,
+            platform: parse_platform(platform)?,
+            external_id: unescaped(external_id)?,
+            kind: unescaped(kind)?,
+            occurred_at: from_micros(int(occurred_at)?)?,
+            received_at: from_micros(int(received_at)?)?,
+            conversation_id: (!conversation.is_empty())
+                .then(|| parse_uuid(conversation))
+                .transpose()?,
+            erasure: None,
+        });
+    }
+    entries.sort_unstable_by_key(|e| e.seq);
+    Ok(entries)
 }
 
 /// The select list of a [`TranscriptLineRow`] (after the conversation id).

@@ -2658,12 +2658,25 @@ macro_rules! sql_store {
             }
 
             async fn log_entries_after(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<LogEntry>> {
-                let rows: Vec<codec::LogEntryRow> = sqlx::query_as(&codec::log_entries_sql())
+                let (text,): (Option<String>,) = sqlx::query_as(&codec::log_entries_sql())
                     .bind(after_seq)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_one(&self.pool)
                     .await?;
-                rows.into_iter().map(codec::decode_log_entry).collect()
+                let mut entries = codec::decode_log_entries(text.as_deref())?;
+                if let Some(last) = entries.last().map(|e| e.seq) {
+                    let payloads: Vec<(i64, String)> = sqlx::query_as(&codec::erasure_payloads_sql())
+                        .bind(after_seq)
+                        .bind(last)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    for (seq, payload) in payloads {
+                        if let Ok(i) = entries.binary_search_by_key(&seq, |e| e.seq) {
+                            entries[i].erasure = Some(codec::from_json("payload", &payload)?);
+                        }
+                    }
+                }
+                Ok(entries)
             }
 
             async fn first_seqs_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, i64>> {
