@@ -788,6 +788,7 @@ async fn the_sinks_reads_are_the_full_reads_narrowed(store: Arc<dyn Store>) {
     let cr = room("room-1").conversation_id();
     append_one(&store, bot("u1", "hi", 0)).await;
     append_one(&store, visitor_says(cu, "Necesito ayuda, señor 👋", 5)).await;
+    append_one(&store, visitor_says(cu, "a,b\\c\\n\n,\\", 6)).await;
     append_one(&store, attended("room-1", "Tomas", 20)).await;
     append_one(&store, visitor_says(cr, "hello Tomas", 21)).await;
     append_one(&store, queue_accepted(cu, "room-1", "2179", 19)).await;

@@ -532,26 +532,48 @@ pub(crate) fn decode_log_entries(text: Option<&str>) -> StoreResult<Vec<LogEntry
     Ok(entries)
 }
 
-/// The select list of a [`TranscriptLineRow`] (after the conversation id).
-pub(crate) const TRANSCRIPT_LINE_SELECT: &str = "at, seq, party, kind, platform, text";
+/// The transcript lines of the conversations `$1..$n` as one text (NULL when none): a line per transcript
+/// line, in no particular order, `conversation_id,at,seq,idx,party,kind,platform,text` (the text escaped, see
+/// [`escaped`]; empty when none). One row per statement instead of one per line (see [`log_entries_sql`]).
+pub(crate) fn transcript_lines_sql(n: usize) -> String {
+    format!(
+        "SELECT string_agg(conversation_id || ',' || at || ',' || seq || ',' || idx || ',' || party || ',' || \
+         kind || ',' || platform || ',' || {}, '\n') FROM messages WHERE conversation_id IN ({})",
+        escaped("COALESCE(text, '')"),
+        super::sql::placeholders(1, n)
+    )
+}
 
-/// What the sink reads of a transcript line: `(conversation_id, at, seq, party, kind, platform, text)`.
-pub(crate) type TranscriptLineRow = (String, i64, i64, String, String, String, Option<String>);
-
-/// A [`TranscriptLineRow`] as its conversation id and line (decoded as [`decode_message`] decodes them).
-pub(crate) fn decode_transcript_line(row: TranscriptLineRow) -> StoreResult<(Uuid, TranscriptLine)> {
-    let (conversation, at, seq, party, kind, platform, text) = row;
-    Ok((
-        parse_uuid(&conversation)?,
-        TranscriptLine {
-            seq,
-            at: from_micros(at)?,
-            party: enum_from_text("party", &party)?,
-            kind: enum_from_text("message kind", &kind)?,
-            platform: parse_platform(&platform)?,
-            text_chars: text.as_deref().map_or(0, |t| t.chars().count() as u32),
-        },
-    ))
+/// The lines of [`transcript_lines_sql`] with their conversation ids, in transcript order per conversation
+/// (`at, seq, idx`), each decoded as [`decode_message`] decodes those fields.
+pub(crate) fn decode_transcript_lines(text: Option<&str>) -> StoreResult<Vec<(Uuid, TranscriptLine)>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let bad = |line: &str| StoreError::Corrupt(format!("bad transcript line `{line}`"));
+    let mut lines = Vec::new();
+    for line in text.split('\n') {
+        let mut fields = line.splitn(8, ',');
+        let mut next = || fields.next().ok_or_else(|| bad(line));
+        let (conversation, at, seq, idx, party, kind, platform, escaped_text) =
+            (next()?, next()?, next()?, next()?, next()?, next()?, next()?, next()?);
+        let int = |v: &str| v.parse::<i64>().map_err(|_| bad(line));
+        let at = int(at)?;
+        let seq = int(seq)?;
+        lines.push((
+            (parse_uuid(conversation)?, at, seq, int(idx)?),
+            TranscriptLine {
+                seq,
+                at: from_micros(at)?,
+                party: enum_from_text("party", party)?,
+                kind: enum_from_text("message kind", kind)?,
+                platform: parse_platform(platform)?,
+                text_chars: unescaped(escaped_text)?.chars().count() as u32,
+            },
+        ));
+    }
+    lines.sort_unstable_by_key(|(key, _)| *key);
+    Ok(lines.into_iter().map(|((id, ..), line)| (id, line)).collect())
 }
 
 /// An event row as the domain type; the payload text is parsed back into JSON.

@@ -2639,20 +2639,12 @@ macro_rules! sql_store {
             }
 
             async fn transcript_lines_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<TranscriptLine>>> {
-                let rows: Vec<codec::TranscriptLineRow> = self
-                    .fetch_in(ids, |n| {
-                        format!(
-                            "SELECT conversation_id, {} FROM messages WHERE conversation_id IN ({}) \
-                             ORDER BY conversation_id, at, seq, idx",
-                            codec::TRANSCRIPT_LINE_SELECT,
-                            placeholders(1, n)
-                        )
-                    })
-                    .await?;
+                let texts: Vec<(Option<String>,)> = self.fetch_in(ids, codec::transcript_lines_sql).await?;
                 let mut out: HashMap<Uuid, Vec<TranscriptLine>> = HashMap::new();
-                for row in rows {
-                    let (id, line) = codec::decode_transcript_line(row)?;
-                    out.entry(id).or_default().push(line);
+                for (text,) in texts {
+                    for (id, line) in codec::decode_transcript_lines(text.as_deref())? {
+                        out.entry(id).or_default().push(line);
+                    }
                 }
                 Ok(out)
             }
