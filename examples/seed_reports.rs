@@ -155,7 +155,7 @@ async fn ship(store: &Arc<dyn Store>, args: &Args) -> anyhow::Result<()> {
     let mut shipped = 0u64;
     let running = tokio_util::sync::CancellationToken::new();
     loop {
-        let n = sink::ship_until_caught_up(store, &analytics, &sla, sink::BATCH_EVENTS, &running).await?;
+        let n = sink::ship_until_caught_up(store, &analytics, &sla, sink::BATCH_EVENTS, &running, &|_| {}).await?;
         if n == 0 {
             break;
         }

@@ -873,19 +873,36 @@ async fn a_backfill_in_small_passes_ships_what_one_pass_ships() {
         // The same log into another database, with the store reads of each pass running beside the
         // previous pass's ClickHouse work (as the service's sink ships).
         let checkpoint = store.checkpoint(sink::CHECKPOINT).await.unwrap();
-        store
-            .set_checkpoint(sink::CHECKPOINT, pipelined_checkpoint(&pipelined).await)
-            .await
-            .unwrap();
-        while sink::ship_until_caught_up(&store, &pipelined, &sla, 37, &running)
-            .await
-            .unwrap()
-            > 0
-        {}
+        let from = pipelined_checkpoint(&pipelined).await;
+        store.set_checkpoint(sink::CHECKPOINT, from).await.unwrap();
+        let stored = Mutex::new(Vec::new());
+        let mut shipped = 0;
+        loop {
+            let record = |c: i64| stored.lock().unwrap().push(c);
+            match sink::ship_until_caught_up(&store, &pipelined, &sla, 37, &running, &record)
+                .await
+                .unwrap()
+            {
+                0 => break,
+                n => shipped += n,
+            }
+        }
         assert_eq!(store.checkpoint(sink::CHECKPOINT).await.unwrap(), checkpoint);
+        assert_eq!(shipped as i64, checkpoint - from);
+        let stored = stored.into_inner().unwrap();
+        assert!(stored.windows(2).all(|w| w[0] < w[1]), "{stored:?}");
+        assert_eq!(stored.last().copied().unwrap_or(from), checkpoint);
     }
     let last = store.last_seq().await.unwrap();
     assert!(passes as i64 >= last / 37, "{passes} passes");
+    // A backlog of exactly one full pass: the read after it finds nothing, and the count still says 37.
+    store.set_checkpoint(sink::CHECKPOINT, last - 37).await.unwrap();
+    assert_eq!(
+        sink::ship_until_caught_up(&store, &pipelined, &sla, 37, &running, &|_| {})
+            .await
+            .unwrap(),
+        37
+    );
 
     store.set_checkpoint(sink::CHECKPOINT, 0).await.unwrap();
     let whole = u32::try_from(last).unwrap() + 1;

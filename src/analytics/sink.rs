@@ -479,12 +479,14 @@ pub async fn ship_batch(
 /// after the previous pass stored its checkpoint, and its checkpoint is stored after its inserts; reading
 /// ahead writes nothing, and reads the conversations after the previous pass read them (never an older
 /// state). A crash anywhere therefore leaves what it leaves between two [`ship_once`] calls.
+/// `on_checkpoint` is called with each checkpoint stored.
 pub async fn ship_until_caught_up(
     store: &Arc<dyn Store>,
     analytics: &Analytics,
     sla: &SlaConfig,
     max_events: u32,
     stopping: &CancellationToken,
+    on_checkpoint: &(dyn Fn(i64) + Sync),
 ) -> AnalyticsResult<u64> {
     let checkpoint = store.checkpoint(CHECKPOINT).await?;
     let mut read = read_pass(store.as_ref(), checkpoint, max_events, PassTimings::start()).await?;
@@ -492,7 +494,13 @@ pub async fn ship_until_caught_up(
     loop {
         let last = match read.events.last() {
             Some(e) if read.full && !stopping.is_cancelled() => e.seq,
-            _ => return Ok(shipped + ship_read(store.as_ref(), analytics, sla, read).await?),
+            Some(e) => {
+                let last = e.seq;
+                shipped += ship_read(store.as_ref(), analytics, sla, read).await?;
+                on_checkpoint(last);
+                return Ok(shipped);
+            }
+            None => return Ok(shipped + ship_read(store.as_ref(), analytics, sla, read).await?),
         };
         let ahead = tokio::spawn({
             let store = Arc::clone(store);
@@ -502,6 +510,7 @@ pub async fn ship_until_caught_up(
         let next = match pass {
             Ok(n) => {
                 shipped += n;
+                on_checkpoint(last);
                 ahead.await
             }
             Err(e) => {
@@ -719,9 +728,10 @@ pub(crate) async fn run_sink(
     backoff.reset();
     // A pass in progress is never cut short: a shutdown waits for its batch and checkpoint.
     while !stopping.is_cancelled() {
-        let result = ship_until_caught_up(&store, &analytics, &sla, BATCH_EVENTS, &stopping).await;
+        let lag = |checkpoint: i64| telemetry::sink_lag(*wake.borrow() - checkpoint);
+        let result = ship_until_caught_up(&store, &analytics, &sla, BATCH_EVENTS, &stopping, &lag).await;
         if let Ok(checkpoint) = store.checkpoint(CHECKPOINT).await {
-            telemetry::sink_lag(*wake.borrow() - checkpoint);
+            lag(checkpoint);
         }
         match result {
             Ok(0) => {
