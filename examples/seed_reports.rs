@@ -12,7 +12,7 @@
 //! Seeding is the fastest honest path: every delivery of the scenario is parsed by its platform's real parser
 //! (Ultimate events stamped with their scenario arrival) and appended with `store.append_batch`, many
 //! deliveries per transaction, exactly as the writer does under load but without HTTP in between. Shipping is
-//! `sink::ship_once` pass after pass (the loop the service's sink runs), from the checkpoint kept in the store.
+//! `sink::ship_until_caught_up` (what the service's sink runs), from the checkpoint kept in the store.
 
 #[path = "../tests/common/scenario.rs"]
 mod scenario;
@@ -161,7 +161,7 @@ async fn seed(store: &dyn Store, args: &Args, start: DateTime<Utc>) -> anyhow::R
     Ok(())
 }
 
-async fn ship(store: &dyn Store, args: &Args) -> anyhow::Result<()> {
+async fn ship(store: &Arc<dyn Store>, args: &Args) -> anyhow::Result<()> {
     let config = ClickHouseConfig {
         url: args.clickhouse.clone(),
         database: args.database.clone(),
@@ -178,8 +178,9 @@ async fn ship(store: &dyn Store, args: &Args) -> anyhow::Result<()> {
     let last = store.last_seq().await?;
     let started = Instant::now();
     let mut shipped = 0u64;
+    let running = tokio_util::sync::CancellationToken::new();
     loop {
-        let n = sink::ship_once(store, &analytics, &sla).await?;
+        let n = sink::ship_until_caught_up(store, &analytics, &sla, sink::BATCH_EVENTS, &running, &|_| {}).await?;
         if n == 0 {
             break;
         }
@@ -194,7 +195,7 @@ async fn ship(store: &dyn Store, args: &Args) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     println!();
     println!(
-        "## Sink (`sink::ship_once` until caught up, {} events per pass)",
+        "## Sink (`sink::ship_until_caught_up`, as the service's sink runs it, {} events per pass)",
         sink::BATCH_EVENTS
     );
     println!(
@@ -369,7 +370,7 @@ async fn main() -> anyhow::Result<()> {
         seed(store.as_ref(), &args, start).await?;
     }
     if !args.no_ship {
-        ship(store.as_ref(), &args).await?;
+        ship(&store, &args).await?;
     }
     drop(store);
     if args.no_reports {

@@ -791,6 +791,60 @@ async fn shipped_tables(analytics: &Analytics) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The highest event seq a database holds (0 when none): where a sink shipping into it stands.
+async fn pipelined_checkpoint(analytics: &Analytics) -> i64 {
+    count(analytics, "SELECT max(seq) AS n FROM events").await as i64
+}
+
+/// A pass that crashed after its inserts, before its checkpoint, shipped conversations that started after
+/// the checkpoint: when their rooms are later absorbed by a merge, the rows it left are still found (what
+/// ClickHouse holds is read from its events, not from the checkpoint) and tombstoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_crashed_pass_left_are_tombstoned_when_merged_later() {
+    let Some((_db, analytics)) = fresh_db().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let sla = scenario::sla();
+    let scenario = generate(5, 120, 1, 0.4);
+    let (late, early): (Vec<Step>, Vec<Step>) = scenario.steps.iter().cloned().partition(is_late_link);
+    assert!(late.len() >= 5, "{} late links", late.len());
+    scenario::append_steps(store.as_ref(), &early, &sla, 200).await.unwrap();
+    let first = store.last_seq().await.unwrap() / 2;
+    sink::ship_batch(store.as_ref(), &analytics, &sla, u32::try_from(first).unwrap())
+        .await
+        .unwrap();
+    // The second pass ships the rest (live rooms as conversations of their own), then "crashes": its
+    // checkpoint is never stored.
+    sink::ship_once(store.as_ref(), &analytics, &sla).await.unwrap();
+    store.set_checkpoint(sink::CHECKPOINT, first).await.unwrap();
+    scenario::append_steps(store.as_ref(), &late, &sla, 200).await.unwrap();
+    ship_all(store.as_ref(), &analytics, &sla).await;
+    assert_store_and_clickhouse_agree(store.as_ref(), &analytics, &sla).await;
+    let absorbed = late
+        .iter()
+        .filter_map(|s| match &s.kind {
+            StepKind::Recorded(e) => e.links.first().map(|l| format!("'{}'", l.conversation_id())),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    for table in ["conversations_current", "handoffs_current"] {
+        assert_eq!(
+            count(
+                &analytics,
+                &format!("SELECT count() AS n FROM {table} WHERE conversation_id IN ({absorbed})")
+            )
+            .await,
+            0,
+            "absorbed rooms keep no live row in {table}"
+        );
+    }
+    let (sla_rows, dispositions) = clickhouse_totals(&analytics).await;
+    assert_totals(&sla_rows, &dispositions, &scenario.expected);
+}
+
 /// A sink that ships in many small passes while the log grows (conversations shipped half-way and again,
 /// live rooms shipped on their own and absorbed when their link arrives) leaves exactly the rows and rollups
 /// that one pass over the whole log leaves.
@@ -802,19 +856,53 @@ async fn a_backfill_in_small_passes_ships_what_one_pass_ships() {
     let Some((_many_db, many)) = fresh_db().await else {
         return;
     };
+    let Some((_pipelined_db, pipelined)) = fresh_db().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = sqlite_store(&dir).await;
     let sla = scenario::sla();
     let scenario = generate(6, 180, 2, 0.3);
     let mut passes = 0;
+    let running = tokio_util::sync::CancellationToken::new();
     for steps in scenario.steps.chunks(150) {
         scenario::append_steps(store.as_ref(), steps, &sla, 50).await.unwrap();
         while sink::ship_batch(store.as_ref(), &many, &sla, 37).await.unwrap() > 0 {
             passes += 1;
         }
+        // The same log into another database, with the store reads of each pass running beside the
+        // previous pass's ClickHouse work (as the service's sink ships).
+        let checkpoint = store.checkpoint(sink::CHECKPOINT).await.unwrap();
+        let from = pipelined_checkpoint(&pipelined).await;
+        store.set_checkpoint(sink::CHECKPOINT, from).await.unwrap();
+        let stored = Mutex::new(Vec::new());
+        let mut shipped = 0;
+        loop {
+            let record = |c: i64| stored.lock().unwrap().push(c);
+            match sink::ship_until_caught_up(&store, &pipelined, &sla, 37, &running, &record)
+                .await
+                .unwrap()
+            {
+                0 => break,
+                n => shipped += n,
+            }
+        }
+        assert_eq!(store.checkpoint(sink::CHECKPOINT).await.unwrap(), checkpoint);
+        assert_eq!(shipped as i64, checkpoint - from);
+        let stored = stored.into_inner().unwrap();
+        assert!(stored.windows(2).all(|w| w[0] < w[1]), "{stored:?}");
+        assert_eq!(stored.last().copied().unwrap_or(from), checkpoint);
     }
     let last = store.last_seq().await.unwrap();
     assert!(passes as i64 >= last / 37, "{passes} passes");
+    // A backlog of exactly one full pass: the read after it finds nothing, and the count still says 37.
+    store.set_checkpoint(sink::CHECKPOINT, last - 37).await.unwrap();
+    assert_eq!(
+        sink::ship_until_caught_up(&store, &pipelined, &sla, 37, &running, &|_| {})
+            .await
+            .unwrap(),
+        37
+    );
 
     store.set_checkpoint(sink::CHECKPOINT, 0).await.unwrap();
     let whole = u32::try_from(last).unwrap() + 1;
@@ -827,6 +915,12 @@ async fn a_backfill_in_small_passes_ships_what_one_pass_ships() {
     for ((name, a), (_, b)) in expected.iter().zip(&got) {
         assert!(a.lines().count() > 10, "{name}: {} rows", a.lines().count());
         assert!(a == b, "{name} differs after a backfill in passes of 37 events");
+    }
+    for ((name, a), (_, b)) in expected.iter().zip(&shipped_tables(&pipelined).await) {
+        assert!(
+            a == b,
+            "{name} differs after a pipelined backfill in passes of 37 events"
+        );
     }
     assert_store_and_clickhouse_agree(store.as_ref(), &many, &sla).await;
     let (sla_rows, dispositions) = clickhouse_totals(&many).await;

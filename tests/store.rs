@@ -181,6 +181,7 @@ on_both_backends!(
         checkpoints_default_to_zero_and_overwrite,
         list_filters_and_cursor_pagination,
         events_after_pages_through_the_log,
+        the_sinks_reads_are_the_full_reads_narrowed,
         replay_rebuilds_exactly_what_appends_built,
         incremental_projection_equals_replay_on_random_logs,
         event_lines_are_the_lines_one_event_made,
@@ -777,6 +778,114 @@ async fn events_after_pages_through_the_log(store: Arc<dyn Store>) {
     let page = store.events_after(1, 1).await.unwrap();
     assert_eq!(page[0].conversation_id, Some(ultimate("c1").conversation_id()));
     assert_eq!(page[0].external_id, "c1");
+}
+
+/// What the ClickHouse sink reads (`log_entries_after`, `transcript_lines_of`, `first_seqs_of`) is what the
+/// full reads give, narrowed: across a merge, lines with non-ASCII text, and an erasure (whose `ledger.erased`
+/// event carries the one payload the sink reads).
+async fn the_sinks_reads_are_the_full_reads_narrowed(store: Arc<dyn Store>) {
+    let cu = ultimate("u1").conversation_id();
+    let cr = room("room-1").conversation_id();
+    append_one(&store, bot("u1", "hi", 0)).await;
+    append_one(&store, visitor_says(cu, "Necesito ayuda, señor 👋", 5)).await;
+    append_one(&store, visitor_says(cu, "a,b\\c\\n\n,\\", 6)).await;
+    append_one(&store, attended("room-1", "Tomas", 20)).await;
+    append_one(&store, visitor_says(cr, "hello Tomas", 21)).await;
+    append_one(&store, queue_accepted(cu, "room-1", "2179", 19)).await;
+    let said = append_one(&store, agent_says("Call me on 555 0100", 30)).await;
+    let erased_id = said.conversation_id.unwrap();
+    store
+        .erase(
+            &handoff_ledger::erasure::ErasureTarget::Conversation(erased_id),
+            Uuid::new_v4(),
+            t(50),
+            &sla(),
+        )
+        .await
+        .unwrap()
+        .expect("erased");
+    append_one(&store, bot("u2", "later", 60)).await;
+    // Separators and escapes in the text fields the sink's log read packs into lines.
+    append_one(&store, bot("we,ird\\c\\n\nid, ", "odd", 61)).await;
+    append_one(&store, event(Platform::Vcc, "", "no stream", 62)).await;
+
+    let log = store.events_after(0, 100).await.unwrap();
+    let entries = store.log_entries_after(0, 100).await.unwrap();
+    assert_eq!(entries.len(), log.len());
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.kind == handoff_ledger::chain::ERASED_KIND)
+            .count(),
+        1
+    );
+    for (e, entry) in log.iter().zip(&entries) {
+        let erasure = (e.kind == handoff_ledger::chain::ERASED_KIND).then(|| e.payload.clone());
+        assert_eq!(
+            (
+                entry.seq,
+                entry.event_id,
+                entry.platform,
+                &entry.external_id,
+                &entry.kind,
+                entry.occurred_at,
+                entry.received_at,
+                entry.conversation_id,
+                &entry.erasure
+            ),
+            (
+                e.seq,
+                e.event_id,
+                e.platform,
+                &e.external_id,
+                &e.kind,
+                e.occurred_at,
+                e.received_at,
+                e.conversation_id,
+                &erasure
+            )
+        );
+    }
+    let page: Vec<i64> = store
+        .log_entries_after(2, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(page, vec![3, 4, 5]);
+    assert!(store.log_entries_after(log.len() as i64, 3).await.unwrap().is_empty());
+
+    let conversations = all_conversations(&store).await;
+    let ids: Vec<Uuid> = conversations.iter().map(|c| c.id).collect();
+    assert_eq!(ids.len(), 4);
+    let lines = store.transcript_lines_of(&ids).await.unwrap();
+    for id in &ids {
+        let (_, messages) = store.transcript(*id).await.unwrap().unwrap();
+        let expected: Vec<store::TranscriptLine> = messages
+            .iter()
+            .map(|m| store::TranscriptLine {
+                seq: m.seq,
+                at: m.at,
+                party: m.party,
+                kind: m.kind,
+                platform: m.platform,
+                text_chars: m.text.as_deref().map_or(0, |t| t.chars().count() as u32),
+            })
+            .collect();
+        assert_eq!(lines.get(id).cloned().unwrap_or_default(), expected, "{id}");
+    }
+    assert_eq!(lines[&cu][0].text_chars, 23, "characters, not bytes");
+
+    let mut asked = ids.clone();
+    asked.push(cr);
+    let first = store.first_seqs_of(&asked).await.unwrap();
+    assert_eq!(first.len(), 4, "the absorbed room has no stream of its own: {first:?}");
+    assert_eq!(first[&cu], 1);
+    for c in &conversations {
+        let events = store.conversation_events(c.id).await.unwrap().unwrap();
+        assert!(first[&c.id] <= events[0].seq, "{}", c.id);
+        assert!(log.iter().any(|e| e.seq == first[&c.id]));
+    }
 }
 
 async fn list_filters_and_cursor_pagination(store: Arc<dyn Store>) {

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::SlaConfig;
-use crate::model::{Conversation, Handoff, Message, StoredEvent};
+use crate::model::{Conversation, Handoff};
 use crate::projection::metrics;
+use crate::store::{LogEntry, TranscriptLine};
 
 /// Seconds since the epoch, 0 for "not happened" (ClickHouse `DateTime` columns use 0 as the null time).
 pub fn epoch(t: Option<DateTime<Utc>>) -> u32 {
@@ -60,8 +61,8 @@ pub(crate) struct EventRow {
 }
 
 impl EventRow {
-    /// The row of a stored event (the payload is not shipped).
-    pub(crate) fn from_event(event: &StoredEvent) -> EventRow {
+    /// The row of an event of the log (the payload is not shipped).
+    pub(crate) fn from_entry(event: &LogEntry) -> EventRow {
         EventRow {
             seq: event.seq.max(0) as u64,
             event_id: event.event_id.to_string(),
@@ -460,7 +461,7 @@ pub(crate) struct MessageRow {
 
 impl MessageRow {
     /// Rows of a conversation's transcript lines (ordinals numbered per `seq` in transcript order).
-    pub(crate) fn from_messages(conversation: &Conversation, messages: &[Message]) -> Vec<MessageRow> {
+    pub(crate) fn from_lines(conversation: &Conversation, messages: &[TranscriptLine]) -> Vec<MessageRow> {
         let mut rows: Vec<MessageRow> = Vec::with_capacity(messages.len());
         let mut ordinals: std::collections::HashMap<i64, u32> = std::collections::HashMap::new();
         for m in messages {
@@ -479,7 +480,7 @@ impl MessageRow {
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 platform: m.platform.as_str().to_string(),
-                length: m.text.as_deref().map(|t| t.chars().count() as u32).unwrap_or(0),
+                length: m.text_chars,
             });
             *ordinal += 1;
         }
@@ -683,20 +684,15 @@ pub(crate) mod tests {
     #[test]
     fn message_rows_carry_no_text_and_number_lines_of_one_event() {
         let c = conversation("m", vec![], 9);
-        let line = |seq: i64, text: &str| Message {
+        let line = |seq: i64, text_chars: u32| TranscriptLine {
             seq,
             at: t("2024-05-01T10:00:00Z"),
             party: Party::Agent,
-            author: Some("Tomas".into()),
             kind: MessageKind::Text,
-            text: Some(text.into()),
-            buttons: vec![],
-            cards: vec![],
-            url: None,
             platform: Platform::Vcc,
-            event_id: Uuid::nil(),
+            text_chars,
         };
-        let rows = MessageRow::from_messages(&c, &[line(4, "héllo"), line(4, "bye"), line(5, "x")]);
+        let rows = MessageRow::from_lines(&c, &[line(4, 5), line(4, 3), line(5, 1)]);
         assert_eq!(
             rows.iter().map(|r| (r.seq, r.ordinal, r.length)).collect::<Vec<_>>(),
             vec![(4, 0, 5), (4, 1, 3), (5, 0, 1)]

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::facts::{possibly_absorbed, tombstone_version, ConversationRow, EventRow, HandoffRow, MessageRow};
-use super::{rollups, schema, Analytics, AnalyticsResult};
+use super::{rollups, schema, Analytics, AnalyticsError, AnalyticsResult};
 use crate::config::SlaConfig;
 use crate::model::Conversation;
 use crate::sources::ledger::{self, ErasedPayload};
-use crate::store::Store;
+use crate::store::{LogEntry, Store};
 use crate::telemetry;
 
 /// Name of the sink's checkpoint in the store.
@@ -145,8 +145,12 @@ async fn shipped_keys(analytics: &Analytics, ids: &BTreeSet<String>) -> Analytic
 /// conversation row it wrote before them (tombstones under the key of a live row found here), so the keys of
 /// the conversation rows ([`shipped_keys`]) name every row there is: the three `FINAL` reads then go
 /// through the sort keys' prefix `(started_at, conversation_id)` and read only the granules holding them.
-/// Conversations never shipped (most of a backfill) cost nothing more than the key lookup.
+/// Conversations never shipped (most of a backfill) cost nothing more than the key lookup, and those known
+/// never shipped (see [`ShippedUpTo`]) are left out of `ids` by the caller.
 async fn live_state(analytics: &Analytics, ids: &BTreeSet<String>) -> AnalyticsResult<LiveState> {
+    if ids.is_empty() {
+        return Ok(LiveState::default());
+    }
     let keys = shipped_keys(analytics, ids).await?;
     let mut state = LiveState::default();
     for chunk in keys.chunks(IN_LIST_KEYS) {
@@ -202,6 +206,37 @@ async fn live_state_of(analytics: &Analytics, keys: &[LiveConversation]) -> Anal
         handoffs,
         messages,
     })
+}
+
+/// The highest log position of any event ClickHouse holds, at least the checkpoint: what a pass reads before
+/// it ships anything. A pass inserts its events before any fact row (and a crashed pass too: its facts were
+/// inserted after its events), and ships only conversations an event of its batch touched (read as they are
+/// in the store then, possibly with later events). So no pass has ever shipped a row of a conversation whose
+/// streams' first position ([`Store::first_seqs_of`]) is after this one, nor of an id a merge has since
+/// absorbed into it (the absorbed conversation's streams, with their first positions, are its own now):
+/// such conversations skip the lookup of what ClickHouse holds for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ShippedUpTo(pub i64);
+
+impl ShippedUpTo {
+    /// Read from ClickHouse's events after `checkpoint` (only the last granules of the sort key `seq`).
+    async fn read(analytics: &Analytics, checkpoint: i64) -> AnalyticsResult<ShippedUpTo> {
+        let highest: u64 = analytics
+            .client()
+            .query(&format!(
+                "SELECT max(seq) FROM events WHERE seq > {}",
+                checkpoint.max(0)
+            ))
+            .fetch_one()
+            .await?;
+        Ok(ShippedUpTo(checkpoint.max(i64::try_from(highest).unwrap_or(i64::MAX))))
+    }
+
+    /// Whether ClickHouse may hold rows of a conversation whose streams first appear at `first_seq` (None:
+    /// unknown, e.g. no stream filed to it any more).
+    pub(crate) fn may_hold(self, first_seq: Option<i64>) -> bool {
+        first_seq.is_none_or(|first| first <= self.0)
+    }
 }
 
 /// What one pass writes: new rows, tombstones, and the hours whose rollups change.
@@ -354,6 +389,12 @@ impl PassTimings {
         }
     }
 
+    /// The next phase begins now (the time since the last phase ended is not counted: waiting for the
+    /// previous pass).
+    fn resume(&mut self) {
+        self.last = Instant::now();
+    }
+
     /// Ends the phase `name` (it began where the previous one ended).
     fn lap(&mut self, name: &'static str) {
         let now = Instant::now();
@@ -373,19 +414,20 @@ impl PassTimings {
 
 /// Ships the current state of `conversations` (with their transcript rows): writes the dirty hours, the
 /// rows and tombstones, then (when `refresh`) refreshes every dirty hour's rollups; the rows of the `erased`
-/// conversations are shipped without stream ids. Idempotent.
+/// conversations are shipped without stream ids. ClickHouse is asked what it holds of the ids in `lookup`
+/// only (the conversations and absorbed ids it may hold rows of; see [`ShippedUpTo`]). Idempotent.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn ship_conversations_erasing(
     analytics: &Analytics,
     conversations: &[(Conversation, Vec<MessageRow>)],
     absorbed: &HashMap<String, i64>,
+    lookup: &BTreeSet<String>,
     erased: &BTreeSet<Uuid>,
     sla: &SlaConfig,
     refresh: bool,
     timings: &mut PassTimings,
 ) -> AnalyticsResult<()> {
-    let mut ids: BTreeSet<String> = conversations.iter().map(|(c, _)| c.id.to_string()).collect();
-    ids.extend(absorbed.keys().cloned());
-    let live = live_state(analytics, &ids).await?.into_view();
+    let live = live_state(analytics, lookup).await?.into_view();
     timings.lap("live_state");
     let mut shipment = plan_shipment(conversations, absorbed, &live, sla);
     let erased: BTreeSet<String> = erased.iter().map(Uuid::to_string).collect();
@@ -423,33 +465,105 @@ pub async fn ship_batch(
     sla: &SlaConfig,
     max_events: u32,
 ) -> AnalyticsResult<u64> {
-    let mut timings = PassTimings::start();
+    let timings = PassTimings::start();
     let checkpoint = store.checkpoint(CHECKPOINT).await?;
-    let events = store.events_after(checkpoint, max_events).await?;
-    timings.lap("read_events");
-    let Some(last) = events.last().map(|e| e.seq) else {
-        // Caught up; still repair rollups a crash may have left dirty.
-        rollups::refresh_dirty(analytics).await?;
-        return Ok(0);
-    };
-    // Behind (a full pass): rebuild the rollups later, see [`REFRESH_EVERY_EVENTS`].
-    let full = events.len() >= max_events as usize;
-    let refresh = !full || checkpoint / REFRESH_EVERY_EVENTS != last / REFRESH_EVERY_EVENTS;
-    let event_rows: Vec<EventRow> = events.iter().map(EventRow::from_event).collect();
-    insert_rows(analytics, "events", &event_rows).await?;
-    timings.lap("insert_events");
+    let read = read_pass(store, checkpoint, max_events, timings).await?;
+    ship_read(store, analytics, sla, read).await
+}
 
+/// Ships pass after pass (at most `max_events` events each) until a pass is not full (caught up) or
+/// `stopping` is cancelled, and returns how many events were shipped (0: caught up already). While the
+/// sink is behind, each pass's store reads ([`read_pass`]) run on a task of their own while the previous
+/// pass is shipped to ClickHouse, so the store and ClickHouse work at once. What a pass writes and when
+/// is as in [`ship_once`]: a pass's ClickHouse work (its lookup of what ClickHouse holds included) begins
+/// after the previous pass stored its checkpoint, and its checkpoint is stored after its inserts; reading
+/// ahead writes nothing, and reads the conversations after the previous pass read them (never an older
+/// state). A crash anywhere therefore leaves what it leaves between two [`ship_once`] calls.
+/// `on_checkpoint` is called with each checkpoint stored.
+pub async fn ship_until_caught_up(
+    store: &Arc<dyn Store>,
+    analytics: &Analytics,
+    sla: &SlaConfig,
+    max_events: u32,
+    stopping: &CancellationToken,
+    on_checkpoint: &(dyn Fn(i64) + Sync),
+) -> AnalyticsResult<u64> {
+    let checkpoint = store.checkpoint(CHECKPOINT).await?;
+    let mut read = read_pass(store.as_ref(), checkpoint, max_events, PassTimings::start()).await?;
+    let mut shipped = 0;
+    loop {
+        let last = match read.events.last() {
+            Some(e) if read.full && !stopping.is_cancelled() => e.seq,
+            Some(e) => {
+                let last = e.seq;
+                shipped += ship_read(store.as_ref(), analytics, sla, read).await?;
+                on_checkpoint(last);
+                return Ok(shipped);
+            }
+            None => return Ok(shipped + ship_read(store.as_ref(), analytics, sla, read).await?),
+        };
+        let ahead = tokio::spawn({
+            let store = Arc::clone(store);
+            async move { read_pass(store.as_ref(), last, max_events, PassTimings::start()).await }
+        });
+        let pass = ship_read(store.as_ref(), analytics, sla, read).await;
+        let next = match pass {
+            Ok(n) => {
+                shipped += n;
+                on_checkpoint(last);
+                ahead.await
+            }
+            Err(e) => {
+                ahead.abort();
+                return Err(e);
+            }
+        };
+        read = next.map_err(|e| AnalyticsError::Data(format!("the sink's store reads failed: {e}")))??;
+        read.timings.resume();
+    }
+}
+
+/// What a pass reads from the store: the events after the checkpoint and the current state of the
+/// conversations they touch, with their transcript rows. Nothing in it depends on ClickHouse.
+struct PassRead {
+    /// The checkpoint the events follow.
+    checkpoint: i64,
+    /// At most `max_events` events after it.
+    events: Vec<LogEntry>,
+    /// As many events as allowed: more may be waiting.
+    full: bool,
+    /// The touched conversations (resolved through merges) with their transcript rows.
+    with_messages: Vec<(Conversation, Vec<MessageRow>)>,
+    /// Ids a merge may have absorbed -> (last_seq of the conversation that absorbed it, its id).
+    absorbed: HashMap<String, (i64, Uuid)>,
+    /// First log position of each touched conversation ([`Store::first_seqs_of`]).
+    first_seqs: HashMap<Uuid, i64>,
+    /// The touched conversations an erasure covered.
+    erased: BTreeSet<Uuid>,
+    timings: PassTimings,
+}
+
+/// Reads what the pass after `checkpoint` ships (at most `max_events` events).
+async fn read_pass(
+    store: &dyn Store,
+    checkpoint: i64,
+    max_events: u32,
+    mut timings: PassTimings,
+) -> AnalyticsResult<PassRead> {
+    let events = store.log_entries_after(checkpoint, max_events).await?;
+    timings.lap("read_events");
+    let full = events.len() >= max_events as usize;
     let touched: BTreeSet<Uuid> = events.iter().filter_map(|e| e.conversation_id).collect();
     let touched: Vec<Uuid> = touched.into_iter().collect();
     let mut conversations: BTreeMap<Uuid, Conversation> = BTreeMap::new();
-    let mut absorbed: HashMap<String, i64> = HashMap::new();
+    let mut absorbed: HashMap<String, (i64, Uuid)> = HashMap::new();
     // Every touched conversation and every transcript in a few statements, not a round trip each.
     for (id, conversation) in store.conversations_of(&touched).await? {
         if conversation.id != id {
-            absorbed.insert(id.to_string(), conversation.last_seq);
+            absorbed.insert(id.to_string(), (conversation.last_seq, conversation.id));
         }
         for other in possibly_absorbed(&conversation) {
-            absorbed.insert(other.to_string(), conversation.last_seq);
+            absorbed.insert(other.to_string(), (conversation.last_seq, conversation.id));
         }
         conversations.insert(conversation.id, conversation);
     }
@@ -458,22 +572,76 @@ pub async fn ship_batch(
     }
     timings.lap("read_conversations");
     let ids: Vec<Uuid> = conversations.keys().copied().collect();
-    let mut transcripts = store.transcripts_of(&ids).await?;
+    let mut transcripts = store.transcript_lines_of(&ids).await?;
     timings.lap("read_transcripts");
+    let first_seqs = store.first_seqs_of(&ids).await?;
+    timings.lap("read_first_seqs");
     let mut with_messages = Vec::with_capacity(conversations.len());
     for (id, conversation) in conversations {
         let lines = transcripts.remove(&id).unwrap_or_default();
-        let messages = MessageRow::from_messages(&conversation, &lines);
+        let messages = MessageRow::from_lines(&conversation, &lines);
         with_messages.push((conversation, messages));
     }
     timings.lap("build_messages");
-    let ids: Vec<Uuid> = with_messages.iter().map(|(c, _)| c.id).collect();
     let erased = store.erased_among(&ids).await?;
     timings.lap("read_erased");
+    Ok(PassRead {
+        checkpoint,
+        events,
+        full,
+        with_messages,
+        absorbed,
+        first_seqs,
+        erased,
+        timings,
+    })
+}
+
+/// Ships what [`read_pass`] read, then stores the new checkpoint (the last event's seq). Returns how many
+/// events were shipped (0: caught up, and the rollups a crash may have left dirty are repaired).
+async fn ship_read(store: &dyn Store, analytics: &Analytics, sla: &SlaConfig, read: PassRead) -> AnalyticsResult<u64> {
+    let PassRead {
+        checkpoint,
+        events,
+        full,
+        with_messages,
+        absorbed,
+        first_seqs,
+        erased,
+        mut timings,
+    } = read;
+    let Some(last) = events.last().map(|e| e.seq) else {
+        // Caught up; still repair rollups a crash may have left dirty.
+        rollups::refresh_dirty(analytics).await?;
+        return Ok(0);
+    };
+    // Behind (a full pass): rebuild the rollups later, see [`REFRESH_EVERY_EVENTS`].
+    let refresh = !full || checkpoint / REFRESH_EVERY_EVENTS != last / REFRESH_EVERY_EVENTS;
+    // Before this pass inserts anything.
+    let shipped = ShippedUpTo::read(analytics, checkpoint).await?;
+    timings.lap("shipped_up_to");
+    let event_rows: Vec<EventRow> = events.iter().map(EventRow::from_entry).collect();
+    insert_rows(analytics, "events", &event_rows).await?;
+    timings.lap("insert_events");
+    let may_hold = |id: &Uuid| shipped.may_hold(first_seqs.get(id).copied());
+    let mut lookup: BTreeSet<String> = with_messages
+        .iter()
+        .map(|(c, _)| &c.id)
+        .filter(|id| may_hold(id))
+        .map(Uuid::to_string)
+        .collect();
+    lookup.extend(
+        absorbed
+            .iter()
+            .filter(|(_, (_, into))| may_hold(into))
+            .map(|(id, _)| id.clone()),
+    );
+    let absorbed: HashMap<String, i64> = absorbed.into_iter().map(|(id, (seq, _))| (id, seq)).collect();
     ship_conversations_erasing(
         analytics,
         &with_messages,
         &absorbed,
+        &lookup,
         &erased,
         sla,
         refresh,
@@ -484,7 +652,8 @@ pub async fn ship_batch(
     let erasures: Vec<ErasedPayload> = events
         .iter()
         .filter(|e| e.kind == ledger::ERASED)
-        .filter_map(|e| serde_json::from_value(e.payload.clone()).ok())
+        .filter_map(|e| e.erasure.clone())
+        .filter_map(|payload| serde_json::from_value(payload).ok())
         .collect();
     if !erasures.is_empty() {
         super::erasure::erase(analytics, &erasures).await?;
@@ -494,7 +663,8 @@ pub async fn ship_batch(
     timings.lap("checkpoint");
     tracing::debug!(
         events = events.len(),
-        conversations = ids.len(),
+        conversations = with_messages.len(),
+        looked_up = lookup.len(),
         phases_ms = %timings.summary(),
         "sink pass"
     );
@@ -558,9 +728,10 @@ pub(crate) async fn run_sink(
     backoff.reset();
     // A pass in progress is never cut short: a shutdown waits for its batch and checkpoint.
     while !stopping.is_cancelled() {
-        let result = ship_once(store.as_ref(), &analytics, &sla).await;
+        let lag = |checkpoint: i64| telemetry::sink_lag(*wake.borrow() - checkpoint);
+        let result = ship_until_caught_up(&store, &analytics, &sla, BATCH_EVENTS, &stopping, &lag).await;
         if let Ok(checkpoint) = store.checkpoint(CHECKPOINT).await {
-            telemetry::sink_lag(*wake.borrow() - checkpoint);
+            lag(checkpoint);
         }
         match result {
             Ok(0) => {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::report::ExactTime;
-use super::{ConversationFilter, MessageCursor, StoreError, StoreResult};
+use super::{ConversationFilter, LogEntry, MessageCursor, StoreError, StoreResult, TranscriptLine};
 use crate::model::{
     Conversation, Disposition, HandoffState, Message, NewEvent, Platform, QuarantineEntry, Redrive, SlaStatus,
     StoredEvent, StreamKey,
@@ -477,6 +477,129 @@ pub(crate) fn pick_survivor(a: (Uuid, Option<i64>), b: (Uuid, Option<i64>)) -> (
     } else {
         (b.0, a.0)
     }
+}
+
+/// `text` with the separators of [`log_entries_sql`]'s lines escaped (`\` as `\\`, `,` as `\c`, a newline
+/// as `\n`), as SQL both databases run.
+fn escaped(text: &str) -> String {
+    format!("replace(replace(replace({text}, '\\', '\\\\'), ',', '\\c'), '\n', '\\n')")
+}
+
+/// The log after `$1`, at most `$2` events, as one text (NULL when none): a line per event, in no
+/// particular order, `seq,event_id,platform,occurred_at,received_at,conversation_id,kind,external_id` (the
+/// last two escaped, see [`escaped`]; the conversation id empty when none). One row instead of one per event:
+/// the per-row cost of the driver is most of what reading thousands of short rows costs.
+pub(crate) fn log_entries_sql() -> String {
+    format!(
+        "SELECT string_agg(x.line, '\n') FROM (SELECT e.seq || ',' || e.event_id || ',' || e.platform || ',' || \
+         e.occurred_at || ',' || e.received_at || ',' || COALESCE(s.conversation_id, '') || ',' || {} || ',' || \
+         {} AS line FROM events e \
+         LEFT JOIN streams s ON s.platform = e.platform AND s.external_id = e.external_id \
+         WHERE e.seq > $1 ORDER BY e.seq LIMIT $2) x",
+        escaped("e.kind"),
+        escaped("e.external_id")
+    )
+}
+
+/// The payloads of the `ledger.erased` events with `$1 < seq <= $2`: `(seq, payload)`.
+pub(crate) fn erasure_payloads_sql() -> String {
+    format!(
+        "SELECT seq, payload FROM events WHERE seq > $1 AND seq <= $2 AND kind = '{}'",
+        crate::sources::ledger::ERASED
+    )
+}
+
+/// The inverse of [`escaped`].
+fn unescaped(text: &str) -> StoreResult<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('c') => out.push(','),
+            Some('n') => out.push('\n'),
+            other => return Err(StoreError::Corrupt(format!("bad escape `\\{other:?}` in a log line"))),
+        }
+    }
+    Ok(out)
+}
+
+/// The lines of [`log_entries_sql`] as entries in seq order (without erasure payloads).
+pub(crate) fn decode_log_entries(text: Option<&str>) -> StoreResult<Vec<LogEntry>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let bad = |line: &str| StoreError::Corrupt(format!("bad log line `{line}`"));
+    let mut entries = Vec::new();
+    for line in text.split('\n') {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [seq, event_id, platform, occurred_at, received_at, conversation, kind, external_id] = fields[..] else {
+            return Err(bad(line));
+        };
+        let int = |v: &str| v.parse::<i64>().map_err(|_| bad(line));
+        entries.push(LogEntry {
+            seq: int(seq)?,
+            event_id: parse_uuid(event_id)?,
+            platform: parse_platform(platform)?,
+            external_id: unescaped(external_id)?,
+            kind: unescaped(kind)?,
+            occurred_at: from_micros(int(occurred_at)?)?,
+            received_at: from_micros(int(received_at)?)?,
+            conversation_id: (!conversation.is_empty())
+                .then(|| parse_uuid(conversation))
+                .transpose()?,
+            erasure: None,
+        });
+    }
+    entries.sort_unstable_by_key(|e| e.seq);
+    Ok(entries)
+}
+
+/// The transcript lines of the conversations `$1..$n` as one text (NULL when none): a line per transcript
+/// line, in no particular order, `conversation_id,at,seq,idx,party,kind,platform,text` (the text escaped, see
+/// [`escaped`]; empty when none). One row per statement instead of one per line (see [`log_entries_sql`]).
+pub(crate) fn transcript_lines_sql(ids: super::sql::InList) -> String {
+    format!(
+        "SELECT string_agg(conversation_id || ',' || at || ',' || seq || ',' || idx || ',' || party || ',' || \
+         kind || ',' || platform || ',' || {}, '\n') FROM messages WHERE conversation_id {ids}",
+        escaped("COALESCE(text, '')"),
+    )
+}
+
+/// The lines of [`transcript_lines_sql`] with their conversation ids, in transcript order per conversation
+/// (`at, seq, idx`), each decoded as [`decode_message`] decodes those fields.
+pub(crate) fn decode_transcript_lines(text: Option<&str>) -> StoreResult<Vec<(Uuid, TranscriptLine)>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let bad = |line: &str| StoreError::Corrupt(format!("bad transcript line `{line}`"));
+    let mut lines = Vec::new();
+    for line in text.split('\n') {
+        let mut fields = line.splitn(8, ',');
+        let mut next = || fields.next().ok_or_else(|| bad(line));
+        let (conversation, at, seq, idx, party, kind, platform, escaped_text) =
+            (next()?, next()?, next()?, next()?, next()?, next()?, next()?, next()?);
+        let int = |v: &str| v.parse::<i64>().map_err(|_| bad(line));
+        let at = int(at)?;
+        let seq = int(seq)?;
+        lines.push((
+            (parse_uuid(conversation)?, at, seq, int(idx)?),
+            TranscriptLine {
+                seq,
+                at: from_micros(at)?,
+                party: enum_from_text("party", party)?,
+                kind: enum_from_text("message kind", kind)?,
+                platform: parse_platform(platform)?,
+                text_chars: unescaped(escaped_text)?.chars().count() as u32,
+            },
+        ));
+    }
+    lines.sort_unstable_by_key(|(key, _)| *key);
+    Ok(lines.into_iter().map(|((id, ..), line)| (id, line)).collect())
 }
 
 /// An event row as the domain type; the payload text is parsed back into JSON.

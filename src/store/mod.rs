@@ -26,8 +26,8 @@ use crate::chain::{ChainHead, ChainRow};
 use crate::config::SlaConfig;
 use crate::erasure::{ErasureCertificate, ErasureTarget};
 use crate::model::{
-    AppendOutcome, Conversation, Disposition, HandoffState, Message, NewEvent, NewQuarantine, Platform,
-    QuarantineEntry, Redrive, SlaStatus, StoredEvent,
+    AppendOutcome, Conversation, Disposition, HandoffState, Message, MessageKind, NewEvent, NewQuarantine, Party,
+    Platform, QuarantineEntry, Redrive, SlaStatus, StoredEvent,
 };
 
 pub use chained::ChainPage;
@@ -308,9 +308,62 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// the id asked for (ids naming none are left out): a few statements however many ids (the sink's reads).
     async fn conversations_of(&self, ids: &[Uuid]) -> StoreResult<Vec<(Uuid, Conversation)>>;
 
-    /// The transcript lines of the (projected) conversations `ids`, each in transcript order: a few
-    /// statements however many ids.
-    async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>>;
+    /// What the ClickHouse sink ships of the transcript lines of the (projected) conversations `ids`, each in
+    /// transcript order (never their text, buttons or cards): a few statements however many ids.
+    async fn transcript_lines_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<TranscriptLine>>>;
+
+    /// The global log after `after_seq`, at most `limit` events, as the ClickHouse sink reads it (see
+    /// [`LogEntry`]): the rows of [`Store::events_after`] without decoding what the sink never reads.
+    async fn log_entries_after(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<LogEntry>>;
+
+    /// The first log position of each of the conversations `ids` (not resolved through merges): the lowest
+    /// `first_seq` of the streams filed to it now, which is at or before every event of those streams (ids
+    /// with no stream are left out). A conversation whose first position is after a seq has no event at or
+    /// before it.
+    async fn first_seqs_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, i64>>;
+}
+
+/// One event of the log as the ClickHouse sink reads it ([`Store::log_entries_after`]): the fields of
+/// [`StoredEvent`] it ships, and the payload only of `ledger.erased` events (the only payloads it reads).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Position in the log.
+    pub seq: i64,
+    /// Event id.
+    pub event_id: Uuid,
+    /// Source platform.
+    pub platform: Platform,
+    /// The platform's id of the stream.
+    pub external_id: String,
+    /// `<platform>.<event name>`.
+    pub kind: String,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// The conversation the stream belongs to now.
+    pub conversation_id: Option<Uuid>,
+    /// The payload of a `ledger.erased` event (the same JSON as [`StoredEvent::payload`]); None for every
+    /// other kind.
+    pub erasure: Option<serde_json::Value>,
+}
+
+/// What the ClickHouse sink ships of a transcript line ([`Store::transcript_lines_of`]): the fields of
+/// [`Message`] it reads, and the length of its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscriptLine {
+    /// Log position of the event it came from.
+    pub seq: i64,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+    /// Who sent it.
+    pub party: Party,
+    /// What it is.
+    pub kind: MessageKind,
+    /// Platform it came from.
+    pub platform: Platform,
+    /// Characters (Unicode scalar values) of its text, 0 without text.
+    pub text_chars: u32,
 }
 
 /// Opens the store a URL names, creating an SQLite file (and its directory) when missing.

@@ -29,7 +29,7 @@
 //! [`metrics::is_short_abandon`]: crate::projection::metrics::is_short_abandon
 //! [`metrics::percentile`]: crate::projection::metrics::percentile
 
-use super::codec::{Bind, MessageRow};
+use super::codec::Bind;
 use super::{StoreError, StoreResult};
 use crate::config::SlaConfig;
 
@@ -601,36 +601,6 @@ pub(crate) fn decode_dispositions(row: TotalsRow) -> DispositionTotals {
         missed: count(missed),
         failed: count(failed),
     }
-}
-
-// ---- The sink's bulk reads ----
-
-/// A transcript line with its conversation id first (`conversation_id, codec::MESSAGE_SELECT`).
-pub(crate) type ConversationMessageRow = (
-    String,
-    i64,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    String,
-    String,
-    Option<String>,
-    String,
-    String,
-);
-
-/// The conversation id and the line's own row.
-pub(crate) fn split_message_row(row: ConversationMessageRow) -> (String, MessageRow) {
-    let (id, at, seq, idx, party, author, kind, text, buttons, cards, url, platform, event_id) = row;
-    (
-        id,
-        (
-            at, seq, idx, party, author, kind, text, buttons, cards, url, platform, event_id,
-        ),
-    )
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ use super::erasing::{self, erasing_store};
 use super::replay;
 use super::report;
 use super::{
-    ConversationFilter, ConversationPage, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError, StoreResult,
-    TranscriptPage,
+    ConversationFilter, ConversationPage, LogEntry, MessageCursor, RelayPlanner, ReplayStats, Store, StoreError,
+    StoreResult, TranscriptLine, TranscriptPage,
 };
 use crate::chain::{self, ChainHead, ChainLink, ChainRow};
 use crate::config::SlaConfig;
@@ -3007,32 +3007,74 @@ macro_rules! sql_store {
                 for (id, doc) in docs {
                     by_id.insert(codec::parse_uuid(&id)?, codec::from_json::<Conversation>("conversation", &doc)?);
                 }
+                // Each conversation moves to the last id asking for it; ids asking for the same one before
+                // it (merged ids) get a copy.
+                let mut askers: HashMap<Uuid, usize> = HashMap::with_capacity(ids.len());
+                for id in ids {
+                    *askers.entry(resolve(id)).or_default() += 1;
+                }
                 let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    if let Some(c) = by_id.get(&resolve(id)) {
-                        out.push((*id, c.clone()));
+                    let key = resolve(id);
+                    let Some(left) = askers.get_mut(&key) else { continue };
+                    *left -= 1;
+                    let conversation = if *left == 0 {
+                        by_id.remove(&key)
+                    } else {
+                        by_id.get(&key).cloned()
+                    };
+                    if let Some(c) = conversation {
+                        out.push((*id, c));
                     }
                 }
                 Ok(out)
             }
 
-            async fn transcripts_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<Message>>> {
-                let rows: Vec<report::ConversationMessageRow> = self
+            async fn transcript_lines_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Vec<TranscriptLine>>> {
+                let texts: Vec<(Option<String>,)> = self.fetch_in(ids, codec::transcript_lines_sql).await?;
+                let mut out: HashMap<Uuid, Vec<TranscriptLine>> = HashMap::new();
+                for (text,) in texts {
+                    for (id, line) in codec::decode_transcript_lines(text.as_deref())? {
+                        out.entry(id).or_default().push(line);
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn log_entries_after(&self, after_seq: i64, limit: u32) -> StoreResult<Vec<LogEntry>> {
+                let (text,): (Option<String>,) = sqlx::query_as(&codec::log_entries_sql())
+                    .bind(after_seq)
+                    .bind(i64::from(limit))
+                    .fetch_one(&self.pool)
+                    .await?;
+                let mut entries = codec::decode_log_entries(text.as_deref())?;
+                if let Some(last) = entries.last().map(|e| e.seq) {
+                    let payloads: Vec<(i64, String)> = sqlx::query_as(&codec::erasure_payloads_sql())
+                        .bind(after_seq)
+                        .bind(last)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    for (seq, payload) in payloads {
+                        if let Ok(i) = entries.binary_search_by_key(&seq, |e| e.seq) {
+                            entries[i].erasure = Some(codec::from_json("payload", &payload)?);
+                        }
+                    }
+                }
+                Ok(entries)
+            }
+
+            async fn first_seqs_of(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, i64>> {
+                let rows: Vec<(String, i64)> = self
                     .fetch_in(ids, |ids| {
                         format!(
-                            "SELECT conversation_id, {} FROM messages WHERE conversation_id {ids} \
-                             ORDER BY conversation_id, at, seq, idx",
-                            codec::MESSAGE_SELECT
+                            "SELECT conversation_id, MIN(first_seq) FROM streams WHERE conversation_id {ids} \
+                             GROUP BY conversation_id"
                         )
                     })
                     .await?;
-                let mut out: HashMap<Uuid, Vec<Message>> = HashMap::new();
-                for row in rows {
-                    let (id, line) = report::split_message_row(row);
-                    let (_, message) = codec::decode_message(line)?;
-                    out.entry(codec::parse_uuid(&id)?).or_default().push(message);
-                }
-                Ok(out)
+                rows.iter()
+                    .map(|(id, first)| Ok((codec::parse_uuid(id)?, *first)))
+                    .collect()
             }
         }
 
