@@ -794,16 +794,7 @@ async fn the_sinks_reads_are_the_full_reads_narrowed(store: Arc<dyn Store>) {
     append_one(&store, queue_accepted(cu, "room-1", "2179", 19)).await;
     let said = append_one(&store, agent_says("Call me on 555 0100", 30)).await;
     let erased_id = said.conversation_id.unwrap();
-    store
-        .erase(
-            &handoff_ledger::erasure::ErasureTarget::Conversation(erased_id),
-            Uuid::new_v4(),
-            t(50),
-            &sla(),
-        )
-        .await
-        .unwrap()
-        .expect("erased");
+    erase_at_50(&store, erased_id).await;
     append_one(&store, bot("u2", "later", 60)).await;
     // Separators and escapes in the text fields the sink's log read packs into lines.
     append_one(&store, bot("we,ird\\c\\n\nid, ", "odd", 61)).await;
@@ -1757,10 +1748,9 @@ async fn same_key_same_body_is_a_duplicate_another_body_a_newer_version(store: A
     assert_eq!(lines_of(&store, id).await, ["Your balance is 1000"]);
 }
 
-async fn a_redelivery_of_an_erased_event_is_checked_against_its_digest(store: Arc<dyn Store>) {
-    let first = append_one(&store, agent_says("Call me on 555 0100", 2)).await;
-    let id = first.conversation_id.unwrap();
-    let certificate = store
+/// Erases the conversation `id` at t(50), which must exist.
+async fn erase_at_50(store: &Arc<dyn Store>, id: Uuid) -> handoff_ledger::erasure::ErasureCertificate {
+    store
         .erase(
             &handoff_ledger::erasure::ErasureTarget::Conversation(id),
             Uuid::new_v4(),
@@ -1769,7 +1759,13 @@ async fn a_redelivery_of_an_erased_event_is_checked_against_its_digest(store: Ar
         )
         .await
         .unwrap()
-        .expect("erased");
+        .expect("erased")
+}
+
+async fn a_redelivery_of_an_erased_event_is_checked_against_its_digest(store: Arc<dyn Store>) {
+    let first = append_one(&store, agent_says("Call me on 555 0100", 2)).await;
+    let id = first.conversation_id.unwrap();
+    let certificate = erase_at_50(&store, id).await;
     assert!(certificate.events.iter().any(|e| e.seq == first.seq));
     // The stored payload is a stub now; the redelivery is compared with the original's digest.
     let again = append_one(&store, agent_says("Call me on 555 0100", 60)).await;
