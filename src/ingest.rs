@@ -94,6 +94,10 @@ pub trait Relay: Send + Sync {
     /// Sends the commands committed with newly appended events (planned in their transaction by the
     /// writer's relay rules; see `store::RelayPlanner`).
     async fn relay(&self, outcomes: &[AppendOutcome]);
+
+    /// This relay as an owned handle: for the events that commit after their request stopped waiting
+    /// ([`Pipeline::append`]).
+    fn to_owned_relay(&self) -> Arc<dyn Relay>;
 }
 
 /// The pipeline's parts. Cheap to clone.
@@ -168,7 +172,7 @@ impl Pipeline {
                 return Err(IngestError::Refused(error));
             }
         };
-        let outcomes = self.append(parsed.events.clone()).await?;
+        let outcomes = self.append(parsed.events.clone(), Some(relay)).await?;
         relay.relay(&outcomes).await;
         Ok(Ingested {
             value,
@@ -178,16 +182,32 @@ impl Pipeline {
     }
 
     /// Hands events to the writer and waits for their commit at most `server.commit_deadline_ms`; past
-    /// it the caller is told to retry, never kept waiting. (The events may still commit afterwards: the
-    /// sender's retry is then recognised as a redelivery.)
-    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, IngestError> {
-        match tokio::time::timeout(self.commit_deadline(), self.writer.append(events)).await {
+    /// it the caller is told to retry, never kept waiting. The events may still commit afterwards (the
+    /// sender's retry is then recognised as a redelivery, which calls for no command): `late` then sends
+    /// the commands they committed with them as soon as they have, so a relay is not left to the next
+    /// start's recovery.
+    pub async fn append(
+        &self,
+        events: Vec<NewEvent>,
+        late: Option<&dyn Relay>,
+    ) -> Result<Vec<AppendOutcome>, IngestError> {
+        let writer = self.writer.clone();
+        let mut appending = Box::pin(async move { writer.append(events).await });
+        match tokio::time::timeout(self.commit_deadline(), &mut appending).await {
             Ok(result) => Ok(result?),
             Err(_) => {
                 tracing::warn!(
                     deadline_ms = self.config.server.commit_deadline_ms,
                     "the writer did not commit in time"
                 );
+                if let Some(relay) = late.map(|r| r.to_owned_relay()) {
+                    tokio::spawn(async move {
+                        if let Ok(outcomes) = appending.await {
+                            tracing::info!("events committed after their deadline; sending their commands");
+                            relay.relay(&outcomes).await;
+                        }
+                    });
+                }
                 Err(IngestError::CommitTimeout)
             }
         }

@@ -684,6 +684,61 @@ async fn widget_escalate_is_acknowledged_at_once_and_queued_in_the_background() 
         .contains("no route for team nowhere"));
 }
 
+/// A delivery whose commit outlasts `server.commit_deadline_ms` is answered 503 and commits afterwards: the
+/// commands it committed are sent then (not at the next start), and the platform's retry, a redelivery,
+/// sends nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_committed_after_its_503_has_its_commands_sent_then() {
+    use sqlx::Connection as _;
+    let mock = MockServer::start().await;
+    let room = format!("room-{}", Uuid::new_v4());
+    mount_aivo_queue(&mock, &room, Duration::ZERO).await;
+    mount_ok(&mock, "/ultimate/").await;
+    let app = spawn(Store::Sqlite, &mock, |c| c.server.commit_deadline_ms = 500).await;
+    let pcid = format!("pc-{}", Uuid::new_v4());
+    let escalate = ultimate("widgetEscalate", &pcid, json!({}));
+    // Another connection holds SQLite's write lock: the writer's transaction waits behind it.
+    let mut lock = sqlx::SqliteConnection::connect(&app.state.config.store.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await.unwrap();
+    let (status, answer) = app.post("/webhooks/ultimate/converse", &escalate).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(received(&mock, "/aivo/").await.is_empty());
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    wait_until("the queue call of the late commit", || async {
+        received(&mock, "/aivo/queue").await.len() == 1
+    })
+    .await;
+    let queue_calls = received(&mock, "/aivo/queue").await;
+    assert_eq!(body(&queue_calls[0]), aivo_queue_body(&pcid, json!({})));
+    // The platform retries: recognised, nothing sent again.
+    let (status, _) = app.post("/webhooks/ultimate/converse", &escalate).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&mock, "/aivo/queue").await.len(), 1, "queued once");
+    let id = app.get("/v1/conversations").await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("the queue call's result", || async {
+        app.results(&id)
+            .await
+            .contains(&("aivo_live_queue".to_string(), "ok".to_string()))
+    })
+    .await;
+    assert_eq!(app.conversation(&id).await["state"], json!("queued"));
+    assert_eq!(
+        app.commands(&id)
+            .await
+            .iter()
+            .filter(|c| *c == "aivo_live_queue")
+            .count(),
+        1,
+        "one queue command recorded"
+    );
+}
+
 /// Aivo sends `attended` while the queue call is still out: the room starts a conversation of its own,
 /// the link merges it into the bot's, and the widget still hears `escalationSuccess`, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

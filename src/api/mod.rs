@@ -103,12 +103,13 @@ pub(crate) fn configure_metrics(cfg: &mut web::ServiceConfig) {
 }
 
 /// Hands a request's events to the writer and waits for their commit at most
-/// `server.commit_deadline_ms` (see [`crate::ingest::Pipeline::append`]).
+/// `server.commit_deadline_ms` (see [`crate::ingest::Pipeline::append`]; events that commit after it
+/// still have their commands sent).
 pub async fn append(
     state: &AppState,
     events: Vec<crate::model::NewEvent>,
 ) -> Result<Vec<crate::model::AppendOutcome>, error::ApiError> {
-    Ok(state.ingest.append(events).await?)
+    Ok(state.ingest.append(events, Some(&state.outbound)).await?)
 }
 
 /// Keeps the leading items whose JSON fits in `max_bytes` (always at least the first, so a page

@@ -148,6 +148,10 @@ impl crate::ingest::Relay for Outbound {
     async fn relay(&self, outcomes: &[AppendOutcome]) {
         Outbound::relay(self, outcomes).await
     }
+
+    fn to_owned_relay(&self) -> Arc<dyn crate::ingest::Relay> {
+        Arc::new(self.clone())
+    }
 }
 
 #[cfg(test)]
