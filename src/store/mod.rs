@@ -297,8 +297,8 @@ pub trait Store: KeyStore + QuarantineStore + Send + Sync + 'static {
     /// Stores a named checkpoint.
     async fn set_checkpoint(&self, name: &str, value: i64) -> StoreResult<()>;
 
-    /// The SLA report's sums over the handoff rows, per instant kind, bucket and group, and the answered
-    /// waits (`store::report`). A few statements, run at once.
+    /// The SLA report's sums over the handoff rows, per instant kind, bucket and group, the answered waits
+    /// with the answered counts (`store::report`). One statement per instant, run at once.
     async fn sla_aggregates(&self, q: &HandoffReportQuery, sla: &SlaConfig) -> StoreResult<SlaAggregates>;
 
     /// The disposition report's counts over the handoff rows, per bucket and group.

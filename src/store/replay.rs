@@ -20,6 +20,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor}
 use uuid::Uuid;
 
 use super::codec::{self, Bind, Row};
+use super::sql::InList;
 use super::{StoreError, StoreResult};
 use crate::model::{StoredEvent, StreamKey};
 
@@ -66,15 +67,14 @@ fn json_rows(sqlite: bool, columns: &[&str], order: &str) -> String {
     }
 }
 
-/// `SELECT <rows as one JSON array> FROM from WHERE key IN ($1..$n)`: one value holding the rows of
-/// all the conversations `$1..$n` (each row's `columns`, the first or another naming its conversation),
-/// in `order`; `[]` or NULL when there are none. One value per part of a chunk instead of one row per
+/// `SELECT <rows as one JSON array> FROM from WHERE key <ids>`: one value holding the rows of all the
+/// conversations `ids` (each row's `columns`, the first or another naming its conversation), in
+/// `order`; `[]` or NULL when there are none. One value per part of a chunk instead of one row per
 /// conversation: each row sqlx hands over costs a wake-up of the other thread.
-pub(super) fn rows_json_sql(sqlite: bool, from: &str, key: &str, columns: &[&str], order: &str, n: usize) -> String {
+pub(super) fn rows_json_sql(sqlite: bool, from: &str, key: &str, columns: &[&str], order: &str, ids: InList) -> String {
     format!(
-        "SELECT {} FROM {from} WHERE {key} IN ({})",
-        json_rows(sqlite, columns, order),
-        super::sql::placeholders(1, n)
+        "SELECT {} FROM {from} WHERE {key} {ids}",
+        json_rows(sqlite, columns, order)
     )
 }
 
@@ -379,12 +379,19 @@ mod tests {
     #[test]
     fn rows_json_sql_reads_one_array_per_part_on_both_backends() {
         assert_eq!(
-            rows_json_sql(true, "t", "k", &["k", "a", "b"], "k, a", 2),
+            rows_json_sql(
+                true,
+                "t",
+                "k",
+                &["k", "a", "b"],
+                "k, a",
+                InList::Values { first: 1, n: 2 }
+            ),
             "SELECT json_group_array(json_array(k, a, b) ORDER BY k, a) FROM t WHERE k IN ($1, $2)"
         );
         assert_eq!(
-            rows_json_sql(false, "t", "k", &["k", "a", "b"], "k, a", 1),
-            "SELECT json_agg(json_build_array(k, a, b) ORDER BY k, a)::text FROM t WHERE k IN ($1)"
+            rows_json_sql(false, "t", "k", &["k", "a", "b"], "k, a", InList::Array { first: 1 }),
+            "SELECT json_agg(json_build_array(k, a, b) ORDER BY k, a)::text FROM t WHERE k = ANY($1)"
         );
     }
 

@@ -195,8 +195,13 @@ fn event_ids_sql(ids: InList) -> String {
 }
 
 fn known_events_sql(ids: InList) -> String {
+    format!("SELECT {}", known_events_from(ids))
+}
+
+/// The columns ([`KnownRow`]) and rows of [`known_events_sql`], after its `SELECT`.
+fn known_events_from(ids: InList) -> String {
     format!(
-        "SELECT e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, x.payload_sha256, \
+        "e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, x.payload_sha256, \
          e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq WHERE e.event_id {ids}"
     )
 }
@@ -303,12 +308,11 @@ fn stream_conversations_sql(streams: &str) -> String {
 fn batch_reads_sql(ids: InList, streams: &str) -> String {
     format!(
         "SELECT 'head', NULL, h.seq, NULL, NULL, NULL, h.hash, NULL, NULL FROM ({}) h \
-         UNION ALL SELECT 'event', e.event_id, e.seq, e.platform, e.external_id, e.received_at, e.payload, \
-         x.payload_sha256, e.revision_of FROM events e LEFT JOIN erased_events x ON x.seq = e.seq \
-         WHERE e.event_id {ids} \
+         UNION ALL SELECT 'event', {} \
          UNION ALL SELECT 'stream', s.conversation_id, NULL, s.platform, s.external_id, NULL, NULL, NULL, NULL \
          FROM {streams}",
-        chained::SQL_HEAD
+        chained::SQL_HEAD,
+        known_events_from(ids)
     )
 }
 
@@ -842,31 +846,29 @@ fn orphans_sql(table: &str, column: &str) -> String {
     )
 }
 
-fn delete_orphans_sql(table: &str, column: &str, n: usize) -> String {
+fn delete_orphans_sql(table: &str, column: &str, ids: InList) -> String {
     format!(
-        "DELETE FROM {table} WHERE {column} IN ({}) AND NOT EXISTS \
-         (SELECT 1 FROM streams s WHERE s.conversation_id = {table}.{column})",
-        placeholders(1, n)
+        "DELETE FROM {table} WHERE {column} {ids} AND NOT EXISTS \
+         (SELECT 1 FROM streams s WHERE s.conversation_id = {table}.{column})"
     )
 }
 
-/// The stored rows of `table` (`columns`, after the conversation id) of the conversations `$1..$n`.
-fn stored_rows_sql(table: &str, key: &str, columns: &[&str], order: &str, n: usize) -> String {
+/// The stored rows of `table` (`columns`, after the conversation id) of the conversations `ids`.
+fn stored_rows_sql(table: &str, key: &str, columns: &[&str], order: &str, ids: InList) -> String {
     format!(
-        "SELECT {key}, {} FROM {table} WHERE {key} IN ({}) ORDER BY {key}{order}",
-        columns.join(", "),
-        placeholders(1, n)
+        "SELECT {key}, {} FROM {table} WHERE {key} {ids} ORDER BY {key}{order}",
+        columns.join(", ")
     )
 }
 
-/// Which of the conversations `$1..$n` have an event after seq `$n+1` (appended since a snapshot).
-fn touched_since_sql(n: usize) -> String {
+/// Which of the conversations `ids` have an event after the seq bound after them (appended since a
+/// snapshot).
+fn touched_since_sql(ids: InList) -> String {
     format!(
         "SELECT DISTINCT s.conversation_id FROM streams s \
          JOIN events e ON e.platform = s.platform AND e.external_id = s.external_id \
-         WHERE s.conversation_id IN ({}) AND e.seq > ${}",
-        placeholders(1, n),
-        n + 1
+         WHERE s.conversation_id {ids} AND e.seq > ${}",
+        ids.next()
     )
 }
 
@@ -1344,7 +1346,7 @@ macro_rules! sql_store {
 
             /// Reads what a batch needs to file its events: the conversation of every stream it
             /// names and the aliases of the service's own stream ids. `read`: the rows of the first
-            /// [`Self::STREAMS_CHUNK`] of [`filing_keys`], when the caller has read them already.
+            /// [`Self::PAIRS_CHUNK`] of [`filing_keys`], when the caller has read them already.
             async fn load_filing(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 keys: &[&StreamKey],
@@ -1352,7 +1354,7 @@ macro_rules! sql_store {
             ) -> StoreResult<Filing> {
                 let mut filing = Filing::default();
                 let keys = filing_keys(keys);
-                for chunk in keys.chunks(Self::STREAMS_CHUNK) {
+                for chunk in keys.chunks(Self::PAIRS_CHUNK) {
                     let rows = match read.take() {
                         Some(rows) => rows,
                         None => {
@@ -1546,11 +1548,11 @@ macro_rules! sql_store {
                     .collect()
             }
 
-            /// Streams named per statement (two values each).
-            const STREAMS_CHUNK: usize = if <$db as Dialect>::LIST_CHUNK / 2 > 0 { <$db as Dialect>::LIST_CHUNK / 2 } else { 1 };
+            /// Items per statement when each takes two values (a stream's two columns; an id in two lists).
+            const PAIRS_CHUNK: usize = if <$db as Dialect>::LIST_CHUNK / 2 > 0 { <$db as Dialect>::LIST_CHUNK / 2 } else { 1 };
 
             /// What a batch reads first: the log's head (last seq and its hash), [`Self::known_events`] of
-            /// `ids`, and the conversations of the first [`Self::STREAMS_CHUNK`] of the [`filing_keys`] of
+            /// `ids`, and the conversations of the first [`Self::PAIRS_CHUNK`] of the [`filing_keys`] of
             /// `keys` (for [`Self::load_filing`]): one round trip when the ids fit in one list.
             async fn batch_reads(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -1559,7 +1561,7 @@ macro_rules! sql_store {
             ) -> StoreResult<(i64, chain::Sha256Digest, HashMap<Uuid, Known>, Vec<StreamRow>)> {
                 let (first, rest) = ids.split_at(ids.len().min(<$db as Dialect>::LIST_CHUNK));
                 let keys = filing_keys(keys);
-                let keys = &keys[..keys.len().min(Self::STREAMS_CHUNK)];
+                let keys = &keys[..keys.len().min(Self::PAIRS_CHUNK)];
                 let list = <$db as Dialect>::list(1, first.len());
                 let mut args = <$db as sqlx::Database>::Arguments::default();
                 <$db as Dialect>::bind_list(&mut args, first.iter().map(Uuid::to_string).collect())?;
@@ -1754,7 +1756,7 @@ macro_rules! sql_store {
                 // Kept fold states and stored streams, in one read; the batch's own streams are not written yet.
                 let mut folds: HashMap<Uuid, String> = HashMap::new();
                 let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
-                for chunk in ids.chunks((<$db as Dialect>::LIST_CHUNK / 2).max(1)) {
+                for chunk in ids.chunks(Self::PAIRS_CHUNK) {
                     let sql = folds_and_streams_sql(<$db as Dialect>::list(1, chunk.len()));
                     type FoldOrStream = (String, Option<String>, Option<String>, Option<String>);
                     let mut args = <$db as sqlx::Database>::Arguments::default();
@@ -2336,12 +2338,9 @@ macro_rules! sql_store {
                 use sqlx::Row as _;
                 let mut found: HashMap<Uuid, Vec<<$db as sqlx::Database>::Row>> = HashMap::new();
                 for chunk in ids.chunks(REPLAY_CONVERSATIONS) {
-                    let sql = Self::replay_sql(stored_rows_sql(table, key, columns, order, chunk.len()));
-                    let mut query = sqlx::query(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for row in query.fetch_all(&mut *conn).await? {
+                    let (list, args) = Self::list_of(chunk.iter().map(Uuid::to_string).collect())?;
+                    let sql = Self::replay_sql(stored_rows_sql(table, key, columns, order, list));
+                    for row in sqlx::query_with(&sql, args).persistent(false).fetch_all(&mut *conn).await? {
                         // A key that is no id is no conversation's: the orphan sweep deletes it.
                         if let Ok(id) = codec::parse_uuid(row.try_get::<&str, _>(0)?) {
                             found.entry(id).or_default().push(row);
@@ -2362,12 +2361,19 @@ macro_rules! sql_store {
                 order: &str,
             ) -> StoreResult<Option<String>> {
                 let sqlite = <$db as sqlx::Database>::NAME == "SQLite";
-                let sql = Self::replay_sql(replay::rows_json_sql(sqlite, from, key, columns, order, ids.len()));
-                let mut query = sqlx::query_as::<_, (Option<String>,)>(&sql).persistent(false);
-                for id in ids {
-                    query = query.bind(id.to_string());
-                }
+                let (list, args) = Self::list_of(ids.iter().map(Uuid::to_string).collect())?;
+                let sql = Self::replay_sql(replay::rows_json_sql(sqlite, from, key, columns, order, list));
+                let query = sqlx::query_as_with::<_, (Option<String>,), _>(&sql, args).persistent(false);
                 Ok(query.fetch_one(&mut *conn).await?.0)
+            }
+
+            /// A list of `values` as this backend names it from placeholder 1 ([`Dialect::list`]), with
+            /// its values bound; more values may be added after them.
+            fn list_of(values: Vec<String>) -> StoreResult<(InList, <$db as sqlx::Database>::Arguments<'static>)> {
+                let list = <$db as Dialect>::list(1, values.len());
+                let mut args = <$db as sqlx::Database>::Arguments::default();
+                <$db as Dialect>::bind_list(&mut args, values)?;
+                Ok((list, args))
             }
 
             /// `sql` as this backend runs it fastest: on SQLite, with anonymous placeholders (each
@@ -2516,12 +2522,11 @@ macro_rules! sql_store {
                 let ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
                 let mut touched: HashSet<Uuid> = HashSet::new();
                 for chunk in ids.chunks(IN_CHUNK) {
-                    let sql = Self::replay_sql(touched_since_sql(chunk.len()));
-                    let mut query = sqlx::query_as::<_, (String,)>(&sql).persistent(false);
-                    for id in chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    for (id,) in query.bind(head).fetch_all(&mut *conn).await? {
+                    let (list, mut args) = Self::list_of(chunk.iter().map(Uuid::to_string).collect())?;
+                    sqlx::Arguments::add(&mut args, head).map_err(encode_error)?;
+                    let sql = Self::replay_sql(touched_since_sql(list));
+                    let query = sqlx::query_as_with::<_, (String,), _>(&sql, args).persistent(false);
+                    for (id,) in query.fetch_all(&mut *conn).await? {
                         touched.insert(codec::parse_uuid(&id)?);
                     }
                 }
@@ -2576,12 +2581,9 @@ macro_rules! sql_store {
                 let mut tx = self.begin_write().await?;
                 for ((table, column), ids) in SQL_ORPHANS.iter().zip(&found) {
                     for chunk in ids.chunks(IN_CHUNK) {
-                        let sql = Self::replay_sql(delete_orphans_sql(table, column, chunk.len()));
-                        let mut query = sqlx::query(&sql).persistent(false);
-                        for id in chunk {
-                            query = query.bind(id.as_str());
-                        }
-                        query.execute(&mut *tx).await?;
+                        let (list, args) = Self::list_of(chunk.to_vec())?;
+                        let sql = Self::replay_sql(delete_orphans_sql(table, column, list));
+                        sqlx::query_with(&sql, args).persistent(false).execute(&mut *tx).await?;
                     }
                 }
                 tx.commit().await?;
