@@ -316,6 +316,29 @@ fn batch_reads_sql(ids: InList, streams: &str) -> String {
     )
 }
 
+/// [`batch_reads_sql`] with, after its rows, the kept fold state (`fold`: the id, and the fold where the
+/// payload goes) and the stored streams (`held`: the conversation id, platform, external id) of every
+/// conversation the batch may extend: those of the streams of `streams`, and the ids in array `$own` (each
+/// stream's own conversation, what a stream nobody has filed yet starts). What [`folds_and_streams_sql`]
+/// reads for them later, read in the batch's first round trip (PostgreSQL; the batch's writes wait until
+/// it is projected, so nothing changes these rows in between unless the batch merges).
+fn batch_reads_with_folds_sql(ids: InList, streams: &str, own: usize) -> String {
+    format!(
+        "WITH k AS MATERIALIZED (SELECT s.platform, s.external_id, s.conversation_id FROM {streams}), \
+         c AS MATERIALIZED (SELECT conversation_id AS id FROM k UNION SELECT unnest(${own}::text[]) COLLATE \"C\") \
+         SELECT 'head', NULL, h.seq, NULL, NULL, NULL, h.hash, NULL, NULL FROM ({}) h \
+         UNION ALL SELECT 'event', {} \
+         UNION ALL SELECT 'stream', k.conversation_id, NULL, k.platform, k.external_id, NULL, NULL, NULL, NULL FROM k \
+         UNION ALL SELECT 'fold', v.id, NULL, NULL, NULL, NULL, v.fold, NULL, NULL \
+         FROM c CROSS JOIN LATERAL (SELECT id, fold FROM conversations WHERE id = c.id OFFSET 0) v \
+         UNION ALL SELECT 'held', t.conversation_id, NULL, t.platform, t.external_id, NULL, NULL, NULL, NULL \
+         FROM c CROSS JOIN LATERAL (SELECT conversation_id, platform, external_id FROM streams \
+         WHERE conversation_id = c.id OFFSET 0) t",
+        chained::SQL_HEAD,
+        known_events_from(ids)
+    )
+}
+
 /// A row of [`batch_reads_sql`].
 type BatchRow = (
     String,
@@ -466,6 +489,17 @@ pub(super) struct Unwritten<'a> {
     writes: &'a mut Writes,
     streams: &'a [(StreamKey, Uuid)],
     events: &'a HashSet<Uuid>,
+    /// The fold states and stored streams the batch's first read took ([`batch_reads_with_folds_sql`]),
+    /// when they still hold (the batch merged nothing).
+    folds: Option<FoldsRead>,
+}
+
+/// What [`batch_reads_with_folds_sql`] read: the kept fold state and the stored streams of each
+/// conversation of `covered` (one without a row has none).
+pub(super) struct FoldsRead {
+    covered: HashSet<Uuid>,
+    folds: HashMap<Uuid, String>,
+    streams: HashMap<Uuid, Vec<StreamKey>>,
 }
 
 /// The columns of a conversation row no index covers: what a delivery that changed none of the
@@ -534,6 +568,10 @@ pub(super) trait Dialect: sqlx::Database {
     /// Whether a statement over a list keeps its text whatever the list's length (then the connection
     /// keeps it prepared).
     const CONSTANT_LISTS: bool;
+    /// Whether a batch's first read also reads the fold states and streams of the conversations it may
+    /// extend ([`batch_reads_with_folds_sql`]): one round trip fewer where a round trip is one over the
+    /// network (PostgreSQL); SQLite's calls stay on its own thread.
+    const FOLDS_FIRST: bool;
     /// How a statement names `n` values from placeholder `first`.
     fn list(first: usize, n: usize) -> InList;
     /// Binds the values of a list named by [`Dialect::list`].
@@ -548,6 +586,7 @@ pub(super) trait Dialect: sqlx::Database {
 impl Dialect for sqlx::Sqlite {
     const LIST_CHUNK: usize = IN_CHUNK;
     const CONSTANT_LISTS: bool = false;
+    const FOLDS_FIRST: bool = false;
 
     fn list(first: usize, n: usize) -> InList {
         InList::Values { first, n }
@@ -626,6 +665,7 @@ impl Dialect for sqlx::Sqlite {
 impl Dialect for sqlx::Postgres {
     const LIST_CHUNK: usize = usize::MAX;
     const CONSTANT_LISTS: bool = true;
+    const FOLDS_FIRST: bool = true;
 
     fn list(first: usize, _n: usize) -> InList {
         InList::Array { first }
@@ -1558,7 +1598,7 @@ macro_rules! sql_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 ids: &[Uuid],
                 keys: &[&StreamKey],
-            ) -> StoreResult<(i64, chain::Sha256Digest, HashMap<Uuid, Known>, Vec<StreamRow>)> {
+            ) -> StoreResult<(i64, chain::Sha256Digest, HashMap<Uuid, Known>, Vec<StreamRow>, Option<FoldsRead>)> {
                 let (first, rest) = ids.split_at(ids.len().min(<$db as Dialect>::LIST_CHUNK));
                 let keys = filing_keys(keys);
                 let keys = &keys[..keys.len().min(Self::PAIRS_CHUNK)];
@@ -1566,7 +1606,21 @@ macro_rules! sql_store {
                 let mut args = <$db as sqlx::Database>::Arguments::default();
                 <$db as Dialect>::bind_list(&mut args, first.iter().map(Uuid::to_string).collect())?;
                 let streams = <$db as Dialect>::streams_named(list.next(), keys, &mut args)?;
-                let sql = batch_reads_sql(list, &streams);
+                let mut folds = None;
+                let sql = if <$db as Dialect>::FOLDS_FIRST {
+                    let own = list.next() + 2;
+                    let mut covered = HashSet::with_capacity(keys.len());
+                    covered.extend(keys.iter().map(|k| codec::own_conversation_id(k).0));
+                    <$db as Dialect>::bind_list(&mut args, covered.iter().map(Uuid::to_string).collect())?;
+                    folds = Some(FoldsRead {
+                        covered,
+                        folds: HashMap::new(),
+                        streams: HashMap::new(),
+                    });
+                    batch_reads_with_folds_sql(list, &streams, own)
+                } else {
+                    batch_reads_sql(list, &streams)
+                };
                 let rows: Vec<BatchRow> = sqlx::query_as_with(&sql, args)
                     .persistent(<$db as Dialect>::CONSTANT_LISTS)
                     .fetch_all(&mut *conn)
@@ -1575,7 +1629,17 @@ macro_rules! sql_store {
                 let mut known = HashMap::with_capacity(rows.len());
                 let mut filed = Vec::new();
                 for row in rows {
-                    match row {
+                    match (row, folds.as_mut()) {
+                        ((tag, Some(id), _, _, _, _, Some(fold), _, _), Some(read)) if tag == "fold" => {
+                            read.folds.insert(codec::parse_uuid(&id)?, fold);
+                        }
+                        ((tag, Some(id), _, Some(platform), Some(external_id), ..), Some(read)) if tag == "held" => {
+                            read.streams
+                                .entry(codec::parse_uuid(&id)?)
+                                .or_default()
+                                .push(codec::stream_key(&platform, external_id)?);
+                        }
+                        (row, _) => match row {
                         (tag, _, Some(seq), _, _, _, hash, _, _) if tag == "head" => head = Some((seq, hash)),
                         (tag, Some(id), Some(seq), Some(platform), Some(external_id), Some(received_at), Some(payload), sha, revision_of)
                             if tag == "event" =>
@@ -1587,11 +1651,16 @@ macro_rules! sql_store {
                             filed.push((platform, external_id, id))
                         }
                         (tag, ..) => return Err(StoreError::Corrupt(format!("a `{tag}` row read back with NULL columns"))),
+                        },
                     }
+                }
+                if let Some(read) = folds.as_mut() {
+                    // The conversations of the streams found are covered too.
+                    read.covered.extend(filed.iter().map(|(_, _, id)| codec::parse_uuid(id)).collect::<StoreResult<Vec<_>>>()?);
                 }
                 known.extend(Self::known_events(conn, rest).await?);
                 let seq = head.as_ref().map_or(0, |(seq, _)| *seq);
-                Ok((seq, chained::head_digest(head)?, known, filed))
+                Ok((seq, chained::head_digest(head)?, known, filed, folds))
             }
 
             /// One id, from what the batch knows or else the log.
@@ -1751,11 +1820,26 @@ macro_rules! sql_store {
                 keep: bool,
                 batch: Unwritten<'_>,
             ) -> StoreResult<HashMap<Uuid, (Conversation, Vec<Message>)>> {
-                let Unwritten { writes, streams: filed, events: appended } = batch;
-                let ids: Vec<Uuid> = increments.keys().copied().filter(|id| !refold.contains(id)).collect();
-                // Kept fold states and stored streams, in one read; the batch's own streams are not written yet.
+                let Unwritten { writes, streams: filed, events: appended, folds: read } = batch;
+                let mut ids: Vec<Uuid> = increments.keys().copied().filter(|id| !refold.contains(id)).collect();
+                // Kept fold states and stored streams, in one read (or taken from the batch's first read); the
+                // batch's own streams are not written yet.
                 let mut folds: HashMap<Uuid, String> = HashMap::new();
                 let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
+                if let Some(mut read) = read {
+                    ids.retain(|id| {
+                        if !read.covered.contains(id) {
+                            return true;
+                        }
+                        if let Some(fold) = read.folds.remove(id) {
+                            folds.insert(*id, fold);
+                        }
+                        if let Some(held) = read.streams.remove(id) {
+                            streams.insert(*id, held);
+                        }
+                        false
+                    });
+                }
                 for chunk in ids.chunks(Self::PAIRS_CHUNK) {
                     let sql = folds_and_streams_sql(<$db as Dialect>::list(1, chunk.len()));
                     type FoldOrStream = (String, Option<String>, Option<String>, Option<String>);
@@ -1995,7 +2079,7 @@ macro_rules! sql_store {
                     .flatten()
                     .flat_map(|e| std::iter::once(&e.stream).chain(&e.links))
                     .collect();
-                let (last, mut prev, mut known, streams_read) = Self::batch_reads(conn, &ids, &keys).await?;
+                let (last, mut prev, mut known, streams_read, folds_read) = Self::batch_reads(conn, &ids, &keys).await?;
                 let mut next = last + 1;
                 let batch_from = next;
                 // `(seq, stream, received_at)` of what the batch appended, for events identified by position.
@@ -2101,6 +2185,8 @@ macro_rules! sql_store {
                     writes: &mut writes,
                     streams: &filed,
                     events: &appended_ids,
+                    // A merge wrote streams and deleted a projection since: what was read no longer holds.
+                    folds: folds_read.filter(|_| filing.merged.is_empty()),
                 };
                 let projected = Self::project(conn, increments, refold, sla, !to_plan.is_empty(), batch).await?;
                 // The commands each new event calls for, planned on the state it left: appended in this
@@ -3302,6 +3388,15 @@ async fn restart_wal(writer: &sqlx::Pool<sqlx::Sqlite>, due: &std::sync::atomic:
     }
 }
 
+/// The PostgreSQL writer's session settings ([`PostgresStore::connect_writer`]): planner settings only
+/// (durability is the server's: every commit waits for its flush as configured there).
+const WRITER_SESSION: [(&str, &str); 4] = [
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
 impl PostgresStore {
     /// Connects a pool to the database a `postgres://` URL names.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
@@ -3313,13 +3408,15 @@ impl PostgresStore {
     }
 
     /// [`PostgresStore::connect`] for the single writer: its transactions run on one connection kept open
-    /// (its prepared statements stay with it). That connection plans each execution of a prepared
-    /// statement for its values (`plan_cache_mode = force_custom_plan`): its statements keep their text
-    /// whatever a batch's size (arrays), and a generic plan made while a table was small (a new database
-    /// fills fast, and statistics follow a minute later) would keep scanning it whole once it is large.
+    /// (its prepared statements stay with it). That connection plans each prepared statement once and keeps
+    /// the plan ([`WRITER_SESSION`]: its statements keep their text whatever a batch's size, arrays, so
+    /// planning every execution was ~15 % of the backend's CPU), and it plans without sequential scans, hash
+    /// or merge joins: every statement the writer runs reads its rows through an index, by the ids a batch
+    /// names, so such a plan stays right however large the tables grow, while a plan made while a table was
+    /// small (a new database fills fast, and statistics follow a minute later) with a scan of a whole table
+    /// would keep scanning it once it is large.
     pub async fn connect_writer(url: &str, max_connections: u32) -> StoreResult<Self> {
-        let options =
-            sqlx::postgres::PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_custom_plan")]);
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)?.options(WRITER_SESSION);
         let writer = writer_pool::<sqlx::Postgres>().connect_with(options).await?;
         Ok(Self::connect(url, max_connections).await?.with_writer(writer))
     }
@@ -3576,5 +3673,151 @@ mod tests {
         let plan = sqlite_plan(&attends_sql(), 1).await;
         assert!(plan.iter().all(|step| !step.starts_with("SCAN ")), "{plan:?}");
         assert!(plan.iter().any(|step| step.contains("events_attends")), "{plan:?}");
+    }
+
+    /// A fresh PostgreSQL database on `LEDGER_TEST_PG_URL` (default the local server, as the store tests),
+    /// migrated; dropped with the value.
+    struct PgDatabase {
+        admin: String,
+        name: String,
+        url: String,
+    }
+
+    impl PgDatabase {
+        async fn new() -> Self {
+            use sqlx::Connection as _;
+            let admin = std::env::var("LEDGER_TEST_PG_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let name = format!("ledger_test_{}", Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let url = match admin.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/{name}"),
+                None => panic!("no database in {admin}"),
+            };
+            let db = Self { admin, name, url };
+            PostgresStore::connect(&db.url, 1)
+                .await
+                .unwrap()
+                .migrate()
+                .await
+                .unwrap();
+            db
+        }
+    }
+
+    impl Drop for PgDatabase {
+        fn drop(&mut self) {
+            let (admin, name) = (self.admin.clone(), self.name.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use sqlx::Connection as _;
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    /// The statements a PostgreSQL batch reads with keep the plan made at their first execution, on
+    /// tables as small as a new database's: that plan must read every table through an index, or it
+    /// would scan whole tables once they are large.
+    #[tokio::test]
+    async fn the_postgres_writers_kept_plans_read_through_indexes() {
+        use sqlx::Connection as _;
+        let db = PgDatabase::new().await;
+        let options = sqlx::postgres::PgConnectOptions::from_str(&db.url)
+            .unwrap()
+            .options(WRITER_SESSION);
+        let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        let list = <sqlx::Postgres as Dialect>::list(1, 3);
+        let mut args = sqlx::postgres::PgArguments::default();
+        let named = <sqlx::Postgres as Dialect>::streams_named(list.next(), &[], &mut args).unwrap();
+        let first = <sqlx::Postgres as Dialect>::streams_named(1, &[], &mut args).unwrap();
+        // Each statement with its number of arrays of text.
+        let statements = [
+            (batch_reads_with_folds_sql(list, &named, list.next() + 2), 4),
+            (batch_reads_sql(list, &named), 3),
+            (folds_and_streams_sql(list), 2),
+            (known_events_sql(list), 1),
+            (stream_conversations_sql(&first), 2),
+            (aliases_sql(list), 1),
+            (event_ids_sql(list), 1),
+            (streams_of_sql(list), 1),
+            (events_of_sql(list), 1),
+            (latest_queue_calls_sql(list), 1),
+        ];
+        for (i, (sql, arrays)) in statements.iter().enumerate() {
+            let types = vec!["text[]"; *arrays].join(", ");
+            sqlx::raw_sql(&format!("PREPARE w{i} ({types}) AS {sql}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let values = vec!["'{a,b,c}'"; *arrays].join(", ");
+            let plan: Vec<(String,)> = sqlx::query_as(&format!("EXPLAIN EXECUTE w{i} ({values})"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+            let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
+            assert!(
+                plan.iter().all(|line| !line.contains("Seq Scan")),
+                "{sql}\n{}",
+                plan.join("\n")
+            );
+        }
+    }
+
+    /// A PostgreSQL batch takes the fold states and streams of the conversations it extends or starts from
+    /// its first read: the later read of them is never made (never prepared on the writer's connection).
+    #[tokio::test]
+    async fn a_postgres_batch_reads_the_folds_it_extends_in_its_first_read() {
+        let db = PgDatabase::new().await;
+        let store = PostgresStore::connect_writer(&db.url, 1).await.unwrap();
+        let at = |s: i64| DateTime::<Utc>::from_timestamp(1_706_000_000 + s, 0).unwrap_or_default();
+        let event = |room: &str, key: &str, s: i64| NewEvent {
+            event_id: crate::model::event_id_for(Platform::Ultimate, Some(key)),
+            stream: StreamKey::new(Platform::Ultimate, room),
+            kind: "ultimate.test_event".to_string(),
+            occurred_at: at(s),
+            platform_at: None,
+            received_at: at(s),
+            payload: format!("{{\"key\":\"{key}\"}}"),
+            headers: BTreeMap::new(),
+            links: Vec::new(),
+        };
+        let sla = SlaConfig::default();
+        // A new conversation, then it and another new one extended.
+        store.append_batch(&[vec![event("r1", "a", 1)]], &sla).await.unwrap();
+        let second = store
+            .append_batch(&[vec![event("r1", "b", 2), event("r2", "c", 3)]], &sla)
+            .await
+            .unwrap();
+        let prepared: Vec<(String,)> = sqlx::query_as("SELECT statement FROM pg_prepared_statements")
+            .fetch_all(&store.writer)
+            .await
+            .unwrap();
+        let list = <sqlx::Postgres as Dialect>::list(1, 1);
+        assert!(prepared.iter().any(|(sql,)| sql.contains("'held'")), "{prepared:?}");
+        assert!(
+            prepared.iter().all(|(sql,)| sql != &folds_and_streams_sql(list)),
+            "{prepared:?}"
+        );
+        // And what they projected is what a replay builds from the log.
+        let r1 = second[0][0].conversation_id.unwrap();
+        let before = store.get_conversation(r1).await.unwrap().unwrap();
+        // Started by the first batch: the second extended the fold it kept.
+        assert_eq!(before.started_at, at(1));
+        store.replay(&sla, &|_, _| {}).await.unwrap();
+        assert_eq!(store.get_conversation(r1).await.unwrap().unwrap(), before);
     }
 }
