@@ -597,12 +597,7 @@ impl Dialect for sqlx::Sqlite {
                 } => {
                     let per_statement = (codec::MAX_BINDS / columns.len()).max(1);
                     for chunk in rows.chunks(per_statement) {
-                        statements.push(anonymous_placeholders(&codec::insert_sql(
-                            &table,
-                            columns,
-                            chunk.len(),
-                            &suffix,
-                        )));
+                        statements.push(anonymous_insert_sql(&table, columns, chunk.len(), &suffix));
                     }
                     for value in rows.into_iter().flatten() {
                         add_bind::<Self>(&mut args, value)?;
@@ -1212,6 +1207,31 @@ fn anonymous_placeholders(sql: &str) -> String {
         }
     }
     out
+}
+
+/// [`codec::insert_sql`] with plain `?` placeholders, written directly (SQLite): the same statement as
+/// `anonymous_placeholders(&codec::insert_sql(..))` without formatting a `$N` per value and rewriting it
+/// (~5 % of the writer task's CPU in `perf` at ~1,200 values a batch).
+fn anonymous_insert_sql(table: &str, columns: &[&str], rows: usize, suffix: &str) -> String {
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+    let columns = columns.join(", ");
+    let mut sql = String::with_capacity(32 + table.len() + columns.len() + rows * (row.len() + 2) + suffix.len());
+    sql.push_str("INSERT INTO ");
+    sql.push_str(table);
+    sql.push_str(" (");
+    sql.push_str(&columns);
+    sql.push_str(") VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&row);
+    }
+    if !suffix.is_empty() {
+        sql.push(' ');
+        sql.push_str(suffix);
+    }
+    sql
 }
 
 macro_rules! sql_store {
@@ -3467,6 +3487,12 @@ mod tests {
              ON CONFLICT (a) DO UPDATE SET b = excluded.b"
         );
         assert_eq!(anonymous_placeholders("SELECT '$' || $12"), "SELECT '$' || ?");
+        for (rows, suffix) in [(1, ""), (6, "ON CONFLICT (a) DO UPDATE SET b = excluded.b"), (40, "")] {
+            assert_eq!(
+                anonymous_insert_sql("t", &["a", "b", "c"], rows, suffix),
+                anonymous_placeholders(&codec::insert_sql("t", &["a", "b", "c"], rows, suffix))
+            );
+        }
     }
 
     /// SQLite's plan of a list query: every table is reached through an index (a full scan of the
