@@ -64,7 +64,9 @@ pub(crate) type Row = Vec<Bind>;
 pub(crate) const MAX_BINDS: usize = 30_000;
 
 /// `INSERT INTO table (columns) VALUES (...), (...) suffix` for `rows` rows, placeholders numbered
-/// row after row. `suffix` is an `ON CONFLICT` clause or empty.
+/// row after row. `suffix` is an `ON CONFLICT` clause or empty. The reference SQLite's inserts
+/// (`store::sql::anonymous_insert_sql`, which writes `?` directly) are tested against.
+#[cfg(test)]
 pub(crate) fn insert_sql(table: &str, columns: &[&str], rows: usize, suffix: &str) -> String {
     let n = columns.len();
     let values = (0..rows)
