@@ -3241,9 +3241,6 @@ chained_store!(PostgresStore, sqlx::Postgres);
 erasing_store!(SqliteStore, sqlx::Sqlite);
 erasing_store!(PostgresStore, sqlx::Postgres);
 
-/// The writer's pool: one connection, opened at once and never retired for idleness or age (the single
-/// writer uses it for every batch; a fresh connection would start with a cold page cache and no prepared
-/// statements). A connection that fails is replaced on the next batch.
 /// Turns SQLite's memory statistics off for the process (`SQLITE_CONFIG_MEMSTATUS`), once, before its
 /// first connection opens. With them on (SQLite's default), every allocation and free SQLite makes takes
 /// one process-wide mutex to count bytes nobody reads here: `perf` put that mutex at ~9 % of the writer's
@@ -3263,6 +3260,9 @@ pub(crate) fn sqlite_without_memory_statistics() {
     });
 }
 
+/// The writer's pool: one connection, opened at once and never retired for idleness or age (the single
+/// writer uses it for every batch; a fresh connection would start with a cold page cache and no prepared
+/// statements). A connection that fails is replaced on the next batch.
 fn writer_pool<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
     sqlx::pool::PoolOptions::new()
         .max_connections(1)
