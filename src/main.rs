@@ -107,6 +107,25 @@ enum RollupsCommand {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in the `mi_option_t` of mimalloc 3 (`c_src/mimalloc/v3/include/mimalloc.h`
+/// of libmimalloc-sys 0.1.49, the version Cargo.lock pins): how long freed memory stays before it is
+/// given back to the system; -1: never.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+extern "C" {
+    /// mimalloc's `mi_option_set` (linked through the `mimalloc` crate).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// A replay reads and drops a few MB of text per part of a chunk; mimalloc gave that memory back to the
+/// system 10 ms after it was freed and the next part faulted it in again (as huge pages, each zeroed:
+/// ~10 % of a replay's CPU). A replay is one short process: it keeps what it frees.
+fn keep_freed_memory() {
+    // SAFETY: mi_option_set only stores the option's value (an atomic in mimalloc's option table);
+    // the option exists in the mimalloc built here (see `MI_OPTION_PURGE_DELAY`).
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -169,6 +188,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
         }
         Command::Replay => {
+            keep_freed_memory();
             let store = open_store(&config, 2).await?;
             let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} conversations ({per_sec}, eta {eta})",

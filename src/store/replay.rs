@@ -281,9 +281,9 @@ fn same_row(stored: &[Stored<'_>], row: &Row) -> bool {
 /// One stored row as read from JSON.
 pub(super) type StoredRow<'a> = Vec<Stored<'a>>;
 
-/// The stored rows of a part's conversations in one table, read as one JSON array of rows (in key
-/// order within each conversation), by conversation: the value of column `key` names it. None when
-/// the text is not such an array (then no conversation of the part matches).
+/// The stored rows of a part's conversations in one table, read as one JSON array of rows (in the
+/// order read: see [`sort_by_columns`]), by conversation: the value of column `key` names it. None
+/// when the text is not such an array (then no conversation of the part matches).
 pub(super) fn stored_by_conversation(json: Option<&str>, key: usize) -> Option<HashMap<Uuid, Vec<StoredRow<'_>>>> {
     let mut out: HashMap<Uuid, Vec<StoredRow<'_>>> = HashMap::new();
     let Some(json) = json else {
@@ -298,6 +298,30 @@ pub(super) fn stored_by_conversation(json: Option<&str>, key: usize) -> Option<H
         out.entry(id).or_default().push(row);
     }
     Some(out)
+}
+
+/// The key of a stored row that [`sort_by_columns`] orders by: the integers of `columns` (anything else
+/// sorts first: such a row is no rebuilt row anyway).
+fn int_key(row: &StoredRow<'_>, columns: &[usize]) -> [Option<i64>; 3] {
+    let mut key = [None; 3];
+    for (k, c) in key.iter_mut().zip(columns) {
+        *k = match row.get(*c) {
+            Some(Stored::Int(v)) => Some(*v),
+            _ => None,
+        };
+    }
+    key
+}
+
+/// Puts each conversation's stored rows in the order of their integer `columns` (at most 3), as an
+/// `ORDER BY` of them would: the database gives them in the order of its index, which is that order
+/// already unless the plan changes, so this costs one pass when they are sorted.
+pub(super) fn sort_by_columns(rows: &mut HashMap<Uuid, Vec<StoredRow<'_>>>, columns: &[usize]) {
+    for rows in rows.values_mut() {
+        if !rows.is_sorted_by_key(|r| int_key(r, columns)) {
+            rows.sort_by_key(|r| int_key(r, columns));
+        }
+    }
 }
 
 /// Whether the stored rows of one conversation in one table (in key order; `None`: it has none) are
@@ -374,6 +398,39 @@ mod tests {
         // A few rows may come back in another order (the collation of the agent names).
         let swapped = r#"[["b",9223372036854775807,"t",null,null],["it's \"x\"\n\u0000é",-5,null,7,0.1]]"#;
         assert!(stored_json_matches(Some(swapped), &rows));
+    }
+
+    #[test]
+    fn stored_rows_read_in_any_order_are_compared_in_key_order() {
+        let id = Uuid::from_u128(7);
+        // 20 rows (more than the few compared in any order), keys (at, seq, idx), read backwards.
+        let rows: Vec<Row> = (0..20)
+            .map(|i| {
+                row(vec![
+                    Bind::Text(id.to_string()),
+                    Bind::Int(i / 4),
+                    Bind::Int(i),
+                    Bind::Int(i % 2),
+                ])
+            })
+            .collect();
+        let json = format!(
+            "[{}]",
+            (0..20)
+                .rev()
+                .map(|i| format!(r#"["{id}",{},{i},{}]"#, i / 4, i % 2))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut stored = stored_by_conversation(Some(&json), 0).unwrap();
+        assert!(!stored_rows_match(stored.get(&id).map(Vec::as_slice), &rows));
+        sort_by_columns(&mut stored, &[1, 2, 3]);
+        assert!(stored_rows_match(stored.get(&id).map(Vec::as_slice), &rows));
+        // Sorted, a row that differs still differs.
+        let wrong = json.replacen(",19,1]", ",19,0]", 1);
+        let mut stored = stored_by_conversation(Some(&wrong), 0).unwrap();
+        sort_by_columns(&mut stored, &[1, 2, 3]);
+        assert!(!stored_rows_match(stored.get(&id).map(Vec::as_slice), &rows));
     }
 
     #[test]

@@ -1075,7 +1075,10 @@ impl Refiling {
         Ok(events)
     }
 
-    /// Every conversation with a stream and how many events it holds, by id.
+    /// Every conversation with a stream and how many events it holds, in the order of their first
+    /// event (the seq that filed their first stream), then by id: the conversations of one chunk then
+    /// started about together, so their events, and their messages' rows, lie in a narrow part of the
+    /// log's pages instead of all over it.
     fn conversations(&self) -> Vec<(Uuid, u64)> {
         let mut out: Vec<(Uuid, u64)> = self
             .members
@@ -1088,7 +1091,15 @@ impl Refiling {
                 )
             })
             .collect();
-        out.sort();
+        let first = |id: &Uuid| {
+            self.members.get(id).map_or(i64::MAX, |m| {
+                m.iter()
+                    .filter_map(|s| self.streams.get(s).map(|e| e.1))
+                    .min()
+                    .unwrap_or(i64::MAX)
+            })
+        };
+        out.sort_by_cached_key(|(id, _)| (first(id), *id));
         out
     }
 }
@@ -1181,7 +1192,11 @@ fn split_chunk(chunk: &[(Uuid, u64)], events: u64, parts: usize) -> Vec<Vec<Uuid
 fn fold_part(part: PartRead, sla: &SlaConfig) -> StoreResult<FoldedPart> {
     let streams = replay::decode_streams(part.streams.as_deref())?;
     let mut events = replay::decode_events(part.events.as_deref())?;
-    let stored = [0, 1, 2].map(|i| replay::stored_by_conversation(part.stored[i].as_deref(), STORED_KEYS[i]));
+    let mut stored = [0, 1, 2].map(|i| replay::stored_by_conversation(part.stored[i].as_deref(), STORED_KEYS[i]));
+    if let Some(messages) = &mut stored[1] {
+        // Read without ORDER BY: in key order (at, seq, idx), as the rebuilt rows.
+        replay::sort_by_columns(messages, &[1, 2, 3]);
+    }
     let mut folded = Vec::with_capacity(part.ids.len());
     for id in part.ids {
         let events = events.remove(&id).unwrap_or_default();
@@ -1205,25 +1220,26 @@ fn fold_part(part: PartRead, sla: &SlaConfig) -> StoreResult<FoldedPart> {
     Ok((folded, streams))
 }
 
-/// Folds the parts of one chunk, each on a thread of its own (at most as many as there are cores).
-fn fold_parts(parts: Vec<PartRead>, sla: &SlaConfig) -> StoreResult<Vec<FoldedPart>> {
-    if parts.len() < 2 {
-        return parts.into_iter().map(|p| fold_part(p, sla)).collect();
+/// Folds the parts of one chunk, each as a task of tokio's blocking pool: its threads live on from
+/// chunk to chunk, where a thread spawned per part left the memory its allocator had taken (the
+/// parts' texts and values) behind with it and the next one faulted in fresh pages.
+async fn fold_parts(parts: Vec<PartRead>, sla: &SlaConfig) -> StoreResult<Vec<FoldedPart>> {
+    let handles: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let sla = sla.clone();
+            tokio::task::spawn_blocking(move || fold_part(part, &sla))
+        })
+        .collect();
+    let mut folded = Vec::with_capacity(handles.len());
+    for handle in handles {
+        folded.push(
+            handle
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("a replay fold failed: {e}")))??,
+        );
     }
-    let results: Vec<StoreResult<_>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| scope.spawn(move || fold_part(part, sla)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(StoreError::Corrupt("a replay fold panicked".into())))
-            })
-            .collect()
-    });
-    results.into_iter().collect()
+    Ok(folded)
 }
 
 /// How many parts a chunk of an online replay is cut in: one per core (at most 8).
@@ -2551,7 +2567,8 @@ macro_rules! sql_store {
                 let mut stored: [Option<String>; 3] = Default::default();
                 for (i, (table, key, columns, order)) in [
                     ("conversations", "id", codec::CONVERSATION_COLUMNS, ""),
-                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, "conversation_id, at, seq, idx"),
+                    // In any order: sorted by the fold's thread (`fold_part`), not by a sort in the database.
+                    ("messages", "conversation_id", codec::MESSAGE_COLUMNS, ""),
                     ("conversation_agents", "conversation_id", codec::AGENT_COLUMNS, "conversation_id, agent"),
                 ]
                 .into_iter()
@@ -2572,15 +2589,32 @@ macro_rules! sql_store {
                 Ok((head, part, handoffs))
             }
 
-            /// Folds a chunk read by [`Self::read_chunk`] and compares: the conversations whose stored
-            /// rows are not what a full rebuild writes, with their rebuilt rows (pure; runs on a
-            /// blocking thread while the next chunk is read).
-            fn diff_chunk(read: ChunkRead<<$db as sqlx::Database>::Row>, sla: &SlaConfig) -> StoreResult<ChunkDiff> {
+            /// Folds a chunk read by [`Self::read_chunk`] and compares, on tasks of their own while the
+            /// next chunk is read: the conversations whose stored rows are not what a full rebuild
+            /// writes, with their rebuilt rows.
+            fn diff_chunk(
+                read: ChunkRead<<$db as sqlx::Database>::Row>,
+                sla: &SlaConfig,
+            ) -> tokio::task::JoinHandle<StoreResult<ChunkDiff>> {
                 let ChunkRead { parts, head, handoffs } = read;
+                let sla = sla.clone();
+                tokio::spawn(async move {
+                    let folded = fold_parts(parts, &sla).await?;
+                    Ok(Self::diff_folded(folded, head, &handoffs))
+                })
+            }
+
+            /// The conversations of the folded parts of a chunk whose stored rows (the handoff rows
+            /// compared here) are not what a full rebuild writes, with their rebuilt rows.
+            fn diff_folded(
+                parts: Vec<FoldedPart>,
+                head: i64,
+                handoffs: &HashMap<Uuid, Vec<<$db as sqlx::Database>::Row>>,
+            ) -> ChunkDiff {
                 let mut projected = 0u64;
                 let mut changed: Vec<(Uuid, Option<ProjectionRows>)> = Vec::new();
                 let mut streams: HashMap<Uuid, Vec<StreamKey>> = HashMap::new();
-                for (folded, mut part_streams) in fold_parts(parts, sla)? {
+                for (folded, mut part_streams) in parts {
                     for (id, rows, same) in folded {
                         projected += u64::from(rows.is_some());
                         let same = same
@@ -2594,12 +2628,12 @@ macro_rules! sql_store {
                         }
                     }
                 }
-                Ok(ChunkDiff {
+                ChunkDiff {
                     head,
                     projected,
                     changed,
                     streams,
-                })
+                }
             }
 
             /// Writes what [`Self::diff_chunk`] found different, under the write lock, in one short
@@ -2735,8 +2769,7 @@ macro_rules! sql_store {
                     let Some((n, read)) = read else {
                         break;
                     };
-                    let sla = sla.clone();
-                    folding = Some((n, tokio::task::spawn_blocking(move || Self::diff_chunk(read, &sla))));
+                    folding = Some((n, Self::diff_chunk(read, sla)));
                 }
                 tracing::info!(projected, rewritten, elapsed_ms = started.elapsed().as_millis() as u64, "replay: conversations rebuilt");
                 rewritten += self.sweep_orphans().await?;
@@ -3512,6 +3545,21 @@ mod tests {
         assert_eq!(
             replay_chunks(&long, 2),
             vec![vec![vec![Uuid::from_u128(1)]], vec![vec![Uuid::from_u128(2)]]]
+        );
+    }
+
+    #[test]
+    fn replay_takes_conversations_in_the_order_of_their_first_event() {
+        let stream = |x: &str| codec::stream_key("aivo_live", x.to_string()).unwrap();
+        let mut refiling = Refiling::default();
+        // Streams first seen at seqs 1, 2, 3 (their conversation ids in another order), then more events.
+        for (seq, x) in [(1, "c"), (2, "a"), (3, "b"), (4, "a"), (5, "c"), (6, "a")] {
+            refiling.file_event(seq, seq * 10, &stream(x), &[]);
+        }
+        let own = |x: &str| codec::own_conversation_id(&stream(x)).0;
+        assert_eq!(
+            refiling.conversations(),
+            vec![(own("c"), 2), (own("a"), 3), (own("b"), 1)]
         );
     }
 
