@@ -115,11 +115,14 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 extern "C" {
     /// mimalloc's `mi_option_set` (linked through the `mimalloc` crate).
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    /// mimalloc's `mi_option_get`.
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
 }
 
 /// A replay reads and drops a few MB of text per part of a chunk; mimalloc gave that memory back to the
-/// system 10 ms after it was freed and the next part faulted it in again (as huge pages, each zeroed:
-/// ~10 % of a replay's CPU). A replay is one short process: it keeps what it frees.
+/// system a while after it was freed (`purge_delay`) and the next part faulted it in again (as huge pages,
+/// each zeroed: ~10 % of a replay's CPU). A replay is one short process: it keeps what it frees.
 fn keep_freed_memory() {
     // SAFETY: mi_option_set only stores the option's value (an atomic in mimalloc's option table);
     // the option exists in the mimalloc built here (see `MI_OPTION_PURGE_DELAY`).
@@ -324,4 +327,24 @@ fn parse_pinned(text: &str) -> Result<handoff_ledger::chain::ChainHead, String> 
         seq,
         hash: hash.to_ascii_lowercase(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `MI_OPTION_PURGE_DELAY` still names mimalloc's purge delay: it reads that option's default in mimalloc
+    /// 3's `options.c`, 1,000 ms (a mimalloc whose options moved would answer another option's value), and
+    /// setting it is read back.
+    #[test]
+    fn the_purge_delay_option_is_mimallocs_purge_delay() {
+        // SAFETY: reads of mimalloc's option table.
+        let default = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            default, 1000,
+            "option {MI_OPTION_PURGE_DELAY} is not the purge delay (or MIMALLOC_PURGE_DELAY is set)"
+        );
+        keep_freed_memory();
+        assert_eq!(unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) }, -1);
+    }
 }
