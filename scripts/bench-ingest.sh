@@ -57,9 +57,11 @@ load() {
   echo "$out" | sed -E 's/.*: ([0-9]+) webhooks\/s; latency ms p50 ([0-9.]+) p90 [0-9.]+ p99 ([0-9.]+).*/\1 \2 \3/'
 }
 
-# serve URL: starts handoff-ledger on a store and waits until it answers
+# serve URL: starts handoff-ledger on a store and waits until it answers. It runs as configured by default:
+# `log.level = info`, so it writes one access line per request, as in production (the service reads its level
+# from `log.level` / LEDGER__LOG__LEVEL, not RUST_LOG).
 serve() {
-  LEDGER__SERVER__BIND="127.0.0.1:$PORT" LEDGER__STORE__URL="$1" RUST_LOG=warn \
+  LEDGER__SERVER__BIND="127.0.0.1:$PORT" LEDGER__STORE__URL="$1" \
     "$LEDGER_BIN" serve >"$work/serve.log" 2>&1 &
   server=$!
   pids+=("$server")
@@ -124,7 +126,7 @@ pids+=("$loader")
 replays=0 events=0 replay_seconds=0
 while [ "$replays" -eq 0 ] || kill -0 "$loader" 2>/dev/null; do
   start=$(date +%s.%N)
-  out="$(LEDGER__STORE__URL="sqlite://$work/replay.db" RUST_LOG=warn "$LEDGER_BIN" replay 2>"$work/replay.err" | tail -n1)"
+  out="$(LEDGER__STORE__URL="sqlite://$work/replay.db" "$LEDGER_BIN" replay 2>"$work/replay.err" | tail -n1)"
   end=$(date +%s.%N)
   echo "  $out ($(tail -n1 "$work/replay.err"))" >&2
   n=$(echo "$out" | sed -E 's/replayed ([0-9]+) events.*/\1/')
