@@ -2674,9 +2674,13 @@ macro_rules! sql_store {
             }
 
             async fn append_batch(&self, groups: &[Vec<NewEvent>], sla: &SlaConfig) -> StoreResult<Vec<Vec<AppendOutcome>>> {
+                let timing = BatchTiming::start();
                 let mut tx = self.begin_write().await?;
+                let timing = timing.begun();
                 let outcomes = Self::append_in(&mut *tx, groups, sla, None).await?;
+                let timing = timing.appended();
                 tx.commit().await?;
+                timing.committed(groups.len());
                 Ok(outcomes)
             }
 
@@ -2686,9 +2690,13 @@ macro_rules! sql_store {
                 sla: &SlaConfig,
                 planner: &dyn RelayPlanner,
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
+                let timing = BatchTiming::start();
                 let mut tx = self.begin_write().await?;
+                let timing = timing.begun();
                 let outcomes = Self::append_in(&mut *tx, groups, sla, Some(planner)).await?;
+                let timing = timing.appended();
                 tx.commit().await?;
+                timing.committed(groups.len());
                 Ok(outcomes)
             }
 
@@ -3223,6 +3231,46 @@ impl SqliteStore {
     }
 }
 
+/// Where a batch's time went, logged per batch at `debug` on target `ledger::batch` (off by default):
+/// opening its transaction (on SQLite: a restart of the log when due), its statements, its commit.
+struct BatchTiming {
+    started: std::time::Instant,
+    begun: Duration,
+    appended: Duration,
+}
+
+impl BatchTiming {
+    fn start() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            begun: Duration::ZERO,
+            appended: Duration::ZERO,
+        }
+    }
+
+    fn begun(mut self) -> Self {
+        self.begun = self.started.elapsed();
+        self
+    }
+
+    fn appended(mut self) -> Self {
+        self.appended = self.started.elapsed();
+        self
+    }
+
+    fn committed(self, deliveries: usize) {
+        let done = self.started.elapsed();
+        tracing::debug!(
+            target: "ledger::batch",
+            deliveries,
+            begin_us = self.begun.as_micros() as u64,
+            statements_us = (self.appended - self.begun).as_micros() as u64,
+            commit_us = (done - self.appended).as_micros() as u64,
+            "batch committed"
+        );
+    }
+}
+
 /// The writer's side of SQLite's checkpoints: wakes the checkpointer ([`checkpoint_wal`]) and restarts
 /// the log when it asked for that.
 #[derive(Clone)]
@@ -3261,10 +3309,13 @@ async fn checkpoint_wal(
 ) {
     while written.changed().await.is_ok() {
         // (busy, frames in the log, frames copied back)
+        let started = std::time::Instant::now();
         let passive: Result<(i64, i64, i64), sqlx::Error> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
         match passive {
-            Ok((_, frames, _)) => {
+            Ok((_, frames, copied)) => {
+                let us = started.elapsed().as_micros() as u64;
+                tracing::debug!(target: "ledger::checkpoint", frames, copied, us, "passive checkpoint");
                 if frames > WAL_RESTART_FRAMES {
                     restart.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -3282,6 +3333,7 @@ async fn checkpoint_wal(
 /// next transaction write it from its beginning. Waits at most 50 ms for readers (an export or a replay
 /// may hold a snapshot for long); when they are still there, `due` is set again and a later batch retries.
 async fn restart_wal(writer: &sqlx::Pool<sqlx::Sqlite>, due: &std::sync::atomic::AtomicBool) {
+    let started = std::time::Instant::now();
     let restarted: Result<(i64, i64, i64), sqlx::Error> = async {
         let mut conn = writer.acquire().await?;
         sqlx::query("PRAGMA busy_timeout = 50").execute(&mut *conn).await?;
@@ -3292,6 +3344,8 @@ async fn restart_wal(writer: &sqlx::Pool<sqlx::Sqlite>, due: &std::sync::atomic:
         outcome
     }
     .await;
+    let us = started.elapsed().as_micros() as u64;
+    tracing::debug!(target: "ledger::checkpoint", outcome = ?restarted, us, "log restarted");
     match restarted {
         Ok((0, _, _)) => {}
         Ok(_) => due.store(true, std::sync::atomic::Ordering::Relaxed),
