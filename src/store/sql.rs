@@ -3386,6 +3386,51 @@ mod tests {
     use super::*;
     use crate::model::{Disposition, HandoffState, Platform, SlaStatus};
 
+    /// What a log line captured in a test wrote.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_logs_where_its_time_went_at_debug() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info,ledger::batch=debug")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || BatchTiming::start().begun().appended().committed(3));
+        let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        for field in [
+            "batch committed",
+            "deliveries=3",
+            "begin_us=",
+            "statements_us=",
+            "commit_us=",
+        ] {
+            assert!(out.contains(field), "{field} missing from {out}");
+        }
+        // Off at the default level.
+        let quiet = Captured::default();
+        let writer = quiet.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || BatchTiming::start().begun().appended().committed(3));
+        assert!(quiet.0.lock().unwrap().is_empty());
+    }
+
     /// A batch's writes: a delete, three inserts, a delete, an insert (each of `rows` rows).
     fn sample_writes(rows: usize) -> Vec<Write> {
         let mut w = Writes::default();
