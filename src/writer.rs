@@ -27,6 +27,8 @@ pub enum WriteError {
 enum Job {
     Append {
         events: Vec<NewEvent>,
+        /// When it was handed to the writer (its wait is logged per batch at `debug`, `ledger::batch`).
+        queued: std::time::Instant,
         reply: oneshot::Sender<Result<Vec<AppendOutcome>, WriteError>>,
     },
     Quarantine {
@@ -74,7 +76,11 @@ impl Writer {
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, WriteError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Append { events, reply })
+            .send(Job::Append {
+                events,
+                queued: std::time::Instant::now(),
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         rx.await.map_err(|_| WriteError::Stopped)?
@@ -133,9 +139,13 @@ async fn run(
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let mut appends = Vec::new();
         let mut highest = 0;
+        let mut oldest: Option<std::time::Instant> = None;
         for job in jobs.drain(..) {
             match job {
-                Job::Append { events, reply } => appends.push((events, reply)),
+                Job::Append { events, queued, reply } => {
+                    oldest = Some(oldest.map_or(queued, |o| o.min(queued)));
+                    appends.push((events, reply))
+                }
                 Job::Quarantine { entry, reply } => {
                     let result = store
                         .quarantine(&entry)
@@ -168,6 +178,13 @@ async fn run(
         }
         let groups: Vec<Vec<NewEvent>> = appends.iter_mut().map(|(e, _)| std::mem::take(e)).collect();
         let started = std::time::Instant::now();
+        tracing::debug!(
+            target: "ledger::batch",
+            deliveries = groups.len(),
+            waited_us = oldest.map_or(0, |o| started.duration_since(o).as_micros() as u64),
+            queued = rx.len(),
+            "batch taken"
+        );
         let planner = planner.as_deref();
         match append_guarded(store.as_ref(), &groups, &sla, planner).await {
             Ok(outcomes) => {

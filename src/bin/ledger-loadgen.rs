@@ -35,6 +35,10 @@ struct Args {
     /// Webhooks per second on a fixed schedule; 0 = as fast as the service answers.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// Writes every answered webhook's due time (ms since the Unix epoch) and latency (ms) to this
+    /// file, one `due latency` line each in schedule order: to line slow answers up with the service's logs.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -49,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let run = format!("{:x}", rand::random::<u32>());
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
+    let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (client, next, errors, args_url, run) = (
@@ -83,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
                     "data": {"action": "text", "value": format!("message {i}"), "source": "agent", "agent": {"name": "Load"}}
                 });
                 match client.post(format!("{args_url}/webhooks/aivo-live")).json(&body).send().await {
-                    Ok(res) if res.status().is_success() => latencies.push(due.elapsed()),
+                    Ok(res) if res.status().is_success() => latencies.push((due - started, due.elapsed())),
                     _ => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -97,6 +102,17 @@ async fn main() -> anyhow::Result<()> {
         latencies.extend(w.await?);
     }
     let elapsed = started.elapsed();
+    if let Some(path) = &args.trace {
+        let mut by_due = latencies.clone();
+        by_due.sort();
+        let mut out = String::new();
+        for (due, latency) in by_due {
+            let at = (started_unix + due).as_secs_f64() * 1000.0;
+            out.push_str(&format!("{at:.3} {:.3}\n", latency.as_secs_f64() * 1000.0));
+        }
+        std::fs::write(path, out)?;
+    }
+    let mut latencies: Vec<Duration> = latencies.into_iter().map(|(_, latency)| latency).collect();
     latencies.sort();
     let pct = |p: f64| {
         latencies
