@@ -1300,10 +1300,6 @@ macro_rules! sql_store {
             /// ([`Self::with_writer`]), so the single writer's page cache and prepared statements stay warm
             /// from batch to batch; else the readers' pool.
             writer: sqlx::Pool<$db>,
-            /// The writer's connection between its transactions, when `writer` is a pool of its own: kept
-            /// checked out, so a batch neither waits for the previous one's connection to be returned to the
-            /// pool (sqlx returns it in a task of its own, after a round trip to test it) nor takes it back.
-            kept: Option<KeptConnection<$db>>,
             /// SQLite's checkpoints beside the writer, when the store was opened for the writer
             /// ([`SqliteStore::connect_writer`]); told before each write transaction.
             checkpoints: Option<WalCheckpoints>,
@@ -1316,7 +1312,6 @@ macro_rules! sql_store {
             pub fn from_pool(pool: sqlx::Pool<$db>) -> Self {
                 Self {
                     writer: pool.clone(),
-                    kept: None,
                     checkpoints: None,
                     pool,
                     quarantine_body_bytes: crate::quarantine::DEFAULT_BODY_CAP,
@@ -1326,7 +1321,6 @@ macro_rules! sql_store {
             /// Runs write transactions on `writer` (one connection kept open) instead of the readers' pool.
             pub fn with_writer(mut self, writer: sqlx::Pool<$db>) -> Self {
                 self.writer = writer;
-                self.kept = Some(Default::default());
                 self
             }
 
@@ -1343,33 +1337,11 @@ macro_rules! sql_store {
             }
 
             /// Opens the one write transaction a batch or a replay runs in.
-            async fn begin_write(&self) -> StoreResult<WriteTx<$db>> {
-                let held = self.kept.as_ref().and_then(|kept| kept.lock().ok().and_then(|held| held.clone()));
-                let cell = match held {
-                    Some(cell) => cell,
-                    None => {
-                        let cell = std::sync::Arc::new(tokio::sync::Mutex::new(self.writer.acquire().await?));
-                        if let Some(Ok(mut held)) = self.kept.as_ref().map(|kept| kept.lock()) {
-                            *held = Some(cell.clone());
-                        }
-                        cell
-                    }
-                };
-                // Open until committed: a failure from here on rolls back and lets the connection go.
-                let mut tx = WriteTx {
-                    conn: cell.lock_owned().await,
-                    kept: self.kept.clone(),
-                    open: true,
-                };
+            async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, $db>> {
                 if let Some(checkpoints) = &self.checkpoints {
-                    checkpoints.before_write::<$db>(&mut tx).await;
+                    checkpoints.before_write().await;
                 }
-                <<$db as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::begin(
-                    &mut tx,
-                    Some($begin.into()),
-                )
-                .await?;
-                Ok(tx)
+                Ok(self.writer.begin_with($begin).await?)
             }
 
             /// Inserts `rows` into `table` with as few multi-row statements as the bind limit allows.
@@ -3379,6 +3351,7 @@ impl SqliteStore {
         let checkpoints = WalCheckpoints {
             wake,
             restart_due: Default::default(),
+            writer: writer.clone(),
         };
         tokio::spawn(checkpoint_wal(checkpointer, written, checkpoints.restart_due.clone()));
         let mut store = Self::from_pool(pool).with_writer(writer);
@@ -3414,72 +3387,6 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(options)
             .await?)
-    }
-}
-
-/// A write transaction on the writer's connection ([`sqlx::Transaction`]'s part of it): derefs to the
-/// connection; committed, it puts the connection back where the writer keeps it (or returns it to its
-/// pool); dropped uncommitted, it rolls back and returns the connection to its pool, which tests it before
-/// the next transaction takes it.
-struct WriteTx<DB: sqlx::Database> {
-    conn: tokio::sync::OwnedMutexGuard<sqlx::pool::PoolConnection<DB>>,
-    /// Where the store keeps the writer's connection, if it does: emptied when a transaction fails, so the
-    /// next one takes a connection from the pool (which tests the failed one before it is used again).
-    kept: Option<KeptConnection<DB>>,
-    open: bool,
-}
-
-/// The writer's connection, kept checked out of its pool between transactions (None: take one).
-type KeptConnection<DB> =
-    std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<tokio::sync::Mutex<sqlx::pool::PoolConnection<DB>>>>>>;
-
-impl<DB: sqlx::Database> WriteTx<DB> {
-    async fn commit(mut self) -> Result<(), sqlx::Error> {
-        <DB::TransactionManager as sqlx::TransactionManager>::commit(&mut self).await?;
-        self.open = false;
-        Ok(())
-    }
-}
-
-impl<DB: sqlx::Database> std::ops::Deref for WriteTx<DB> {
-    type Target = DB::Connection;
-    fn deref(&self) -> &DB::Connection {
-        &self.conn
-    }
-}
-
-impl<DB: sqlx::Database> std::ops::DerefMut for WriteTx<DB> {
-    fn deref_mut(&mut self) -> &mut DB::Connection {
-        &mut self.conn
-    }
-}
-
-impl<DB: sqlx::Database> Drop for WriteTx<DB> {
-    fn drop(&mut self) {
-        if self.open {
-            <DB::TransactionManager as sqlx::TransactionManager>::start_rollback(&mut self.conn);
-            if let Some(Ok(mut held)) = self.kept.as_ref().map(|kept| kept.lock()) {
-                *held = None;
-            }
-        }
-    }
-}
-
-/// What the writer's connection does before each write transaction: on SQLite, restart the log when the
-/// checkpointer asked for it ([`restart_wal`]); nothing on PostgreSQL.
-trait BeforeWrite: sqlx::Database {
-    fn restart_wal(conn: &mut Self::Connection) -> futures::future::BoxFuture<'_, bool>;
-}
-
-impl BeforeWrite for sqlx::Sqlite {
-    fn restart_wal(conn: &mut sqlx::SqliteConnection) -> futures::future::BoxFuture<'_, bool> {
-        Box::pin(restart_wal(conn))
-    }
-}
-
-impl BeforeWrite for sqlx::Postgres {
-    fn restart_wal(_: &mut sqlx::PgConnection) -> futures::future::BoxFuture<'_, bool> {
-        Box::pin(async { true })
     }
 }
 
@@ -3530,13 +3437,14 @@ struct WalCheckpoints {
     wake: tokio::sync::watch::Sender<()>,
     /// Set by the checkpointer when the log has grown past [`WAL_RESTART_FRAMES`].
     restart_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: sqlx::Pool<sqlx::Sqlite>,
 }
 
 impl WalCheckpoints {
-    /// Before each write transaction (the previous one has committed), on the writer's connection.
-    async fn before_write<DB: BeforeWrite>(&self, conn: &mut DB::Connection) {
-        if self.restart_due.swap(false, std::sync::atomic::Ordering::Relaxed) && !DB::restart_wal(conn).await {
-            self.restart_due.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Before each write transaction (the previous one has committed).
+    async fn before_write(&self) {
+        if self.restart_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            restart_wal(&self.writer, &self.restart_due).await;
         }
         self.wake.send_replace(());
     }
@@ -3551,64 +3459,43 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Checkpoints the write-ahead log after writes, at most every [`CHECKPOINT_EVERY`], on a connection of
 /// its own, passively (copies what is committed, blocks nobody); when the log has grown past
-/// [`WAL_RESTART_FRAMES`] it first copies what the writer committed meanwhile (so the writer's restart has
-/// almost nothing left to copy), then asks the writer to restart it (`restart`). Ends when the store that
-/// writes is dropped.
+/// [`WAL_RESTART_FRAMES`] it asks the writer to restart it (`restart`). Ends when the store that writes
+/// is dropped.
 async fn checkpoint_wal(
     pool: sqlx::Pool<sqlx::Sqlite>,
     mut written: tokio::sync::watch::Receiver<()>,
     restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     while written.changed().await.is_ok() {
-        if let Some(frames) = passive_checkpoint(&pool).await {
-            if frames > WAL_RESTART_FRAMES {
-                // The writer committed more while that pass copied: copy that too, so the restart left to
-                // the writer has (almost) nothing to copy back.
-                let mut before = frames;
-                for _ in 0..4 {
-                    match passive_checkpoint(&pool).await {
-                        Some(now) if now > before + CATCH_UP_FRAMES => before = now,
-                        _ => break,
-                    }
+        // (busy, frames in the log, frames copied back)
+        let started = std::time::Instant::now();
+        let passive: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await;
+        match passive {
+            Ok((_, frames, copied)) => {
+                let us = started.elapsed().as_micros() as u64;
+                tracing::debug!(target: "ledger::checkpoint", frames, copied, us, "passive checkpoint");
+                if frames > WAL_RESTART_FRAMES {
+                    restart.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
-                restart.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the write-ahead log failed; the next write tries again")
             }
         }
         tokio::time::sleep(CHECKPOINT_EVERY).await;
     }
 }
 
-/// Frames a catch-up pass may leave to the writer's restart (about one batch's).
-const CATCH_UP_FRAMES: i64 = 256;
-
-/// One passive checkpoint: the frames in the log, or None when it failed.
-async fn passive_checkpoint(pool: &sqlx::Pool<sqlx::Sqlite>) -> Option<i64> {
-    let started = std::time::Instant::now();
-    // (busy, frames in the log, frames copied back)
-    let passive: Result<(i64, i64, i64), sqlx::Error> =
-        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(pool).await;
-    match passive {
-        Ok((_, frames, copied)) => {
-            let us = started.elapsed().as_micros() as u64;
-            tracing::debug!(target: "ledger::checkpoint", frames, copied, us, "passive checkpoint");
-            Some(frames)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "checkpointing the write-ahead log failed; the next write tries again");
-            None
-        }
-    }
-}
-
 /// Restarts the write-ahead log from the writer's connection between two transactions: copies back what
-/// the passive checkpoints have not yet (little: the checkpointer caught up before asking) and, when no
-/// reader still reads from the log, lets the next transaction write it from its beginning. Never waits for
-/// readers (an export or a replay may hold a snapshot for long): when they are still there, the log is
-/// restarted when the checkpointer asks again. False: it failed, and the next batch tries again.
-async fn restart_wal(conn: &mut sqlx::SqliteConnection) -> bool {
+/// the passive checkpoints have not yet (little) and, when no reader still reads from the log, lets the
+/// next transaction write it from its beginning. Waits at most 50 ms for readers (an export or a replay
+/// may hold a snapshot for long); when they are still there, `due` is set again and a later batch retries.
+async fn restart_wal(writer: &sqlx::Pool<sqlx::Sqlite>, due: &std::sync::atomic::AtomicBool) {
     let started = std::time::Instant::now();
     let restarted: Result<(i64, i64, i64), sqlx::Error> = async {
-        sqlx::query("PRAGMA busy_timeout = 0").execute(&mut *conn).await?;
+        let mut conn = writer.acquire().await?;
+        sqlx::query("PRAGMA busy_timeout = 50").execute(&mut *conn).await?;
         let outcome = sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
             .fetch_one(&mut *conn)
             .await;
@@ -3619,11 +3506,11 @@ async fn restart_wal(conn: &mut sqlx::SqliteConnection) -> bool {
     let us = started.elapsed().as_micros() as u64;
     tracing::debug!(target: "ledger::checkpoint", outcome = ?restarted, us, "log restarted");
     match restarted {
-        // Busy: a reader still reads from the log; the checkpointer asks again after its next pass.
-        Ok(_) => true,
+        Ok((0, _, _)) => {}
+        Ok(_) => due.store(true, std::sync::atomic::Ordering::Relaxed),
         Err(e) => {
+            due.store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, "restarting the write-ahead log failed; the next batch tries again");
-            false
         }
     }
 }
