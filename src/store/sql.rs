@@ -1675,19 +1675,17 @@ macro_rules! sql_store {
                                 .or_default()
                                 .push(codec::stream_key(&platform, external_id)?);
                         }
-                        (row, _) => match row {
-                        (tag, _, Some(seq), _, _, _, hash, _, _) if tag == "head" => head = Some((seq, hash)),
-                        (tag, Some(id), Some(seq), Some(platform), Some(external_id), Some(received_at), Some(payload), sha, revision_of)
+                        ((tag, _, Some(seq), _, _, _, hash, _, _), _) if tag == "head" => head = Some((seq, hash)),
+                        ((tag, Some(id), Some(seq), Some(platform), Some(external_id), Some(received_at), Some(payload), sha, revision_of), _)
                             if tag == "event" =>
                         {
                             let (id, k) = known_of((id, seq, platform, external_id, received_at, payload, sha, revision_of))?;
                             known.insert(id, k);
                         }
-                        (tag, Some(id), _, Some(platform), Some(external_id), ..) if tag == "stream" => {
+                        ((tag, Some(id), _, Some(platform), Some(external_id), ..), _) if tag == "stream" => {
                             filed.push((platform, external_id, id))
                         }
-                        (tag, ..) => return Err(StoreError::Corrupt(format!("a `{tag}` row read back with NULL columns"))),
-                        },
+                        ((tag, ..), _) => return Err(StoreError::Corrupt(format!("a `{tag}` row read back with NULL columns"))),
                     }
                 }
                 if let Some(read) = folds.as_mut() {
@@ -2098,6 +2096,24 @@ macro_rules! sql_store {
                 );
                 writes.insert("conversation_agents", codec::AGENT_COLUMNS, agents, "");
                 Ok(())
+            }
+
+            /// One batch in one write transaction ([`Store::append_batch`], [`Store::append_batch_planned`]),
+            /// where its time went logged at `debug` ([`BatchTiming`]).
+            async fn write_batch(
+                &self,
+                groups: &[Vec<NewEvent>],
+                sla: &SlaConfig,
+                planner: Option<&dyn RelayPlanner>,
+            ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
+                let timing = BatchTiming::start();
+                let mut tx = self.begin_write().await?;
+                let timing = timing.begun();
+                let outcomes = Self::append_in(&mut *tx, groups, sla, planner).await?;
+                let timing = timing.appended();
+                tx.commit().await?;
+                timing.committed(groups.len());
+                Ok(outcomes)
             }
 
             async fn append_in(
@@ -2813,14 +2829,7 @@ macro_rules! sql_store {
             }
 
             async fn append_batch(&self, groups: &[Vec<NewEvent>], sla: &SlaConfig) -> StoreResult<Vec<Vec<AppendOutcome>>> {
-                let timing = BatchTiming::start();
-                let mut tx = self.begin_write().await?;
-                let timing = timing.begun();
-                let outcomes = Self::append_in(&mut *tx, groups, sla, None).await?;
-                let timing = timing.appended();
-                tx.commit().await?;
-                timing.committed(groups.len());
-                Ok(outcomes)
+                self.write_batch(groups, sla, None).await
             }
 
             async fn append_batch_planned(
@@ -2829,14 +2838,7 @@ macro_rules! sql_store {
                 sla: &SlaConfig,
                 planner: &dyn RelayPlanner,
             ) -> StoreResult<Vec<Vec<AppendOutcome>>> {
-                let timing = BatchTiming::start();
-                let mut tx = self.begin_write().await?;
-                let timing = timing.begun();
-                let outcomes = Self::append_in(&mut *tx, groups, sla, Some(planner)).await?;
-                let timing = timing.appended();
-                tx.commit().await?;
-                timing.committed(groups.len());
-                Ok(outcomes)
+                self.write_batch(groups, sla, Some(planner)).await
             }
 
             async fn quarantine(&self, entry: &NewQuarantine) -> StoreResult<i64> {
